@@ -1,0 +1,409 @@
+//! The agent: one validated configuration at a time, the provider clients, the cache and the
+//! audit log, and the token request path that ties them together:
+//! request → caller → policy → cache → provider → cache → audit → response.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::Audit;
+use crate::cache::{Cache, Credential, ExchangeFuture, Exchanger, FetchReason, RefreshSettings, Spec};
+use crate::caller::Caller;
+use crate::config::{AuditFailure, Config, FileStamp, SecretFile, SubjectSource};
+use crate::error::{ApiError, ErrorKind, ProviderError};
+use crate::policy::{self, Ask};
+use crate::provider::{PresentedToken, ProviderClient, Providers};
+use crate::token::{Secret, rfc3339};
+
+/// One configuration and the provider clients made for it.
+pub struct State {
+    pub config: Arc<Config>,
+    pub providers: Providers,
+}
+
+/// What the agent shares with its cache's exchanger.
+struct Shared {
+    state: RwLock<Arc<State>>,
+    audit: RwLock<Arc<Audit>>,
+}
+
+impl Shared {
+    fn state(&self) -> Arc<State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    fn audit(&self) -> Arc<Audit> {
+        self.audit.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    /// Writes an event whose loss does not change what a caller receives.
+    fn audit_best_effort(&self, event: &str, fields: serde_json::Value) {
+        if let Err(e) = self.audit().write(event, fields) {
+            tracing::error!(event, error = %e, "cannot write the audit log");
+        }
+    }
+}
+
+/// A token request as the socket API received it.
+#[derive(Debug, Default)]
+pub struct TokenAsk {
+    pub identity: Option<String>,
+    pub audience: Option<String>,
+    pub scopes: BTreeSet<String>,
+    pub min_valid: Option<u64>,
+    pub subject_token: Option<PresentedToken>,
+    pub actor_token: Option<PresentedToken>,
+}
+
+/// The 200 body of `/v1/token`.
+#[derive(Serialize)]
+pub struct TokenResponse<'a> {
+    pub access_token: &'a str,
+    pub token_type: &'static str,
+    pub issued_token_type: &'a str,
+    pub expires_in: u64,
+    pub expires_at: String,
+    pub identity: &'a str,
+    pub audience: &'a str,
+    pub scope: &'a str,
+}
+
+/// Credential files, re-read when their content changes (inode, size, mtime, ctime), so the
+/// request path costs one `stat` and a rotated credential starts a new cache key at once.
+#[derive(Default)]
+struct CredentialFiles {
+    seen: Mutex<HashMap<PathBuf, (FileStamp, Secret)>>,
+}
+
+impl CredentialFiles {
+    fn read(&self, file: &SecretFile) -> Result<Secret, String> {
+        let stamp = file.stamp();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(stamp), Some((known, value))) = (stamp, seen.get(&file.path)) {
+            if *known == stamp {
+                return Ok(value.clone());
+            }
+        }
+        let value = Secret::from(file.read()?);
+        if let Some(stamp) = stamp {
+            seen.insert(file.path.clone(), (stamp, value.clone()));
+        }
+        Ok(value)
+    }
+}
+
+pub struct Agent {
+    shared: Arc<Shared>,
+    cache: Arc<Cache>,
+    creds: CredentialFiles,
+    cancel: CancellationToken,
+    ready: std::sync::atomic::AtomicBool,
+}
+
+/// Makes provider clients for a configuration, reusing the current ones whose settings did not
+/// change (so discovery and JWKS stay cached across a reload).
+fn providers_for(config: &Config, current: Option<&Providers>) -> Result<Providers, String> {
+    let mut out = HashMap::new();
+    for p in &config.providers {
+        let reuse = current.and_then(|c| c.get(&p.name)).filter(|c| **c.settings() == **p);
+        let client = match reuse {
+            Some(c) => c.clone(),
+            None => Arc::new(ProviderClient::new(p.clone(), config.agent.upstream_timeout).map_err(|e| format!("provider {:?}: {e}", p.name))?),
+        };
+        out.insert(p.name.clone(), client);
+    }
+    Ok(out)
+}
+
+struct AgentExchanger {
+    shared: Arc<Shared>,
+}
+
+impl Exchanger for AgentExchanger {
+    fn exchange(&self, spec: Arc<Spec>, reason: FetchReason) -> ExchangeFuture {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let state = shared.state();
+            let provider = state.providers.get(&spec.identity.provider).cloned().ok_or_else(|| {
+                ProviderError::local(format!("identity {:?} names provider {:?}, which is not configured", spec.identity.name, spec.identity.provider))
+            })?;
+            // A renewal re-reads credential files; a changed one retires this key (the next
+            // request makes a key for the new credential).
+            if reason == FetchReason::Renewal {
+                for cred in [&spec.subject, &spec.actor] {
+                    if let Credential::File { file, value } = cred {
+                        let now = Secret::from(file.read().map_err(ProviderError::local)?);
+                        if now != value.token {
+                            return Err(ProviderError::local(format!(
+                                "credential {} changed; the key made for the old one is retired",
+                                file.path.display()
+                            )));
+                        }
+                    }
+                }
+            }
+            let req = crate::provider::ExchangeRequest {
+                identity: &spec.identity,
+                audience: &spec.audience,
+                scopes: &spec.scopes,
+                subject: spec.subject.token(),
+                actor: spec.actor.token(),
+            };
+            let started = std::time::Instant::now();
+            let result = provider.exchange(&req).await;
+            let ms = started.elapsed().as_millis() as u64;
+            let base = serde_json::json!({
+                "provider": provider.name(), "identity": spec.identity.name, "audience": spec.audience,
+                "scope": spec.scopes.iter().cloned().collect::<Vec<_>>().join(" "),
+                "grant": spec.identity.grant.as_str(), "reason": reason.as_str(), "duration_ms": ms,
+                "subject_fingerprint": spec.subject.fingerprint(), "actor_fingerprint": spec.actor.fingerprint(),
+            });
+            match &result {
+                Ok(t) => {
+                    let mut fields = base;
+                    fields["outcome"] = "success".into();
+                    fields["expires_in"] = t.lifetime.as_secs().into();
+                    fields["token"] = t.audit_view();
+                    shared.audit_best_effort("token.exchanged", fields);
+                    tracing::info!(provider = provider.name(), identity = %spec.identity.name, audience = %spec.audience,
+                        fingerprint = %t.fingerprint, lifetime_s = t.lifetime.as_secs(), reason = reason.as_str(), "exchanged");
+                }
+                Err(e) => {
+                    let mut fields = base;
+                    fields["outcome"] = "failure".into();
+                    fields["error"] = e.provider_code().unwrap_or("").into();
+                    fields["error_description"] = e.message.clone().into();
+                    shared.audit_best_effort("token.exchange_failed", fields);
+                    tracing::warn!(provider = provider.name(), identity = %spec.identity.name, audience = %spec.audience,
+                        reason = reason.as_str(), error = %e, "exchange failed");
+                }
+            }
+            result
+        })
+    }
+}
+
+impl Agent {
+    pub fn new(config: Config, cancel: CancellationToken) -> Result<Arc<Agent>, String> {
+        let providers = providers_for(&config, None)?;
+        let audit = Arc::new(Audit::open(&config.agent.audit_log));
+        let settings = RefreshSettings::from(&config.agent);
+        let shared = Arc::new(Shared {
+            state: RwLock::new(Arc::new(State { config: Arc::new(config), providers })),
+            audit: RwLock::new(audit),
+        });
+        let cache = Cache::new(settings, Arc::new(AgentExchanger { shared: shared.clone() }), cancel.clone());
+        Ok(Arc::new(Agent { shared, cache, creds: CredentialFiles::default(), cancel, ready: Default::default() }))
+    }
+
+    pub fn state(&self) -> Arc<State> {
+        self.shared.state()
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.state().config.clone()
+    }
+
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
+    }
+
+    pub fn cancel_token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    pub fn audit_event(&self, event: &str, fields: serde_json::Value) -> std::io::Result<()> {
+        self.shared.audit().write(event, fields)
+    }
+
+    pub fn audit_best_effort(&self, event: &str, fields: serde_json::Value) {
+        self.shared.audit_best_effort(event, fields)
+    }
+
+    /// Marks start-up as done (health leaves `starting`).
+    pub fn set_ready(&self) {
+        self.ready.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Looks up every provider's discovery document once, so health shows reachability early.
+    pub async fn warm_up(&self) {
+        let state = self.state();
+        let mut tasks = Vec::new();
+        for p in state.providers.values() {
+            let p = p.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = p.metadata().await {
+                    tracing::warn!(provider = p.name(), error = %e, "provider not reachable at start; will retry on demand");
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Replaces the configuration. The caller has validated it; keys whose identity changed are
+    /// dropped from the cache, provider clients whose settings are unchanged are kept.
+    pub fn apply(&self, config: Config) -> Result<(), String> {
+        let old = self.state();
+        let providers = providers_for(&config, Some(&old.providers))?;
+        let config = Arc::new(config);
+        if old.config.agent.socket != config.agent.socket {
+            tracing::warn!("agent.socket changed; the new path takes effect at the next restart");
+        }
+        {
+            let cfg = config.clone();
+            let provs = providers.clone();
+            self.cache.retain(move |spec| {
+                cfg.identity(&spec.identity.name).is_some_and(|id| **id == *spec.identity)
+                    && provs.get(&spec.identity.provider).zip(old.providers.get(&spec.identity.provider)).is_some_and(|(a, b)| Arc::ptr_eq(a, b))
+            });
+        }
+        self.cache.set_settings(RefreshSettings::from(&config.agent));
+        let audit_changed = *self.shared.audit().target() != config.agent.audit_log;
+        if audit_changed {
+            *self.shared.audit.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Audit::open(&config.agent.audit_log));
+        }
+        *self.shared.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(State { config, providers });
+        Ok(())
+    }
+
+    /// Reopens the audit file (SIGHUP, after log rotation).
+    pub fn reopen_audit(&self) {
+        if let Err(e) = self.shared.audit().reopen() {
+            tracing::error!(error = %e, "cannot reopen the audit log");
+        }
+    }
+
+    /// `/v1/identities` for a caller.
+    pub fn identities(&self, caller: &Caller) -> Vec<policy::IdentityView> {
+        policy::identities_for(&self.config(), caller, None)
+    }
+
+    /// `/v1/health`: status, providers, cache.
+    pub fn health(&self) -> (u16, serde_json::Value) {
+        let state = self.state();
+        let mut providers = serde_json::Map::new();
+        let mut unreachable = false;
+        for (name, p) in &state.providers {
+            let h = p.health();
+            unreachable |= h.reachable == Some(false);
+            providers.insert(name.clone(), serde_json::json!({"reachable": h.reachable.unwrap_or(false), "last_error": h.last_error}));
+        }
+        let ready = self.ready.load(std::sync::atomic::Ordering::Acquire);
+        let status = if !ready {
+            "starting"
+        } else if unreachable || self.cache.degraded() {
+            "degraded"
+        } else {
+            "ok"
+        };
+        let body = serde_json::json!({
+            "status": status,
+            "providers": providers,
+            "cache": {"entries": self.cache.len(), "keys": self.cache.snapshot()},
+        });
+        (if ready { 200 } else { 503 }, body)
+    }
+
+    fn credential(&self, file: &SecretFile, token_type: &str, what: &str) -> Result<Credential, ApiError> {
+        let value = self
+            .creds
+            .read(file)
+            .map_err(|e| ApiError::new(ErrorKind::Internal, format!("the agent cannot read its {what} credential: {e}")))?;
+        Ok(Credential::File { file: file.clone(), value: PresentedToken { token: value, token_type: token_type.to_string() } })
+    }
+
+    /// Serves one token request for a verified caller; every outcome is audited.
+    pub async fn token(&self, caller: &Caller, ask: TokenAsk) -> Result<(serde_json::Value, Vec<u8>), ApiError> {
+        let state = self.state();
+        let config = &state.config;
+        let denied = |e: &ApiError, role: Option<&str>| {
+            self.audit_best_effort(
+                "token.denied",
+                serde_json::json!({
+                    "outcome": "denied", "caller": caller, "role": role,
+                    "identity": ask.identity, "audience": ask.audience,
+                    "scope": ask.scopes.iter().cloned().collect::<Vec<_>>().join(" "),
+                    "reason": e.code(), "error_description": e.description,
+                }),
+            );
+        };
+        let scopes = ask.scopes.clone();
+        let grant = policy::authorize(
+            config,
+            caller,
+            None,
+            &Ask { identity: ask.identity.as_deref(), audience: ask.audience.as_deref(), scopes: &scopes },
+        )
+        .inspect_err(|e| denied(e, None))?;
+        let role = grant.role.name.as_str();
+        let identity = &grant.identity;
+        let subject = match &identity.subject {
+            SubjectSource::Client => Credential::None,
+            SubjectSource::File(file) => self.credential(file, &identity.subject_token_type, "subject").inspect_err(|e| denied(e, Some(role)))?,
+            SubjectSource::Caller => match &ask.subject_token {
+                Some(t) => Credential::Presented(t.clone()),
+                None => {
+                    let e = ApiError::invalid_request(format!(
+                        "identity {:?} takes the subject credential from the caller: POST /v1/token with subject_token in the JSON body",
+                        identity.name
+                    ));
+                    denied(&e, Some(role));
+                    return Err(e);
+                }
+            },
+        };
+        if ask.subject_token.is_some() && identity.subject != SubjectSource::Caller {
+            let e = ApiError::invalid_request(format!(
+                "identity {:?} uses its own subject credential; do not send subject_token",
+                identity.name
+            ));
+            denied(&e, Some(role));
+            return Err(e);
+        }
+        let actor = match (&identity.actor_token_file, &ask.actor_token) {
+            (_, Some(t)) => Credential::Presented(t.clone()),
+            (Some(file), None) => self.credential(file, &identity.actor_token_type, "actor").inspect_err(|e| denied(e, Some(role)))?,
+            (None, None) => Credential::None,
+        };
+        let spec = Spec { identity: identity.clone(), audience: grant.audience.clone(), scopes: grant.scopes.clone(), subject, actor };
+        let min_valid = Duration::from_secs(ask.min_valid.unwrap_or(0));
+        let (token, source) = self.cache.get(spec, min_valid).await.inspect_err(|e| denied(e, Some(role)))?;
+
+        let now = tokio::time::Instant::now();
+        let scope_str = grant.scopes.iter().cloned().collect::<Vec<_>>().join(" ");
+        let event = serde_json::json!({
+            "outcome": "granted", "caller": caller, "role": role, "identity": identity.name,
+            "audience": grant.audience, "scope": scope_str, "source": source.as_str(), "token": token.audit_view(),
+        });
+        if let Err(e) = self.audit_event("token.issued", event.clone()) {
+            tracing::error!(error = %e, fingerprint = %token.fingerprint, "cannot write the token.issued audit event");
+            if config.agent.audit_failure == AuditFailure::Closed {
+                return Err(ApiError::new(
+                    ErrorKind::AuditUnavailable,
+                    format!("the audit log cannot be written ({e}); no token is handed out until it can (audit_failure = \"closed\")"),
+                ));
+            }
+        }
+        let body = TokenResponse {
+            access_token: token.access_token.expose(),
+            token_type: "Bearer",
+            issued_token_type: &token.issued_token_type,
+            expires_in: token.remaining(now).as_secs(),
+            expires_at: rfc3339(token.expires_at_system),
+            identity: &identity.name,
+            audience: &grant.audience,
+            scope: &scope_str,
+        };
+        let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
+        Ok((event, bytes))
+    }
+}
+
+/// Reads and validates the configuration at `path`, as start and reload do.
+pub fn load_config(path: &Path) -> Result<Config, crate::error::ConfigError> {
+    crate::config::load(path, &crate::config::SystemContext)
+}

@@ -1,0 +1,170 @@
+//! Audit events (SPEC section 6): one JSON object per line, to a file, the journal, or stderr.
+//!
+//! Writing is synchronous and complete before a token is handed out: with
+//! `audit_failure = "closed"` a `token.issued` event that cannot be written means no token.
+//! Events never hold a token or secret; tokens are named by `jti` and fingerprint.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::config::AuditTarget;
+
+/// How often a file sink checks whether log rotation moved its file away.
+const ROTATION_CHECK: Duration = Duration::from_secs(1);
+const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+enum Writer {
+    File { path: PathBuf, file: Option<File>, ino: Option<(u64, u64)>, checked: Instant },
+    Stderr,
+    Journal(Option<UnixDatagram>),
+}
+
+/// The audit log.
+pub struct Audit {
+    writer: Mutex<Writer>,
+    target: AuditTarget,
+}
+
+impl std::fmt::Debug for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Audit({:?})", self.target)
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<(File, (u64, u64))> {
+    let file = OpenOptions::new().create(true).append(true).mode(0o640).open(path)?;
+    let m = file.metadata()?;
+    Ok((file, (m.dev(), m.ino())))
+}
+
+impl Audit {
+    /// Opens the target. A file that cannot be opened now is retried at every event (and on
+    /// SIGHUP), so a fixed path starts working without a restart.
+    pub fn open(target: &AuditTarget) -> Audit {
+        let writer = match target {
+            AuditTarget::File(path) => {
+                let (file, ino) = match open_append(path) {
+                    Ok((f, i)) => (Some(f), Some(i)),
+                    Err(e) => {
+                        tracing::error!(path = %path.display(), error = %e, "cannot open the audit log");
+                        (None, None)
+                    }
+                };
+                Writer::File { path: path.clone(), file, ino, checked: Instant::now() }
+            }
+            AuditTarget::Stderr => Writer::Stderr,
+            AuditTarget::Journal => Writer::Journal(UnixDatagram::unbound().ok()),
+        };
+        Audit { writer: Mutex::new(writer), target: target.clone() }
+    }
+
+    pub fn target(&self) -> &AuditTarget {
+        &self.target
+    }
+
+    /// Reopens a file target (SIGHUP, log rotation).
+    pub fn reopen(&self) -> std::io::Result<()> {
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Writer::File { path, file, ino, checked } = &mut *w {
+            *checked = Instant::now();
+            match open_append(path) {
+                Ok((f, i)) => {
+                    *file = Some(f);
+                    *ino = Some(i);
+                }
+                Err(e) => {
+                    *file = None;
+                    *ino = None;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one event: `{"ts":..., "event": name, ...fields}`. Returns an error if the event
+    /// could not be written completely.
+    pub fn write(&self, event: &str, fields: serde_json::Value) -> std::io::Result<()> {
+        let mut obj = serde_json::Map::new();
+        obj.insert("ts".into(), crate::token::rfc3339_millis(SystemTime::now()).into());
+        obj.insert("event".into(), event.into());
+        if let serde_json::Value::Object(m) = fields {
+            obj.extend(m);
+        }
+        let mut line = serde_json::to_vec(&serde_json::Value::Object(obj)).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        match &mut *w {
+            Writer::Stderr => {
+                let mut err = std::io::stderr().lock();
+                err.write_all(&line)?;
+                err.flush()
+            }
+            Writer::Journal(sock) => {
+                let sock = sock.as_ref().ok_or_else(|| std::io::Error::other("no journal socket"))?;
+                let message = &line[..line.len() - 1];
+                let mut datagram = Vec::with_capacity(message.len() + 96);
+                datagram.extend_from_slice(b"SYSLOG_IDENTIFIER=cortexid-audit\nCORTEXID_EVENT=");
+                datagram.extend_from_slice(event.as_bytes());
+                datagram.extend_from_slice(b"\nPRIORITY=6\nMESSAGE\n");
+                datagram.extend_from_slice(&(message.len() as u64).to_le_bytes());
+                datagram.extend_from_slice(message);
+                datagram.push(b'\n');
+                sock.send_to(&datagram, JOURNAL_SOCKET).map(|_| ())
+            }
+            Writer::File { path, file, ino, checked } => {
+                // Log rotation: the file we hold was moved away or deleted; follow the path.
+                if file.is_none() || checked.elapsed() >= ROTATION_CHECK {
+                    *checked = Instant::now();
+                    let current = std::fs::metadata(&*path).ok().map(|m| (m.dev(), m.ino()));
+                    if file.is_none() || current != *ino {
+                        let (f, i) = open_append(path)?;
+                        *file = Some(f);
+                        *ino = Some(i);
+                    }
+                }
+                let f = file.as_mut().ok_or_else(|| std::io::Error::other("audit log not open"))?;
+                f.write_all(&line)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_json_lines_and_follow_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let audit = Audit::open(&AuditTarget::File(path.clone()));
+        audit.write("agent.started", serde_json::json!({"pid": 1})).unwrap();
+        std::fs::rename(&path, dir.path().join("audit.jsonl.1")).unwrap();
+        audit.reopen().unwrap();
+        audit.write("token.issued", serde_json::json!({"identity": "x"})).unwrap();
+        let old = std::fs::read_to_string(dir.path().join("audit.jsonl.1")).unwrap();
+        let new = std::fs::read_to_string(&path).unwrap();
+        let first: serde_json::Value = serde_json::from_str(old.trim()).unwrap();
+        assert_eq!(first["event"], "agent.started");
+        assert!(first["ts"].as_str().unwrap().ends_with('Z'));
+        let second: serde_json::Value = serde_json::from_str(new.trim()).unwrap();
+        assert_eq!(second["identity"], "x");
+    }
+
+    #[test]
+    fn an_unwritable_path_fails_and_recovers_once_fixed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing-dir").join("audit.jsonl");
+        let audit = Audit::open(&AuditTarget::File(path.clone()));
+        assert!(audit.write("token.issued", serde_json::json!({})).is_err());
+        std::fs::create_dir(dir.path().join("missing-dir")).unwrap();
+        audit.write("token.issued", serde_json::json!({})).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+    }
+}

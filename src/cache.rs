@@ -1,0 +1,705 @@
+//! The token store: cache keys, hand-out rules, coalescing of concurrent misses, background
+//! renewal with backoff (SPEC section 4).
+//!
+//! Every key has one [`Entry`]. A miss starts one fetch task and every concurrent caller of that
+//! key waits on its result, so a burst of misses costs one exchange. A key that was served gets a
+//! refresher task that renews it at `refresh_at` of its lifetime (± jitter) for as long as it is
+//! requested within `idle_expiry` (or pinned by a sink), retrying failures with exponential
+//! backoff and full jitter while the current token keeps being served.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AgentSettings, IdentitySettings};
+use crate::error::{ApiError, ErrorKind, ProviderError};
+use crate::provider::PresentedToken;
+use crate::token::IssuedToken;
+
+/// (identity, audience, sorted scope set, subject and actor credential fingerprints).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CacheKey {
+    pub identity: String,
+    pub audience: String,
+    pub scopes: String,
+    pub subject: Option<String>,
+    pub actor: Option<String>,
+}
+
+/// Where a credential for an exchange comes from.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// The client itself is the subject (client credentials).
+    None,
+    /// Read from a file; `value` is what it held when the key was made.
+    File { file: crate::config::SecretFile, value: PresentedToken },
+    /// Presented by the caller in the request body.
+    Presented(PresentedToken),
+}
+
+impl Credential {
+    pub fn token(&self) -> Option<&PresentedToken> {
+        match self {
+            Credential::None => None,
+            Credential::File { value, .. } | Credential::Presented(value) => Some(value),
+        }
+    }
+    pub fn fingerprint(&self) -> Option<String> {
+        self.token().map(|t| t.token.fingerprint())
+    }
+}
+
+/// Everything needed to (re)do the exchange for one key.
+#[derive(Debug)]
+pub struct Spec {
+    pub identity: Arc<IdentitySettings>,
+    pub audience: String,
+    pub scopes: BTreeSet<String>,
+    pub subject: Credential,
+    pub actor: Credential,
+}
+
+impl Spec {
+    pub fn key(&self) -> CacheKey {
+        CacheKey {
+            identity: self.identity.name.clone(),
+            audience: self.audience.clone(),
+            scopes: self.scopes.iter().cloned().collect::<Vec<_>>().join(" "),
+            subject: self.subject.fingerprint(),
+            actor: self.actor.fingerprint(),
+        }
+    }
+}
+
+/// Why an exchange happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchReason {
+    Miss,
+    Renewal,
+}
+
+impl FetchReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FetchReason::Miss => "miss",
+            FetchReason::Renewal => "renewal",
+        }
+    }
+}
+
+pub type ExchangeFuture = Pin<Box<dyn Future<Output = Result<IssuedToken, ProviderError>> + Send>>;
+
+/// Performs exchanges for the cache (the agent: provider lookup, credential re-reading, audit).
+pub trait Exchanger: Send + Sync + 'static {
+    fn exchange(&self, spec: Arc<Spec>, reason: FetchReason) -> ExchangeFuture;
+}
+
+/// Where a served token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Cache,
+    Exchange,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Cache => "cache",
+            Source::Exchange => "exchange",
+        }
+    }
+}
+
+/// The renewal and hand-out settings of `[agent]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RefreshSettings {
+    pub refresh_at: f64,
+    pub refresh_jitter: f64,
+    pub min_remaining: Duration,
+    pub idle_expiry: Duration,
+}
+
+impl From<&AgentSettings> for RefreshSettings {
+    fn from(a: &AgentSettings) -> Self {
+        RefreshSettings {
+            refresh_at: a.refresh_at,
+            refresh_jitter: a.refresh_jitter,
+            min_remaining: a.min_remaining,
+            idle_expiry: a.idle_expiry,
+        }
+    }
+}
+
+/// The least remaining lifetime a token may be handed out with:
+/// `max(min_valid, min(min_remaining, lifetime/4))`.
+pub fn hand_out_floor(lifetime: Duration, min_remaining: Duration, min_valid: Duration) -> Duration {
+    min_valid.max(min_remaining.min(lifetime / 4))
+}
+
+/// When to renew a token of `lifetime`, counted from its issue: `refresh_at × lifetime` ±
+/// `jitter × lifetime` (`unit` in -1..=1 picks where in the jitter band), but early enough that
+/// the token is still servable (above the hand-out floor, with a small margin for the exchange
+/// itself) and never sooner than a tenth of the lifetime.
+pub fn refresh_in(lifetime: Duration, s: &RefreshSettings, unit: f64) -> Duration {
+    let l = lifetime.as_secs_f64();
+    let wanted = l * (s.refresh_at + s.refresh_jitter * unit.clamp(-1.0, 1.0));
+    let floor = hand_out_floor(lifetime, s.min_remaining, Duration::ZERO).as_secs_f64();
+    let margin = (l * 0.05).min(1.0);
+    let latest = (l - floor - margin).max(l * 0.1);
+    Duration::from_secs_f64(wanted.clamp(l * 0.1, latest))
+}
+
+/// Exponential backoff with full jitter: uniform in `[0, min(60 s, 1 s × 2^(attempt-1))]`, but at
+/// least what the provider asked for with `Retry-After`.
+pub fn backoff(attempt: u32, unit: f64, retry_after: Option<Duration>) -> Duration {
+    let cap = 2f64.powi(attempt.saturating_sub(1).min(6) as i32).min(60.0);
+    let d = Duration::from_secs_f64(cap * unit.clamp(0.0, 1.0));
+    retry_after.map_or(d, |r| d.max(r.min(Duration::from_secs(300))))
+}
+
+/// After a failed exchange, further misses of the same key within this window get the same
+/// error instead of another request to a provider that is down.
+const FAILURE_HOLD: Duration = Duration::from_millis(500);
+
+type FetchResult = Result<Arc<IssuedToken>, ProviderError>;
+
+struct State {
+    token: Option<Arc<IssuedToken>>,
+    inflight: Option<watch::Receiver<Option<FetchResult>>>,
+    last_used: Instant,
+    refresher: bool,
+    pinned: bool,
+    failures: u32,
+    last_error: Option<(Instant, ProviderError)>,
+    next_refresh: Option<Instant>,
+}
+
+struct Entry {
+    spec: Arc<Spec>,
+    state: Mutex<State>,
+}
+
+impl Entry {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Counters the cache keeps, for `/metrics` and benchmarks.
+#[derive(Debug, Default)]
+pub struct CacheCounters {
+    pub hits: std::sync::atomic::AtomicU64,
+    pub misses: std::sync::atomic::AtomicU64,
+    pub exchanges: std::sync::atomic::AtomicU64,
+    pub renewals: std::sync::atomic::AtomicU64,
+    pub failures: std::sync::atomic::AtomicU64,
+}
+
+/// What `status` shows of one key: never the token.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EntryView {
+    pub identity: String,
+    pub audience: String,
+    pub scope: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    pub expires_in: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    pub next_refresh_in: Option<u64>,
+    pub renewing: bool,
+    pub failures: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+pub struct Cache {
+    entries: Mutex<HashMap<CacheKey, Arc<Entry>>>,
+    settings: RwLock<RefreshSettings>,
+    exchanger: Arc<dyn Exchanger>,
+    cancel: CancellationToken,
+    pub counters: CacheCounters,
+}
+
+fn jitter_unit() -> f64 {
+    fastrand::f64() * 2.0 - 1.0
+}
+
+impl Cache {
+    pub fn new(settings: RefreshSettings, exchanger: Arc<dyn Exchanger>, cancel: CancellationToken) -> Arc<Cache> {
+        let cache = Arc::new(Cache {
+            entries: Mutex::new(HashMap::new()),
+            settings: RwLock::new(settings),
+            exchanger,
+            cancel,
+            counters: CacheCounters::default(),
+        });
+        tokio::spawn(sweeper(Arc::downgrade(&cache), cache.cancel.clone()));
+        cache
+    }
+
+    pub fn settings(&self) -> RefreshSettings {
+        *self.settings.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_settings(&self, s: RefreshSettings) {
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+
+    fn entries(&self) -> MutexGuard<'_, HashMap<CacheKey, Arc<Entry>>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn servable(&self, t: &IssuedToken, now: Instant, min_valid: Duration) -> bool {
+        let floor = hand_out_floor(t.lifetime, self.settings().min_remaining, min_valid);
+        let left = t.remaining(now);
+        !left.is_zero() && left >= floor
+    }
+
+    /// A token for `spec`'s key with at least the hand-out floor left: from the cache, or from
+    /// one exchange shared by every concurrent caller of the key.
+    pub async fn get(self: &Arc<Self>, spec: Spec, min_valid: Duration) -> Result<(Arc<IssuedToken>, Source), ApiError> {
+        self.get_entry(spec, min_valid, false).await
+    }
+
+    /// Like [`get`](Self::get), and keeps the key renewed for as long as the agent runs (sinks).
+    pub async fn get_pinned(self: &Arc<Self>, spec: Spec) -> Result<(Arc<IssuedToken>, Source), ApiError> {
+        self.get_entry(spec, Duration::ZERO, true).await
+    }
+
+    async fn get_entry(self: &Arc<Self>, spec: Spec, min_valid: Duration, pin: bool) -> Result<(Arc<IssuedToken>, Source), ApiError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let key = spec.key();
+        let entry = {
+            let mut map = self.entries();
+            match map.get(&key) {
+                Some(e) => e.clone(),
+                None => {
+                    let e = Arc::new(Entry {
+                        spec: Arc::new(spec),
+                        state: Mutex::new(State {
+                            token: None,
+                            inflight: None,
+                            last_used: Instant::now(),
+                            refresher: false,
+                            pinned: false,
+                            failures: 0,
+                            last_error: None,
+                            next_refresh: None,
+                        }),
+                    });
+                    map.insert(key, e.clone());
+                    e
+                }
+            }
+        };
+        let now = Instant::now();
+        let rx = {
+            let mut st = entry.lock();
+            st.last_used = now;
+            st.pinned |= pin;
+            if let Some(t) = &st.token {
+                if self.servable(t, now, min_valid) {
+                    let t = t.clone();
+                    self.ensure_refresher(&entry, &mut st);
+                    self.counters.hits.fetch_add(1, Relaxed);
+                    return Ok((t, Source::Cache));
+                }
+            }
+            self.counters.misses.fetch_add(1, Relaxed);
+            if st.inflight.is_none() {
+                if let Some((at, e)) = &st.last_error {
+                    if now.duration_since(*at) < FAILURE_HOLD && e.is_retryable() {
+                        return Err(self.unavailable(e, &st));
+                    }
+                }
+            }
+            self.start_fetch(&entry, &mut st, FetchReason::Miss)
+        };
+        let result = wait(rx).await;
+        let mut st = entry.lock();
+        match result {
+            Ok(t) => {
+                self.ensure_refresher(&entry, &mut st);
+                if self.servable(&t, Instant::now(), min_valid) {
+                    Ok((t, Source::Exchange))
+                } else {
+                    Err(ApiError::invalid_request(format!(
+                        "the provider grants tokens of {}s for this key, less than min_valid={}s asks for; ask for less",
+                        t.lifetime.as_secs(),
+                        min_valid.as_secs()
+                    )))
+                }
+            }
+            Err(e) => Err(self.unavailable(&e, &st)),
+        }
+    }
+
+    fn unavailable(&self, e: &ProviderError, st: &State) -> ApiError {
+        let mut api = e.to_api();
+        if api.kind == ErrorKind::UpstreamUnavailable {
+            let has_token = st.token.as_ref().is_some_and(|t| !t.remaining(Instant::now()).is_zero());
+            if has_token {
+                api.description.push_str("; the cached token is too close to expiry to hand out");
+            } else {
+                api.description.push_str("; no valid cached token");
+            }
+        }
+        api
+    }
+
+    /// Starts (or joins) the one fetch of this key.
+    fn start_fetch(self: &Arc<Self>, entry: &Arc<Entry>, st: &mut State, reason: FetchReason) -> watch::Receiver<Option<FetchResult>> {
+        if let Some(rx) = &st.inflight {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(None);
+        st.inflight = Some(rx.clone());
+        let cache = self.clone();
+        let entry = entry.clone();
+        tokio::spawn(async move {
+            use std::sync::atomic::Ordering::Relaxed;
+            cache.counters.exchanges.fetch_add(1, Relaxed);
+            let result = cache.exchanger.exchange(entry.spec.clone(), reason).await.map(Arc::new);
+            {
+                let mut st = entry.lock();
+                st.inflight = None;
+                match &result {
+                    Ok(t) => {
+                        st.token = Some(t.clone());
+                        st.failures = 0;
+                        st.last_error = None;
+                    }
+                    Err(e) => {
+                        cache.counters.failures.fetch_add(1, Relaxed);
+                        st.failures = st.failures.saturating_add(1);
+                        st.last_error = Some((Instant::now(), e.clone()));
+                    }
+                }
+            }
+            let _ = tx.send(Some(result));
+        });
+        rx
+    }
+
+    fn ensure_refresher(self: &Arc<Self>, entry: &Arc<Entry>, st: &mut State) {
+        if !st.refresher && st.token.is_some() && !self.cancel.is_cancelled() {
+            st.refresher = true;
+            tokio::spawn(refresher(self.clone(), entry.clone()));
+        }
+    }
+
+    /// Whether any key's renewal is failing right now.
+    pub fn degraded(&self) -> bool {
+        let entries: Vec<Arc<Entry>> = self.entries().values().cloned().collect();
+        entries.iter().any(|e| {
+            let st = e.lock();
+            st.failures > 0 && st.refresher
+        })
+    }
+
+    /// The keys, for `status` (never token values).
+    pub fn snapshot(&self) -> Vec<EntryView> {
+        let now = Instant::now();
+        let mut entries: Vec<(CacheKey, Arc<Entry>)> = self.entries().iter().map(|(k, e)| (k.clone(), e.clone())).collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries
+            .into_iter()
+            .map(|(k, e)| {
+                let st = e.lock();
+                EntryView {
+                    identity: k.identity,
+                    audience: k.audience,
+                    scope: k.scopes,
+                    fingerprint: st.token.as_ref().map(|t| t.fingerprint.clone()),
+                    expires_in: st.token.as_ref().map(|t| t.remaining(now).as_secs()),
+                    expires_at: st.token.as_ref().map(|t| crate::token::rfc3339(t.expires_at_system)),
+                    next_refresh_in: st.next_refresh.filter(|_| st.refresher).map(|n| n.saturating_duration_since(now).as_secs()),
+                    renewing: st.refresher,
+                    failures: st.failures,
+                    last_error: st.last_error.as_ref().map(|(_, e)| e.message.clone()),
+                }
+            })
+            .collect()
+    }
+
+    /// Drops keys for which `keep` says no (after a reload changed their identity).
+    pub fn retain(&self, keep: impl Fn(&Spec) -> bool) {
+        self.entries().retain(|_, e| keep(&e.spec));
+    }
+
+    /// Removes keys that hold no valid token, are idle, and have nothing running.
+    fn sweep(&self) {
+        let now = Instant::now();
+        let idle = self.settings().idle_expiry;
+        self.entries().retain(|_, e| {
+            let st = e.lock();
+            let valid = st.token.as_ref().is_some_and(|t| !t.remaining(now).is_zero());
+            valid || st.inflight.is_some() || st.refresher || st.pinned || now.duration_since(st.last_used) < idle
+        });
+    }
+}
+
+async fn wait(mut rx: watch::Receiver<Option<FetchResult>>) -> FetchResult {
+    match rx.wait_for(Option::is_some).await {
+        Ok(v) => match &*v {
+            Some(r) => r.clone(),
+            None => Err(ProviderError::local("the exchange was abandoned")),
+        },
+        Err(_) => Err(ProviderError::local("the exchange was abandoned")),
+    }
+}
+
+async fn sweeper(cache: std::sync::Weak<Cache>, cancel: CancellationToken) {
+    loop {
+        let period = match cache.upgrade() {
+            Some(c) => (c.settings().idle_expiry / 2).clamp(Duration::from_secs(1), Duration::from_secs(60)),
+            None => return,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = cancel.cancelled() => return,
+        }
+        match cache.upgrade() {
+            Some(c) => c.sweep(),
+            None => return,
+        }
+    }
+}
+
+/// Renews one key in the background while it is in use.
+async fn refresher(cache: Arc<Cache>, entry: Arc<Entry>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let stop = |entry: &Entry| {
+        let mut st = entry.lock();
+        st.refresher = false;
+        st.next_refresh = None;
+    };
+    loop {
+        let settings = cache.settings();
+        let wake = {
+            let mut st = entry.lock();
+            let Some(t) = st.token.clone() else {
+                st.refresher = false;
+                return;
+            };
+            let now = Instant::now();
+            let wake = if st.failures == 0 {
+                t.issued_at + refresh_in(t.lifetime, &settings, jitter_unit())
+            } else {
+                let retry_after = st.last_error.as_ref().and_then(|(_, e)| e.retry_after);
+                let next = now + backoff(st.failures, fastrand::f64(), retry_after);
+                // Never past expiry while the token is still valid.
+                if t.expires_at > now { next.min(t.expires_at) } else { next }
+            };
+            st.next_refresh = Some(wake);
+            wake
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => {}
+            _ = cache.cancel.cancelled() => return stop(&entry),
+        }
+        let rx = {
+            let mut st = entry.lock();
+            let now = Instant::now();
+            let idle = now.duration_since(st.last_used) >= settings.idle_expiry;
+            let expired = st.token.as_ref().is_none_or(|t| t.remaining(now).is_zero());
+            // Keys no one asked for lately are left to expire; after expiry only sinks keep trying.
+            if (idle && !st.pinned) || (expired && !st.pinned) {
+                st.refresher = false;
+                st.next_refresh = None;
+                return;
+            }
+            cache.start_fetch(&entry, &mut st, FetchReason::Renewal)
+        };
+        match wait(rx).await {
+            Ok(_) => {
+                cache.counters.renewals.fetch_add(1, Relaxed);
+            }
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(identity = %entry.spec.identity.name, audience = %entry.spec.audience, error = %e, "renewal failed; retrying with backoff");
+            }
+            Err(e) => {
+                tracing::warn!(identity = %entry.spec.identity.name, audience = %entry.spec.audience, error = %e, "renewal refused; not retrying until the key is requested again");
+                return stop(&entry);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Grant, SubjectSource};
+    use crate::token::Secret;
+    use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+
+    fn settings() -> RefreshSettings {
+        RefreshSettings {
+            refresh_at: 0.8,
+            refresh_jitter: 0.05,
+            min_remaining: Duration::from_secs(30),
+            idle_expiry: Duration::from_secs(1800),
+        }
+    }
+
+    #[test]
+    fn renewal_lands_inside_the_jitter_band_and_before_the_hand_out_floor() {
+        let s = settings();
+        let l = Duration::from_secs(300);
+        assert_eq!(refresh_in(l, &s, 0.0), Duration::from_secs(240));
+        assert_eq!(refresh_in(l, &s, 1.0), Duration::from_secs(255));
+        assert_eq!(refresh_in(l, &s, -1.0), Duration::from_secs(225));
+        // 4 s tokens: the floor is 1 s (lifetime/4), so renewal comes by 2.8 s at the latest.
+        let short = refresh_in(Duration::from_secs(4), &s, 1.0);
+        assert!(short <= Duration::from_millis(2800), "{short:?}");
+        assert!(short >= Duration::from_millis(400));
+    }
+
+    #[test]
+    fn the_hand_out_floor_follows_the_spec_formula() {
+        let m = Duration::from_secs(30);
+        assert_eq!(hand_out_floor(Duration::from_secs(3600), m, Duration::ZERO), m);
+        assert_eq!(hand_out_floor(Duration::from_secs(60), m, Duration::ZERO), Duration::from_secs(15));
+        assert_eq!(hand_out_floor(Duration::from_secs(60), m, Duration::from_secs(40)), Duration::from_secs(40));
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_minute_with_full_jitter() {
+        assert_eq!(backoff(1, 1.0, None), Duration::from_secs(1));
+        assert_eq!(backoff(3, 1.0, None), Duration::from_secs(4));
+        assert_eq!(backoff(30, 1.0, None), Duration::from_secs(60));
+        assert_eq!(backoff(30, 0.0, None), Duration::ZERO);
+        assert_eq!(backoff(1, 0.5, Some(Duration::from_secs(7))), Duration::from_secs(7));
+    }
+
+    /// A provider stand-in: counts exchanges; mode 0 works, 1 fails retryably.
+    struct Fake {
+        calls: AtomicU64,
+        mode: AtomicU8,
+        lifetime: Duration,
+        delay: Duration,
+    }
+
+    impl Exchanger for Fake {
+        fn exchange(&self, _spec: Arc<Spec>, _reason: FetchReason) -> ExchangeFuture {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            let mode = self.mode.load(Ordering::SeqCst);
+            let (lifetime, delay) = (self.lifetime, self.delay);
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                if mode == 1 {
+                    return Err(ProviderError::unreachable("provider \"fake\" is down"));
+                }
+                Ok(IssuedToken::new(Secret::new(format!("token-{n}")), "at".into(), String::new(), lifetime, None))
+            })
+        }
+    }
+
+    fn spec() -> Spec {
+        Spec {
+            identity: Arc::new(IdentitySettings {
+                name: "payments".into(),
+                provider: "corp".into(),
+                grant: Grant::ClientCredentials,
+                subject: SubjectSource::Client,
+                subject_token_type: String::new(),
+                trusted_issuers: vec![],
+                actor_token_file: None,
+                actor_token_type: String::new(),
+                requested_token_type: String::new(),
+                audiences: vec!["aud".into()],
+                scopes: vec![],
+            }),
+            audience: "aud".into(),
+            scopes: BTreeSet::new(),
+            subject: Credential::None,
+            actor: Credential::None,
+        }
+    }
+
+    fn fake(lifetime: u64) -> Arc<Fake> {
+        Arc::new(Fake { calls: AtomicU64::new(0), mode: AtomicU8::new(0), lifetime: Duration::from_secs(lifetime), delay: Duration::from_millis(50) })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_misses_share_one_exchange() {
+        let f = fake(300);
+        let cache = Cache::new(settings(), f.clone(), CancellationToken::new());
+        let mut tasks = Vec::new();
+        for _ in 0..200 {
+            let c = cache.clone();
+            tasks.push(tokio::spawn(async move { c.get(spec(), Duration::ZERO).await.map(|(t, _)| t.fingerprint.clone()) }));
+        }
+        let mut prints = BTreeSet::new();
+        for t in tasks {
+            prints.insert(t.await.unwrap().unwrap());
+        }
+        assert_eq!(f.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(prints.len(), 1, "all 200 got the same token");
+        let (_, source) = cache.get(spec(), Duration::ZERO).await.unwrap();
+        assert_eq!(source, Source::Cache);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_in_use_are_renewed_before_expiry_and_idle_keys_are_not() {
+        let f = fake(100);
+        let mut s = settings();
+        s.idle_expiry = Duration::from_secs(150);
+        let cache = Cache::new(s, f.clone(), CancellationToken::new());
+        let (first, _) = cache.get(spec(), Duration::ZERO).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(90)).await;
+        assert_eq!(f.calls.load(Ordering::SeqCst), 2, "renewed in the background around 80 s");
+        let (second, source) = cache.get(spec(), Duration::ZERO).await.unwrap();
+        assert_eq!(source, Source::Cache);
+        assert_ne!(first.fingerprint, second.fingerprint);
+        // No more requests: the key is renewed while it was used within idle_expiry, then left alone.
+        tokio::time::sleep(Duration::from_secs(1000)).await;
+        let calls = f.calls.load(Ordering::SeqCst);
+        assert!((3..=4).contains(&calls), "{calls}");
+        assert_eq!(cache.len(), 0, "expired idle keys are swept");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_provider_leaves_the_cached_token_served_until_the_floor() {
+        let f = fake(300);
+        let cache = Cache::new(settings(), f.clone(), CancellationToken::new());
+        let (first, _) = cache.get(spec(), Duration::ZERO).await.unwrap();
+        f.mode.store(1, Ordering::SeqCst);
+        // Renewal is due between 225 s and 255 s and fails; 40 s are left, above the 30 s floor.
+        tokio::time::sleep(Duration::from_secs(260)).await;
+        assert!(cache.degraded());
+        let (t, source) = cache.get(spec(), Duration::ZERO).await.unwrap();
+        assert_eq!((t.fingerprint.as_str(), source), (first.fingerprint.as_str(), Source::Cache));
+        // Below the floor the token is not handed out any more.
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let err = cache.get(spec(), Duration::ZERO).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::UpstreamUnavailable);
+        assert!(err.description.contains("too close to expiry"), "{}", err.description);
+        f.mode.store(0, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (t, _) = cache.get(spec(), Duration::ZERO).await.unwrap();
+        assert_ne!(t.fingerprint, first.fingerprint, "service resumes without a restart");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn min_valid_beyond_the_lifetime_is_the_callers_error() {
+        let cache = Cache::new(settings(), fake(60), CancellationToken::new());
+        let err = cache.get(spec(), Duration::from_secs(120)).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidRequest);
+    }
+}

@@ -1,0 +1,243 @@
+//! Who is on the other end of the socket: peer credentials from the kernel (`SO_PEERCRED`), then
+//! what `/proc/<pid>` says about that process (supplementary groups, executable, systemd unit).
+//!
+//! `SO_PEERCRED` is a snapshot taken at `connect()`, and a PID can be reused. What `/proc/<pid>`
+//! says is trusted only if the process there started no later than the moment the connection was
+//! accepted and still has the same start time after everything was read; otherwise those
+//! attributes are left unknown, and only roles that do not need them can match.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// A verified caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip)]
+    pub groups: Vec<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// Why `/proc` attributes are missing, when they are.
+    #[serde(skip)]
+    pub unreadable: Option<String>,
+}
+
+impl Caller {
+    /// A caller known only by its credentials (for tests and for callers whose `/proc` is gone).
+    pub fn from_ids(uid: u32, gid: u32, pid: Option<i32>) -> Caller {
+        Caller { uid, gid, pid, user: None, groups: Vec::new(), exe: None, unit: None, unreadable: None }
+    }
+
+    /// Whether the caller is in group `gid`, as primary or supplementary group.
+    pub fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || self.groups.contains(&gid)
+    }
+
+    /// "uid 1001 (payments), pid 4242, unit payments.service, exe /usr/bin/x": what the agent saw.
+    pub fn describe(&self) -> String {
+        let mut s = format!("uid {}", self.uid);
+        if let Some(user) = &self.user {
+            s.push_str(&format!(" ({user})"));
+        }
+        s.push_str(&format!(", gid {}", self.gid));
+        if let Some(pid) = self.pid {
+            s.push_str(&format!(", pid {pid}"));
+        }
+        s.push_str(&format!(", unit {}", self.unit.as_deref().unwrap_or("unknown")));
+        match &self.exe {
+            Some(exe) => s.push_str(&format!(", exe {}", exe.display())),
+            None => s.push_str(", exe unknown"),
+        }
+        if let Some(why) = &self.unreadable {
+            s.push_str(&format!(" (process attributes unreadable: {why})"));
+        }
+        s
+    }
+}
+
+/// Attests a caller from its peer credentials. `accepted_ticks` is the boot-time clock, in
+/// clock ticks, when the connection was accepted (see [`boot_ticks_now`]).
+pub fn attest(uid: u32, gid: u32, pid: Option<i32>, accepted_ticks: Option<u64>) -> Caller {
+    attest_at(Path::new("/proc"), uid, gid, pid, accepted_ticks)
+}
+
+fn attest_at(proc_root: &Path, uid: u32, gid: u32, pid: Option<i32>, accepted_ticks: Option<u64>) -> Caller {
+    let mut caller = Caller::from_ids(uid, gid, pid);
+    caller.user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|u| u.name);
+    let Some(pid) = pid.filter(|p| *p > 0) else {
+        caller.unreadable = Some("the kernel gave no pid".into());
+        return caller;
+    };
+    match read_process(proc_root, pid, uid, accepted_ticks) {
+        Ok(p) => {
+            caller.groups = p.groups;
+            caller.exe = p.exe;
+            caller.unit = p.unit;
+        }
+        Err(why) => caller.unreadable = Some(why),
+    }
+    caller
+}
+
+struct ProcessFacts {
+    groups: Vec<u32>,
+    exe: Option<PathBuf>,
+    unit: Option<String>,
+}
+
+fn read_process(proc_root: &Path, pid: i32, uid: u32, accepted_ticks: Option<u64>) -> Result<ProcessFacts, String> {
+    let dir = proc_root.join(pid.to_string());
+    let before = start_ticks(&dir).ok_or_else(|| format!("process {pid} is gone"))?;
+    if let Some(accepted) = accepted_ticks {
+        if before > accepted {
+            return Err(format!("pid {pid} was reused after the connection was made"));
+        }
+    }
+    let status = std::fs::read_to_string(dir.join("status")).map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    let (real_uid, groups) = parse_status(&status);
+    if real_uid != Some(uid) {
+        return Err(format!("pid {pid} now belongs to another user"));
+    }
+    let exe = std::fs::read_link(dir.join("exe")).ok().map(|p| strip_deleted(p));
+    let unit = std::fs::read_to_string(dir.join("cgroup")).ok().and_then(|c| unit_from_cgroup(&c));
+    let after = start_ticks(&dir).ok_or_else(|| format!("process {pid} exited while being read"))?;
+    if after != before {
+        return Err(format!("pid {pid} was reused while being read"));
+    }
+    Ok(ProcessFacts { groups, exe, unit })
+}
+
+/// `/proc/<pid>/exe` of a replaced binary reads "/path (deleted)": the path is still what ran.
+fn strip_deleted(p: PathBuf) -> PathBuf {
+    match p.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        Some(s) => PathBuf::from(s),
+        None => p,
+    }
+}
+
+/// Field 22 of `/proc/<pid>/stat`: the process start time in clock ticks since boot.
+fn start_ticks(dir: &Path) -> Option<u64> {
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    parse_start_ticks(&stat)
+}
+
+fn parse_start_ticks(stat: &str) -> Option<u64> {
+    // The command name (field 2) is in parentheses and may contain spaces or ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After the name come fields 3..; start time is field 22, i.e. the 20th after the name.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The boot-time clock now, in the clock ticks `/proc/<pid>/stat` uses.
+pub fn boot_ticks_now() -> Option<u64> {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten()? as u64;
+    // Round up: a process that started in the same tick as the accept still counts as earlier.
+    Some(ts.tv_sec() as u64 * hz + (ts.tv_nsec() as u64 * hz).div_ceil(1_000_000_000))
+}
+
+/// Real uid and supplementary groups from `/proc/<pid>/status`.
+fn parse_status(status: &str) -> (Option<u32>, Vec<u32>) {
+    let mut uid = None;
+    let mut groups = Vec::new();
+    for line in status.lines() {
+        if let Some(rest) = line.strip_prefix("Uid:") {
+            uid = rest.split_whitespace().next().and_then(|u| u.parse().ok());
+        } else if let Some(rest) = line.strip_prefix("Groups:") {
+            groups = rest.split_whitespace().filter_map(|g| g.parse().ok()).collect();
+        }
+    }
+    (uid, groups)
+}
+
+const UNIT_SUFFIXES: &[&str] = &[".service", ".scope", ".socket", ".mount", ".swap", ".timer", ".slice"];
+
+/// The systemd unit that owns a process, from `/proc/<pid>/cgroup` on the unified hierarchy:
+/// the innermost path component that names a unit other than a slice, e.g.
+/// `0::/system.slice/payments.service` → `payments.service`,
+/// `0::/user.slice/user-1000.slice/user@1000.service/app.slice/app-x.scope` → `app-x.scope`,
+/// `0::/system.slice/runner.service/payload` (a delegated subtree) → `runner.service`.
+pub fn unit_from_cgroup(contents: &str) -> Option<String> {
+    let path = contents
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        // Hybrid hierarchy: fall back to systemd's named hierarchy.
+        .or_else(|| contents.lines().find_map(|l| l.split_once(":name=systemd:").map(|(_, p)| p)))?;
+    path.split('/')
+        .rev()
+        .find(|c| UNIT_SUFFIXES.iter().any(|s| c.ends_with(s) && c.len() > s.len()) && !c.ends_with(".slice"))
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_come_from_system_services_user_services_and_scopes() {
+        assert_eq!(unit_from_cgroup("0::/system.slice/payments.service\n").as_deref(), Some("payments.service"));
+        assert_eq!(
+            unit_from_cgroup("0::/user.slice/user-1000.slice/user@1000.service/app.slice/app-gnome-x.scope\n").as_deref(),
+            Some("app-gnome-x.scope")
+        );
+        assert_eq!(
+            unit_from_cgroup("0::/user.slice/user-1000.slice/user@1000.service/app.slice/sync.service\n").as_deref(),
+            Some("sync.service")
+        );
+        assert_eq!(unit_from_cgroup("0::/user.slice/user-1000.slice/session-3.scope\n").as_deref(), Some("session-3.scope"));
+        assert_eq!(unit_from_cgroup("0::/system.slice/runner.service/payload\n").as_deref(), Some("runner.service"));
+        assert_eq!(unit_from_cgroup("0::/\n"), None);
+        assert_eq!(unit_from_cgroup("0::/init.scope\n").as_deref(), Some("init.scope"));
+        assert_eq!(
+            unit_from_cgroup("12:pids:/system.slice/x.service\n1:name=systemd:/system.slice/cron.service\n0::/\n"),
+            None,
+            "the unified line wins when present"
+        );
+        assert_eq!(
+            unit_from_cgroup("12:pids:/system.slice/x.service\n1:name=systemd:/system.slice/cron.service\n").as_deref(),
+            Some("cron.service")
+        );
+    }
+
+    #[test]
+    fn the_start_time_is_field_22_even_with_odd_command_names() {
+        let stat = "4242 (a ) b) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(parse_start_ticks(stat), Some(987654));
+    }
+
+    #[test]
+    fn this_process_is_attested_with_exe_groups_and_its_real_unit() {
+        let me = std::process::id() as i32;
+        let uid = nix::unistd::getuid().as_raw();
+        let gid = nix::unistd::getgid().as_raw();
+        let caller = attest(uid, gid, Some(me), boot_ticks_now());
+        assert_eq!(caller.unreadable, None);
+        assert_eq!(caller.exe.as_deref(), Some(std::env::current_exe().unwrap().as_path()));
+        let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        assert_eq!(caller.unit, unit_from_cgroup(&cgroup));
+    }
+
+    #[test]
+    fn a_process_that_started_after_the_accept_is_not_trusted() {
+        let me = std::process::id() as i32;
+        let caller = attest(nix::unistd::getuid().as_raw(), 0, Some(me), Some(0));
+        assert!(caller.exe.is_none());
+        assert!(caller.unreadable.as_deref().unwrap_or("").contains("reused"), "{caller:?}");
+        assert!(caller.describe().contains("unreadable"));
+    }
+
+    #[test]
+    fn a_pid_of_another_user_is_not_trusted() {
+        let me = std::process::id() as i32;
+        let caller = attest(nix::unistd::getuid().as_raw() + 4242, 0, Some(me), boot_ticks_now());
+        assert!(caller.exe.is_none());
+        assert!(caller.unreadable.is_some());
+    }
+}

@@ -1,0 +1,162 @@
+//! The agent process: bind the socket, serve, tell systemd, reload on SIGHUP, stop on SIGTERM.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::UnixListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{Agent, load_config};
+use crate::config::Config;
+use crate::systemd::{Notifier, monotonic_usec};
+
+/// A started agent: serving on its socket until [`RunningAgent::shutdown`].
+pub struct RunningAgent {
+    pub agent: Arc<Agent>,
+    pub socket: PathBuf,
+    cancel: CancellationToken,
+    server: JoinHandle<()>,
+    notifier: Notifier,
+}
+
+/// Binds the agent's socket: creates its directory, refuses to steal a socket another agent is
+/// serving, removes a stale one, and sets mode and group.
+pub fn bind_socket(config: &Config) -> Result<UnixListener, String> {
+    let a = &config.agent;
+    let path = &a.socket;
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(format!("another agent is already serving {}; stop it or choose another agent.socket", path.display()));
+        }
+        std::fs::remove_file(path).map_err(|e| format!("cannot remove the stale socket {}: {e}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(a.socket_mode))
+        .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
+    if let Some(gid) = a.socket_group {
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+            .map_err(|e| format!("cannot give {} to group {gid}: {e}", path.display()))?;
+    }
+    Ok(listener)
+}
+
+fn summary(config: &Config) -> String {
+    format!(
+        "serving {} identities of {} providers on {}",
+        config.identities.len(),
+        config.providers.len(),
+        config.agent.socket.display()
+    )
+}
+
+/// Starts an agent for a validated configuration.
+pub async fn start(config: Config, notifier: Notifier) -> Result<RunningAgent, String> {
+    let cancel = CancellationToken::new();
+    let listener = bind_socket(&config)?;
+    let socket = config.agent.socket.clone();
+    let status = summary(&config);
+    let config_path = config.path.clone();
+    let agent = Agent::new(config, cancel.clone())?;
+    let server = tokio::spawn(crate::server::serve(listener, agent.clone(), cancel.clone()));
+    agent.audit_best_effort(
+        "agent.started",
+        serde_json::json!({"pid": std::process::id(), "version": env!("CARGO_PKG_VERSION"), "socket": socket}),
+    );
+    agent.audit_best_effort("config.loaded", serde_json::json!({"path": config_path}));
+    {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            agent.warm_up().await;
+            agent.set_ready();
+        });
+    }
+    // The listener is bound and the accept loop runs: the socket answers.
+    notifier.notify(&format!("READY=1\nSTATUS={status}"));
+    tracing::info!(socket = %socket.display(), "{status}");
+    Ok(RunningAgent { agent, socket, cancel, server, notifier })
+}
+
+impl RunningAgent {
+    /// Reloads the configuration from `path`. An invalid one is rejected (logged and audited) and
+    /// the running one stays.
+    pub fn reload(&self, path: &Path) -> Result<(), String> {
+        self.notifier.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+        self.agent.reopen_audit();
+        let result = match load_config(path) {
+            Ok(config) => {
+                let status = summary(&config);
+                self.agent.apply(config).map(|()| status)
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let outcome = match result {
+            Ok(status) => {
+                tracing::info!(path = %path.display(), "configuration reloaded");
+                self.agent.audit_best_effort("config.loaded", serde_json::json!({"path": path}));
+                self.notifier.notify(&format!("READY=1\nSTATUS={status}"));
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), "configuration rejected; the running one stays:\n{e}");
+                self.agent.audit_best_effort("config.rejected", serde_json::json!({"path": path, "reason": e}));
+                self.notifier.notify("READY=1\nSTATUS=configuration rejected at reload; running the previous one");
+                Err(e)
+            }
+        };
+        outcome
+    }
+
+    /// Stops accepting, lets in-flight requests finish (at most 10 s), removes the socket.
+    pub async fn shutdown(self) {
+        self.notifier.notify("STOPPING=1");
+        self.agent.audit_best_effort("agent.stopping", serde_json::json!({"pid": std::process::id()}));
+        self.cancel.cancel();
+        let _ = self.server.await;
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// `cortexid agent`: runs until SIGTERM or SIGINT; SIGHUP reloads. Returns the exit code.
+pub async fn run(config_path: PathBuf, notifier: Notifier) -> i32 {
+    let config = match load_config(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cortexid: invalid configuration, not starting:\n{e}");
+            return 64;
+        }
+    };
+    crate::logging::init(config.agent.log_format);
+    let running = match start(config, notifier).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            eprintln!("cortexid: cannot start: {e}");
+            return 1;
+        }
+    };
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut hup, mut term, mut int) = match (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(h), Ok(t), Ok(i)) => (h, t, i),
+        _ => {
+            eprintln!("cortexid: cannot install signal handlers");
+            return 1;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => { let _ = running.reload(&config_path); }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("stopping");
+    running.shutdown().await;
+    0
+}

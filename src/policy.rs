@@ -1,0 +1,454 @@
+//! Roles: who the caller is (and the claims of a credential it presented) → which identities,
+//! audiences and scopes it may request. Default deny.
+//!
+//! A caller's rights are the union of the grants of every role that matches it; one request is
+//! served under one role, the first (in file order) that allows the identity, the audience and
+//! every requested scope together, so that a request never combines an audience from one role
+//! with a scope from another.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::caller::Caller;
+use crate::config::{Config, IdentitySettings, Role};
+use crate::error::{ApiError, ErrorKind};
+
+/// What a caller asked for.
+#[derive(Debug, Clone)]
+pub struct Ask<'a> {
+    pub identity: Option<&'a str>,
+    pub audience: Option<&'a str>,
+    /// Requested scopes, sorted and without duplicates.
+    pub scopes: &'a BTreeSet<String>,
+}
+
+/// A decision to serve: under which role, for which identity, audience and scopes.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub role: Arc<Role>,
+    pub identity: Arc<IdentitySettings>,
+    pub audience: String,
+    pub scopes: BTreeSet<String>,
+}
+
+/// One entry of `/v1/identities`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IdentityView {
+    pub name: String,
+    pub audiences: Vec<String>,
+    pub scopes: Vec<String>,
+    pub agent: bool,
+}
+
+/// Why a role did not match: the first condition that failed, in words.
+fn mismatch(role: &Role, caller: &Caller, claims: Option<&serde_json::Value>) -> Option<String> {
+    if let Some(uids) = &role.uids {
+        if !uids.contains(&caller.uid) {
+            return Some(format!("role {:?} needs uid in {:?}, caller has uid {}", role.name, uids, caller.uid));
+        }
+    }
+    if let Some(gids) = &role.gids {
+        if !gids.iter().any(|g| caller.in_group(*g)) {
+            return Some(format!("role {:?} needs one of the groups {:?}, caller is in gid {}{}", role.name, gids, caller.gid,
+                if caller.groups.is_empty() { String::new() } else { format!(" and {:?}", caller.groups) }));
+        }
+    }
+    if let Some(units) = &role.units {
+        match &caller.unit {
+            Some(unit) if units.iter().any(|u| u == unit) => {}
+            Some(unit) => return Some(format!("role {:?} needs unit in {:?}, caller runs in {unit}", role.name, units)),
+            None => return Some(format!("role {:?} needs unit in {:?}, and the caller's unit could not be read", role.name, units)),
+        }
+    }
+    if let Some(exes) = &role.executables {
+        match &caller.exe {
+            Some(exe) if exes.iter().any(|e| e == exe) => {}
+            Some(exe) => {
+                return Some(format!("role {:?} needs executable in {:?}, caller runs {}", role.name, exes, exe.display()));
+            }
+            None => return Some(format!("role {:?} needs an executable check, and the caller's executable could not be read", role.name)),
+        }
+    }
+    if let Some(conds) = &role.claims {
+        let Some(claims) = claims else {
+            return Some(format!("role {:?} needs a presented credential with claims {:?}", role.name, conds));
+        };
+        for (path, accepted) in conds {
+            if !claim_matches(claims, path, accepted) {
+                let seen = lookup_claim(claims, path).map(|v| v.to_string()).unwrap_or_else(|| "nothing".into());
+                return Some(format!("role {:?} needs claim {path} in {:?}, the credential has {seen}", role.name, accepted));
+            }
+        }
+    }
+    None
+}
+
+/// Looks up a claim by a dotted path (`tenant.id`); a key that itself contains dots is found too.
+fn lookup_claim<'v>(claims: &'v serde_json::Value, path: &str) -> Option<&'v serde_json::Value> {
+    if let Some(v) = claims.get(path) {
+        return Some(v);
+    }
+    let (head, rest) = path.split_once('.')?;
+    lookup_claim(claims.get(head)?, rest)
+}
+
+/// A claim matches when it equals one of the accepted values, or is a list containing one.
+fn claim_matches(claims: &serde_json::Value, path: &str, accepted: &[String]) -> bool {
+    let scalar = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => accepted.iter().any(|a| a == s),
+        serde_json::Value::Number(n) => accepted.iter().any(|a| *a == n.to_string()),
+        serde_json::Value::Bool(b) => accepted.iter().any(|a| *a == b.to_string()),
+        _ => false,
+    };
+    match lookup_claim(claims, path) {
+        Some(serde_json::Value::Array(items)) => items.iter().any(scalar),
+        Some(v) => scalar(v),
+        None => false,
+    }
+}
+
+/// The roles that match a caller, in file order.
+pub fn matching_roles<'c>(config: &'c Config, caller: &Caller, claims: Option<&serde_json::Value>) -> Vec<&'c Arc<Role>> {
+    config.roles.iter().filter(|r| mismatch(r, caller, claims).is_none()).collect()
+}
+
+/// The audiences a role allows for an identity.
+fn role_audiences<'a>(role: &'a Role, identity: &'a IdentitySettings) -> impl Iterator<Item = &'a String> {
+    identity
+        .audiences
+        .iter()
+        .filter(move |a| role.audiences.as_ref().is_none_or(|narrow| narrow.contains(a)))
+}
+
+/// The scopes a role allows for an identity: the identity's ceiling, narrowed by the role; agent
+/// roles get only what they list.
+fn role_scopes<'a>(role: &'a Role, identity: &'a IdentitySettings) -> impl Iterator<Item = &'a String> {
+    identity.scopes.iter().filter(move |s| match &role.scopes {
+        Some(narrow) => narrow.contains(s),
+        None => !role.agent,
+    })
+}
+
+/// What `/v1/identities` shows this caller.
+pub fn identities_for(config: &Config, caller: &Caller, claims: Option<&serde_json::Value>) -> Vec<IdentityView> {
+    let roles = matching_roles(config, caller, claims);
+    let mut out: Vec<IdentityView> = Vec::new();
+    for identity in &config.identities {
+        let granting: Vec<_> = roles.iter().filter(|r| r.identities.contains(&identity.name)).collect();
+        if granting.is_empty() {
+            continue;
+        }
+        let mut audiences: Vec<String> = Vec::new();
+        let mut scopes: Vec<String> = Vec::new();
+        for role in &granting {
+            for a in role_audiences(role, identity) {
+                if !audiences.contains(a) {
+                    audiences.push(a.clone());
+                }
+            }
+            for s in role_scopes(role, identity) {
+                if !scopes.contains(s) {
+                    scopes.push(s.clone());
+                }
+            }
+        }
+        out.push(IdentityView {
+            name: identity.name.clone(),
+            audiences,
+            scopes,
+            agent: granting.iter().all(|r| r.agent),
+        });
+    }
+    out
+}
+
+/// Decides a token request. Default deny: no matching role, no token.
+pub fn authorize(config: &Config, caller: &Caller, claims: Option<&serde_json::Value>, ask: &Ask<'_>) -> Result<Grant, ApiError> {
+    if let Some(name) = ask.identity {
+        if config.identity(name).is_none() {
+            return Err(ApiError::new(ErrorKind::UnknownIdentity, format!("no identity named {name:?} is configured on this agent")));
+        }
+    }
+    let roles = matching_roles(config, caller, claims);
+    let near_misses = |identity: Option<&str>| -> String {
+        let misses: Vec<String> = config
+            .roles
+            .iter()
+            .filter(|r| identity.is_none_or(|i| r.identities.iter().any(|x| x == i)))
+            .filter_map(|r| mismatch(r, caller, claims))
+            .collect();
+        if misses.is_empty() { String::new() } else { format!("; {}", misses.join("; ")) }
+    };
+    if roles.is_empty() {
+        return Err(ApiError::access_denied(format!(
+            "no role matches the caller ({}){}",
+            caller.describe(),
+            near_misses(ask.identity)
+        )));
+    }
+
+    let allowed: Vec<&str> = config
+        .identities
+        .iter()
+        .filter(|i| roles.iter().any(|r| r.identities.contains(&i.name)))
+        .map(|i| i.name.as_str())
+        .collect();
+    let identity_name = match ask.identity {
+        Some(name) if allowed.contains(&name) => name,
+        Some(name) => {
+            return Err(ApiError::access_denied(format!(
+                "no role lets the caller ({}) use identity {name:?}{}",
+                caller.describe(),
+                near_misses(Some(name))
+            )));
+        }
+        None => match allowed.as_slice() {
+            [only] => only,
+            _ => {
+                return Err(ApiError::invalid_request(format!(
+                    "this caller may use several identities; say which with identity=NAME (one of: {})",
+                    allowed.join(", ")
+                )));
+            }
+        },
+    };
+    let identity = config
+        .identity(identity_name)
+        .cloned()
+        .ok_or_else(|| ApiError::new(ErrorKind::UnknownIdentity, format!("no identity named {identity_name:?}")))?;
+    let granting: Vec<&Arc<Role>> = roles.into_iter().filter(|r| r.identities.iter().any(|i| i == identity_name)).collect();
+
+    let mut audiences: Vec<&String> = Vec::new();
+    for role in &granting {
+        for a in role_audiences(role, &identity) {
+            if !audiences.contains(&a) {
+                audiences.push(a);
+            }
+        }
+    }
+    let audience = match ask.audience {
+        Some(a) => a.to_string(),
+        None => match audiences.as_slice() {
+            [only] => (*only).clone(),
+            _ => {
+                return Err(ApiError::invalid_request(format!(
+                    "audience is required for identity {identity_name:?}; one of: {}",
+                    join(&audiences)
+                )));
+            }
+        },
+    };
+    if !audiences.iter().any(|a| **a == audience) {
+        return Err(ApiError::invalid_target(format!(
+            "audience {audience:?} is not allowed for the caller ({}) with identity {identity_name:?}; allowed: {}",
+            caller.describe(),
+            join(&audiences)
+        )));
+    }
+
+    let mut allowed_scopes: BTreeSet<&String> = BTreeSet::new();
+    for role in granting.iter().filter(|r| role_audiences(r, &identity).any(|a| *a == audience)) {
+        let scopes: BTreeSet<&String> = role_scopes(role, &identity).collect();
+        if ask.scopes.iter().all(|s| scopes.contains(s)) {
+            return Ok(Grant { role: (*role).clone(), identity, audience, scopes: ask.scopes.clone() });
+        }
+        allowed_scopes.extend(scopes);
+    }
+    let refused: Vec<&String> = ask.scopes.iter().filter(|s| !allowed_scopes.contains(s)).collect();
+    let detail = if refused.is_empty() {
+        "no single role allows all of them together; ask for them in separate requests".to_string()
+    } else {
+        format!("not allowed: {}", join(&refused))
+    };
+    Err(ApiError::invalid_scope(format!(
+        "scope {:?} is not allowed for the caller ({}) with identity {identity_name:?} and audience {audience:?} ({detail}); allowed: {}",
+        ask.scopes.iter().cloned().collect::<Vec<_>>().join(" "),
+        caller.describe(),
+        if allowed_scopes.is_empty() { "no scopes".to_string() } else { join(&allowed_scopes.into_iter().collect::<Vec<_>>()) }
+    )))
+}
+
+fn join(items: &[&String]) -> String {
+    if items.is_empty() {
+        return "none".into();
+    }
+    items.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// Parses a space-separated scope string into a sorted set.
+pub fn parse_scopes(s: &str) -> BTreeSet<String> {
+    s.split_whitespace().map(str::to_string).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Grant as GrantType, SubjectSource};
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    fn identity(name: &str, auds: &[&str], scopes: &[&str]) -> Arc<IdentitySettings> {
+        Arc::new(IdentitySettings {
+            name: name.into(),
+            provider: "corp".into(),
+            grant: GrantType::ClientCredentials,
+            subject: SubjectSource::Client,
+            subject_token_type: String::new(),
+            trusted_issuers: vec![],
+            actor_token_file: None,
+            actor_token_type: String::new(),
+            requested_token_type: String::new(),
+            audiences: auds.iter().map(|s| s.to_string()).collect(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    fn role(name: &str, uids: &[u32], ids: &[&str]) -> Role {
+        Role {
+            name: name.into(),
+            uids: Some(uids.iter().copied().collect()),
+            gids: None,
+            units: None,
+            executables: None,
+            claims: None,
+            identities: ids.iter().map(|s| s.to_string()).collect(),
+            audiences: None,
+            scopes: None,
+            agent: false,
+            rate: None,
+        }
+    }
+
+    fn config(roles: Vec<Role>) -> Config {
+        Config {
+            path: PathBuf::from("t.toml"),
+            agent: crate::config::parse("", std::path::Path::new("t"), &NoCtx).unwrap().agent,
+            providers: vec![],
+            identities: vec![
+                identity("payments", &["https://payments", "https://ledger"], &["read", "write"]),
+                identity("batch", &["https://batch"], &["run"]),
+            ],
+            roles: roles.into_iter().map(Arc::new).collect(),
+            sinks: vec![],
+        }
+    }
+
+    struct NoCtx;
+    impl crate::config::LoadContext for NoCtx {
+        fn credentials_directory(&self) -> Option<PathBuf> {
+            None
+        }
+        fn under_systemd(&self) -> bool {
+            false
+        }
+        fn uid_of_user(&self, _: &str) -> Option<u32> {
+            None
+        }
+        fn gid_of_group(&self, _: &str) -> Option<u32> {
+            None
+        }
+    }
+
+    fn ask<'a>(identity: Option<&'a str>, audience: Option<&'a str>, scopes: &'a BTreeSet<String>) -> Ask<'a> {
+        Ask { identity, audience, scopes }
+    }
+
+    #[test]
+    fn default_deny_names_the_caller() {
+        let cfg = config(vec![role("r", &[1001], &["payments"])]);
+        let none = BTreeSet::new();
+        let err = authorize(&cfg, &Caller::from_ids(2002, 2002, Some(7)), None, &ask(None, Some("https://payments"), &none)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::AccessDenied);
+        assert!(err.description.contains("uid 2002"), "{}", err.description);
+        assert!(err.description.contains("needs uid in {1001}"), "{}", err.description);
+    }
+
+    #[test]
+    fn audience_and_scope_narrowing() {
+        let mut r = role("r", &[1001], &["payments"]);
+        r.audiences = Some(vec!["https://payments".into()]);
+        r.scopes = Some(vec!["read".into()]);
+        let cfg = config(vec![r]);
+        let c = Caller::from_ids(1001, 1001, None);
+        let read = parse_scopes("read");
+        let g = authorize(&cfg, &c, None, &ask(None, None, &read)).unwrap();
+        assert_eq!((g.identity.name.as_str(), g.audience.as_str()), ("payments", "https://payments"));
+        let err = authorize(&cfg, &c, None, &ask(None, Some("https://ledger"), &read)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidTarget);
+        assert!(err.description.contains("https://ledger"));
+        let write = parse_scopes("read write");
+        let err = authorize(&cfg, &c, None, &ask(None, None, &write)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidScope);
+        assert!(err.description.contains("not allowed: write"), "{}", err.description);
+    }
+
+    #[test]
+    fn rights_are_the_union_of_matching_roles_but_one_request_uses_one_role() {
+        let mut a = role("a", &[1001], &["payments"]);
+        a.audiences = Some(vec!["https://payments".into()]);
+        a.scopes = Some(vec!["read".into()]);
+        let mut b = role("b", &[1001], &["payments", "batch"]);
+        b.audiences = Some(vec!["https://ledger".into()]);
+        let cfg = config(vec![a, b]);
+        let c = Caller::from_ids(1001, 1001, None);
+        let none = BTreeSet::new();
+        let err = authorize(&cfg, &c, None, &ask(None, None, &none)).unwrap_err();
+        assert!(err.description.contains("payments, batch"), "{}", err.description);
+        let rw = parse_scopes("read write");
+        let g = authorize(&cfg, &c, None, &ask(Some("payments"), Some("https://ledger"), &rw)).unwrap();
+        assert_eq!(g.role.name, "b");
+        // Role a allows https://payments but only "read"; role b allows "write" but not that audience.
+        let err = authorize(&cfg, &c, None, &ask(Some("payments"), Some("https://payments"), &rw)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidScope);
+        let ids = identities_for(&cfg, &c, None);
+        assert_eq!(ids.len(), 2);
+        assert_eq!(ids[0].audiences, vec!["https://payments", "https://ledger"]);
+        assert_eq!(ids[0].scopes, vec!["read", "write"]);
+    }
+
+    #[test]
+    fn agent_roles_get_only_listed_scopes() {
+        let mut r = role("bot", &[1001], &["payments"]);
+        r.agent = true;
+        let cfg = config(vec![r]);
+        let c = Caller::from_ids(1001, 1001, None);
+        let read = parse_scopes("read");
+        let err = authorize(&cfg, &c, None, &ask(None, Some("https://payments"), &read)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidScope);
+        assert!(err.description.contains("allowed: no scopes"), "{}", err.description);
+    }
+
+    #[test]
+    fn unknown_identity_is_404_and_missing_audience_is_400() {
+        let cfg = config(vec![role("r", &[1001], &["payments"])]);
+        let c = Caller::from_ids(1001, 1001, None);
+        let none = BTreeSet::new();
+        assert_eq!(authorize(&cfg, &c, None, &ask(Some("nope"), None, &none)).unwrap_err().kind, ErrorKind::UnknownIdentity);
+        let err = authorize(&cfg, &c, None, &ask(None, None, &none)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidRequest);
+        assert!(err.description.contains("audience is required"));
+        let err = authorize(&cfg, &c, None, &ask(Some("batch"), None, &none)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::AccessDenied);
+    }
+
+    #[test]
+    fn claims_match_strings_lists_and_nested_paths() {
+        let mut r = role("claims", &[1001], &["payments"]);
+        r.claims = Some(BTreeMap::from([
+            ("team".to_string(), vec!["payments".to_string()]),
+            ("tenant.id".to_string(), vec!["t1".to_string(), "t2".to_string()]),
+        ]));
+        let cfg = config(vec![r]);
+        let c = Caller::from_ids(1001, 1001, None);
+        let none = BTreeSet::new();
+        let good = serde_json::json!({"team": ["ops", "payments"], "tenant": {"id": "t2"}});
+        authorize(&cfg, &c, Some(&good), &ask(None, Some("https://payments"), &none)).unwrap();
+        let bad = serde_json::json!({"team": "ops", "tenant": {"id": "t2"}});
+        let err = authorize(&cfg, &c, Some(&bad), &ask(None, Some("https://payments"), &none)).unwrap_err();
+        assert!(err.description.contains("needs claim team"), "{}", err.description);
+        let err = authorize(&cfg, &c, None, &ask(None, Some("https://payments"), &none)).unwrap_err();
+        assert!(err.description.contains("presented credential"), "{}", err.description);
+    }
+}

@@ -1,0 +1,675 @@
+//! Talking to an OpenID Connect provider: discovery, JWKS, client authentication, the token
+//! exchange (RFC 8693) and client credentials requests, and verification of what comes back.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::config::{ClientAuth, Grant, IdentitySettings, ProviderSettings, TargetParameter};
+use crate::error::{ProviderError, ProviderErrorKind};
+use crate::token::{Secret, TokenClaims, IssuedToken};
+
+const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// Re-fetch the JWKS for an unknown `kid` at most this often.
+const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(1);
+/// Leeway for `exp`/`nbf`/`iat` checks against this host's clock.
+pub const CLOCK_LEEWAY: Duration = Duration::from_secs(60);
+
+/// What discovery (or the configuration) says about a provider's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metadata {
+    pub issuer: String,
+    pub token_endpoint: String,
+    pub jwks_uri: Option<String>,
+    pub auth_methods: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Discovery {
+    issuer: String,
+    token_endpoint: Option<String>,
+    jwks_uri: Option<String>,
+    token_endpoint_auth_methods_supported: Option<Vec<String>>,
+}
+
+/// Reachability as the agent last saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProviderHealth {
+    /// `None` until the first request finished.
+    pub reachable: Option<bool>,
+    pub last_error: Option<String>,
+}
+
+struct Jwks {
+    keys: Vec<(Option<String>, jsonwebtoken::jwk::Jwk)>,
+    fetched: Option<Instant>,
+}
+
+/// A credential for one exchange, already read.
+#[derive(Debug, Clone)]
+pub struct PresentedToken {
+    pub token: Secret,
+    pub token_type: String,
+}
+
+/// One exchange to perform.
+#[derive(Debug, Clone)]
+pub struct ExchangeRequest<'a> {
+    pub identity: &'a IdentitySettings,
+    pub audience: &'a str,
+    pub scopes: &'a BTreeSet<String>,
+    pub subject: Option<&'a PresentedToken>,
+    pub actor: Option<&'a PresentedToken>,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: Option<String>,
+    token_type: Option<String>,
+    issued_token_type: Option<String>,
+    expires_in: Option<serde_json::Value>,
+    scope: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct OAuthError {
+    error: String,
+    error_description: Option<String>,
+}
+
+/// A client for one configured provider.
+pub struct ProviderClient {
+    settings: Arc<ProviderSettings>,
+    http: reqwest::Client,
+    metadata: tokio::sync::Mutex<Option<Arc<Metadata>>>,
+    jwks: tokio::sync::Mutex<Jwks>,
+    health: Mutex<ProviderHealth>,
+}
+
+impl std::fmt::Debug for ProviderClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderClient").field("name", &self.settings.name).field("issuer", &self.settings.issuer).finish()
+    }
+}
+
+/// Builds an HTTPS client that trusts the system roots plus `extra_ca` (PEM file).
+pub fn http_client(extra_ca: Option<&std::path::Path>, timeout: Duration) -> Result<reqwest::Client, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = extra_ca {
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
+        let mut n = 0;
+        for cert in certs {
+            let cert = cert.map_err(|e| format!("ca_file {}: not a PEM certificate: {e}", path.display()))?;
+            roots.add(cert).map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(format!("ca_file {} holds no PEM certificate", path.display()));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("cortexid/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("HTTP client setup: {e}"))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The full chain of an error, which reqwest hides behind "error sending request".
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let msg = inner.to_string();
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        cur = inner.source();
+    }
+    s
+}
+
+impl ProviderClient {
+    pub fn new(settings: Arc<ProviderSettings>, timeout: Duration) -> Result<ProviderClient, String> {
+        let http = http_client(settings.ca_file.as_deref(), timeout)?;
+        Ok(ProviderClient {
+            settings,
+            http,
+            metadata: tokio::sync::Mutex::new(None),
+            jwks: tokio::sync::Mutex::new(Jwks { keys: Vec::new(), fetched: None }),
+            health: Mutex::new(ProviderHealth::default()),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    pub fn settings(&self) -> &Arc<ProviderSettings> {
+        &self.settings
+    }
+
+    pub fn health(&self) -> ProviderHealth {
+        self.health.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    fn record(&self, result: Result<(), &ProviderError>) {
+        if let Ok(mut h) = self.health.lock() {
+            match result {
+                Ok(()) => {
+                    h.reachable = Some(true);
+                    h.last_error = None;
+                }
+                Err(e) => {
+                    // A provider that answered, even with a refusal, is reachable.
+                    h.reachable = Some(e.kind != ProviderErrorKind::Unreachable);
+                    h.last_error = Some(e.message.clone());
+                }
+            }
+        }
+    }
+
+    fn transport_error(&self, what: &str, url: &str, e: &reqwest::Error) -> ProviderError {
+        let name = &self.settings.name;
+        if e.is_timeout() {
+            ProviderError::unreachable(format!("provider {name:?} did not answer {what} at {url} in time"))
+        } else {
+            ProviderError::unreachable(format!("cannot reach provider {name:?} ({what} at {url}): {}", chain(e)))
+        }
+    }
+
+    /// Discovery, cached after the first success. Configured endpoints override it; with both
+    /// `token_endpoint` and `jwks_uri` configured, discovery is skipped.
+    pub async fn metadata(&self) -> Result<Arc<Metadata>, ProviderError> {
+        let mut slot = self.metadata.lock().await;
+        if let Some(m) = slot.as_ref() {
+            return Ok(m.clone());
+        }
+        let s = &self.settings;
+        let needs_jwks = s.verify_tokens && s.jwks_uri.is_none();
+        let meta = if let (Some(te), false) = (&s.token_endpoint, needs_jwks) {
+            Metadata { issuer: s.issuer.clone(), token_endpoint: te.clone(), jwks_uri: s.jwks_uri.clone(), auth_methods: None }
+        } else {
+            let result = self.discover().await;
+            self.record(result.as_ref().map(|_| ()));
+            let d = result?;
+            let token_endpoint = match (&s.token_endpoint, d.token_endpoint) {
+                (Some(te), _) => te.clone(),
+                (None, Some(te)) => te,
+                (None, None) => {
+                    return Err(ProviderError::bad_response(format!(
+                        "provider {:?}: the discovery document has no token_endpoint; set token_endpoint in the config",
+                        s.name
+                    )));
+                }
+            };
+            Metadata {
+                issuer: d.issuer,
+                token_endpoint,
+                jwks_uri: s.jwks_uri.clone().or(d.jwks_uri),
+                auth_methods: d.token_endpoint_auth_methods_supported,
+            }
+        };
+        let meta = Arc::new(meta);
+        *slot = Some(meta.clone());
+        Ok(meta)
+    }
+
+    async fn discover(&self) -> Result<Discovery, ProviderError> {
+        let s = &self.settings;
+        let url = format!("{}/.well-known/openid-configuration", s.issuer.trim_end_matches('/'));
+        let resp = self.http.get(&url).send().await.map_err(|e| self.transport_error("discovery", &url, &e))?;
+        let status = resp.status();
+        if status.is_server_error() || status.as_u16() == 429 {
+            return Err(ProviderError::unreachable(format!("provider {:?}: discovery at {url} answered {status}", s.name)));
+        }
+        if !status.is_success() {
+            return Err(ProviderError::bad_response(format!(
+                "provider {:?}: discovery at {url} answered {status}; check that issuer is the provider's issuer URL",
+                s.name
+            )));
+        }
+        let body = resp.bytes().await.map_err(|e| self.transport_error("discovery", &url, &e))?;
+        let d: Discovery = serde_json::from_slice(&body).map_err(|e| {
+            ProviderError::bad_response(format!("provider {:?}: discovery document at {url} is not usable JSON: {e}", s.name))
+        })?;
+        if d.issuer.trim_end_matches('/') != s.issuer.trim_end_matches('/') {
+            return Err(ProviderError::bad_response(format!(
+                "provider {:?}: discovery says issuer {:?}, the config says {:?}; they must be identical",
+                s.name, d.issuer, s.issuer
+            )));
+        }
+        Ok(d)
+    }
+
+    /// Performs one exchange (RFC 8693) or client credentials request and verifies the result.
+    pub async fn exchange(&self, req: &ExchangeRequest<'_>) -> Result<IssuedToken, ProviderError> {
+        let result = self.exchange_inner(req).await;
+        self.record(result.as_ref().map(|_| ()));
+        result
+    }
+
+    async fn exchange_inner(&self, req: &ExchangeRequest<'_>) -> Result<IssuedToken, ProviderError> {
+        let s = &self.settings;
+        let meta = self.metadata().await?;
+        let mut form: Vec<(&str, String)> = Vec::new();
+        match req.identity.grant {
+            Grant::TokenExchange => {
+                form.push(("grant_type", GRANT_TOKEN_EXCHANGE.into()));
+                let subject = req.subject.ok_or_else(|| {
+                    ProviderError::local(format!("identity {:?} has no subject credential for the exchange", req.identity.name))
+                })?;
+                form.push(("subject_token", subject.token.expose().to_string()));
+                form.push(("subject_token_type", subject.token_type.clone()));
+                if let Some(actor) = req.actor {
+                    form.push(("actor_token", actor.token.expose().to_string()));
+                    form.push(("actor_token_type", actor.token_type.clone()));
+                }
+                form.push(("requested_token_type", req.identity.requested_token_type.clone()));
+            }
+            Grant::ClientCredentials => form.push(("grant_type", "client_credentials".into())),
+        }
+        let target = s.target_parameter.unwrap_or(match req.identity.grant {
+            Grant::TokenExchange => TargetParameter::Audience,
+            Grant::ClientCredentials => TargetParameter::Resource,
+        });
+        if matches!(target, TargetParameter::Audience | TargetParameter::Both) {
+            form.push(("audience", req.audience.to_string()));
+        }
+        if matches!(target, TargetParameter::Resource | TargetParameter::Both) {
+            form.push(("resource", req.audience.to_string()));
+        }
+        if !req.scopes.is_empty() {
+            form.push(("scope", req.scopes.iter().cloned().collect::<Vec<_>>().join(" ")));
+        }
+        let mut builder = self.http.post(&meta.token_endpoint).header("Accept", "application/json");
+        match &s.client_auth {
+            ClientAuth::SecretBasic(file) => {
+                let secret = file.read().map_err(|e| ProviderError::local(format!("provider {:?}: client secret: {e}", s.name)))?;
+                let enc = |v: &str| url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
+                let raw = Zeroizing::new(format!("{}:{}", enc(&s.client_id), enc(&secret)));
+                let value = Zeroizing::new(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw.as_bytes())));
+                builder = builder.header("Authorization", value.as_str());
+            }
+            ClientAuth::SecretPost(file) => {
+                let secret = file.read().map_err(|e| ProviderError::local(format!("provider {:?}: client secret: {e}", s.name)))?;
+                form.push(("client_id", s.client_id.clone()));
+                form.push(("client_secret", secret.to_string()));
+            }
+            ClientAuth::PrivateKeyJwt { key, key_id } => {
+                let pem = key.read().map_err(|e| ProviderError::local(format!("provider {:?}: private key: {e}", s.name)))?;
+                let signing = crate::keys::SigningKey::from_pem(&pem, key_id.as_deref())
+                    .map_err(|e| ProviderError::local(format!("provider {:?}: private key {}: {e}", s.name, key.path.display())))?;
+                let now = unix_now();
+                let mut jti = [0u8; 16];
+                aws_lc_rs::rand::fill(&mut jti).map_err(|_| ProviderError::local("no randomness for a client assertion"))?;
+                let claims = serde_json::json!({
+                    "iss": s.client_id, "sub": s.client_id, "aud": meta.token_endpoint,
+                    "iat": now, "exp": now + 60,
+                    "jti": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(jti),
+                });
+                let assertion = signing
+                    .sign(&claims)
+                    .map_err(|e| ProviderError::local(format!("provider {:?}: cannot sign the client assertion: {e}", s.name)))?;
+                form.push(("client_id", s.client_id.clone()));
+                form.push(("client_assertion_type", ASSERTION_TYPE.into()));
+                form.push(("client_assertion", assertion));
+            }
+            ClientAuth::None => form.push(("client_id", s.client_id.clone())),
+        }
+        let body = Zeroizing::new(
+            url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str()))).finish(),
+        );
+        for (_, v) in form.iter_mut() {
+            zeroize::Zeroize::zeroize(v);
+        }
+        let sent = SystemTime::now();
+        let resp = builder
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| self.transport_error("the token request", &meta.token_endpoint, &e))?;
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let bytes = resp.bytes().await.map_err(|e| self.transport_error("the token request", &meta.token_endpoint, &e))?;
+        if !status.is_success() {
+            return Err(self.error_response(status.as_u16(), &bytes, retry_after, req));
+        }
+        let parsed: TokenResponse = serde_json::from_slice(&bytes).map_err(|e| {
+            ProviderError::bad_response(format!("provider {:?} answered the token request with unusable JSON: {e}", s.name))
+        })?;
+        self.accept(parsed, req, &meta, sent).await
+    }
+
+    fn error_response(&self, status: u16, body: &[u8], retry_after: Option<Duration>, req: &ExchangeRequest<'_>) -> ProviderError {
+        let s = &self.settings;
+        let parsed: Option<OAuthError> = serde_json::from_slice(body).ok();
+        if status >= 500 || status == 429 {
+            let detail = parsed.map(|e| format!(": {}", e.error)).unwrap_or_default();
+            let mut e = ProviderError::unreachable(format!("provider {:?} answered {status}{detail}", s.name));
+            e.retry_after = retry_after;
+            return e;
+        }
+        let Some(err) = parsed else {
+            return ProviderError::bad_response(format!("provider {:?} answered {status} without an OAuth error body", s.name));
+        };
+        let desc = err.error_description.clone().unwrap_or_default();
+        let provider_says = if desc.is_empty() { String::new() } else { format!(" (provider says: {desc})") };
+        let message = match err.error.as_str() {
+            "invalid_target" => format!(
+                "provider {:?} refused audience {:?} for client {:?}{provider_says}; register the audience for that client at the provider, or remove it from identity {:?}",
+                s.name, req.audience, s.client_id, req.identity.name
+            ),
+            "invalid_scope" => format!(
+                "provider {:?} refused scope {:?} for client {:?}{provider_says}",
+                s.name,
+                req.scopes.iter().cloned().collect::<Vec<_>>().join(" "),
+                s.client_id
+            ),
+            "invalid_client" | "unauthorized_client" => format!(
+                "provider {:?} did not accept client {:?} with {}{provider_says}; check client_id, the secret or key, and the client authentication method registered at the provider",
+                s.name,
+                s.client_id,
+                s.client_auth.method()
+            ),
+            "invalid_grant" => format!(
+                "provider {:?} refused the subject credential of identity {:?}{provider_says}; it may be expired, or not trusted by the provider",
+                s.name, req.identity.name
+            ),
+            "unsupported_grant_type" => format!(
+                "provider {:?} does not support grant {:?} for client {:?}{provider_says}",
+                s.name,
+                req.identity.grant.as_str(),
+                s.client_id
+            ),
+            other => format!("provider {:?} refused the token request: {other}{provider_says}", s.name),
+        };
+        let mut e = ProviderError::rejected(err.error, message);
+        e.retry_after = retry_after;
+        e
+    }
+
+    async fn accept(&self, r: TokenResponse, req: &ExchangeRequest<'_>, meta: &Metadata, sent: SystemTime) -> Result<IssuedToken, ProviderError> {
+        let s = &self.settings;
+        let access_token = Secret::new(r.access_token.filter(|t| !t.is_empty()).ok_or_else(|| {
+            ProviderError::bad_response(format!("provider {:?} answered 200 without an access_token", s.name))
+        })?);
+        let token_type = r.token_type.unwrap_or_default();
+        if !token_type.eq_ignore_ascii_case("bearer") && !token_type.eq_ignore_ascii_case("n_a") {
+            return Err(ProviderError::bad_response(format!(
+                "provider {:?} issued a token of type {token_type:?}; only Bearer tokens can be served",
+                s.name
+            )));
+        }
+        let expires_in = match r.expires_in {
+            Some(serde_json::Value::Number(n)) => n.as_f64(),
+            Some(serde_json::Value::String(s)) => s.trim().parse::<f64>().ok(),
+            _ => None,
+        }
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .map(Duration::from_secs_f64);
+
+        let claims = if looks_like_jwt(access_token.expose()) {
+            if s.verify_tokens {
+                Some(self.verify(access_token.expose(), req.audience, &meta.issuer).await?)
+            } else {
+                decode_unverified(access_token.expose())
+            }
+        } else {
+            None
+        };
+        // Lifetimes come from expires_in; a JWT exp earlier than that wins.
+        let now = SystemTime::now();
+        let elapsed = now.duration_since(sent).unwrap_or_default();
+        let from_expires_in = expires_in.map(|d| d.saturating_sub(elapsed));
+        let from_exp = claims.as_ref().and_then(|c| c.exp).map(|exp| {
+            let exp = UNIX_EPOCH + Duration::from_secs(exp);
+            exp.duration_since(now).unwrap_or_default()
+        });
+        let lifetime = match (from_expires_in, from_exp) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) => a,
+            (None, Some(b)) => b,
+            (None, None) => {
+                return Err(ProviderError::bad_response(format!(
+                    "provider {:?} issued a token with neither expires_in nor exp; its lifetime is unknown, so it is not served",
+                    s.name
+                )));
+            }
+        };
+        if lifetime.is_zero() {
+            return Err(ProviderError::verification(format!(
+                "provider {:?} issued a token that is already expired by this host's clock; check the clocks of both",
+                s.name
+            )));
+        }
+        Ok(IssuedToken::new(
+            access_token,
+            r.issued_token_type.unwrap_or_else(|| crate::config::TOKEN_TYPE_ACCESS_TOKEN.to_string()),
+            r.scope.unwrap_or_else(|| req.scopes.iter().cloned().collect::<Vec<_>>().join(" ")),
+            lifetime,
+            claims,
+        ))
+    }
+
+    /// Verifies an issued JWT: signature against the JWKS (re-fetched on an unknown `kid`),
+    /// `iss`, `exp`, and that `aud` contains the requested audience.
+    pub async fn verify(&self, token: &str, audience: &str, issuer: &str) -> Result<TokenClaims, ProviderError> {
+        let s = &self.settings;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| ProviderError::verification(format!("provider {:?} issued a JWT with an unreadable header: {e}", s.name)))?;
+        let alg = header.alg;
+        if !ALLOWED_ALGS.contains(&alg) {
+            return Err(ProviderError::verification(format!("provider {:?} signed the token with {alg:?}, which is not accepted", s.name)));
+        }
+        let key = self.key_for(header.kid.as_deref(), alg).await?;
+        let mut validation = Validation::new(alg);
+        validation.set_issuer(&[issuer]);
+        validation.validate_aud = false;
+        validation.leeway = CLOCK_LEEWAY.as_secs();
+        validation.set_required_spec_claims(&["exp", "iss"]);
+        let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            let why = match e.kind() {
+                K::InvalidSignature => "its signature does not verify against the provider's JWKS".to_string(),
+                K::InvalidIssuer => {
+                    let iss = decode_unverified(token).and_then(|c| c.iss).unwrap_or_default();
+                    format!("its iss is {iss:?}, expected {issuer:?}")
+                }
+                K::ExpiredSignature => "it is already expired by this host's clock (check both clocks)".to_string(),
+                K::ImmatureSignature => "it is not valid yet by this host's clock (check both clocks)".to_string(),
+                K::MissingRequiredClaim(c) => format!("it has no {c} claim"),
+                other => format!("{other:?}"),
+            };
+            ProviderError::verification(format!("provider {:?} issued a token that failed verification: {why}", s.name))
+        })?;
+        let claims = TokenClaims::from_json(&data.claims);
+        if !claims.aud.iter().any(|a| a == audience) {
+            return Err(ProviderError::verification(format!(
+                "provider {:?} issued a token for audience {} but {audience:?} was requested",
+                s.name,
+                if claims.aud.is_empty() { "none".to_string() } else { format!("{:?}", claims.aud.join(", ")) }
+            )));
+        }
+        Ok(claims)
+    }
+
+    async fn key_for(&self, kid: Option<&str>, alg: Algorithm) -> Result<DecodingKey, ProviderError> {
+        let s = &self.settings;
+        let mut jwks = self.jwks.lock().await;
+        let recent = jwks.fetched.is_some_and(|t| t.elapsed() < JWKS_REFETCH_INTERVAL);
+        if find_key(&jwks.keys, kid, alg).is_none() && !recent {
+            jwks.keys = self.fetch_jwks().await?;
+            jwks.fetched = Some(Instant::now());
+        }
+        let jwk = find_key(&jwks.keys, kid, alg).ok_or_else(|| {
+            ProviderError::verification(format!(
+                "provider {:?} signed the token with key {:?}, which its JWKS does not publish for {alg:?}",
+                s.name,
+                kid.unwrap_or("(no kid)")
+            ))
+        })?;
+        DecodingKey::from_jwk(jwk).map_err(|e| ProviderError::verification(format!("provider {:?}: unusable JWKS key: {e}", s.name)))
+    }
+
+    async fn fetch_jwks(&self) -> Result<Vec<(Option<String>, jsonwebtoken::jwk::Jwk)>, ProviderError> {
+        let s = &self.settings;
+        let meta = self.metadata().await?;
+        let url = meta.jwks_uri.clone().ok_or_else(|| {
+            ProviderError::bad_response(format!(
+                "provider {:?} publishes no jwks_uri; set jwks_uri, or verify_tokens = false for opaque tokens",
+                s.name
+            ))
+        })?;
+        let resp = self.http.get(&url).send().await.map_err(|e| self.transport_error("JWKS", &url, &e))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            return Err(if status.is_server_error() {
+                ProviderError::unreachable(format!("provider {:?}: JWKS at {url} answered {status}", s.name))
+            } else {
+                ProviderError::bad_response(format!("provider {:?}: JWKS at {url} answered {status}", s.name))
+            });
+        }
+        let body = resp.bytes().await.map_err(|e| self.transport_error("JWKS", &url, &e))?;
+        parse_jwks(&body).map_err(|e| ProviderError::bad_response(format!("provider {:?}: JWKS at {url}: {e}", s.name)))
+    }
+}
+
+const ALLOWED_ALGS: &[Algorithm] = &[
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::EdDSA,
+];
+
+/// Parses a JWKS, skipping keys this agent cannot use (unknown `kty`, encryption keys).
+pub fn parse_jwks(body: &[u8]) -> Result<Vec<(Option<String>, jsonwebtoken::jwk::Jwk)>, String> {
+    #[derive(Deserialize)]
+    struct Set {
+        keys: Vec<serde_json::Value>,
+    }
+    let set: Set = serde_json::from_slice(body).map_err(|e| format!("not a JWK set: {e}"))?;
+    Ok(set
+        .keys
+        .into_iter()
+        .filter(|k| k.get("use").and_then(|u| u.as_str()).is_none_or(|u| u == "sig"))
+        .filter(|k| matches!(k.get("kty").and_then(|t| t.as_str()), Some("EC" | "RSA" | "OKP")))
+        .filter_map(|k| {
+            let kid = k.get("kid").and_then(|v| v.as_str()).map(str::to_string);
+            serde_json::from_value::<jsonwebtoken::jwk::Jwk>(k).ok().map(|jwk| (kid, jwk))
+        })
+        .collect())
+}
+
+/// The key for `kid` whose type fits `alg`; without a `kid`, the only key of that type.
+pub fn find_key<'a>(
+    keys: &'a [(Option<String>, jsonwebtoken::jwk::Jwk)],
+    kid: Option<&str>,
+    alg: Algorithm,
+) -> Option<&'a jsonwebtoken::jwk::Jwk> {
+    use jsonwebtoken::jwk::AlgorithmParameters as P;
+    let fits = |jwk: &jsonwebtoken::jwk::Jwk| match (&jwk.algorithm, alg) {
+        (P::EllipticCurve(_), Algorithm::ES256 | Algorithm::ES384) => true,
+        (P::RSA(_), Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512) => true,
+        (P::OctetKeyPair(_), Algorithm::EdDSA) => true,
+        _ => false,
+    };
+    let mut candidates = keys.iter().filter(|(_, jwk)| fits(jwk));
+    match kid {
+        Some(kid) => candidates.find(|(k, _)| k.as_deref() == Some(kid)).map(|(_, j)| j),
+        None => {
+            let first = candidates.next()?;
+            if candidates.next().is_some() { None } else { Some(&first.1) }
+        }
+    }
+}
+
+/// Whether a token has the shape of a JWS compact serialization with a JSON header.
+pub fn looks_like_jwt(token: &str) -> bool {
+    let mut parts = token.split('.');
+    let (Some(h), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(h.trim_end_matches('='))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| v.get("alg").is_some())
+}
+
+/// Reads a JWT's claims without checking anything (for `verify_tokens = false` and for messages).
+pub fn decode_unverified(token: &str) -> Option<TokenClaims> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    Some(TokenClaims::from_json(&v))
+}
+
+/// Keys by name, for the agent to look providers up.
+pub type Providers = HashMap<String, Arc<ProviderClient>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwt_shape_is_recognised() {
+        let h = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256"}"#);
+        assert!(looks_like_jwt(&format!("{h}.e30.sig")));
+        assert!(!looks_like_jwt("opaque-token"));
+        assert!(!looks_like_jwt("a.b.c"));
+        assert!(!looks_like_jwt(&format!("{h}.e30.sig.extra")));
+    }
+
+    #[test]
+    fn jwks_without_alg_and_with_foreign_keys_parse() {
+        let body = br#"{"keys":[
+            {"kty":"EC","crv":"P-256","kid":"a","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
+            {"kty":"RSA","kid":"enc","use":"enc","n":"AQAB","e":"AQAB"},
+            {"kty":"weird","kid":"w"}
+        ],"extra":true}"#;
+        let keys = parse_jwks(body).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert!(find_key(&keys, Some("a"), Algorithm::ES256).is_some());
+        assert!(find_key(&keys, None, Algorithm::ES256).is_some(), "a single key needs no kid");
+        assert!(find_key(&keys, Some("a"), Algorithm::RS256).is_none(), "the key family must fit the alg");
+        assert!(find_key(&keys, Some("b"), Algorithm::ES256).is_none());
+    }
+}

@@ -1,0 +1,178 @@
+//! Tokens and credentials in memory: never printed, zeroised when dropped, named by fingerprint.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::time::Instant;
+use zeroize::Zeroizing;
+
+/// A token or credential value. Its `Debug` shows only the fingerprint.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Zeroizing<String>);
+
+impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(Zeroizing::new(value))
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn fingerprint(&self) -> String {
+        fingerprint(self.0.as_bytes())
+    }
+}
+
+impl From<Zeroizing<String>> for Secret {
+    fn from(v: Zeroizing<String>) -> Secret {
+        Secret(v)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret(fingerprint {})", self.fingerprint())
+    }
+}
+
+/// First 16 hex digits of the SHA-256 of a token: how audit lines and logs name it.
+pub fn fingerprint(data: &[u8]) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The claims of an issued JWT that the agent reports and checks.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TokenClaims {
+    pub sub: Option<String>,
+    pub iss: Option<String>,
+    pub jti: Option<String>,
+    pub exp: Option<u64>,
+    #[serde(skip)]
+    pub aud: Vec<String>,
+    #[serde(skip)]
+    pub scope: Option<String>,
+    pub act: Option<serde_json::Value>,
+}
+
+impl TokenClaims {
+    pub fn from_json(v: &serde_json::Value) -> TokenClaims {
+        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        let aud = match v.get("aud") {
+            Some(serde_json::Value::String(a)) => vec![a.clone()],
+            Some(serde_json::Value::Array(list)) => list.iter().filter_map(|a| a.as_str().map(str::to_string)).collect(),
+            _ => Vec::new(),
+        };
+        TokenClaims {
+            sub: s("sub"),
+            iss: s("iss"),
+            jti: s("jti"),
+            exp: v.get("exp").and_then(|e| e.as_u64().or_else(|| e.as_f64().map(|f| f as u64))),
+            aud,
+            scope: s("scope"),
+            act: v.get("act").cloned(),
+        }
+    }
+}
+
+/// A token the provider issued, with its lifetime on this host's clocks.
+pub struct IssuedToken {
+    pub access_token: Secret,
+    pub issued_token_type: String,
+    /// The scope granted (the provider's answer, else what was asked).
+    pub scope: String,
+    pub lifetime: Duration,
+    pub issued_at: Instant,
+    pub expires_at: Instant,
+    pub expires_at_system: SystemTime,
+    pub claims: Option<TokenClaims>,
+    pub fingerprint: String,
+}
+
+impl std::fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedToken")
+            .field("fingerprint", &self.fingerprint)
+            .field("lifetime", &self.lifetime)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IssuedToken {
+    pub fn new(access_token: Secret, issued_token_type: String, scope: String, lifetime: Duration, claims: Option<TokenClaims>) -> IssuedToken {
+        let issued_at = Instant::now();
+        let fingerprint = access_token.fingerprint();
+        IssuedToken {
+            access_token,
+            issued_token_type,
+            scope,
+            lifetime,
+            issued_at,
+            expires_at: issued_at + lifetime,
+            expires_at_system: SystemTime::now() + lifetime,
+            claims,
+            fingerprint,
+        }
+    }
+
+    /// Time left at `now` (zero once expired).
+    pub fn remaining(&self, now: Instant) -> Duration {
+        self.expires_at.saturating_duration_since(now)
+    }
+
+    /// `expires_at` as seconds since the epoch.
+    pub fn expires_unix(&self) -> u64 {
+        self.expires_at_system.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    }
+
+    /// The `token` object of an audit event: never the token itself.
+    pub fn audit_view(&self) -> serde_json::Value {
+        let c = self.claims.clone().unwrap_or_default();
+        serde_json::json!({
+            "sub": c.sub, "iss": c.iss, "jti": c.jti,
+            "exp": c.exp.unwrap_or_else(|| self.expires_unix()),
+            "act": c.act, "fingerprint": self.fingerprint,
+        })
+    }
+}
+
+/// RFC 3339 with seconds, UTC: `2026-11-28T12:00:00Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// RFC 3339 with milliseconds, UTC, for audit timestamps.
+pub fn rfc3339_millis(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_debug_print() {
+        let s = Secret::new("eyJhbGciOi.super.secret".into());
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains(&s.fingerprint()));
+        assert_eq!(s.fingerprint().len(), 16);
+        let t = IssuedToken::new(s, "t".into(), String::new(), Duration::from_secs(60), None);
+        assert!(!format!("{t:?}").contains("super"));
+    }
+
+    #[test]
+    fn fingerprint_is_sha256_prefix() {
+        // SHA-256("abc") = ba7816bf8f01cfea...
+        assert_eq!(fingerprint(b"abc"), "ba7816bf8f01cfea");
+    }
+
+    #[test]
+    fn claims_accept_aud_as_string_or_list() {
+        let c = TokenClaims::from_json(&serde_json::json!({"aud": "a", "exp": 5}));
+        assert_eq!(c.aud, vec!["a"]);
+        let c = TokenClaims::from_json(&serde_json::json!({"aud": ["a", "b"], "exp": 5.0}));
+        assert_eq!(c.aud, vec!["a", "b"]);
+        assert_eq!(c.exp, Some(5));
+    }
+}
