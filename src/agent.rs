@@ -98,6 +98,7 @@ pub struct Agent {
     shared: Arc<Shared>,
     cache: Arc<Cache>,
     creds: CredentialFiles,
+    presented: crate::trust::PresentedVerifier,
     cancel: CancellationToken,
     ready: std::sync::atomic::AtomicBool,
 }
@@ -110,7 +111,10 @@ fn providers_for(config: &Config, current: Option<&Providers>) -> Result<Provide
         let reuse = current.and_then(|c| c.get(&p.name)).filter(|c| **c.settings() == **p);
         let client = match reuse {
             Some(c) => c.clone(),
-            None => Arc::new(ProviderClient::new(p.clone(), config.agent.upstream_timeout).map_err(|e| format!("provider {:?}: {e}", p.name))?),
+            None => Arc::new(
+                ProviderClient::new(p.clone(), config.agent.upstream_timeout)
+                    .map_err(|e| format!("provider {:?}: {e}", p.name))?,
+            ),
         };
         out.insert(p.name.clone(), client);
     }
@@ -127,7 +131,10 @@ impl Exchanger for AgentExchanger {
         Box::pin(async move {
             let state = shared.state();
             let provider = state.providers.get(&spec.identity.provider).cloned().ok_or_else(|| {
-                ProviderError::local(format!("identity {:?} names provider {:?}, which is not configured", spec.identity.name, spec.identity.provider))
+                ProviderError::local(format!(
+                    "identity {:?} names provider {:?}, which is not configured",
+                    spec.identity.name, spec.identity.provider
+                ))
             })?;
             // A renewal re-reads credential files; a changed one retires this key (the next
             // request makes a key for the new credential).
@@ -191,11 +198,26 @@ impl Agent {
         let audit = Arc::new(Audit::open(&config.agent.audit_log));
         let settings = RefreshSettings::from(&config.agent);
         let shared = Arc::new(Shared {
-            state: RwLock::new(Arc::new(State { config: Arc::new(config), providers })),
+            state: RwLock::new(Arc::new(State {
+                config: Arc::new(config),
+                providers,
+            })),
             audit: RwLock::new(audit),
         });
-        let cache = Cache::new(settings, Arc::new(AgentExchanger { shared: shared.clone() }), cancel.clone());
-        Ok(Arc::new(Agent { shared, cache, creds: CredentialFiles::default(), cancel, ready: Default::default() }))
+        let presented = crate::trust::PresentedVerifier::new(shared.state().config.agent.upstream_timeout);
+        let cache = Cache::new(
+            settings,
+            Arc::new(AgentExchanger { shared: shared.clone() }),
+            cancel.clone(),
+        );
+        Ok(Arc::new(Agent {
+            shared,
+            cache,
+            creds: CredentialFiles::default(),
+            presented,
+            cancel,
+            ready: Default::default(),
+        }))
     }
 
     pub fn state(&self) -> Arc<State> {
@@ -257,14 +279,19 @@ impl Agent {
             let cfg = config.clone();
             let provs = providers.clone();
             self.cache.retain(move |spec| {
-                cfg.identity(&spec.identity.name).is_some_and(|id| **id == *spec.identity)
-                    && provs.get(&spec.identity.provider).zip(old.providers.get(&spec.identity.provider)).is_some_and(|(a, b)| Arc::ptr_eq(a, b))
+                cfg.identity(&spec.identity.name)
+                    .is_some_and(|id| **id == *spec.identity)
+                    && provs
+                        .get(&spec.identity.provider)
+                        .zip(old.providers.get(&spec.identity.provider))
+                        .is_some_and(|(a, b)| Arc::ptr_eq(a, b))
             });
         }
         self.cache.set_settings(RefreshSettings::from(&config.agent));
         let audit_changed = *self.shared.audit().target() != config.agent.audit_log;
         if audit_changed {
-            *self.shared.audit.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Audit::open(&config.agent.audit_log));
+            *self.shared.audit.write().unwrap_or_else(|p| p.into_inner()) =
+                Arc::new(Audit::open(&config.agent.audit_log));
         }
         *self.shared.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(State { config, providers });
         Ok(())
@@ -290,7 +317,10 @@ impl Agent {
         for (name, p) in &state.providers {
             let h = p.health();
             unreachable |= h.reachable == Some(false);
-            providers.insert(name.clone(), serde_json::json!({"reachable": h.reachable.unwrap_or(false), "last_error": h.last_error}));
+            providers.insert(
+                name.clone(),
+                serde_json::json!({"reachable": h.reachable.unwrap_or(false), "last_error": h.last_error}),
+            );
         }
         let ready = self.ready.load(std::sync::atomic::Ordering::Acquire);
         let status = if !ready {
@@ -309,11 +339,57 @@ impl Agent {
     }
 
     fn credential(&self, file: &SecretFile, token_type: &str, what: &str) -> Result<Credential, ApiError> {
-        let value = self
-            .creds
-            .read(file)
-            .map_err(|e| ApiError::new(ErrorKind::Internal, format!("the agent cannot read its {what} credential: {e}")))?;
-        Ok(Credential::File { file: file.clone(), value: PresentedToken { token: value, token_type: token_type.to_string() } })
+        let value = self.creds.read(file).map_err(|e| {
+            ApiError::new(
+                ErrorKind::Internal,
+                format!("the agent cannot read its {what} credential: {e}"),
+            )
+        })?;
+        Ok(Credential::File {
+            file: file.clone(),
+            value: PresentedToken {
+                token: value,
+                token_type: token_type.to_string(),
+            },
+        })
+    }
+
+    /// The identity a presented credential is for: the one named, or the only one that takes
+    /// caller-presented credentials.
+    fn presented_identity(
+        &self,
+        config: &Config,
+        named: Option<&str>,
+    ) -> Result<Arc<crate::config::IdentitySettings>, ApiError> {
+        let candidates: Vec<&Arc<crate::config::IdentitySettings>> = match named {
+            Some(n) => config.identity(n).into_iter().collect(),
+            None => config
+                .identities
+                .iter()
+                .filter(|i| i.subject == SubjectSource::Caller)
+                .collect(),
+        };
+        match candidates.as_slice() {
+            [one] if one.subject == SubjectSource::Caller => Ok((*one).clone()),
+            [one] => Err(ApiError::invalid_request(format!(
+                "identity {:?} uses its own subject credential; do not send subject_token",
+                one.name
+            ))),
+            [] if named.is_some() => Err(ApiError::new(
+                ErrorKind::UnknownIdentity,
+                format!(
+                    "no identity named {:?} is configured on this agent",
+                    named.unwrap_or_default()
+                ),
+            )),
+            [] => Err(ApiError::invalid_request(
+                "no identity on this agent takes a caller-presented subject_token",
+            )),
+            many => Err(ApiError::invalid_request(format!(
+                "several identities take a presented credential; say which with identity (one of: {})",
+                many.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
+            ))),
+        }
     }
 
     /// Serves one token request for a verified caller; every outcome is audited.
@@ -331,19 +407,40 @@ impl Agent {
                 }),
             );
         };
+        // A presented credential is verified first: its claims decide which roles match.
+        let mut identity_name = ask.identity.clone();
+        let mut claims = None;
+        if let Some(subject) = &ask.subject_token {
+            let identity = self
+                .presented_identity(config, ask.identity.as_deref())
+                .inspect_err(|e| denied(e, None))?;
+            let verified = self
+                .presented
+                .verify(subject.token.expose(), &identity.trusted_issuers)
+                .await
+                .inspect_err(|e| denied(e, None))?;
+            identity_name = Some(identity.name.clone());
+            claims = Some(verified);
+        }
         let scopes = ask.scopes.clone();
         let grant = policy::authorize(
             config,
             caller,
-            None,
-            &Ask { identity: ask.identity.as_deref(), audience: ask.audience.as_deref(), scopes: &scopes },
+            claims.as_ref(),
+            &Ask {
+                identity: identity_name.as_deref(),
+                audience: ask.audience.as_deref(),
+                scopes: &scopes,
+            },
         )
         .inspect_err(|e| denied(e, None))?;
         let role = grant.role.name.as_str();
         let identity = &grant.identity;
         let subject = match &identity.subject {
             SubjectSource::Client => Credential::None,
-            SubjectSource::File(file) => self.credential(file, &identity.subject_token_type, "subject").inspect_err(|e| denied(e, Some(role)))?,
+            SubjectSource::File(file) => self
+                .credential(file, &identity.subject_token_type, "subject")
+                .inspect_err(|e| denied(e, Some(role)))?,
             SubjectSource::Caller => match &ask.subject_token {
                 Some(t) => Credential::Presented(t.clone()),
                 None => {
@@ -356,35 +453,45 @@ impl Agent {
                 }
             },
         };
-        if ask.subject_token.is_some() && identity.subject != SubjectSource::Caller {
-            let e = ApiError::invalid_request(format!(
-                "identity {:?} uses its own subject credential; do not send subject_token",
-                identity.name
-            ));
-            denied(&e, Some(role));
-            return Err(e);
-        }
         let actor = match (&identity.actor_token_file, &ask.actor_token) {
             (_, Some(t)) => Credential::Presented(t.clone()),
-            (Some(file), None) => self.credential(file, &identity.actor_token_type, "actor").inspect_err(|e| denied(e, Some(role)))?,
+            (Some(file), None) => self
+                .credential(file, &identity.actor_token_type, "actor")
+                .inspect_err(|e| denied(e, Some(role)))?,
             (None, None) => Credential::None,
         };
-        let spec = Spec { identity: identity.clone(), audience: grant.audience.clone(), scopes: grant.scopes.clone(), subject, actor };
+        let spec = Spec {
+            identity: identity.clone(),
+            audience: grant.audience.clone(),
+            scopes: grant.scopes.clone(),
+            subject,
+            actor,
+        };
         let min_valid = Duration::from_secs(ask.min_valid.unwrap_or(0));
-        let (token, source) = self.cache.get(spec, min_valid).await.inspect_err(|e| denied(e, Some(role)))?;
+        let (token, source) = self
+            .cache
+            .get(spec, min_valid)
+            .await
+            .inspect_err(|e| denied(e, Some(role)))?;
 
         let now = tokio::time::Instant::now();
         let scope_str = grant.scopes.iter().cloned().collect::<Vec<_>>().join(" ");
         let event = serde_json::json!({
             "outcome": "granted", "caller": caller, "role": role, "identity": identity.name,
             "audience": grant.audience, "scope": scope_str, "source": source.as_str(), "token": token.audit_view(),
+            "subject": claims.as_ref().map(|c| serde_json::json!({
+                "iss": c.get("iss"), "sub": c.get("sub"),
+                "fingerprint": ask.subject_token.as_ref().map(|t| t.token.fingerprint()),
+            })),
         });
         if let Err(e) = self.audit_event("token.issued", event.clone()) {
             tracing::error!(error = %e, fingerprint = %token.fingerprint, "cannot write the token.issued audit event");
             if config.agent.audit_failure == AuditFailure::Closed {
                 return Err(ApiError::new(
                     ErrorKind::AuditUnavailable,
-                    format!("the audit log cannot be written ({e}); no token is handed out until it can (audit_failure = \"closed\")"),
+                    format!(
+                        "the audit log cannot be written ({e}); no token is handed out until it can (audit_failure = \"closed\")"
+                    ),
                 ));
             }
         }

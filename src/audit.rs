@@ -19,7 +19,12 @@ const ROTATION_CHECK: Duration = Duration::from_secs(1);
 const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 
 enum Writer {
-    File { path: PathBuf, file: Option<File>, ino: Option<(u64, u64)>, checked: Instant },
+    File {
+        path: PathBuf,
+        file: Option<File>,
+        ino: Option<(u64, u64)>,
+        checked: Instant,
+    },
     Stderr,
     Journal(Option<UnixDatagram>),
 }
@@ -55,12 +60,20 @@ impl Audit {
                         (None, None)
                     }
                 };
-                Writer::File { path: path.clone(), file, ino, checked: Instant::now() }
+                Writer::File {
+                    path: path.clone(),
+                    file,
+                    ino,
+                    checked: Instant::now(),
+                }
             }
             AuditTarget::Stderr => Writer::Stderr,
             AuditTarget::Journal => Writer::Journal(UnixDatagram::unbound().ok()),
         };
-        Audit { writer: Mutex::new(writer), target: target.clone() }
+        Audit {
+            writer: Mutex::new(writer),
+            target: target.clone(),
+        }
     }
 
     pub fn target(&self) -> &AuditTarget {
@@ -70,7 +83,13 @@ impl Audit {
     /// Reopens a file target (SIGHUP, log rotation).
     pub fn reopen(&self) -> std::io::Result<()> {
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        if let Writer::File { path, file, ino, checked } = &mut *w {
+        if let Writer::File {
+            path,
+            file,
+            ino,
+            checked,
+        } = &mut *w
+        {
             *checked = Instant::now();
             match open_append(path) {
                 Ok((f, i)) => {
@@ -106,7 +125,9 @@ impl Audit {
                 err.flush()
             }
             Writer::Journal(sock) => {
-                let sock = sock.as_ref().ok_or_else(|| std::io::Error::other("no journal socket"))?;
+                let sock = sock
+                    .as_ref()
+                    .ok_or_else(|| std::io::Error::other("no journal socket"))?;
                 let message = &line[..line.len() - 1];
                 let mut datagram = Vec::with_capacity(message.len() + 96);
                 datagram.extend_from_slice(b"SYSLOG_IDENTIFIER=cortexid-audit\nCORTEXID_EVENT=");
@@ -117,7 +138,12 @@ impl Audit {
                 datagram.push(b'\n');
                 sock.send_to(&datagram, JOURNAL_SOCKET).map(|_| ())
             }
-            Writer::File { path, file, ino, checked } => {
+            Writer::File {
+                path,
+                file,
+                ino,
+                checked,
+            } => {
                 // Log rotation: the file we hold was moved away or deleted; follow the path.
                 if file.is_none() || checked.elapsed() >= ROTATION_CHECK {
                     *checked = Instant::now();
@@ -128,7 +154,9 @@ impl Audit {
                         *ino = Some(i);
                     }
                 }
-                let f = file.as_mut().ok_or_else(|| std::io::Error::other("audit log not open"))?;
+                let f = file
+                    .as_mut()
+                    .ok_or_else(|| std::io::Error::other("audit log not open"))?;
                 f.write_all(&line)
             }
         }
@@ -147,7 +175,9 @@ mod tests {
         audit.write("agent.started", serde_json::json!({"pid": 1})).unwrap();
         std::fs::rename(&path, dir.path().join("audit.jsonl.1")).unwrap();
         audit.reopen().unwrap();
-        audit.write("token.issued", serde_json::json!({"identity": "x"})).unwrap();
+        audit
+            .write("token.issued", serde_json::json!({"identity": "x"}))
+            .unwrap();
         let old = std::fs::read_to_string(dir.path().join("audit.jsonl.1")).unwrap();
         let new = std::fs::read_to_string(&path).unwrap();
         let first: serde_json::Value = serde_json::from_str(old.trim()).unwrap();

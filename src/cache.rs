@@ -38,7 +38,10 @@ pub enum Credential {
     /// The client itself is the subject (client credentials).
     None,
     /// Read from a file; `value` is what it held when the key was made.
-    File { file: crate::config::SecretFile, value: PresentedToken },
+    File {
+        file: crate::config::SecretFile,
+        value: PresentedToken,
+    },
     /// Presented by the caller in the request body.
     Presented(PresentedToken),
 }
@@ -272,7 +275,11 @@ impl Cache {
 
     /// A token for `spec`'s key with at least the hand-out floor left: from the cache, or from
     /// one exchange shared by every concurrent caller of the key.
-    pub async fn get(self: &Arc<Self>, spec: Spec, min_valid: Duration) -> Result<(Arc<IssuedToken>, Source), ApiError> {
+    pub async fn get(
+        self: &Arc<Self>,
+        spec: Spec,
+        min_valid: Duration,
+    ) -> Result<(Arc<IssuedToken>, Source), ApiError> {
         self.get_entry(spec, min_valid, false).await
     }
 
@@ -281,7 +288,12 @@ impl Cache {
         self.get_entry(spec, Duration::ZERO, true).await
     }
 
-    async fn get_entry(self: &Arc<Self>, spec: Spec, min_valid: Duration, pin: bool) -> Result<(Arc<IssuedToken>, Source), ApiError> {
+    async fn get_entry(
+        self: &Arc<Self>,
+        spec: Spec,
+        min_valid: Duration,
+        pin: bool,
+    ) -> Result<(Arc<IssuedToken>, Source), ApiError> {
         use std::sync::atomic::Ordering::Relaxed;
         let key = spec.key();
         let entry = {
@@ -352,9 +364,13 @@ impl Cache {
     fn unavailable(&self, e: &ProviderError, st: &State) -> ApiError {
         let mut api = e.to_api();
         if api.kind == ErrorKind::UpstreamUnavailable {
-            let has_token = st.token.as_ref().is_some_and(|t| !t.remaining(Instant::now()).is_zero());
+            let has_token = st
+                .token
+                .as_ref()
+                .is_some_and(|t| !t.remaining(Instant::now()).is_zero());
             if has_token {
-                api.description.push_str("; the cached token is too close to expiry to hand out");
+                api.description
+                    .push_str("; the cached token is too close to expiry to hand out");
             } else {
                 api.description.push_str("; no valid cached token");
             }
@@ -363,7 +379,12 @@ impl Cache {
     }
 
     /// Starts (or joins) the one fetch of this key.
-    fn start_fetch(self: &Arc<Self>, entry: &Arc<Entry>, st: &mut State, reason: FetchReason) -> watch::Receiver<Option<FetchResult>> {
+    fn start_fetch(
+        self: &Arc<Self>,
+        entry: &Arc<Entry>,
+        st: &mut State,
+        reason: FetchReason,
+    ) -> watch::Receiver<Option<FetchResult>> {
         if let Some(rx) = &st.inflight {
             return rx.clone();
         }
@@ -415,7 +436,8 @@ impl Cache {
     /// The keys, for `status` (never token values).
     pub fn snapshot(&self) -> Vec<EntryView> {
         let now = Instant::now();
-        let mut entries: Vec<(CacheKey, Arc<Entry>)> = self.entries().iter().map(|(k, e)| (k.clone(), e.clone())).collect();
+        let mut entries: Vec<(CacheKey, Arc<Entry>)> =
+            self.entries().iter().map(|(k, e)| (k.clone(), e.clone())).collect();
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         entries
             .into_iter()
@@ -428,7 +450,10 @@ impl Cache {
                     fingerprint: st.token.as_ref().map(|t| t.fingerprint.clone()),
                     expires_in: st.token.as_ref().map(|t| t.remaining(now).as_secs()),
                     expires_at: st.token.as_ref().map(|t| crate::token::rfc3339(t.expires_at_system)),
-                    next_refresh_in: st.next_refresh.filter(|_| st.refresher).map(|n| n.saturating_duration_since(now).as_secs()),
+                    next_refresh_in: st
+                        .next_refresh
+                        .filter(|_| st.refresher)
+                        .map(|n| n.saturating_duration_since(now).as_secs()),
                     renewing: st.refresher,
                     failures: st.failures,
                     last_error: st.last_error.as_ref().map(|(_, e)| e.message.clone()),
@@ -504,7 +529,11 @@ async fn refresher(cache: Arc<Cache>, entry: Arc<Entry>) {
                 let retry_after = st.last_error.as_ref().and_then(|(_, e)| e.retry_after);
                 let next = now + backoff(st.failures, fastrand::f64(), retry_after);
                 // Never past expiry while the token is still valid.
-                if t.expires_at > now { next.min(t.expires_at) } else { next }
+                if t.expires_at > now {
+                    next.min(t.expires_at)
+                } else {
+                    next
+                }
             };
             st.next_refresh = Some(wake);
             wake
@@ -546,7 +575,7 @@ mod tests {
     use super::*;
     use crate::config::{Grant, SubjectSource};
     use crate::token::Secret;
-    use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+    use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
     fn settings() -> RefreshSettings {
         RefreshSettings {
@@ -574,8 +603,14 @@ mod tests {
     fn the_hand_out_floor_follows_the_spec_formula() {
         let m = Duration::from_secs(30);
         assert_eq!(hand_out_floor(Duration::from_secs(3600), m, Duration::ZERO), m);
-        assert_eq!(hand_out_floor(Duration::from_secs(60), m, Duration::ZERO), Duration::from_secs(15));
-        assert_eq!(hand_out_floor(Duration::from_secs(60), m, Duration::from_secs(40)), Duration::from_secs(40));
+        assert_eq!(
+            hand_out_floor(Duration::from_secs(60), m, Duration::ZERO),
+            Duration::from_secs(15)
+        );
+        assert_eq!(
+            hand_out_floor(Duration::from_secs(60), m, Duration::from_secs(40)),
+            Duration::from_secs(40)
+        );
     }
 
     #[test]
@@ -605,7 +640,13 @@ mod tests {
                 if mode == 1 {
                     return Err(ProviderError::unreachable("provider \"fake\" is down"));
                 }
-                Ok(IssuedToken::new(Secret::new(format!("token-{n}")), "at".into(), String::new(), lifetime, None))
+                Ok(IssuedToken::new(
+                    Secret::new(format!("token-{n}")),
+                    "at".into(),
+                    String::new(),
+                    lifetime,
+                    None,
+                ))
             })
         }
     }
@@ -633,7 +674,12 @@ mod tests {
     }
 
     fn fake(lifetime: u64) -> Arc<Fake> {
-        Arc::new(Fake { calls: AtomicU64::new(0), mode: AtomicU8::new(0), lifetime: Duration::from_secs(lifetime), delay: Duration::from_millis(50) })
+        Arc::new(Fake {
+            calls: AtomicU64::new(0),
+            mode: AtomicU8::new(0),
+            lifetime: Duration::from_secs(lifetime),
+            delay: Duration::from_millis(50),
+        })
     }
 
     #[tokio::test(start_paused = true)]
@@ -643,7 +689,9 @@ mod tests {
         let mut tasks = Vec::new();
         for _ in 0..200 {
             let c = cache.clone();
-            tasks.push(tokio::spawn(async move { c.get(spec(), Duration::ZERO).await.map(|(t, _)| t.fingerprint.clone()) }));
+            tasks.push(tokio::spawn(async move {
+                c.get(spec(), Duration::ZERO).await.map(|(t, _)| t.fingerprint.clone())
+            }));
         }
         let mut prints = BTreeSet::new();
         for t in tasks {
@@ -663,7 +711,11 @@ mod tests {
         let cache = Cache::new(s, f.clone(), CancellationToken::new());
         let (first, _) = cache.get(spec(), Duration::ZERO).await.unwrap();
         tokio::time::sleep(Duration::from_secs(90)).await;
-        assert_eq!(f.calls.load(Ordering::SeqCst), 2, "renewed in the background around 80 s");
+        assert_eq!(
+            f.calls.load(Ordering::SeqCst),
+            2,
+            "renewed in the background around 80 s"
+        );
         let (second, source) = cache.get(spec(), Duration::ZERO).await.unwrap();
         assert_eq!(source, Source::Cache);
         assert_ne!(first.fingerprint, second.fingerprint);
@@ -684,7 +736,10 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(260)).await;
         assert!(cache.degraded());
         let (t, source) = cache.get(spec(), Duration::ZERO).await.unwrap();
-        assert_eq!((t.fingerprint.as_str(), source), (first.fingerprint.as_str(), Source::Cache));
+        assert_eq!(
+            (t.fingerprint.as_str(), source),
+            (first.fingerprint.as_str(), Source::Cache)
+        );
         // Below the floor the token is not handed out any more.
         tokio::time::sleep(Duration::from_secs(15)).await;
         let err = cache.get(spec(), Duration::ZERO).await.unwrap_err();

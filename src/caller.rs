@@ -32,7 +32,16 @@ pub struct Caller {
 impl Caller {
     /// A caller known only by its credentials (for tests and for callers whose `/proc` is gone).
     pub fn from_ids(uid: u32, gid: u32, pid: Option<i32>) -> Caller {
-        Caller { uid, gid, pid, user: None, groups: Vec::new(), exe: None, unit: None, unreadable: None }
+        Caller {
+            uid,
+            gid,
+            pid,
+            user: None,
+            groups: Vec::new(),
+            exe: None,
+            unit: None,
+            unreadable: None,
+        }
     }
 
     /// Whether the caller is in group `gid`, as primary or supplementary group.
@@ -70,7 +79,10 @@ pub fn attest(uid: u32, gid: u32, pid: Option<i32>, accepted_ticks: Option<u64>)
 
 fn attest_at(proc_root: &Path, uid: u32, gid: u32, pid: Option<i32>, accepted_ticks: Option<u64>) -> Caller {
     let mut caller = Caller::from_ids(uid, gid, pid);
-    caller.user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|u| u.name);
+    caller.user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name);
     let Some(pid) = pid.filter(|p| *p > 0) else {
         caller.unreadable = Some("the kernel gave no pid".into());
         return caller;
@@ -106,7 +118,9 @@ fn read_process(proc_root: &Path, pid: i32, uid: u32, accepted_ticks: Option<u64
         return Err(format!("pid {pid} now belongs to another user"));
     }
     let exe = std::fs::read_link(dir.join("exe")).ok().map(|p| strip_deleted(p));
-    let unit = std::fs::read_to_string(dir.join("cgroup")).ok().and_then(|c| unit_from_cgroup(&c));
+    let unit = std::fs::read_to_string(dir.join("cgroup"))
+        .ok()
+        .and_then(|c| unit_from_cgroup(&c));
     let after = start_ticks(&dir).ok_or_else(|| format!("process {pid} exited while being read"))?;
     if after != before {
         return Err(format!("pid {pid} was reused while being read"));
@@ -169,7 +183,11 @@ pub fn unit_from_cgroup(contents: &str) -> Option<String> {
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
         // Hybrid hierarchy: fall back to systemd's named hierarchy.
-        .or_else(|| contents.lines().find_map(|l| l.split_once(":name=systemd:").map(|(_, p)| p)))?;
+        .or_else(|| {
+            contents
+                .lines()
+                .find_map(|l| l.split_once(":name=systemd:").map(|(_, p)| p))
+        })?;
     path.split('/')
         .rev()
         .find(|c| UNIT_SUFFIXES.iter().any(|s| c.ends_with(s) && c.len() > s.len()) && !c.ends_with(".slice"))
@@ -182,17 +200,27 @@ mod tests {
 
     #[test]
     fn units_come_from_system_services_user_services_and_scopes() {
-        assert_eq!(unit_from_cgroup("0::/system.slice/payments.service\n").as_deref(), Some("payments.service"));
         assert_eq!(
-            unit_from_cgroup("0::/user.slice/user-1000.slice/user@1000.service/app.slice/app-gnome-x.scope\n").as_deref(),
+            unit_from_cgroup("0::/system.slice/payments.service\n").as_deref(),
+            Some("payments.service")
+        );
+        assert_eq!(
+            unit_from_cgroup("0::/user.slice/user-1000.slice/user@1000.service/app.slice/app-gnome-x.scope\n")
+                .as_deref(),
             Some("app-gnome-x.scope")
         );
         assert_eq!(
             unit_from_cgroup("0::/user.slice/user-1000.slice/user@1000.service/app.slice/sync.service\n").as_deref(),
             Some("sync.service")
         );
-        assert_eq!(unit_from_cgroup("0::/user.slice/user-1000.slice/session-3.scope\n").as_deref(), Some("session-3.scope"));
-        assert_eq!(unit_from_cgroup("0::/system.slice/runner.service/payload\n").as_deref(), Some("runner.service"));
+        assert_eq!(
+            unit_from_cgroup("0::/user.slice/user-1000.slice/session-3.scope\n").as_deref(),
+            Some("session-3.scope")
+        );
+        assert_eq!(
+            unit_from_cgroup("0::/system.slice/runner.service/payload\n").as_deref(),
+            Some("runner.service")
+        );
         assert_eq!(unit_from_cgroup("0::/\n"), None);
         assert_eq!(unit_from_cgroup("0::/init.scope\n").as_deref(), Some("init.scope"));
         assert_eq!(
@@ -229,7 +257,10 @@ mod tests {
         let me = std::process::id() as i32;
         let caller = attest(nix::unistd::getuid().as_raw(), 0, Some(me), Some(0));
         assert!(caller.exe.is_none());
-        assert!(caller.unreadable.as_deref().unwrap_or("").contains("reused"), "{caller:?}");
+        assert!(
+            caller.unreadable.as_deref().unwrap_or("").contains("reused"),
+            "{caller:?}"
+        );
         assert!(caller.describe().contains("unreadable"));
     }
 

@@ -217,11 +217,9 @@ impl SecretFile {
     /// Reads the secret, refusing a file that "other" can read. Surrounding whitespace is trimmed.
     pub fn read(&self) -> Result<Zeroizing<String>, String> {
         check_secret_permissions(&self.path)?;
-        let raw = std::fs::read(&self.path)
-            .map_err(|e| format!("cannot read {}: {e}", self.path.display()))?;
+        let raw = std::fs::read(&self.path).map_err(|e| format!("cannot read {}: {e}", self.path.display()))?;
         let raw = Zeroizing::new(raw);
-        let text = std::str::from_utf8(&raw)
-            .map_err(|_| format!("{} is not UTF-8 text", self.path.display()))?;
+        let text = std::str::from_utf8(&raw).map_err(|_| format!("{} is not UTF-8 text", self.path.display()))?;
         let trimmed = text.trim();
         if trimmed.is_empty() {
             return Err(format!("{} is empty", self.path.display()));
@@ -439,10 +437,16 @@ impl LoadContext for SystemContext {
         std::env::var_os("INVOCATION_ID").is_some() || std::env::var_os("JOURNAL_STREAM").is_some()
     }
     fn uid_of_user(&self, name: &str) -> Option<u32> {
-        nix::unistd::User::from_name(name).ok().flatten().map(|u| u.uid.as_raw())
+        nix::unistd::User::from_name(name)
+            .ok()
+            .flatten()
+            .map(|u| u.uid.as_raw())
     }
     fn gid_of_group(&self, name: &str) -> Option<u32> {
-        nix::unistd::Group::from_name(name).ok().flatten().map(|g| g.gid.as_raw())
+        nix::unistd::Group::from_name(name)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw())
     }
 }
 
@@ -461,7 +465,10 @@ pub fn load(path: &Path, ctx: &dyn LoadContext) -> Result<Config, ConfigError> {
 
 /// Validates configuration text; `path` is used for messages and as [`Config::path`].
 pub fn parse(text: &str, path: &Path, ctx: &dyn LoadContext) -> Result<Config, ConfigError> {
-    let fail = |problems: Vec<ConfigProblem>| ConfigError { path: path.display().to_string(), problems };
+    let fail = |problems: Vec<ConfigProblem>| ConfigError {
+        path: path.display().to_string(),
+        problems,
+    };
     let locator = Locator::new(text);
 
     let mut unknown: Vec<Vec<Seg>> = Vec::new();
@@ -473,9 +480,16 @@ pub fn parse(text: &str, path: &Path, ctx: &dyn LoadContext) -> Result<Config, C
         Err(e) => return Err(fail(vec![toml_problem(&locator, &e)])),
     };
 
-    let mut v = Validator { locator: &locator, problems: Vec::new(), ctx };
+    let mut v = Validator {
+        locator: &locator,
+        problems: Vec::new(),
+        ctx,
+    };
     for p in &unknown {
-        v.problem(p, "unknown key; check its spelling and section (see the example configuration)".into());
+        v.problem(
+            p,
+            "unknown key; check its spelling and section (see the example configuration)".into(),
+        );
     }
     let config = v.build(raw, path);
     if v.problems.is_empty() {
@@ -488,7 +502,11 @@ pub fn parse(text: &str, path: &Path, ctx: &dyn LoadContext) -> Result<Config, C
 
 fn toml_problem(locator: &Locator, e: &toml::de::Error) -> ConfigProblem {
     let line = e.span().map(|s| locator.line_of(s.start));
-    ConfigProblem { line, key: "syntax".into(), message: e.message().trim().to_string() }
+    ConfigProblem {
+        line,
+        key: "syntax".into(),
+        message: e.message().trim().to_string(),
+    }
 }
 
 /// A step in a key path: a table key or an array index.
@@ -544,7 +562,10 @@ struct Locator<'a> {
 
 impl<'a> Locator<'a> {
     fn new(text: &'a str) -> Self {
-        Locator { text, doc: toml_edit::Document::parse(text).ok() }
+        Locator {
+            text,
+            doc: toml_edit::Document::parse(text).ok(),
+        }
     }
 
     fn line_of(&self, offset: usize) -> usize {
@@ -630,7 +651,11 @@ fn at(section: &str, index: usize, field: &str) -> Vec<Seg> {
 impl Validator<'_> {
     fn problem(&mut self, path: &[Seg], message: String) {
         let line = self.locator.line(path);
-        self.problems.push(ConfigProblem { line, key: render_path(path), message });
+        self.problems.push(ConfigProblem {
+            line,
+            key: render_path(path),
+            message,
+        });
     }
 
     fn duration(&mut self, path: &[Seg], value: Option<&str>, default: Duration) -> Duration {
@@ -639,7 +664,10 @@ impl Validator<'_> {
             Some(s) => match humantime::parse_duration(s) {
                 Ok(d) => d,
                 Err(_) => {
-                    self.problem(path, format!("{s:?} is not a duration; write it like \"30s\", \"5m\" or \"1h\""));
+                    self.problem(
+                        path,
+                        format!("{s:?} is not a duration; write it like \"30s\", \"5m\" or \"1h\""),
+                    );
                     default
                 }
             },
@@ -696,7 +724,10 @@ impl Validator<'_> {
     fn uid(&mut self, path: &[Seg], name: &str) -> Option<u32> {
         let uid = self.ctx.uid_of_user(name);
         if uid.is_none() {
-            self.problem(path, format!("no user named {name:?} on this host; create it or use uids = [...]"));
+            self.problem(
+                path,
+                format!("no user named {name:?} on this host; create it or use uids = [...]"),
+            );
         }
         uid
     }
@@ -704,7 +735,10 @@ impl Validator<'_> {
     fn gid(&mut self, path: &[Seg], name: &str) -> Option<u32> {
         let gid = self.ctx.gid_of_group(name);
         if gid.is_none() {
-            self.problem(path, format!("no group named {name:?} on this host; create it or use gids = [...]"));
+            self.problem(
+                path,
+                format!("no group named {name:?} on this host; create it or use gids = [...]"),
+            );
         }
         gid
     }
@@ -715,7 +749,14 @@ impl Validator<'_> {
         let identities = self.identities(&raw.identity, &providers);
         let roles = self.roles(&raw.role, &identities);
         let sinks = self.sinks(&raw.sink, &identities);
-        Config { path: path.to_path_buf(), agent, providers, identities, roles, sinks }
+        Config {
+            path: path.to_path_buf(),
+            agent,
+            providers,
+            identities,
+            roles,
+            sinks,
+        }
     }
 
     fn agent(&mut self, a: &RawAgent) -> AgentSettings {
@@ -724,24 +765,47 @@ impl Validator<'_> {
             None => PathBuf::from(DEFAULT_SOCKET),
         };
         let socket_mode = self.mode(&key(&["agent", "socket_mode"]), a.socket_mode.as_deref(), 0o666);
-        let socket_group = a.socket_group.as_ref().and_then(|g| self.gid(&key(&["agent", "socket_group"]), g));
+        let socket_group = a
+            .socket_group
+            .as_ref()
+            .and_then(|g| self.gid(&key(&["agent", "socket_group"]), g));
         let refresh_at = a.refresh_at.unwrap_or(0.8);
         if !(0.5..=0.95).contains(&refresh_at) {
-            self.problem(&key(&["agent", "refresh_at"]), format!("{refresh_at} is out of range; use a fraction from 0.5 to 0.95"));
+            self.problem(
+                &key(&["agent", "refresh_at"]),
+                format!("{refresh_at} is out of range; use a fraction from 0.5 to 0.95"),
+            );
         }
         let refresh_jitter = a.refresh_jitter.unwrap_or(0.05);
         if !(0.0..=0.2).contains(&refresh_jitter) {
-            self.problem(&key(&["agent", "refresh_jitter"]), format!("{refresh_jitter} is out of range; use a fraction from 0 to 0.2"));
+            self.problem(
+                &key(&["agent", "refresh_jitter"]),
+                format!("{refresh_jitter} is out of range; use a fraction from 0 to 0.2"),
+            );
         } else if (0.5..=0.95).contains(&refresh_at) && refresh_at + refresh_jitter >= 1.0 {
             self.problem(
                 &key(&["agent", "refresh_jitter"]),
-                format!("refresh_at + refresh_jitter = {} would renew after expiry; lower one of them", refresh_at + refresh_jitter),
+                format!(
+                    "refresh_at + refresh_jitter = {} would renew after expiry; lower one of them",
+                    refresh_at + refresh_jitter
+                ),
             );
         }
-        let min_remaining = self.duration(&key(&["agent", "min_remaining"]), a.min_remaining.as_deref(), Duration::from_secs(30));
-        let idle_expiry = self.duration(&key(&["agent", "idle_expiry"]), a.idle_expiry.as_deref(), Duration::from_secs(30 * 60));
-        let upstream_timeout =
-            self.duration(&key(&["agent", "upstream_timeout"]), a.upstream_timeout.as_deref(), Duration::from_secs(10));
+        let min_remaining = self.duration(
+            &key(&["agent", "min_remaining"]),
+            a.min_remaining.as_deref(),
+            Duration::from_secs(30),
+        );
+        let idle_expiry = self.duration(
+            &key(&["agent", "idle_expiry"]),
+            a.idle_expiry.as_deref(),
+            Duration::from_secs(30 * 60),
+        );
+        let upstream_timeout = self.duration(
+            &key(&["agent", "upstream_timeout"]),
+            a.upstream_timeout.as_deref(),
+            Duration::from_secs(10),
+        );
         if upstream_timeout.is_zero() {
             self.problem(&key(&["agent", "upstream_timeout"]), "must be more than zero".into());
         }
@@ -759,7 +823,10 @@ impl Validator<'_> {
             None | Some("closed") => AuditFailure::Closed,
             Some("open") => AuditFailure::Open,
             Some(other) => {
-                self.problem(&key(&["agent", "audit_failure"]), format!("{other:?} is not \"closed\" or \"open\""));
+                self.problem(
+                    &key(&["agent", "audit_failure"]),
+                    format!("{other:?} is not \"closed\" or \"open\""),
+                );
                 AuditFailure::Closed
             }
         };
@@ -767,14 +834,20 @@ impl Validator<'_> {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
             Some(other) => {
-                self.problem(&key(&["agent", "log_format"]), format!("{other:?} is not \"text\" or \"json\""));
+                self.problem(
+                    &key(&["agent", "log_format"]),
+                    format!("{other:?} is not \"text\" or \"json\""),
+                );
                 LogFormat::Text
             }
         };
         let metrics_listen = a.metrics_listen.as_deref().and_then(|s| match s.parse::<SocketAddr>() {
             Ok(addr) => Some(addr),
             Err(_) => {
-                self.problem(&key(&["agent", "metrics_listen"]), format!("{s:?} is not an address like \"127.0.0.1:9464\""));
+                self.problem(
+                    &key(&["agent", "metrics_listen"]),
+                    format!("{s:?} is not an address like \"127.0.0.1:9464\""),
+                );
                 None
             }
         });
@@ -826,12 +899,22 @@ impl Validator<'_> {
         let mut out = Vec::new();
         for (i, p) in raw.iter().enumerate() {
             if seen.insert(p.name.clone(), i).is_some() {
-                self.problem(&at("provider", i, "name"), format!("provider {:?} is defined twice", p.name));
+                self.problem(
+                    &at("provider", i, "name"),
+                    format!("provider {:?} is defined twice", p.name),
+                );
             }
             let issuer = self.url(&at("provider", i, "issuer"), &p.issuer);
             // The issuer is compared with `iss` exactly as written (minus a trailing slash).
-            let issuer = if p.issuer.ends_with('/') && issuer != p.issuer { issuer } else { p.issuer.clone() };
-            let token_endpoint = p.token_endpoint.as_ref().map(|u| self.url(&at("provider", i, "token_endpoint"), u));
+            let issuer = if p.issuer.ends_with('/') && issuer != p.issuer {
+                issuer
+            } else {
+                p.issuer.clone()
+            };
+            let token_endpoint = p
+                .token_endpoint
+                .as_ref()
+                .map(|u| self.url(&at("provider", i, "token_endpoint"), u));
             let jwks_uri = p.jwks_uri.as_ref().map(|u| self.url(&at("provider", i, "jwks_uri"), u));
             let ca_file = p.ca_file.as_ref().map(|f| {
                 let path = self.absolute(&at("provider", i, "ca_file"), f);
@@ -843,32 +926,50 @@ impl Validator<'_> {
             let method = p.client_auth.as_deref().unwrap_or("client_secret_basic");
             let needs_secret = matches!(method, "client_secret_basic" | "client_secret_post");
             if !needs_secret && p.client_secret_file.is_some() {
-                self.problem(&at("provider", i, "client_secret_file"), format!("client_auth = {method:?} does not use a client secret; remove it"));
+                self.problem(
+                    &at("provider", i, "client_secret_file"),
+                    format!("client_auth = {method:?} does not use a client secret; remove it"),
+                );
             }
             if method != "private_key_jwt" && (p.private_key_file.is_some() || p.key_id.is_some()) {
-                self.problem(&at("provider", i, "private_key_file"), format!("client_auth = {method:?} does not use a private key; remove private_key_file/key_id"));
+                self.problem(
+                    &at("provider", i, "private_key_file"),
+                    format!("client_auth = {method:?} does not use a private key; remove private_key_file/key_id"),
+                );
             }
             let secret = |v: &mut Self, field: &str, value: &Option<String>| -> SecretFile {
                 match value {
                     Some(f) => v.secret(&at("provider", i, field), f),
                     None => {
-                        v.problem(&at("provider", i, "client_auth"), format!("client_auth = {method:?} needs {field}"));
+                        v.problem(
+                            &at("provider", i, "client_auth"),
+                            format!("client_auth = {method:?} needs {field}"),
+                        );
                         SecretFile { path: PathBuf::new() }
                     }
                 }
             };
             let client_auth = match method {
-                "client_secret_basic" => ClientAuth::SecretBasic(secret(self, "client_secret_file", &p.client_secret_file)),
-                "client_secret_post" => ClientAuth::SecretPost(secret(self, "client_secret_file", &p.client_secret_file)),
+                "client_secret_basic" => {
+                    ClientAuth::SecretBasic(secret(self, "client_secret_file", &p.client_secret_file))
+                }
+                "client_secret_post" => {
+                    ClientAuth::SecretPost(secret(self, "client_secret_file", &p.client_secret_file))
+                }
                 "private_key_jwt" => {
                     let key = secret(self, "private_key_file", &p.private_key_file);
-                    ClientAuth::PrivateKeyJwt { key, key_id: p.key_id.clone() }
+                    ClientAuth::PrivateKeyJwt {
+                        key,
+                        key_id: p.key_id.clone(),
+                    }
                 }
                 "none" => ClientAuth::None,
                 other => {
                     self.problem(
                         &at("provider", i, "client_auth"),
-                        format!("{other:?} is not one of client_secret_basic, client_secret_post, private_key_jwt, none"),
+                        format!(
+                            "{other:?} is not one of client_secret_basic, client_secret_post, private_key_jwt, none"
+                        ),
                     );
                     ClientAuth::None
                 }
@@ -879,7 +980,10 @@ impl Validator<'_> {
                 Some("resource") => Some(TargetParameter::Resource),
                 Some("both") => Some(TargetParameter::Both),
                 Some(other) => {
-                    self.problem(&at("provider", i, "target_parameter"), format!("{other:?} is not \"audience\", \"resource\" or \"both\""));
+                    self.problem(
+                        &at("provider", i, "target_parameter"),
+                        format!("{other:?} is not \"audience\", \"resource\" or \"both\""),
+                    );
                     None
                 }
             };
@@ -906,20 +1010,30 @@ impl Validator<'_> {
         let mut out = Vec::new();
         for (i, id) in raw.iter().enumerate() {
             if seen.insert(id.name.clone(), i).is_some() {
-                self.problem(&at("identity", i, "name"), format!("identity {:?} is defined twice", id.name));
+                self.problem(
+                    &at("identity", i, "name"),
+                    format!("identity {:?} is defined twice", id.name),
+                );
             }
             if !providers.iter().any(|p| p.name == id.provider) {
                 let known: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
                 self.problem(
                     &at("identity", i, "provider"),
-                    format!("no [[provider]] named {:?}; defined: {}", id.provider, list_or_none(&known)),
+                    format!(
+                        "no [[provider]] named {:?}; defined: {}",
+                        id.provider,
+                        list_or_none(&known)
+                    ),
                 );
             }
             let grant = match id.grant.as_deref() {
                 None | Some("token_exchange") => Grant::TokenExchange,
                 Some("client_credentials") => Grant::ClientCredentials,
                 Some(other) => {
-                    self.problem(&at("identity", i, "grant"), format!("{other:?} is not \"token_exchange\" or \"client_credentials\""));
+                    self.problem(
+                        &at("identity", i, "grant"),
+                        format!("{other:?} is not \"token_exchange\" or \"client_credentials\""),
+                    );
                     Grant::TokenExchange
                 }
             };
@@ -927,19 +1041,33 @@ impl Validator<'_> {
                 (Grant::ClientCredentials, None, None) => SubjectSource::Client,
                 (Grant::ClientCredentials, _, _) => {
                     self.problem(
-                        &at("identity", i, if id.subject.is_some() { "subject" } else { "subject_token_file" }),
-                        "client_credentials has no subject credential; remove it or use grant = \"token_exchange\"".into(),
+                        &at(
+                            "identity",
+                            i,
+                            if id.subject.is_some() {
+                                "subject"
+                            } else {
+                                "subject_token_file"
+                            },
+                        ),
+                        "client_credentials has no subject credential; remove it or use grant = \"token_exchange\""
+                            .into(),
                     );
                     SubjectSource::Client
                 }
-                (Grant::TokenExchange, Some(f), None) => SubjectSource::File(self.secret(&at("identity", i, "subject_token_file"), f)),
+                (Grant::TokenExchange, Some(f), None) => {
+                    SubjectSource::File(self.secret(&at("identity", i, "subject_token_file"), f))
+                }
                 (Grant::TokenExchange, None, Some("caller")) => SubjectSource::Caller,
                 (Grant::TokenExchange, None, Some(other)) => {
                     self.problem(&at("identity", i, "subject"), format!("{other:?} is not \"caller\""));
                     SubjectSource::Caller
                 }
                 (Grant::TokenExchange, Some(_), Some(_)) => {
-                    self.problem(&at("identity", i, "subject"), "give subject_token_file or subject = \"caller\", not both".into());
+                    self.problem(
+                        &at("identity", i, "subject"),
+                        "give subject_token_file or subject = \"caller\", not both".into(),
+                    );
                     SubjectSource::Caller
                 }
                 (Grant::TokenExchange, None, None) => {
@@ -952,11 +1080,21 @@ impl Validator<'_> {
             };
             let mut trusted_issuers = Vec::new();
             for (j, t) in id.trusted_issuers.iter().enumerate() {
-                let base = vec![Seg::Key("identity".into()), Seg::Index(i), Seg::Key("trusted_issuers".into()), Seg::Index(j)];
+                let base = vec![
+                    Seg::Key("identity".into()),
+                    Seg::Index(i),
+                    Seg::Key("trusted_issuers".into()),
+                    Seg::Index(j),
+                ];
                 let issuer = t.issuer.clone();
                 let jwks_uri = self.url(&base, &t.jwks_uri);
                 let ca_file = t.ca_file.as_ref().map(|f| self.absolute(&base, f));
-                trusted_issuers.push(TrustedIssuer { issuer, jwks_uri, audience: t.audience.clone(), ca_file });
+                trusted_issuers.push(TrustedIssuer {
+                    issuer,
+                    jwks_uri,
+                    audience: t.audience.clone(),
+                    ca_file,
+                });
             }
             if subject == SubjectSource::Caller && trusted_issuers.is_empty() && id.subject.is_some() {
                 self.problem(
@@ -965,16 +1103,25 @@ impl Validator<'_> {
                 );
             }
             if subject != SubjectSource::Caller && !trusted_issuers.is_empty() {
-                self.problem(&at("identity", i, "trusted_issuers"), "only used with subject = \"caller\"; remove it".into());
+                self.problem(
+                    &at("identity", i, "trusted_issuers"),
+                    "only used with subject = \"caller\"; remove it".into(),
+                );
             }
             let actor_token_file = id.actor_token_file.as_ref().map(|f| {
                 if grant == Grant::ClientCredentials {
-                    self.problem(&at("identity", i, "actor_token_file"), "client_credentials cannot delegate; use grant = \"token_exchange\"".into());
+                    self.problem(
+                        &at("identity", i, "actor_token_file"),
+                        "client_credentials cannot delegate; use grant = \"token_exchange\"".into(),
+                    );
                 }
                 self.secret(&at("identity", i, "actor_token_file"), f)
             });
             if id.audiences.is_empty() {
-                self.problem(&at("identity", i, "name"), "audiences = [...] must list at least one audience".into());
+                self.problem(
+                    &at("identity", i, "name"),
+                    "audiences = [...] must list at least one audience".into(),
+                );
             }
             out.push(Arc::new(IdentitySettings {
                 name: id.name.clone(),
@@ -985,7 +1132,10 @@ impl Validator<'_> {
                 trusted_issuers,
                 actor_token_file,
                 actor_token_type: id.actor_token_type.clone().unwrap_or_else(|| TOKEN_TYPE_JWT.into()),
-                requested_token_type: id.requested_token_type.clone().unwrap_or_else(|| TOKEN_TYPE_ACCESS_TOKEN.into()),
+                requested_token_type: id
+                    .requested_token_type
+                    .clone()
+                    .unwrap_or_else(|| TOKEN_TYPE_ACCESS_TOKEN.into()),
                 audiences: id.audiences.clone(),
                 scopes: id.scopes.clone(),
             }));
@@ -1000,7 +1150,12 @@ impl Validator<'_> {
             if let Some(users) = &r.users {
                 let set = uids.get_or_insert_with(BTreeSet::new);
                 for (j, name) in users.iter().enumerate() {
-                    let path = vec![Seg::Key("role".into()), Seg::Index(i), Seg::Key("users".into()), Seg::Index(j)];
+                    let path = vec![
+                        Seg::Key("role".into()),
+                        Seg::Index(i),
+                        Seg::Key("users".into()),
+                        Seg::Index(j),
+                    ];
                     if let Some(uid) = self.uid(&path, name) {
                         set.insert(uid);
                     }
@@ -1010,14 +1165,21 @@ impl Validator<'_> {
             if let Some(groups) = &r.groups {
                 let set = gids.get_or_insert_with(BTreeSet::new);
                 for (j, name) in groups.iter().enumerate() {
-                    let path = vec![Seg::Key("role".into()), Seg::Index(i), Seg::Key("groups".into()), Seg::Index(j)];
+                    let path = vec![
+                        Seg::Key("role".into()),
+                        Seg::Index(i),
+                        Seg::Key("groups".into()),
+                        Seg::Index(j),
+                    ];
                     if let Some(gid) = self.gid(&path, name) {
                         set.insert(gid);
                     }
                 }
             }
             let executables = r.executables.as_ref().map(|list| {
-                list.iter().map(|e| self.absolute(&at("role", i, "executables"), e)).collect::<Vec<_>>()
+                list.iter()
+                    .map(|e| self.absolute(&at("role", i, "executables"), e))
+                    .collect::<Vec<_>>()
             });
             let claims = r.claims.as_ref().map(|m| {
                 m.iter()
@@ -1045,13 +1207,22 @@ impl Validator<'_> {
                     "a role must say who it is for (users, uids, groups, gids, units, executables or claims); a role for everyone is never the default".into(),
                 );
             }
-            for (field, n) in ["users", "uids", "groups", "gids", "units", "executables", "claims"].iter().zip(conditions) {
+            for (field, n) in ["users", "uids", "groups", "gids", "units", "executables", "claims"]
+                .iter()
+                .zip(conditions)
+            {
                 if n == Some(0) {
-                    self.problem(&at("role", i, field), "an empty list matches nobody; remove the key or name who it is for".into());
+                    self.problem(
+                        &at("role", i, field),
+                        "an empty list matches nobody; remove the key or name who it is for".into(),
+                    );
                 }
             }
             if r.identities.is_empty() {
-                self.problem(&at("role", i, "name"), "identities = [...] must name at least one identity".into());
+                self.problem(
+                    &at("role", i, "name"),
+                    "identities = [...] must name at least one identity".into(),
+                );
             }
             let mut role_ids = Vec::new();
             for (j, name) in r.identities.iter().enumerate() {
@@ -1060,7 +1231,12 @@ impl Validator<'_> {
                     None => {
                         let known: Vec<&str> = identities.iter().map(|i| i.name.as_str()).collect();
                         self.problem(
-                            &[Seg::Key("role".into()), Seg::Index(i), Seg::Key("identities".into()), Seg::Index(j)],
+                            &[
+                                Seg::Key("role".into()),
+                                Seg::Index(i),
+                                Seg::Key("identities".into()),
+                                Seg::Index(j),
+                            ],
                             format!("no [[identity]] named {name:?}; defined: {}", list_or_none(&known)),
                         );
                     }
@@ -1094,7 +1270,10 @@ impl Validator<'_> {
                         None
                     }
                 },
-                None if r.agent => Some(Rate { count: 10, per: Duration::from_secs(1) }),
+                None if r.agent => Some(Rate {
+                    count: 10,
+                    per: Duration::from_secs(1),
+                }),
                 None => None,
             };
             out.push(Arc::new(Role {
@@ -1124,24 +1303,37 @@ impl Validator<'_> {
                     if !id.audiences.contains(aud) {
                         self.problem(
                             &at("sink", i, "audience"),
-                            format!("identity {:?} does not allow audience {aud:?}; allowed: {}", id.name, id.audiences.join(", ")),
+                            format!(
+                                "identity {:?} does not allow audience {aud:?}; allowed: {}",
+                                id.name,
+                                id.audiences.join(", ")
+                            ),
                         );
                     }
                     aud.clone()
                 }
                 (Some(id), None) => id.audiences.first().cloned().unwrap_or_default(),
                 (None, aud) => {
-                    self.problem(&at("sink", i, "identity"), format!("no [[identity]] named {:?}", s.identity));
+                    self.problem(
+                        &at("sink", i, "identity"),
+                        format!("no [[identity]] named {:?}", s.identity),
+                    );
                     aud.clone().unwrap_or_default()
                 }
             };
             if let Some(id) = identity {
                 if id.subject == SubjectSource::Caller {
-                    self.problem(&at("sink", i, "identity"), "a sink cannot use a subject = \"caller\" identity: no caller presents a credential".into());
+                    self.problem(
+                        &at("sink", i, "identity"),
+                        "a sink cannot use a subject = \"caller\" identity: no caller presents a credential".into(),
+                    );
                 }
                 for scope in &s.scopes {
                     if !id.scopes.contains(scope) {
-                        self.problem(&at("sink", i, "scopes"), format!("scope {scope:?} is beyond identity {:?}'s ceiling", id.name));
+                        self.problem(
+                            &at("sink", i, "scopes"),
+                            format!("scope {scope:?} is beyond identity {:?}'s ceiling", id.name),
+                        );
                     }
                 }
             }
@@ -1151,7 +1343,10 @@ impl Validator<'_> {
                     Some(dir) if dir.is_dir() => {}
                     _ => self.problem(
                         &at("sink", i, "path"),
-                        format!("the directory of {} does not exist; create it (systemd: RuntimeDirectory= or tmpfiles.d)", path.display()),
+                        format!(
+                            "the directory of {} does not exist; create it (systemd: RuntimeDirectory= or tmpfiles.d)",
+                            path.display()
+                        ),
                     ),
                 }
                 if !paths.insert(path.clone()) {
@@ -1160,18 +1355,36 @@ impl Validator<'_> {
             }
             let mode = self.mode(&at("sink", i, "mode"), s.mode.as_deref(), 0o600);
             if mode & 0o004 != 0 {
-                self.problem(&at("sink", i, "mode"), format!("{:04o} makes the token readable by every user; drop the \"other\" bits", mode));
+                self.problem(
+                    &at("sink", i, "mode"),
+                    format!(
+                        "{:04o} makes the token readable by every user; drop the \"other\" bits",
+                        mode
+                    ),
+                );
             }
             let owner = s.owner.as_ref().and_then(|o| self.uid(&at("sink", i, "owner"), o));
             let group = s.group.as_ref().and_then(|g| self.gid(&at("sink", i, "group"), g));
-            out.push(SinkSettings { identity: s.identity.clone(), audience, scopes: s.scopes.clone(), path, mode, owner, group });
+            out.push(SinkSettings {
+                identity: s.identity.clone(),
+                audience,
+                scopes: s.scopes.clone(),
+                path,
+                mode,
+                owner,
+                group,
+            });
         }
         out
     }
 }
 
 fn list_or_none(names: &[&str]) -> String {
-    if names.is_empty() { "none".to_string() } else { names.join(", ") }
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
 }
 
 /// Parses an octal mode string such as `"0640"`.
@@ -1275,7 +1488,10 @@ scopes = ["payments.read"]
         assert_eq!(cfg.identities.len(), 2);
         assert_eq!(cfg.identities[1].subject, SubjectSource::Client);
         let role = &cfg.roles[0];
-        assert_eq!(role.uids.as_ref().unwrap().iter().copied().collect::<Vec<_>>(), vec![0, 1001]);
+        assert_eq!(
+            role.uids.as_ref().unwrap().iter().copied().collect::<Vec<_>>(),
+            vec![0, 1001]
+        );
         assert!(matches!(cfg.providers[0].client_auth, ClientAuth::SecretBasic(_)));
     }
 
@@ -1288,7 +1504,13 @@ scopes = ["payments.read"]
             .replace("provider = \"corp\"\ngrant", "provider = \"elsewhere\"\ngrant");
         let err = parse(&text, Path::new("t.toml"), &TestContext { creds: None }).unwrap_err();
         let lines: Vec<String> = err.problems.iter().map(|p| p.to_string()).collect();
-        let find = |needle: &str| lines.iter().find(|l| l.contains(needle)).cloned().unwrap_or_else(|| panic!("no {needle} in {lines:#?}"));
+        let find = |needle: &str| {
+            lines
+                .iter()
+                .find(|l| l.contains(needle))
+                .cloned()
+                .unwrap_or_else(|| panic!("no {needle} in {lines:#?}"))
+        };
         let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
         assert!(find("agent.refresh_at").starts_with(&format!("line {}:", line_of("refresh_at = 0.99"))));
         assert!(find("agent.socket_mod").starts_with(&format!("line {}:", line_of("socket_mod"))));
@@ -1314,7 +1536,14 @@ scopes = ["payments.read"]
         let text = good(dir.path()).replace(&format!("{}/secret", dir.path().display()), "secret");
         let err = parse(&text, Path::new("t.toml"), &TestContext { creds: None }).unwrap_err();
         assert!(err.problems[0].message.contains("CREDENTIALS_DIRECTORY"));
-        let cfg = parse(&text, Path::new("t.toml"), &TestContext { creds: Some(dir.path().into()) }).unwrap();
+        let cfg = parse(
+            &text,
+            Path::new("t.toml"),
+            &TestContext {
+                creds: Some(dir.path().into()),
+            },
+        )
+        .unwrap();
         match &cfg.providers[0].client_auth {
             ClientAuth::SecretBasic(f) => assert_eq!(f.path, dir.path().join("secret")),
             other => panic!("{other:?}"),
@@ -1345,9 +1574,19 @@ scopes = ["payments.read"]
 
     #[test]
     fn syntax_errors_carry_a_line() {
-        let err = parse("[agent]\nsocket = \n", Path::new("t.toml"), &TestContext { creds: None }).unwrap_err();
+        let err = parse(
+            "[agent]\nsocket = \n",
+            Path::new("t.toml"),
+            &TestContext { creds: None },
+        )
+        .unwrap_err();
         assert_eq!(err.problems[0].line, Some(2), "{err}");
-        let err = parse("[agent]\nrefresh_at = \"high\"\n", Path::new("t.toml"), &TestContext { creds: None }).unwrap_err();
+        let err = parse(
+            "[agent]\nrefresh_at = \"high\"\n",
+            Path::new("t.toml"),
+            &TestContext { creds: None },
+        )
+        .unwrap_err();
         assert_eq!(err.problems[0].line, Some(2), "{err}");
     }
 
@@ -1357,7 +1596,13 @@ scopes = ["payments.read"]
         assert_eq!(parse_mode("600").unwrap(), 0o600);
         assert!(parse_mode("0999").is_err());
         assert!(parse_mode("rw-r--r--").is_err());
-        assert_eq!(Rate::parse("10/s").unwrap(), Rate { count: 10, per: Duration::from_secs(1) });
+        assert_eq!(
+            Rate::parse("10/s").unwrap(),
+            Rate {
+                count: 10,
+                per: Duration::from_secs(1)
+            }
+        );
         assert_eq!(Rate::parse("100/m").unwrap().per, Duration::from_secs(60));
         assert!(Rate::parse("0/s").is_err());
         assert!(Rate::parse("fast").is_err());

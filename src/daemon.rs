@@ -19,6 +19,8 @@ pub struct RunningAgent {
     cancel: CancellationToken,
     server: JoinHandle<()>,
     notifier: Notifier,
+    /// The socket came from systemd (socket activation): systemd removes it, not the agent.
+    activated: bool,
 }
 
 /// Binds the agent's socket: creates its directory, refuses to steal a socket another agent is
@@ -33,7 +35,10 @@ pub fn bind_socket(config: &Config) -> Result<UnixListener, String> {
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(format!("another agent is already serving {}; stop it or choose another agent.socket", path.display()));
+            return Err(format!(
+                "another agent is already serving {}; stop it or choose another agent.socket",
+                path.display()
+            ));
         }
         std::fs::remove_file(path).map_err(|e| format!("cannot remove the stale socket {}: {e}", path.display()))?;
     }
@@ -56,11 +61,32 @@ fn summary(config: &Config) -> String {
     )
 }
 
-/// Starts an agent for a validated configuration.
+/// Starts an agent for a validated configuration, on its own socket.
 pub async fn start(config: Config, notifier: Notifier) -> Result<RunningAgent, String> {
+    start_with(config, notifier, None).await
+}
+
+/// Starts an agent; `activated` is a listening socket passed by systemd (`LISTEN_FDS`), served
+/// instead of binding `agent.socket`.
+pub async fn start_with(
+    config: Config,
+    notifier: Notifier,
+    activated: Option<std::os::unix::net::UnixListener>,
+) -> Result<RunningAgent, String> {
     let cancel = CancellationToken::new();
-    let listener = bind_socket(&config)?;
-    let socket = config.agent.socket.clone();
+    let is_activated = activated.is_some();
+    let listener = match activated {
+        Some(l) => UnixListener::from_std(l).map_err(|e| format!("cannot serve the socket systemd passed: {e}"))?,
+        None => bind_socket(&config)?,
+    };
+    let socket = match listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+    {
+        Some(p) if is_activated => p,
+        _ => config.agent.socket.clone(),
+    };
     let status = summary(&config);
     let config_path = config.path.clone();
     let agent = Agent::new(config, cancel.clone())?;
@@ -80,14 +106,22 @@ pub async fn start(config: Config, notifier: Notifier) -> Result<RunningAgent, S
     // The listener is bound and the accept loop runs: the socket answers.
     notifier.notify(&format!("READY=1\nSTATUS={status}"));
     tracing::info!(socket = %socket.display(), "{status}");
-    Ok(RunningAgent { agent, socket, cancel, server, notifier })
+    Ok(RunningAgent {
+        agent,
+        socket,
+        cancel,
+        server,
+        notifier,
+        activated: is_activated,
+    })
 }
 
 impl RunningAgent {
     /// Reloads the configuration from `path`. An invalid one is rejected (logged and audited) and
     /// the running one stays.
     pub fn reload(&self, path: &Path) -> Result<(), String> {
-        self.notifier.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+        self.notifier
+            .notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
         self.agent.reopen_audit();
         let result = match load_config(path) {
             Ok(config) => {
@@ -99,14 +133,17 @@ impl RunningAgent {
         let outcome = match result {
             Ok(status) => {
                 tracing::info!(path = %path.display(), "configuration reloaded");
-                self.agent.audit_best_effort("config.loaded", serde_json::json!({"path": path}));
+                self.agent
+                    .audit_best_effort("config.loaded", serde_json::json!({"path": path}));
                 self.notifier.notify(&format!("READY=1\nSTATUS={status}"));
                 Ok(())
             }
             Err(e) => {
                 tracing::error!(path = %path.display(), "configuration rejected; the running one stays:\n{e}");
-                self.agent.audit_best_effort("config.rejected", serde_json::json!({"path": path, "reason": e}));
-                self.notifier.notify("READY=1\nSTATUS=configuration rejected at reload; running the previous one");
+                self.agent
+                    .audit_best_effort("config.rejected", serde_json::json!({"path": path, "reason": e}));
+                self.notifier
+                    .notify("READY=1\nSTATUS=configuration rejected at reload; running the previous one");
                 Err(e)
             }
         };
@@ -116,15 +153,18 @@ impl RunningAgent {
     /// Stops accepting, lets in-flight requests finish (at most 10 s), removes the socket.
     pub async fn shutdown(self) {
         self.notifier.notify("STOPPING=1");
-        self.agent.audit_best_effort("agent.stopping", serde_json::json!({"pid": std::process::id()}));
+        self.agent
+            .audit_best_effort("agent.stopping", serde_json::json!({"pid": std::process::id()}));
         self.cancel.cancel();
         let _ = self.server.await;
-        let _ = std::fs::remove_file(&self.socket);
+        if !self.activated {
+            let _ = std::fs::remove_file(&self.socket);
+        }
     }
 }
 
 /// `cortexid agent`: runs until SIGTERM or SIGINT; SIGHUP reloads. Returns the exit code.
-pub async fn run(config_path: PathBuf, notifier: Notifier) -> i32 {
+pub async fn run(config_path: PathBuf, notifier: Notifier, activated: Option<std::os::unix::net::UnixListener>) -> i32 {
     let config = match load_config(&config_path) {
         Ok(c) => c,
         Err(e) => {
@@ -133,7 +173,7 @@ pub async fn run(config_path: PathBuf, notifier: Notifier) -> i32 {
         }
     };
     crate::logging::init(config.agent.log_format);
-    let running = match start(config, notifier).await {
+    let running = match start_with(config, notifier, activated).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("cannot start: {e}");
@@ -142,7 +182,11 @@ pub async fn run(config_path: PathBuf, notifier: Notifier) -> i32 {
         }
     };
     use tokio::signal::unix::{SignalKind, signal};
-    let (mut hup, mut term, mut int) = match (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    let (mut hup, mut term, mut int) = match (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(h), Ok(t), Ok(i)) => (h, t, i),
         _ => {
             eprintln!("cortexid: cannot install signal handlers");

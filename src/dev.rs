@@ -30,8 +30,10 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), String> {
         .mode(mode)
         .open(path)
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    f.write_all(contents.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| format!("{}: {e}", path.display()))
+    f.write_all(contents.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn random_hex(n: usize) -> String {
@@ -55,7 +57,10 @@ pub async fn setup(dir: &Path, uids: &[u32]) -> Result<DevSetup, String> {
     .await
     .map_err(|e| format!("cannot start the development provider: {e}"))?;
 
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     // The credential a workload platform would hand this node: a service-account JWT.
     let sa = idp.mint(serde_json::json!({
         "sub": "system:serviceaccount:demo:payments",
@@ -125,7 +130,13 @@ identities = ["payments", "batch"]
         batch = BATCH_AUDIENCE,
     );
     write_file(&config_path, &config, 0o644)?;
-    Ok(DevSetup { idp, dir, config_path, socket, audit_log })
+    Ok(DevSetup {
+        idp,
+        dir,
+        config_path,
+        socket,
+        audit_log,
+    })
 }
 
 /// `cortexid dev [--dir DIR]`. Returns the exit code.
@@ -153,7 +164,9 @@ pub async fn run(dir: Option<PathBuf>, uids: Vec<u32>, notifier: crate::systemd:
             return 1;
         }
     };
-    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "cortexid".into());
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "cortexid".into());
     let sock = setup.socket.display();
     let q = url::form_urlencoded::Serializer::new(String::new())
         .append_pair("identity", "payments")

@@ -44,16 +44,10 @@ pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 /// RFC 8693 token type of an ID token.
 pub const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
 /// RFC 7523 `client_assertion_type`.
-pub const CLIENT_ASSERTION_TYPE_JWT_BEARER: &str =
-    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+pub const CLIENT_ASSERTION_TYPE_JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 const MAX_BODY: usize = 64 * 1024;
-const AUTH_METHODS: [&str; 4] = [
-    "client_secret_basic",
-    "client_secret_post",
-    "private_key_jwt",
-    "none",
-];
+const AUTH_METHODS: [&str; 4] = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"];
 
 /// Why the development provider could not start.
 #[derive(Debug, thiserror::Error)]
@@ -275,9 +269,7 @@ impl DevIdp {
     /// and start serving.
     pub async fn start(config: DevIdpConfig) -> Result<DevIdp, DevIdpError> {
         let (ca_pem, tls) = make_tls()?;
-        let listener = TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .map_err(DevIdpError::Bind)?;
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(DevIdpError::Bind)?;
         let port = listener.local_addr().map_err(DevIdpError::Bind)?.port();
         let issuer = format!("https://127.0.0.1:{port}");
         let key = SigningKey::generate(KeyAlg::ES256)?;
@@ -297,12 +289,7 @@ impl DevIdp {
             }),
         });
         let (tx, rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(
-            listener,
-            TlsAcceptor::from(tls),
-            shared.clone(),
-            rx,
-        ));
+        let task = tokio::spawn(accept_loop(listener, TlsAcceptor::from(tls), shared.clone(), rx));
         tracing::debug!(issuer = %shared.issuer, "development provider listening");
         Ok(DevIdp {
             shared,
@@ -444,8 +431,7 @@ fn make_tls() -> Result<(String, Arc<rustls::ServerConfig>), DevIdpError> {
 
     let leaf_key = rcgen::KeyPair::generate().map_err(cert_err)?;
     let mut leaf_params =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .map_err(cert_err)?;
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).map_err(cert_err)?;
     leaf_params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "127.0.0.1");
@@ -453,9 +439,7 @@ fn make_tls() -> Result<(String, Arc<rustls::ServerConfig>), DevIdpError> {
     leaf_params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
     leaf_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     leaf_params.use_authority_key_identifier_extension = true;
-    let leaf = leaf_params
-        .signed_by(&leaf_key, &issuer)
-        .map_err(cert_err)?;
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).map_err(cert_err)?;
 
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -474,12 +458,7 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    shared: Arc<Shared>,
-    mut rx: watch::Receiver<bool>,
-) {
+async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>, mut rx: watch::Receiver<bool>) {
     loop {
         let tcp = tokio::select! {
             _ = stopped(&mut rx) => return,
@@ -492,21 +471,11 @@ async fn accept_loop(
                 }
             },
         };
-        tokio::spawn(serve_connection(
-            tcp,
-            acceptor.clone(),
-            shared.clone(),
-            rx.clone(),
-        ));
+        tokio::spawn(serve_connection(tcp, acceptor.clone(), shared.clone(), rx.clone()));
     }
 }
 
-async fn serve_connection(
-    tcp: TcpStream,
-    acceptor: TlsAcceptor,
-    shared: Arc<Shared>,
-    mut rx: watch::Receiver<bool>,
-) {
+async fn serve_connection(tcp: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>, mut rx: watch::Receiver<bool>) {
     let tls = tokio::select! {
         _ = stopped(&mut rx) => return,
         r = acceptor.accept(tcp) => match r {
@@ -538,10 +507,7 @@ fn json_response(status: StatusCode, body: &Value, no_store: bool) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = status;
     let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if no_store {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
@@ -555,8 +521,7 @@ fn method_not_allowed(allow: &'static str) -> Resp {
         &json!({"error": "invalid_request", "error_description": format!("use {allow}")}),
         false,
     );
-    r.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
     r
 }
 
@@ -697,16 +662,10 @@ impl Form {
 
     /// A parameter that must not repeat (RFC 6749 section 3.1).
     fn single(&self, name: &str) -> Result<Option<&str>, OAuthError> {
-        let mut values = self
-            .0
-            .iter()
-            .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str());
+        let mut values = self.0.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str());
         let first = values.next();
         if values.next().is_some() {
-            return Err(OAuthError::invalid_request(format!(
-                "parameter {name} is repeated"
-            )));
+            return Err(OAuthError::invalid_request(format!("parameter {name} is repeated")));
         }
         Ok(first)
     }
@@ -752,11 +711,8 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn parse_basic(value: &HeaderValue) -> Result<(String, String), OAuthError> {
-    let malformed = || {
-        OAuthError::invalid_client(
-            "malformed Authorization header: expected Basic base64(client_id:client_secret)",
-        )
-    };
+    let malformed =
+        || OAuthError::invalid_client("malformed Authorization header: expected Basic base64(client_id:client_secret)");
     let text = value.to_str().map_err(|_| malformed())?;
     let (scheme, rest) = text.trim().split_once(' ').ok_or_else(malformed)?;
     if !scheme.eq_ignore_ascii_case("basic") {
@@ -826,10 +782,7 @@ impl Shared {
     }
 
     fn authenticate(&self, headers: &HeaderMap, form: &Form) -> Result<DevClient, OAuthError> {
-        let basic = headers
-            .get(header::AUTHORIZATION)
-            .map(parse_basic)
-            .transpose()?;
+        let basic = headers.get(header::AUTHORIZATION).map(parse_basic).transpose()?;
         let secret = form.single("client_secret")?;
         let assertion = form.single("client_assertion")?;
         let assertion_type = form.single("client_assertion_type")?;
@@ -846,9 +799,7 @@ impl Shared {
         let (method, id) = if let Some((id, _)) = &basic {
             ("client_secret_basic", id.clone())
         } else if secret.is_some() {
-            let id = form_id.ok_or_else(|| {
-                OAuthError::invalid_request("client_secret was sent without client_id")
-            })?;
+            let id = form_id.ok_or_else(|| OAuthError::invalid_request("client_secret was sent without client_id"))?;
             ("client_secret_post", id.to_string())
         } else if let Some(assertion) = assertion {
             if assertion_type != Some(CLIENT_ASSERTION_TYPE_JWT_BEARER) {
@@ -856,9 +807,8 @@ impl Shared {
                     "client_assertion_type must be {CLIENT_ASSERTION_TYPE_JWT_BEARER}"
                 )));
             }
-            let claims: Map<String, Value> =
-                jsonwebtoken::dangerous::insecure_decode_claims(assertion)
-                    .map_err(|_| OAuthError::invalid_client("client_assertion is not a JWT"))?;
+            let claims: Map<String, Value> = jsonwebtoken::dangerous::insecure_decode_claims(assertion)
+                .map_err(|_| OAuthError::invalid_client("client_assertion is not a JWT"))?;
             let iss = claim_str(&claims, "iss")
                 .ok_or_else(|| OAuthError::invalid_client("client_assertion has no iss claim"))?;
             ("private_key_jwt", iss.to_string())
@@ -904,9 +854,7 @@ impl Shared {
                     )));
                 }
             }
-            DevClientAuth::PrivateKeyJwt(jwk) => {
-                self.verify_client_assertion(&id, jwk, assertion.unwrap_or(""))?
-            }
+            DevClientAuth::PrivateKeyJwt(jwk) => self.verify_client_assertion(&id, jwk, assertion.unwrap_or(""))?,
             DevClientAuth::None => {}
         }
         Ok(client)
@@ -914,17 +862,11 @@ impl Shared {
 
     /// RFC 7523 section 3: signature by the registered key, iss = sub = client_id, aud naming the
     /// token endpoint or the issuer, unexpired, and a jti never seen before.
-    fn verify_client_assertion(
-        &self,
-        id: &str,
-        jwk: &Value,
-        assertion: &str,
-    ) -> Result<(), OAuthError> {
-        let (key, alg) = keys::decoding_key(jwk).map_err(|e| {
-            OAuthError::invalid_client(format!("the key registered for {id} is unusable: {e}"))
-        })?;
-        let header = decode_header(assertion)
-            .map_err(|_| OAuthError::invalid_client("client_assertion is not a JWT"))?;
+    fn verify_client_assertion(&self, id: &str, jwk: &Value, assertion: &str) -> Result<(), OAuthError> {
+        let (key, alg) = keys::decoding_key(jwk)
+            .map_err(|e| OAuthError::invalid_client(format!("the key registered for {id} is unusable: {e}")))?;
+        let header =
+            decode_header(assertion).map_err(|_| OAuthError::invalid_client("client_assertion is not a JWT"))?;
         if header.alg != alg {
             return Err(OAuthError::invalid_client(format!(
                 "client_assertion is signed with {:?} but the key registered for {id} is {alg:?}",
@@ -956,8 +898,8 @@ impl Shared {
                 "client_assertion iss and sub must both be the client_id {id}"
             )));
         }
-        let jti = claim_str(&claims, "jti")
-            .ok_or_else(|| OAuthError::invalid_client("client_assertion has no jti claim"))?;
+        let jti =
+            claim_str(&claims, "jti").ok_or_else(|| OAuthError::invalid_client("client_assertion has no jti claim"))?;
         if !lock(&self.state)
             .assertion_jtis
             .insert((id.to_string(), jti.to_string()))
@@ -992,9 +934,7 @@ impl Shared {
             (Some(_), Some(t)) => check_token_type(t, "actor_token_type")?,
             (None, None) => {}
         }
-        let requested = form
-            .single("requested_token_type")?
-            .unwrap_or(TOKEN_TYPE_ACCESS_TOKEN);
+        let requested = form.single("requested_token_type")?.unwrap_or(TOKEN_TYPE_ACCESS_TOKEN);
         if requested != TOKEN_TYPE_ACCESS_TOKEN && requested != TOKEN_TYPE_JWT {
             return Err(OAuthError::invalid_request(format!(
                 "requested_token_type {requested} is not supported; use {TOKEN_TYPE_ACCESS_TOKEN}"
@@ -1034,10 +974,8 @@ impl Shared {
     /// Verify a subject or actor token: a JWT signed by a provider key or a trusted key, not
     /// expired and not before its `nbf`.
     fn verify_token(&self, token: &str, what: &str) -> Result<Map<String, Value>, OAuthError> {
-        let header = decode_header(token)
-            .map_err(|_| OAuthError::invalid_grant(format!("{what} is not a JWT")))?;
-        let unverified: Option<Map<String, Value>> =
-            jsonwebtoken::dangerous::insecure_decode_claims(token).ok();
+        let header = decode_header(token).map_err(|_| OAuthError::invalid_grant(format!("{what} is not a JWT")))?;
+        let unverified: Option<Map<String, Value>> = jsonwebtoken::dangerous::insecure_decode_claims(token).ok();
         let iss = unverified
             .as_ref()
             .and_then(|c| claim_str(c, "iss"))
@@ -1050,12 +988,10 @@ impl Shared {
                 .iter()
                 .map(|k| k.public_jwk().clone())
                 .chain(st.trusted.iter().cloned())
-                .filter(
-                    |jwk| match (&header.kid, jwk.get("kid").and_then(Value::as_str)) {
-                        (Some(want), Some(have)) => want == have,
-                        _ => true,
-                    },
-                )
+                .filter(|jwk| match (&header.kid, jwk.get("kid").and_then(Value::as_str)) {
+                    (Some(want), Some(have)) => want == have,
+                    _ => true,
+                })
                 .collect()
         };
         if candidates.is_empty() {
@@ -1091,9 +1027,7 @@ impl Shared {
                         )));
                     }
                     JwtErrorKind::ImmatureSignature => {
-                        return Err(OAuthError::invalid_grant(format!(
-                            "{what} is not valid yet (nbf)"
-                        )));
+                        return Err(OAuthError::invalid_grant(format!("{what} is not valid yet (nbf)")));
                     }
                     _ => return Err(OAuthError::invalid_grant(format!("{what} rejected: {e}"))),
                 },
@@ -1115,8 +1049,7 @@ impl Shared {
         exchange: Option<&str>,
     ) -> Result<Value, OAuthError> {
         let mut jti = [0u8; 16];
-        aws_lc_rs::rand::fill(&mut jti)
-            .map_err(|_| OAuthError::server_error("no randomness for a jti"))?;
+        aws_lc_rs::rand::fill(&mut jti).map_err(|_| OAuthError::server_error("no randomness for a jti"))?;
         let now = unix_now();
         let mut st = lock(&self.state);
         let lifetime = st.token_lifetime.as_secs();
@@ -1147,9 +1080,9 @@ impl Shared {
             .keys
             .last()
             .ok_or_else(|| OAuthError::server_error("the provider has no signing key"))?;
-        let token = key.sign_typed("at+jwt", &claims).map_err(|e| {
-            OAuthError::server_error(format!("could not sign the access token: {e}"))
-        })?;
+        let token = key
+            .sign_typed("at+jwt", &claims)
+            .map_err(|e| OAuthError::server_error(format!("could not sign the access token: {e}")))?;
         st.issued.push(Value::Object(claims));
         drop(st);
 
@@ -1159,8 +1092,7 @@ impl Shared {
         } else {
             &self.counters.client_credentials
         });
-        let mut resp =
-            json!({"access_token": token, "token_type": "Bearer", "expires_in": lifetime});
+        let mut resp = json!({"access_token": token, "token_type": "Bearer", "expires_in": lifetime});
         if let Some(issued_type) = exchange {
             resp["issued_token_type"] = Value::String(issued_type.to_string());
         }
@@ -1183,10 +1115,7 @@ fn check_token_type(t: &str, param: &str) -> Result<(), OAuthError> {
 
 /// Every requested audience/resource must be registered for the client (default: its first
 /// audience); every requested scope too.
-fn check_target_and_scope(
-    client: &DevClient,
-    form: &Form,
-) -> Result<(Vec<String>, Vec<String>), OAuthError> {
+fn check_target_and_scope(client: &DevClient, form: &Form) -> Result<(Vec<String>, Vec<String>), OAuthError> {
     let mut targets: Vec<String> = Vec::new();
     for t in form.all("audience").into_iter().chain(form.all("resource")) {
         if !targets.iter().any(|x| x == t) {
@@ -1338,13 +1267,7 @@ mod tests {
                 .unwrap()
                 .contains(&json!(GRANT_TOKEN_EXCHANGE))
         );
-        assert_eq!(
-            d["token_endpoint_auth_methods_supported"]
-                .as_array()
-                .unwrap()
-                .len(),
-            4
-        );
+        assert_eq!(d["token_endpoint_auth_methods_supported"].as_array().unwrap().len(), 4);
 
         let jwks: Value = http
             .get(format!("{}/jwks", idp.issuer()))
@@ -1360,27 +1283,15 @@ mod tests {
         assert_eq!(keys[0]["kty"], "EC");
         assert!(keys[0].get("d").is_none());
 
-        let missing = http
-            .get(format!("{}/nope", idp.issuer()))
-            .send()
-            .await
-            .unwrap();
+        let missing = http.get(format!("{}/nope", idp.issuer())).send().await.unwrap();
         assert_eq!(missing.status().as_u16(), 404);
         let get_token = http.get(idp.token_endpoint()).send().await.unwrap();
         assert_eq!(get_token.status().as_u16(), 405);
 
         let c = idp.counters();
-        assert_eq!(
-            (c.discovery, c.jwks, c.token_requests, c.tokens_issued),
-            (1, 1, 1, 0)
-        );
+        assert_eq!((c.discovery, c.jwks, c.token_requests, c.tokens_issued), (1, 1, 1, 0));
         idp.shutdown().await;
-        assert!(
-            http.get(format!("{}/jwks", idp.issuer()))
-                .send()
-                .await
-                .is_err()
-        );
+        assert!(http.get(format!("{}/jwks", idp.issuer())).send().await.is_err());
     }
 
     #[tokio::test]
@@ -1393,13 +1304,9 @@ mod tests {
                 DevClient::new("basic:client", DevClientAuth::SecretBasic(secret.into()))
                     .with_audiences(&["api"])
                     .with_scopes(&["read"]),
-                DevClient::new("post", DevClientAuth::SecretPost("p-secret".into()))
+                DevClient::new("post", DevClientAuth::SecretPost("p-secret".into())).with_audiences(&["api"]),
+                DevClient::new("jwt", DevClientAuth::PrivateKeyJwt(jwt_key.public_jwk().clone()))
                     .with_audiences(&["api"]),
-                DevClient::new(
-                    "jwt",
-                    DevClientAuth::PrivateKeyJwt(jwt_key.public_jwk().clone()),
-                )
-                .with_audiences(&["api"]),
                 DevClient::new("public", DevClientAuth::None).with_audiences(&["api"]),
             ],
         })
@@ -1414,8 +1321,7 @@ mod tests {
             STANDARD.encode(format!("{}:{}", enc("basic:client"), enc(secret)))
         );
         let (st, body) = post_with(
-            http.post(idp.token_endpoint())
-                .header("authorization", &basic),
+            http.post(idp.token_endpoint()).header("authorization", &basic),
             &[("grant_type", GRANT_CLIENT_CREDENTIALS), ("scope", "read")],
         )
         .await;
@@ -1429,22 +1335,11 @@ mod tests {
         assert_eq!(claims["client_id"], "basic:client");
         assert_eq!(claims["aud"], "api");
         assert_eq!(claims["scope"], "read");
-        assert_eq!(
-            claims["exp"].as_u64().unwrap(),
-            claims["iat"].as_u64().unwrap() + 60
-        );
+        assert_eq!(claims["exp"].as_u64().unwrap(), claims["iat"].as_u64().unwrap() + 60);
 
         // Wrong secret.
-        let wrong = format!(
-            "Basic {}",
-            STANDARD.encode(format!("{}:nope", enc("basic:client")))
-        );
-        let (st, body) = post_with(
-            http.post(idp.token_endpoint())
-                .header("authorization", wrong),
-            &cc,
-        )
-        .await;
+        let wrong = format!("Basic {}", STANDARD.encode(format!("{}:nope", enc("basic:client"))));
+        let (st, body) = post_with(http.post(idp.token_endpoint()).header("authorization", wrong), &cc).await;
         assert_eq!((st, body["error"].as_str()), (401, Some("invalid_client")));
 
         // client_secret_post.
@@ -1463,8 +1358,7 @@ mod tests {
         // The wrong method for a registered client names the expected one.
         let basic_for_post = format!("Basic {}", STANDARD.encode("post:p-secret"));
         let (st, body) = post_with(
-            http.post(idp.token_endpoint())
-                .header("authorization", basic_for_post),
+            http.post(idp.token_endpoint()).header("authorization", basic_for_post),
             &cc,
         )
         .await;
@@ -1487,10 +1381,7 @@ mod tests {
         let a1 = assertion("one");
         let jwt_form = |a: &str| {
             vec![
-                (
-                    "grant_type".to_string(),
-                    GRANT_CLIENT_CREDENTIALS.to_string(),
-                ),
+                ("grant_type".to_string(), GRANT_CLIENT_CREDENTIALS.to_string()),
                 (
                     "client_assertion_type".to_string(),
                     CLIENT_ASSERTION_TYPE_JWT_BEARER.to_string(),
@@ -1520,10 +1411,7 @@ mod tests {
         assert_eq!(resp.status().as_u16(), 401);
         let body: Value = resp.json().await.unwrap();
         assert!(
-            body["error_description"]
-                .as_str()
-                .unwrap()
-                .contains("already used"),
+            body["error_description"].as_str().unwrap().contains("already used"),
             "{body}"
         );
         // Signed by another key.
@@ -1556,16 +1444,8 @@ mod tests {
         // Unknown client, unknown grant.
         let (st, body) = post(&http, &idp, &[cc[0], ("client_id", "nobody")]).await;
         assert_eq!((st, body["error"].as_str()), (401, Some("invalid_client")));
-        let (st, body) = post(
-            &http,
-            &idp,
-            &[("grant_type", "password"), ("client_id", "public")],
-        )
-        .await;
-        assert_eq!(
-            (st, body["error"].as_str()),
-            (400, Some("unsupported_grant_type"))
-        );
+        let (st, body) = post(&http, &idp, &[("grant_type", "password"), ("client_id", "public")]).await;
+        assert_eq!((st, body["error"].as_str()), (400, Some("unsupported_grant_type")));
 
         let c = idp.counters();
         assert_eq!(c.tokens_issued, 4);
@@ -1618,10 +1498,7 @@ mod tests {
             &idp,
             &te_form(
                 &subject,
-                &[
-                    ("actor_token", &actor),
-                    ("actor_token_type", TOKEN_TYPE_JWT),
-                ],
+                &[("actor_token", &actor), ("actor_token_type", TOKEN_TYPE_JWT)],
             ),
         )
         .await;
@@ -1648,23 +1525,16 @@ mod tests {
         .await;
         assert_eq!(st, 200, "{body}");
         let claims = verify_at(&http, &idp, body["access_token"].as_str().unwrap(), "api-a").await;
-        assert_eq!(
-            claims["act"],
-            json!({"sub": "gateway", "act": {"sub": "node-7"}})
-        );
+        assert_eq!(claims["act"], json!({"sub": "gateway", "act": {"sub": "node-7"}}));
 
         // may_act: only the named actor may act.
-        let restricted =
-            idp.mint(json!({"sub": "svc-2", "exp": exp(), "may_act": {"sub": "node-7"}}));
+        let restricted = idp.mint(json!({"sub": "svc-2", "exp": exp(), "may_act": {"sub": "node-7"}}));
         let (st, _) = post(
             &http,
             &idp,
             &te_form(
                 &restricted,
-                &[
-                    ("actor_token", &actor),
-                    ("actor_token_type", TOKEN_TYPE_JWT),
-                ],
+                &[("actor_token", &actor), ("actor_token_type", TOKEN_TYPE_JWT)],
             ),
         )
         .await;
@@ -1674,10 +1544,7 @@ mod tests {
             &idp,
             &te_form(
                 &restricted,
-                &[
-                    ("actor_token", &actor2),
-                    ("actor_token_type", TOKEN_TYPE_JWT),
-                ],
+                &[("actor_token", &actor2), ("actor_token_type", TOKEN_TYPE_JWT)],
             ),
         )
         .await;
@@ -1704,12 +1571,7 @@ mod tests {
     #[tokio::test]
     async fn bad_subject_tokens_are_invalid_grant() {
         let (idp, http) = exchange_idp().await;
-        let desc = |b: &Value| {
-            b["error_description"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string()
-        };
+        let desc = |b: &Value| b["error_description"].as_str().unwrap_or_default().to_string();
 
         let expired = idp.mint(json!({"sub": "svc", "exp": unix_now() - 10}));
         let (st, body) = post(&http, &idp, &te_form(&expired, &[])).await;
@@ -1722,10 +1584,7 @@ mod tests {
             .unwrap();
         let (st, body) = post(&http, &idp, &te_form(&foreign, &[])).await;
         assert_eq!((st, body["error"].as_str()), (400, Some("invalid_grant")));
-        assert!(
-            desc(&body).contains("unknown issuer https://ci.example"),
-            "{body}"
-        );
+        assert!(desc(&body).contains("unknown issuer https://ci.example"), "{body}");
 
         idp.trust_key(outsider.public_jwk().clone());
         let (st, body) = post(&http, &idp, &te_form(&foreign, &[])).await;
@@ -1747,12 +1606,7 @@ mod tests {
         let (st, body) = post(&http, &idp, &te_form("not-a-jwt", &[])).await;
         assert_eq!((st, body["error"].as_str()), (400, Some("invalid_grant")));
 
-        let (st, body) = post(
-            &http,
-            &idp,
-            &te_form(&good, &[("subject_token_type", "urn:x")]),
-        )
-        .await;
+        let (st, body) = post(&http, &idp, &te_form(&good, &[("subject_token_type", "urn:x")])).await;
         assert_eq!(
             (st, body["error"].as_str()),
             (400, Some("invalid_request")),
@@ -1773,22 +1627,13 @@ mod tests {
         .await;
         assert_eq!((st, body["error"].as_str()), (400, Some("invalid_target")));
         assert!(
-            body["error_description"]
-                .as_str()
-                .unwrap()
-                .contains("payroll"),
+            body["error_description"].as_str().unwrap().contains("payroll"),
             "{body}"
         );
 
         let (st, body) = post(&http, &idp, &te_form(&subject, &[("scope", "read admin")])).await;
         assert_eq!((st, body["error"].as_str()), (400, Some("invalid_scope")));
-        assert!(
-            body["error_description"]
-                .as_str()
-                .unwrap()
-                .contains("admin"),
-            "{body}"
-        );
+        assert!(body["error_description"].as_str().unwrap().contains("admin"), "{body}");
 
         let cc = [
             ("grant_type", GRANT_CLIENT_CREDENTIALS),
@@ -1811,12 +1656,7 @@ mod tests {
             ("client_secret", "agent-secret"),
         ];
         idp.set_fault(Fault::Status(503));
-        let resp = http
-            .post(idp.token_endpoint())
-            .form(&form)
-            .send()
-            .await
-            .unwrap();
+        let resp = http.post(idp.token_endpoint()).form(&form).send().await.unwrap();
         assert_eq!(resp.status().as_u16(), 503);
         assert_eq!(resp.headers().get("retry-after").unwrap(), "1");
         assert_eq!(resp.headers().get("cache-control").unwrap(), "no-store");
@@ -1831,12 +1671,7 @@ mod tests {
         assert_eq!(d.status().as_u16(), 200);
 
         idp.set_fault(Fault::Status(500));
-        let resp = http
-            .post(idp.token_endpoint())
-            .form(&form)
-            .send()
-            .await
-            .unwrap();
+        let resp = http.post(idp.token_endpoint()).form(&form).send().await.unwrap();
         assert_eq!(resp.status().as_u16(), 500);
         assert!(resp.headers().get("retry-after").is_none());
 
@@ -1907,10 +1742,7 @@ mod tests {
         let (st, body) = post(&http, &idp, &te_form(&old_subject, &[])).await;
         assert_eq!(st, 200, "{body}");
         let token = body["access_token"].as_str().unwrap();
-        assert_eq!(
-            decode_header(token).unwrap().kid.as_deref(),
-            Some(new_kid.as_str())
-        );
+        assert_eq!(decode_header(token).unwrap().kid.as_deref(), Some(new_kid.as_str()));
         verify_at(&http, &idp, token, "api-a").await;
 
         // Token lifetime changes apply to the next token.

@@ -55,9 +55,7 @@ impl ErrorKind {
 
     pub fn code(self) -> &'static str {
         match self {
-            ErrorKind::InvalidRequest | ErrorKind::PayloadTooLarge | ErrorKind::HeadersTooLarge => {
-                "invalid_request"
-            }
+            ErrorKind::InvalidRequest | ErrorKind::PayloadTooLarge | ErrorKind::HeadersTooLarge => "invalid_request",
             ErrorKind::NotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::AccessDenied => "access_denied",
@@ -93,7 +91,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(kind: ErrorKind, description: impl Into<String>) -> Self {
-        ApiError { kind, description: description.into(), retry_after: None }
+        ApiError {
+            kind,
+            description: description.into(),
+            retry_after: None,
+        }
     }
     pub fn invalid_request(d: impl Into<String>) -> Self {
         Self::new(ErrorKind::InvalidRequest, d)
@@ -150,16 +152,32 @@ pub struct ProviderError {
 
 impl ProviderError {
     pub fn unreachable(message: impl Into<String>) -> Self {
-        ProviderError { kind: ProviderErrorKind::Unreachable, message: message.into(), retry_after: None }
+        ProviderError {
+            kind: ProviderErrorKind::Unreachable,
+            message: message.into(),
+            retry_after: None,
+        }
     }
     pub fn bad_response(message: impl Into<String>) -> Self {
-        ProviderError { kind: ProviderErrorKind::BadResponse, message: message.into(), retry_after: None }
+        ProviderError {
+            kind: ProviderErrorKind::BadResponse,
+            message: message.into(),
+            retry_after: None,
+        }
     }
     pub fn verification(message: impl Into<String>) -> Self {
-        ProviderError { kind: ProviderErrorKind::Verification, message: message.into(), retry_after: None }
+        ProviderError {
+            kind: ProviderErrorKind::Verification,
+            message: message.into(),
+            retry_after: None,
+        }
     }
     pub fn local(message: impl Into<String>) -> Self {
-        ProviderError { kind: ProviderErrorKind::Local, message: message.into(), retry_after: None }
+        ProviderError {
+            kind: ProviderErrorKind::Local,
+            message: message.into(),
+            retry_after: None,
+        }
     }
     pub fn rejected(error: impl Into<String>, message: impl Into<String>) -> Self {
         ProviderError {
@@ -243,7 +261,10 @@ impl fmt::Display for ConfigError {
         let n = self.problems.len();
         write!(f, "{}: {n} problem{}", self.path, if n == 1 { "" } else { "s" })?;
         for p in &self.problems {
-            write!(f, "\n  {}:{p}", self.path)?;
+            match p.line {
+                Some(line) => write!(f, "\n{}:{line}: {}: {}", self.path, p.key, p.message)?,
+                None => write!(f, "\n{}: {}: {}", self.path, p.key, p.message)?,
+            }
         }
         Ok(())
     }

@@ -13,8 +13,8 @@ use std::str::FromStr;
 
 use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
 use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair,
-    KeyPair as _, RsaKeyPair, RsaPublicKeyComponents,
+    ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _,
+    RsaKeyPair, RsaPublicKeyComponents,
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -148,27 +148,23 @@ impl SigningKey {
                 (Zeroizing::new(der.to_vec()), detect_pkcs8(der)?)
             }
             PrivateKeyDer::Sec1(s) => {
-                let kp = EcdsaKeyPair::from_private_key_der(
-                    &ECDSA_P256_SHA256_FIXED_SIGNING,
-                    s.secret_sec1_der(),
-                )
-                .map_err(|_| {
-                    KeyError::Unsupported(
-                        "EC PRIVATE KEY is not a P-256 key (only P-256 / ES256 is supported)"
-                            .into(),
-                    )
-                })?;
-                let doc = kp.to_pkcs8v1().map_err(|_| {
-                    KeyError::InvalidKey("could not convert the EC key to PKCS#8".into())
-                })?;
+                let kp = EcdsaKeyPair::from_private_key_der(&ECDSA_P256_SHA256_FIXED_SIGNING, s.secret_sec1_der())
+                    .map_err(|_| {
+                        KeyError::Unsupported(
+                            "EC PRIVATE KEY is not a P-256 key (only P-256 / ES256 is supported)".into(),
+                        )
+                    })?;
+                let doc = kp
+                    .to_pkcs8v1()
+                    .map_err(|_| KeyError::InvalidKey("could not convert the EC key to PKCS#8".into()))?;
                 (Zeroizing::new(doc.as_ref().to_vec()), KeyAlg::ES256)
             }
             PrivateKeyDer::Pkcs1(r) => {
                 let kp = RsaKeyPair::from_der(r.secret_pkcs1_der())
                     .map_err(|e| KeyError::InvalidKey(format!("RSA PRIVATE KEY rejected: {e}")))?;
-                let doc: Pkcs8V1Der<'static> = kp.as_der().map_err(|_| {
-                    KeyError::InvalidKey("could not convert the RSA key to PKCS#8".into())
-                })?;
+                let doc: Pkcs8V1Der<'static> = kp
+                    .as_der()
+                    .map_err(|_| KeyError::InvalidKey("could not convert the RSA key to PKCS#8".into()))?;
                 (Zeroizing::new(doc.as_ref().to_vec()), KeyAlg::RS256)
             }
             _ => return Err(KeyError::Unsupported("unknown private key format".into())),
@@ -176,20 +172,14 @@ impl SigningKey {
         Self::from_pkcs8_der(der, alg, kid)
     }
 
-    fn from_pkcs8_der(
-        der: Zeroizing<Vec<u8>>,
-        alg: KeyAlg,
-        kid: Option<&str>,
-    ) -> Result<SigningKey, KeyError> {
+    fn from_pkcs8_der(der: Zeroizing<Vec<u8>>, alg: KeyAlg, kid: Option<&str>) -> Result<SigningKey, KeyError> {
         let mut jwk = match alg {
             KeyAlg::ES256 => {
                 let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der)
                     .map_err(|e| KeyError::InvalidKey(format!("P-256 key rejected: {e}")))?;
                 let point = kp.public_key().as_ref();
                 if point.len() != 65 || point[0] != 4 {
-                    return Err(KeyError::InvalidKey(
-                        "unexpected P-256 public key encoding".into(),
-                    ));
+                    return Err(KeyError::InvalidKey("unexpected P-256 public key encoding".into()));
                 }
                 json!({
                     "kty": "EC",
@@ -208,8 +198,8 @@ impl SigningKey {
                 })
             }
             KeyAlg::RS256 => {
-                let kp = RsaKeyPair::from_pkcs8(&der)
-                    .map_err(|e| KeyError::InvalidKey(format!("RSA key rejected: {e}")))?;
+                let kp =
+                    RsaKeyPair::from_pkcs8(&der).map_err(|e| KeyError::InvalidKey(format!("RSA key rejected: {e}")))?;
                 if kp.public_modulus_len() < 256 {
                     return Err(KeyError::Unsupported(format!(
                         "RSA key of {} bits is too small (2048 bits at least)",
@@ -229,9 +219,8 @@ impl SigningKey {
             KeyAlg::ES256 => EncodingKey::from_ec_der(&der),
             KeyAlg::EdDSA => EncodingKey::from_ed_der(&der),
             // jsonwebtoken's RSA signer wants PKCS#1; its PEM reader extracts it from PKCS#8.
-            KeyAlg::RS256 => EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| {
-                KeyError::InvalidKey(format!("RSA key rejected by the JWT signer: {e}"))
-            })?,
+            KeyAlg::RS256 => EncodingKey::from_rsa_pem(pem.as_bytes())
+                .map_err(|e| KeyError::InvalidKey(format!("RSA key rejected by the JWT signer: {e}")))?,
         };
         let kid = match kid {
             Some(k) if !k.is_empty() => k.to_string(),
@@ -275,16 +264,11 @@ impl SigningKey {
     }
 
     /// Sign `claims` as a JWT with header `{alg, kid, typ}` (for example `typ: "at+jwt"`).
-    pub fn sign_typed<T: serde::Serialize>(
-        &self,
-        typ: &str,
-        claims: &T,
-    ) -> Result<String, KeyError> {
+    pub fn sign_typed<T: serde::Serialize>(&self, typ: &str, claims: &T) -> Result<String, KeyError> {
         let mut header = Header::new(self.alg.jwt_alg());
         header.typ = Some(typ.to_string());
         header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.encoding)
-            .map_err(|e| KeyError::Sign(e.to_string()))
+        jsonwebtoken::encode(&header, claims, &self.encoding).map_err(|e| KeyError::Sign(e.to_string()))
     }
 }
 
@@ -340,8 +324,7 @@ pub fn write_key_file(path: &Path, key: &SigningKey) -> Result<(), KeyError> {
                 io_err(e)
             }
         })?;
-    file.write_all(key.private_pem().as_bytes())
-        .map_err(io_err)?;
+    file.write_all(key.private_pem().as_bytes()).map_err(io_err)?;
     file.sync_all().map_err(io_err)?;
     Ok(())
 }
@@ -396,8 +379,7 @@ pub fn sha256_hex_prefix(data: &[u8], hex_digits: usize) -> String {
 /// `kty`/`crv` (EC P-256 → ES256, P-384 → ES384, OKP Ed25519 → EdDSA, RSA → RS256).
 pub fn jwk_algorithm(jwk: &Value) -> Result<Algorithm, KeyError> {
     if let Some(alg) = jwk.get("alg").and_then(Value::as_str) {
-        return Algorithm::from_str(alg)
-            .map_err(|_| KeyError::InvalidJwk(format!("unsupported alg {alg:?}")));
+        return Algorithm::from_str(alg).map_err(|_| KeyError::InvalidJwk(format!("unsupported alg {alg:?}")));
     }
     let kty = jwk.get("kty").and_then(Value::as_str).unwrap_or_default();
     let crv = jwk.get("crv").and_then(Value::as_str).unwrap_or_default();
@@ -419,9 +401,7 @@ pub fn decoding_key(jwk: &Value) -> Result<(DecodingKey, Algorithm), KeyError> {
         serde_json::from_value(jwk.clone()).map_err(|e| KeyError::InvalidJwk(e.to_string()))?;
     let key = DecodingKey::from_jwk(&parsed).map_err(|e| KeyError::InvalidJwk(e.to_string()))?;
     if key.family() != alg.family() {
-        return Err(KeyError::InvalidJwk(format!(
-            "alg {alg:?} does not match the key type"
-        )));
+        return Err(KeyError::InvalidJwk(format!("alg {alg:?} does not match the key type")));
     }
     Ok((key, alg))
 }
@@ -436,9 +416,7 @@ mod tests {
         let dk = DecodingKey::from_jwk(&jwk).unwrap();
         let mut v = Validation::new(key.alg().jwt_alg());
         v.set_audience(&["api"]);
-        jsonwebtoken::decode::<Value>(token, &dk, &v)
-            .unwrap()
-            .claims
+        jsonwebtoken::decode::<Value>(token, &dk, &v).unwrap().claims
     }
 
     fn claims() -> Value {

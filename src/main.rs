@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use cortexid::{cli, config, daemon, dev, keys, systemd};
 
 #[derive(Parser)]
-#[command(name = "cortexid", version, about = "A per-node workload identity agent: scoped, short-lived tokens over a Unix socket")]
+#[command(
+    name = "cortexid",
+    version,
+    about = "A per-node workload identity agent: scoped, short-lived tokens over a Unix socket"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -79,7 +83,10 @@ fn keygen(out: &std::path::Path, alg: keys::KeyAlg) -> i32 {
         Ok(key) => {
             let jwk = serde_json::to_string_pretty(key.public_jwk()).unwrap_or_default();
             println!("{jwk}");
-            eprintln!("private key written to {} (mode 0600); register the public JWK above at the provider", out.display());
+            eprintln!(
+                "private key written to {} (mode 0600); register the public JWK above at the provider",
+                out.display()
+            );
             0
         }
         Err(e) => {
@@ -97,7 +104,13 @@ fn main() -> ExitCode {
         command => match runtime() {
             Ok(rt) => rt.block_on(async move {
                 match command {
-                    Command::Agent { config } => daemon::run(config, systemd::Notifier::from_env()).await,
+                    Command::Agent { config } => match systemd::listener_from_env() {
+                        Ok(activated) => daemon::run(config, systemd::Notifier::from_env(), activated).await,
+                        Err(e) => {
+                            eprintln!("cortexid: {e}");
+                            1
+                        }
+                    },
                     Command::Dev { dir } => {
                         let mut uids = vec![nix::unistd::getuid().as_raw()];
                         // Under sudo, the person who typed the command may ask too.

@@ -46,39 +46,79 @@ pub struct IdentityView {
 fn mismatch(role: &Role, caller: &Caller, claims: Option<&serde_json::Value>) -> Option<String> {
     if let Some(uids) = &role.uids {
         if !uids.contains(&caller.uid) {
-            return Some(format!("role {:?} needs uid in {:?}, caller has uid {}", role.name, uids, caller.uid));
+            return Some(format!(
+                "role {:?} needs uid in {:?}, caller has uid {}",
+                role.name, uids, caller.uid
+            ));
         }
     }
     if let Some(gids) = &role.gids {
         if !gids.iter().any(|g| caller.in_group(*g)) {
-            return Some(format!("role {:?} needs one of the groups {:?}, caller is in gid {}{}", role.name, gids, caller.gid,
-                if caller.groups.is_empty() { String::new() } else { format!(" and {:?}", caller.groups) }));
+            return Some(format!(
+                "role {:?} needs one of the groups {:?}, caller is in gid {}{}",
+                role.name,
+                gids,
+                caller.gid,
+                if caller.groups.is_empty() {
+                    String::new()
+                } else {
+                    format!(" and {:?}", caller.groups)
+                }
+            ));
         }
     }
     if let Some(units) = &role.units {
         match &caller.unit {
             Some(unit) if units.iter().any(|u| u == unit) => {}
-            Some(unit) => return Some(format!("role {:?} needs unit in {:?}, caller runs in {unit}", role.name, units)),
-            None => return Some(format!("role {:?} needs unit in {:?}, and the caller's unit could not be read", role.name, units)),
+            Some(unit) => {
+                return Some(format!(
+                    "role {:?} needs unit in {:?}, caller runs in {unit}",
+                    role.name, units
+                ));
+            }
+            None => {
+                return Some(format!(
+                    "role {:?} needs unit in {:?}, and the caller's unit could not be read",
+                    role.name, units
+                ));
+            }
         }
     }
     if let Some(exes) = &role.executables {
         match &caller.exe {
             Some(exe) if exes.iter().any(|e| e == exe) => {}
             Some(exe) => {
-                return Some(format!("role {:?} needs executable in {:?}, caller runs {}", role.name, exes, exe.display()));
+                return Some(format!(
+                    "role {:?} needs executable in {:?}, caller runs {}",
+                    role.name,
+                    exes,
+                    exe.display()
+                ));
             }
-            None => return Some(format!("role {:?} needs an executable check, and the caller's executable could not be read", role.name)),
+            None => {
+                return Some(format!(
+                    "role {:?} needs an executable check, and the caller's executable could not be read",
+                    role.name
+                ));
+            }
         }
     }
     if let Some(conds) = &role.claims {
         let Some(claims) = claims else {
-            return Some(format!("role {:?} needs a presented credential with claims {:?}", role.name, conds));
+            return Some(format!(
+                "role {:?} needs a presented credential with claims {:?}",
+                role.name, conds
+            ));
         };
         for (path, accepted) in conds {
             if !claim_matches(claims, path, accepted) {
-                let seen = lookup_claim(claims, path).map(|v| v.to_string()).unwrap_or_else(|| "nothing".into());
-                return Some(format!("role {:?} needs claim {path} in {:?}, the credential has {seen}", role.name, accepted));
+                let seen = lookup_claim(claims, path)
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "nothing".into());
+                return Some(format!(
+                    "role {:?} needs claim {path} in {:?}, the credential has {seen}",
+                    role.name, accepted
+                ));
             }
         }
     }
@@ -110,8 +150,16 @@ fn claim_matches(claims: &serde_json::Value, path: &str, accepted: &[String]) ->
 }
 
 /// The roles that match a caller, in file order.
-pub fn matching_roles<'c>(config: &'c Config, caller: &Caller, claims: Option<&serde_json::Value>) -> Vec<&'c Arc<Role>> {
-    config.roles.iter().filter(|r| mismatch(r, caller, claims).is_none()).collect()
+pub fn matching_roles<'c>(
+    config: &'c Config,
+    caller: &Caller,
+    claims: Option<&serde_json::Value>,
+) -> Vec<&'c Arc<Role>> {
+    config
+        .roles
+        .iter()
+        .filter(|r| mismatch(r, caller, claims).is_none())
+        .collect()
 }
 
 /// The audiences a role allows for an identity.
@@ -165,10 +213,18 @@ pub fn identities_for(config: &Config, caller: &Caller, claims: Option<&serde_js
 }
 
 /// Decides a token request. Default deny: no matching role, no token.
-pub fn authorize(config: &Config, caller: &Caller, claims: Option<&serde_json::Value>, ask: &Ask<'_>) -> Result<Grant, ApiError> {
+pub fn authorize(
+    config: &Config,
+    caller: &Caller,
+    claims: Option<&serde_json::Value>,
+    ask: &Ask<'_>,
+) -> Result<Grant, ApiError> {
     if let Some(name) = ask.identity {
         if config.identity(name).is_none() {
-            return Err(ApiError::new(ErrorKind::UnknownIdentity, format!("no identity named {name:?} is configured on this agent")));
+            return Err(ApiError::new(
+                ErrorKind::UnknownIdentity,
+                format!("no identity named {name:?} is configured on this agent"),
+            ));
         }
     }
     let roles = matching_roles(config, caller, claims);
@@ -179,7 +235,11 @@ pub fn authorize(config: &Config, caller: &Caller, claims: Option<&serde_json::V
             .filter(|r| identity.is_none_or(|i| r.identities.iter().any(|x| x == i)))
             .filter_map(|r| mismatch(r, caller, claims))
             .collect();
-        if misses.is_empty() { String::new() } else { format!("; {}", misses.join("; ")) }
+        if misses.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", misses.join("; "))
+        }
     };
     if roles.is_empty() {
         return Err(ApiError::access_denied(format!(
@@ -214,11 +274,16 @@ pub fn authorize(config: &Config, caller: &Caller, claims: Option<&serde_json::V
             }
         },
     };
-    let identity = config
-        .identity(identity_name)
-        .cloned()
-        .ok_or_else(|| ApiError::new(ErrorKind::UnknownIdentity, format!("no identity named {identity_name:?}")))?;
-    let granting: Vec<&Arc<Role>> = roles.into_iter().filter(|r| r.identities.iter().any(|i| i == identity_name)).collect();
+    let identity = config.identity(identity_name).cloned().ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::UnknownIdentity,
+            format!("no identity named {identity_name:?}"),
+        )
+    })?;
+    let granting: Vec<&Arc<Role>> = roles
+        .into_iter()
+        .filter(|r| r.identities.iter().any(|i| i == identity_name))
+        .collect();
 
     let mut audiences: Vec<&String> = Vec::new();
     for role in &granting {
@@ -249,10 +314,18 @@ pub fn authorize(config: &Config, caller: &Caller, claims: Option<&serde_json::V
     }
 
     let mut allowed_scopes: BTreeSet<&String> = BTreeSet::new();
-    for role in granting.iter().filter(|r| role_audiences(r, &identity).any(|a| *a == audience)) {
+    for role in granting
+        .iter()
+        .filter(|r| role_audiences(r, &identity).any(|a| *a == audience))
+    {
         let scopes: BTreeSet<&String> = role_scopes(role, &identity).collect();
         if ask.scopes.iter().all(|s| scopes.contains(s)) {
-            return Ok(Grant { role: (*role).clone(), identity, audience, scopes: ask.scopes.clone() });
+            return Ok(Grant {
+                role: (*role).clone(),
+                identity,
+                audience,
+                scopes: ask.scopes.clone(),
+            });
         }
         allowed_scopes.extend(scopes);
     }
@@ -266,7 +339,11 @@ pub fn authorize(config: &Config, caller: &Caller, claims: Option<&serde_json::V
         "scope {:?} is not allowed for the caller ({}) with identity {identity_name:?} and audience {audience:?} ({detail}); allowed: {}",
         ask.scopes.iter().cloned().collect::<Vec<_>>().join(" "),
         caller.describe(),
-        if allowed_scopes.is_empty() { "no scopes".to_string() } else { join(&allowed_scopes.into_iter().collect::<Vec<_>>()) }
+        if allowed_scopes.is_empty() {
+            "no scopes".to_string()
+        } else {
+            join(&allowed_scopes.into_iter().collect::<Vec<_>>())
+        }
     )))
 }
 
@@ -324,7 +401,9 @@ mod tests {
     fn config(roles: Vec<Role>) -> Config {
         Config {
             path: PathBuf::from("t.toml"),
-            agent: crate::config::parse("", std::path::Path::new("t"), &NoCtx).unwrap().agent,
+            agent: crate::config::parse("", std::path::Path::new("t"), &NoCtx)
+                .unwrap()
+                .agent,
             providers: vec![],
             identities: vec![
                 identity("payments", &["https://payments", "https://ledger"], &["read", "write"]),
@@ -352,14 +431,24 @@ mod tests {
     }
 
     fn ask<'a>(identity: Option<&'a str>, audience: Option<&'a str>, scopes: &'a BTreeSet<String>) -> Ask<'a> {
-        Ask { identity, audience, scopes }
+        Ask {
+            identity,
+            audience,
+            scopes,
+        }
     }
 
     #[test]
     fn default_deny_names_the_caller() {
         let cfg = config(vec![role("r", &[1001], &["payments"])]);
         let none = BTreeSet::new();
-        let err = authorize(&cfg, &Caller::from_ids(2002, 2002, Some(7)), None, &ask(None, Some("https://payments"), &none)).unwrap_err();
+        let err = authorize(
+            &cfg,
+            &Caller::from_ids(2002, 2002, Some(7)),
+            None,
+            &ask(None, Some("https://payments"), &none),
+        )
+        .unwrap_err();
         assert_eq!(err.kind, ErrorKind::AccessDenied);
         assert!(err.description.contains("uid 2002"), "{}", err.description);
         assert!(err.description.contains("needs uid in {1001}"), "{}", err.description);
@@ -374,7 +463,10 @@ mod tests {
         let c = Caller::from_ids(1001, 1001, None);
         let read = parse_scopes("read");
         let g = authorize(&cfg, &c, None, &ask(None, None, &read)).unwrap();
-        assert_eq!((g.identity.name.as_str(), g.audience.as_str()), ("payments", "https://payments"));
+        assert_eq!(
+            (g.identity.name.as_str(), g.audience.as_str()),
+            ("payments", "https://payments")
+        );
         let err = authorize(&cfg, &c, None, &ask(None, Some("https://ledger"), &read)).unwrap_err();
         assert_eq!(err.kind, ErrorKind::InvalidTarget);
         assert!(err.description.contains("https://ledger"));
@@ -425,7 +517,12 @@ mod tests {
         let cfg = config(vec![role("r", &[1001], &["payments"])]);
         let c = Caller::from_ids(1001, 1001, None);
         let none = BTreeSet::new();
-        assert_eq!(authorize(&cfg, &c, None, &ask(Some("nope"), None, &none)).unwrap_err().kind, ErrorKind::UnknownIdentity);
+        assert_eq!(
+            authorize(&cfg, &c, None, &ask(Some("nope"), None, &none))
+                .unwrap_err()
+                .kind,
+            ErrorKind::UnknownIdentity
+        );
         let err = authorize(&cfg, &c, None, &ask(None, None, &none)).unwrap_err();
         assert_eq!(err.kind, ErrorKind::InvalidRequest);
         assert!(err.description.contains("audience is required"));

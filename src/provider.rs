@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 
 use crate::config::{ClientAuth, Grant, IdentitySettings, ProviderSettings, TargetParameter};
 use crate::error::{ProviderError, ProviderErrorKind};
-use crate::token::{Secret, TokenClaims, IssuedToken};
+use crate::token::{IssuedToken, Secret, TokenClaims};
 
 const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -88,13 +88,16 @@ pub struct ProviderClient {
     settings: Arc<ProviderSettings>,
     http: reqwest::Client,
     metadata: tokio::sync::Mutex<Option<Arc<Metadata>>>,
-    jwks: tokio::sync::Mutex<Jwks>,
+    jwks: KeySet,
     health: Mutex<ProviderHealth>,
 }
 
 impl std::fmt::Debug for ProviderClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProviderClient").field("name", &self.settings.name).field("issuer", &self.settings.issuer).finish()
+        f.debug_struct("ProviderClient")
+            .field("name", &self.settings.name)
+            .field("issuer", &self.settings.issuer)
+            .finish()
     }
 }
 
@@ -112,7 +115,9 @@ pub fn http_client(extra_ca: Option<&std::path::Path>, timeout: Duration) -> Res
         let mut n = 0;
         for cert in certs {
             let cert = cert.map_err(|e| format!("ca_file {}: not a PEM certificate: {e}", path.display()))?;
-            roots.add(cert).map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
             n += 1;
         }
         if n == 0 {
@@ -137,7 +142,10 @@ pub fn http_client(extra_ca: Option<&std::path::Path>, timeout: Duration) -> Res
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// The full chain of an error, which reqwest hides behind "error sending request".
@@ -162,7 +170,7 @@ impl ProviderClient {
             settings,
             http,
             metadata: tokio::sync::Mutex::new(None),
-            jwks: tokio::sync::Mutex::new(Jwks { keys: Vec::new(), fetched: None }),
+            jwks: KeySet::default(),
             health: Mutex::new(ProviderHealth::default()),
         })
     }
@@ -200,7 +208,10 @@ impl ProviderClient {
         if e.is_timeout() {
             ProviderError::unreachable(format!("provider {name:?} did not answer {what} at {url} in time"))
         } else {
-            ProviderError::unreachable(format!("cannot reach provider {name:?} ({what} at {url}): {}", chain(e)))
+            ProviderError::unreachable(format!(
+                "cannot reach provider {name:?} ({what} at {url}): {}",
+                chain(e)
+            ))
         }
     }
 
@@ -214,7 +225,12 @@ impl ProviderClient {
         let s = &self.settings;
         let needs_jwks = s.verify_tokens && s.jwks_uri.is_none();
         let meta = if let (Some(te), false) = (&s.token_endpoint, needs_jwks) {
-            Metadata { issuer: s.issuer.clone(), token_endpoint: te.clone(), jwks_uri: s.jwks_uri.clone(), auth_methods: None }
+            Metadata {
+                issuer: s.issuer.clone(),
+                token_endpoint: te.clone(),
+                jwks_uri: s.jwks_uri.clone(),
+                auth_methods: None,
+            }
         } else {
             let result = self.discover().await;
             self.record(result.as_ref().map(|_| ()));
@@ -244,10 +260,18 @@ impl ProviderClient {
     async fn discover(&self) -> Result<Discovery, ProviderError> {
         let s = &self.settings;
         let url = format!("{}/.well-known/openid-configuration", s.issuer.trim_end_matches('/'));
-        let resp = self.http.get(&url).send().await.map_err(|e| self.transport_error("discovery", &url, &e))?;
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| self.transport_error("discovery", &url, &e))?;
         let status = resp.status();
         if status.is_server_error() || status.as_u16() == 429 {
-            return Err(ProviderError::unreachable(format!("provider {:?}: discovery at {url} answered {status}", s.name)));
+            return Err(ProviderError::unreachable(format!(
+                "provider {:?}: discovery at {url} answered {status}",
+                s.name
+            )));
         }
         if !status.is_success() {
             return Err(ProviderError::bad_response(format!(
@@ -255,9 +279,15 @@ impl ProviderClient {
                 s.name
             )));
         }
-        let body = resp.bytes().await.map_err(|e| self.transport_error("discovery", &url, &e))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error("discovery", &url, &e))?;
         let d: Discovery = serde_json::from_slice(&body).map_err(|e| {
-            ProviderError::bad_response(format!("provider {:?}: discovery document at {url} is not usable JSON: {e}", s.name))
+            ProviderError::bad_response(format!(
+                "provider {:?}: discovery document at {url} is not usable JSON: {e}",
+                s.name
+            ))
         })?;
         if d.issuer.trim_end_matches('/') != s.issuer.trim_end_matches('/') {
             return Err(ProviderError::bad_response(format!(
@@ -283,7 +313,10 @@ impl ProviderClient {
             Grant::TokenExchange => {
                 form.push(("grant_type", GRANT_TOKEN_EXCHANGE.into()));
                 let subject = req.subject.ok_or_else(|| {
-                    ProviderError::local(format!("identity {:?} has no subject credential for the exchange", req.identity.name))
+                    ProviderError::local(format!(
+                        "identity {:?} has no subject credential for the exchange",
+                        req.identity.name
+                    ))
                 })?;
                 form.push(("subject_token", subject.token.expose().to_string()));
                 form.push(("subject_token_type", subject.token_type.clone()));
@@ -308,35 +341,53 @@ impl ProviderClient {
         if !req.scopes.is_empty() {
             form.push(("scope", req.scopes.iter().cloned().collect::<Vec<_>>().join(" ")));
         }
-        let mut builder = self.http.post(&meta.token_endpoint).header("Accept", "application/json");
+        let mut builder = self
+            .http
+            .post(&meta.token_endpoint)
+            .header("Accept", "application/json");
         match &s.client_auth {
             ClientAuth::SecretBasic(file) => {
-                let secret = file.read().map_err(|e| ProviderError::local(format!("provider {:?}: client secret: {e}", s.name)))?;
+                let secret = file
+                    .read()
+                    .map_err(|e| ProviderError::local(format!("provider {:?}: client secret: {e}", s.name)))?;
                 let enc = |v: &str| url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
                 let raw = Zeroizing::new(format!("{}:{}", enc(&s.client_id), enc(&secret)));
-                let value = Zeroizing::new(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw.as_bytes())));
+                let value = Zeroizing::new(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(raw.as_bytes())
+                ));
                 builder = builder.header("Authorization", value.as_str());
             }
             ClientAuth::SecretPost(file) => {
-                let secret = file.read().map_err(|e| ProviderError::local(format!("provider {:?}: client secret: {e}", s.name)))?;
+                let secret = file
+                    .read()
+                    .map_err(|e| ProviderError::local(format!("provider {:?}: client secret: {e}", s.name)))?;
                 form.push(("client_id", s.client_id.clone()));
                 form.push(("client_secret", secret.to_string()));
             }
             ClientAuth::PrivateKeyJwt { key, key_id } => {
-                let pem = key.read().map_err(|e| ProviderError::local(format!("provider {:?}: private key: {e}", s.name)))?;
-                let signing = crate::keys::SigningKey::from_pem(&pem, key_id.as_deref())
-                    .map_err(|e| ProviderError::local(format!("provider {:?}: private key {}: {e}", s.name, key.path.display())))?;
+                let pem = key
+                    .read()
+                    .map_err(|e| ProviderError::local(format!("provider {:?}: private key: {e}", s.name)))?;
+                let signing = crate::keys::SigningKey::from_pem(&pem, key_id.as_deref()).map_err(|e| {
+                    ProviderError::local(format!(
+                        "provider {:?}: private key {}: {e}",
+                        s.name,
+                        key.path.display()
+                    ))
+                })?;
                 let now = unix_now();
                 let mut jti = [0u8; 16];
-                aws_lc_rs::rand::fill(&mut jti).map_err(|_| ProviderError::local("no randomness for a client assertion"))?;
+                aws_lc_rs::rand::fill(&mut jti)
+                    .map_err(|_| ProviderError::local("no randomness for a client assertion"))?;
                 let claims = serde_json::json!({
                     "iss": s.client_id, "sub": s.client_id, "aud": meta.token_endpoint,
                     "iat": now, "exp": now + 60,
                     "jti": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(jti),
                 });
-                let assertion = signing
-                    .sign(&claims)
-                    .map_err(|e| ProviderError::local(format!("provider {:?}: cannot sign the client assertion: {e}", s.name)))?;
+                let assertion = signing.sign(&claims).map_err(|e| {
+                    ProviderError::local(format!("provider {:?}: cannot sign the client assertion: {e}", s.name))
+                })?;
                 form.push(("client_id", s.client_id.clone()));
                 form.push(("client_assertion_type", ASSERTION_TYPE.into()));
                 form.push(("client_assertion", assertion));
@@ -344,7 +395,9 @@ impl ProviderClient {
             ClientAuth::None => form.push(("client_id", s.client_id.clone())),
         }
         let body = Zeroizing::new(
-            url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str()))).finish(),
+            url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
+                .finish(),
         );
         for (_, v) in form.iter_mut() {
             zeroize::Zeroize::zeroize(v);
@@ -363,17 +416,29 @@ impl ProviderClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let bytes = resp.bytes().await.map_err(|e| self.transport_error("the token request", &meta.token_endpoint, &e))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error("the token request", &meta.token_endpoint, &e))?;
         if !status.is_success() {
             return Err(self.error_response(status.as_u16(), &bytes, retry_after, req));
         }
         let parsed: TokenResponse = serde_json::from_slice(&bytes).map_err(|e| {
-            ProviderError::bad_response(format!("provider {:?} answered the token request with unusable JSON: {e}", s.name))
+            ProviderError::bad_response(format!(
+                "provider {:?} answered the token request with unusable JSON: {e}",
+                s.name
+            ))
         })?;
         self.accept(parsed, req, &meta, sent).await
     }
 
-    fn error_response(&self, status: u16, body: &[u8], retry_after: Option<Duration>, req: &ExchangeRequest<'_>) -> ProviderError {
+    fn error_response(
+        &self,
+        status: u16,
+        body: &[u8],
+        retry_after: Option<Duration>,
+        req: &ExchangeRequest<'_>,
+    ) -> ProviderError {
         let s = &self.settings;
         let parsed: Option<OAuthError> = serde_json::from_slice(body).ok();
         if status >= 500 || status == 429 {
@@ -383,10 +448,17 @@ impl ProviderClient {
             return e;
         }
         let Some(err) = parsed else {
-            return ProviderError::bad_response(format!("provider {:?} answered {status} without an OAuth error body", s.name));
+            return ProviderError::bad_response(format!(
+                "provider {:?} answered {status} without an OAuth error body",
+                s.name
+            ));
         };
         let desc = err.error_description.clone().unwrap_or_default();
-        let provider_says = if desc.is_empty() { String::new() } else { format!(" (provider says: {desc})") };
+        let provider_says = if desc.is_empty() {
+            String::new()
+        } else {
+            format!(" (provider says: {desc})")
+        };
         let message = match err.error.as_str() {
             "invalid_target" => format!(
                 "provider {:?} refused audience {:?} for client {:?}{provider_says}; register the audience for that client at the provider, or remove it from identity {:?}",
@@ -414,14 +486,23 @@ impl ProviderClient {
                 req.identity.grant.as_str(),
                 s.client_id
             ),
-            other => format!("provider {:?} refused the token request: {other}{provider_says}", s.name),
+            other => format!(
+                "provider {:?} refused the token request: {other}{provider_says}",
+                s.name
+            ),
         };
         let mut e = ProviderError::rejected(err.error, message);
         e.retry_after = retry_after;
         e
     }
 
-    async fn accept(&self, r: TokenResponse, req: &ExchangeRequest<'_>, meta: &Metadata, sent: SystemTime) -> Result<IssuedToken, ProviderError> {
+    async fn accept(
+        &self,
+        r: TokenResponse,
+        req: &ExchangeRequest<'_>,
+        meta: &Metadata,
+        sent: SystemTime,
+    ) -> Result<IssuedToken, ProviderError> {
         let s = &self.settings;
         let access_token = Secret::new(r.access_token.filter(|t| !t.is_empty()).ok_or_else(|| {
             ProviderError::bad_response(format!("provider {:?} answered 200 without an access_token", s.name))
@@ -477,8 +558,10 @@ impl ProviderClient {
         }
         Ok(IssuedToken::new(
             access_token,
-            r.issued_token_type.unwrap_or_else(|| crate::config::TOKEN_TYPE_ACCESS_TOKEN.to_string()),
-            r.scope.unwrap_or_else(|| req.scopes.iter().cloned().collect::<Vec<_>>().join(" ")),
+            r.issued_token_type
+                .unwrap_or_else(|| crate::config::TOKEN_TYPE_ACCESS_TOKEN.to_string()),
+            r.scope
+                .unwrap_or_else(|| req.scopes.iter().cloned().collect::<Vec<_>>().join(" ")),
             lifetime,
             claims,
         ))
@@ -488,11 +571,18 @@ impl ProviderClient {
     /// `iss`, `exp`, and that `aud` contains the requested audience.
     pub async fn verify(&self, token: &str, audience: &str, issuer: &str) -> Result<TokenClaims, ProviderError> {
         let s = &self.settings;
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| ProviderError::verification(format!("provider {:?} issued a JWT with an unreadable header: {e}", s.name)))?;
+        let header = jsonwebtoken::decode_header(token).map_err(|e| {
+            ProviderError::verification(format!(
+                "provider {:?} issued a JWT with an unreadable header: {e}",
+                s.name
+            ))
+        })?;
         let alg = header.alg;
         if !ALLOWED_ALGS.contains(&alg) {
-            return Err(ProviderError::verification(format!("provider {:?} signed the token with {alg:?}, which is not accepted", s.name)));
+            return Err(ProviderError::verification(format!(
+                "provider {:?} signed the token with {alg:?}, which is not accepted",
+                s.name
+            )));
         }
         let key = self.key_for(header.kid.as_deref(), alg).await?;
         let mut validation = Validation::new(alg);
@@ -513,14 +603,21 @@ impl ProviderClient {
                 K::MissingRequiredClaim(c) => format!("it has no {c} claim"),
                 other => format!("{other:?}"),
             };
-            ProviderError::verification(format!("provider {:?} issued a token that failed verification: {why}", s.name))
+            ProviderError::verification(format!(
+                "provider {:?} issued a token that failed verification: {why}",
+                s.name
+            ))
         })?;
         let claims = TokenClaims::from_json(&data.claims);
         if !claims.aud.iter().any(|a| a == audience) {
             return Err(ProviderError::verification(format!(
                 "provider {:?} issued a token for audience {} but {audience:?} was requested",
                 s.name,
-                if claims.aud.is_empty() { "none".to_string() } else { format!("{:?}", claims.aud.join(", ")) }
+                if claims.aud.is_empty() {
+                    "none".to_string()
+                } else {
+                    format!("{:?}", claims.aud.join(", "))
+                }
             )));
         }
         Ok(claims)
@@ -528,43 +625,84 @@ impl ProviderClient {
 
     async fn key_for(&self, kid: Option<&str>, alg: Algorithm) -> Result<DecodingKey, ProviderError> {
         let s = &self.settings;
-        let mut jwks = self.jwks.lock().await;
-        let recent = jwks.fetched.is_some_and(|t| t.elapsed() < JWKS_REFETCH_INTERVAL);
-        if find_key(&jwks.keys, kid, alg).is_none() && !recent {
-            jwks.keys = self.fetch_jwks().await?;
-            jwks.fetched = Some(Instant::now());
-        }
-        let jwk = find_key(&jwks.keys, kid, alg).ok_or_else(|| {
-            ProviderError::verification(format!(
-                "provider {:?} signed the token with key {:?}, which its JWKS does not publish for {alg:?}",
-                s.name,
-                kid.unwrap_or("(no kid)")
-            ))
-        })?;
-        DecodingKey::from_jwk(jwk).map_err(|e| ProviderError::verification(format!("provider {:?}: unusable JWKS key: {e}", s.name)))
-    }
-
-    async fn fetch_jwks(&self) -> Result<Vec<(Option<String>, jsonwebtoken::jwk::Jwk)>, ProviderError> {
-        let s = &self.settings;
         let meta = self.metadata().await?;
-        let url = meta.jwks_uri.clone().ok_or_else(|| {
+        let url = meta.jwks_uri.as_deref().ok_or_else(|| {
             ProviderError::bad_response(format!(
                 "provider {:?} publishes no jwks_uri; set jwks_uri, or verify_tokens = false for opaque tokens",
                 s.name
             ))
         })?;
-        let resp = self.http.get(&url).send().await.map_err(|e| self.transport_error("JWKS", &url, &e))?;
-        if !resp.status().is_success() {
-            let status = resp.status();
-            return Err(if status.is_server_error() {
-                ProviderError::unreachable(format!("provider {:?}: JWKS at {url} answered {status}", s.name))
-            } else {
-                ProviderError::bad_response(format!("provider {:?}: JWKS at {url} answered {status}", s.name))
-            });
-        }
-        let body = resp.bytes().await.map_err(|e| self.transport_error("JWKS", &url, &e))?;
-        parse_jwks(&body).map_err(|e| ProviderError::bad_response(format!("provider {:?}: JWKS at {url}: {e}", s.name)))
+        self.jwks
+            .key(&self.http, url, kid, alg, &format!("provider {:?}", s.name))
+            .await
     }
+}
+
+/// A JWK set fetched from a URL and kept; re-fetched for an unknown `kid` (key rotation) at most
+/// once per [`JWKS_REFETCH_INTERVAL`].
+#[derive(Default)]
+pub struct KeySet {
+    inner: tokio::sync::Mutex<Jwks>,
+}
+
+impl Default for Jwks {
+    fn default() -> Self {
+        Jwks {
+            keys: Vec::new(),
+            fetched: None,
+        }
+    }
+}
+
+impl KeySet {
+    /// The key for `kid` that fits `alg`. `who` names the key's owner in messages.
+    pub async fn key(
+        &self,
+        http: &reqwest::Client,
+        url: &str,
+        kid: Option<&str>,
+        alg: Algorithm,
+        who: &str,
+    ) -> Result<DecodingKey, ProviderError> {
+        let mut jwks = self.inner.lock().await;
+        let recent = jwks.fetched.is_some_and(|t| t.elapsed() < JWKS_REFETCH_INTERVAL);
+        if find_key(&jwks.keys, kid, alg).is_none() && !recent {
+            jwks.keys = fetch_jwks(http, url, who).await?;
+            jwks.fetched = Some(Instant::now());
+        }
+        let jwk = find_key(&jwks.keys, kid, alg).ok_or_else(|| {
+            ProviderError::verification(format!(
+                "{who} signed the token with key {:?}, which its JWKS ({url}) does not publish for {alg:?}",
+                kid.unwrap_or("(no kid)")
+            ))
+        })?;
+        DecodingKey::from_jwk(jwk).map_err(|e| ProviderError::verification(format!("{who}: unusable JWKS key: {e}")))
+    }
+}
+
+async fn fetch_jwks(
+    http: &reqwest::Client,
+    url: &str,
+    who: &str,
+) -> Result<Vec<(Option<String>, jsonwebtoken::jwk::Jwk)>, ProviderError> {
+    let transport = |e: reqwest::Error| {
+        if e.is_timeout() {
+            ProviderError::unreachable(format!("{who}: JWKS at {url} did not answer in time"))
+        } else {
+            ProviderError::unreachable(format!("{who}: cannot fetch the JWKS at {url}: {}", chain(&e)))
+        }
+    };
+    let resp = http.get(url).send().await.map_err(transport)?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(if status.is_server_error() || status.as_u16() == 429 {
+            ProviderError::unreachable(format!("{who}: JWKS at {url} answered {status}"))
+        } else {
+            ProviderError::bad_response(format!("{who}: JWKS at {url} answered {status}"))
+        });
+    }
+    let body = resp.bytes().await.map_err(transport)?;
+    parse_jwks(&body).map_err(|e| ProviderError::bad_response(format!("{who}: JWKS at {url}: {e}")))
 }
 
 const ALLOWED_ALGS: &[Algorithm] = &[
@@ -593,7 +731,9 @@ pub fn parse_jwks(body: &[u8]) -> Result<Vec<(Option<String>, jsonwebtoken::jwk:
         .filter(|k| matches!(k.get("kty").and_then(|t| t.as_str()), Some("EC" | "RSA" | "OKP")))
         .filter_map(|k| {
             let kid = k.get("kid").and_then(|v| v.as_str()).map(str::to_string);
-            serde_json::from_value::<jsonwebtoken::jwk::Jwk>(k).ok().map(|jwk| (kid, jwk))
+            serde_json::from_value::<jsonwebtoken::jwk::Jwk>(k)
+                .ok()
+                .map(|jwk| (kid, jwk))
         })
         .collect())
 }
@@ -607,7 +747,15 @@ pub fn find_key<'a>(
     use jsonwebtoken::jwk::AlgorithmParameters as P;
     let fits = |jwk: &jsonwebtoken::jwk::Jwk| match (&jwk.algorithm, alg) {
         (P::EllipticCurve(_), Algorithm::ES256 | Algorithm::ES384) => true,
-        (P::RSA(_), Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512) => true,
+        (
+            P::RSA(_),
+            Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512,
+        ) => true,
         (P::OctetKeyPair(_), Algorithm::EdDSA) => true,
         _ => false,
     };
@@ -616,7 +764,11 @@ pub fn find_key<'a>(
         Some(kid) => candidates.find(|(k, _)| k.as_deref() == Some(kid)).map(|(_, j)| j),
         None => {
             let first = candidates.next()?;
-            if candidates.next().is_some() { None } else { Some(&first.1) }
+            if candidates.next().is_some() {
+                None
+            } else {
+                Some(&first.1)
+            }
         }
     }
 }
@@ -637,7 +789,9 @@ pub fn looks_like_jwt(token: &str) -> bool {
 /// Reads a JWT's claims without checking anything (for `verify_tokens = false` and for messages).
 pub fn decode_unverified(token: &str) -> Option<TokenClaims> {
     let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     Some(TokenClaims::from_json(&v))
 }
@@ -668,8 +822,14 @@ mod tests {
         let keys = parse_jwks(body).unwrap();
         assert_eq!(keys.len(), 1);
         assert!(find_key(&keys, Some("a"), Algorithm::ES256).is_some());
-        assert!(find_key(&keys, None, Algorithm::ES256).is_some(), "a single key needs no kid");
-        assert!(find_key(&keys, Some("a"), Algorithm::RS256).is_none(), "the key family must fit the alg");
+        assert!(
+            find_key(&keys, None, Algorithm::ES256).is_some(),
+            "a single key needs no kid"
+        );
+        assert!(
+            find_key(&keys, Some("a"), Algorithm::RS256).is_none(),
+            "the key family must fit the alg"
+        );
         assert!(find_key(&keys, Some("b"), Algorithm::ES256).is_none());
     }
 }

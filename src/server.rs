@@ -106,12 +106,19 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>, cancel: Cancellati
 /// Size of the request head as received (request line and headers).
 fn head_size(req: &Request<Incoming>) -> usize {
     let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
-    line + req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>()
+    line + req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
 }
 
 async fn handle(agent: &Agent, caller: &Caller, req: Request<Incoming>) -> Response<Body> {
     if head_size(&req) > MAX_HEADERS {
-        return error_response(&ApiError::new(ErrorKind::HeadersTooLarge, format!("request headers are over {MAX_HEADERS} bytes; send less")));
+        return error_response(&ApiError::new(
+            ErrorKind::HeadersTooLarge,
+            format!("request headers are over {MAX_HEADERS} bytes; send less"),
+        ));
     }
     let path = req.uri().path().to_string();
     let result = match (req.method(), path.as_str()) {
@@ -139,7 +146,10 @@ async fn handle(agent: &Agent, caller: &Caller, req: Request<Incoming>) -> Respo
         }
         (_, "/v1/token" | "/v1/identities" | "/v1/health") => Err(ApiError::new(
             ErrorKind::MethodNotAllowed,
-            format!("{} is not served on {path}; use GET (or POST for /v1/token)", req.method()),
+            format!(
+                "{} is not served on {path}; use GET (or POST for /v1/token)",
+                req.method()
+            ),
         )),
         _ => Err(ApiError::new(
             ErrorKind::NotFound,
@@ -160,10 +170,13 @@ fn audit_malformed(agent: &Agent, caller: &Caller, e: &ApiError) {
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
     match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => Ok(b.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            Err(ApiError::new(ErrorKind::PayloadTooLarge, format!("request body is over {MAX_BODY} bytes")))
-        }
-        Err(e) => Err(ApiError::invalid_request(format!("could not read the request body: {e}"))),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("request body is over {MAX_BODY} bytes"),
+        )),
+        Err(e) => Err(ApiError::invalid_request(format!(
+            "could not read the request body: {e}"
+        ))),
     }
 }
 
@@ -178,7 +191,9 @@ pub fn parse_query(query: Option<&str>) -> Result<TokenAsk, ApiError> {
     let mut seen = BTreeSet::new();
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         if !seen.insert(k.to_string()) {
-            return Err(ApiError::invalid_request(format!("parameter {k:?} is given twice; give it once (scopes go space-separated in one scope=)")));
+            return Err(ApiError::invalid_request(format!(
+                "parameter {k:?} is given twice; give it once (scopes go space-separated in one scope=)"
+            )));
         }
         match k.as_ref() {
             "audience" => ask.audience = Some(v.into_owned()),
@@ -229,7 +244,9 @@ pub fn parse_body(body: &[u8]) -> Result<TokenAsk, ApiError> {
                 token: Secret::new(t.trim().to_string()),
                 token_type: ty.unwrap_or_else(|| TOKEN_TYPE_JWT.to_string()),
             })),
-            None if ty.is_some() => Err(ApiError::invalid_request(format!("{what}_type is given without {what}"))),
+            None if ty.is_some() => Err(ApiError::invalid_request(format!(
+                "{what}_type is given without {what}"
+            ))),
             None => Ok(None),
         }
     };

@@ -15,11 +15,15 @@ pub struct Notifier {
 impl Notifier {
     /// From `$NOTIFY_SOCKET` (a path, or `@name` for an abstract socket).
     pub fn from_env() -> Notifier {
-        Notifier { socket: std::env::var_os("NOTIFY_SOCKET").map(PathBuf::from) }
+        Notifier {
+            socket: std::env::var_os("NOTIFY_SOCKET").map(PathBuf::from),
+        }
     }
 
     pub fn to(socket: impl Into<PathBuf>) -> Notifier {
-        Notifier { socket: Some(socket.into()) }
+        Notifier {
+            socket: Some(socket.into()),
+        }
     }
 
     pub fn disabled() -> Notifier {
@@ -49,6 +53,54 @@ impl Notifier {
             tracing::warn!(error = %e, "cannot notify systemd");
         }
     }
+}
+
+/// The listening socket systemd passed (socket activation, sd_listen_fds(3)), if `LISTEN_PID`
+/// names this process and `LISTEN_FDS` is at least 1: file descriptor 3.
+pub fn listener_from_env() -> Result<Option<std::os::unix::net::UnixListener>, String> {
+    let pid_matches = std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
+    let count = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(0);
+    if !pid_matches || count == 0 {
+        return Ok(None);
+    }
+    if count > 1 {
+        return Err(format!(
+            "systemd passed {count} sockets; cortexid serves exactly one (one ListenStream= in cortexid.socket)"
+        ));
+    }
+    adopt_fd3().map(Some)
+}
+
+/// Takes ownership of file descriptor 3 after checking that it is a listening Unix stream socket.
+#[allow(unsafe_code)]
+fn adopt_fd3() -> Result<std::os::unix::net::UnixListener, String> {
+    use nix::sys::socket::{AddressFamily, SockType, SockaddrLike, SockaddrStorage, getsockname, getsockopt, sockopt};
+    use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+    const SD_LISTEN_FDS_START: i32 = 3;
+    // SAFETY: the service manager hands this process fd 3 (LISTEN_PID is ours); borrowing it for
+    // the checks below does not close or duplicate it.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(SD_LISTEN_FDS_START) };
+    let addr: SockaddrStorage =
+        getsockname(SD_LISTEN_FDS_START).map_err(|e| format!("LISTEN_FDS: fd 3 is not a socket: {e}"))?;
+    if addr.family() != Some(AddressFamily::Unix) {
+        return Err("LISTEN_FDS: fd 3 is not a Unix socket; cortexid.socket must use ListenStream=/path".into());
+    }
+    if getsockopt(&borrowed, sockopt::SockType).map_err(|e| format!("LISTEN_FDS: {e}"))? != SockType::Stream
+        || !getsockopt(&borrowed, sockopt::AcceptConn).map_err(|e| format!("LISTEN_FDS: {e}"))?
+    {
+        return Err("LISTEN_FDS: fd 3 is not a listening stream socket".into());
+    }
+    nix::fcntl::fcntl(borrowed, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+        .map_err(|e| format!("LISTEN_FDS: {e}"))?;
+    // SAFETY: fd 3 was checked above to be an open listening Unix socket passed to this process;
+    // nothing else in the process owns it, so taking ownership here is the only claim on it.
+    let owned = unsafe { OwnedFd::from_raw_fd(SD_LISTEN_FDS_START) };
+    let listener = std::os::unix::net::UnixListener::from(owned);
+    listener.set_nonblocking(true).map_err(|e| format!("LISTEN_FDS: {e}"))?;
+    Ok(listener)
 }
 
 /// `CLOCK_MONOTONIC` in microseconds, for `MONOTONIC_USEC=` with `RELOADING=1`.

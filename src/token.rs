@@ -36,8 +36,7 @@ impl std::fmt::Debug for Secret {
 
 /// First 16 hex digits of the SHA-256 of a token: how audit lines and logs name it.
 pub fn fingerprint(data: &[u8]) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
-    digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    crate::keys::sha256_hex_prefix(data, 16)
 }
 
 /// The claims of an issued JWT that the agent reports and checks.
@@ -59,14 +58,18 @@ impl TokenClaims {
         let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
         let aud = match v.get("aud") {
             Some(serde_json::Value::String(a)) => vec![a.clone()],
-            Some(serde_json::Value::Array(list)) => list.iter().filter_map(|a| a.as_str().map(str::to_string)).collect(),
+            Some(serde_json::Value::Array(list)) => {
+                list.iter().filter_map(|a| a.as_str().map(str::to_string)).collect()
+            }
             _ => Vec::new(),
         };
         TokenClaims {
             sub: s("sub"),
             iss: s("iss"),
             jti: s("jti"),
-            exp: v.get("exp").and_then(|e| e.as_u64().or_else(|| e.as_f64().map(|f| f as u64))),
+            exp: v
+                .get("exp")
+                .and_then(|e| e.as_u64().or_else(|| e.as_f64().map(|f| f as u64))),
             aud,
             scope: s("scope"),
             act: v.get("act").cloned(),
@@ -99,7 +102,13 @@ impl std::fmt::Debug for IssuedToken {
 }
 
 impl IssuedToken {
-    pub fn new(access_token: Secret, issued_token_type: String, scope: String, lifetime: Duration, claims: Option<TokenClaims>) -> IssuedToken {
+    pub fn new(
+        access_token: Secret,
+        issued_token_type: String,
+        scope: String,
+        lifetime: Duration,
+        claims: Option<TokenClaims>,
+    ) -> IssuedToken {
         let issued_at = Instant::now();
         let fingerprint = access_token.fingerprint();
         IssuedToken {
@@ -122,7 +131,10 @@ impl IssuedToken {
 
     /// `expires_at` as seconds since the epoch.
     pub fn expires_unix(&self) -> u64 {
-        self.expires_at_system.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+        self.expires_at_system
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
     }
 
     /// The `token` object of an audit event: never the token itself.

@@ -1,0 +1,298 @@
+//! The agent end to end: the real server on a real Unix socket, against the development provider
+//! over HTTPS with a test CA.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use cortexid::devidp::Fault;
+
+#[tokio::test]
+async fn an_allowed_caller_gets_a_scoped_token_and_the_second_ask_is_cached() {
+    let h = Harness::new(Duration::from_secs(300), Setup::default()).await;
+    let (status, body) = h.get(&token_path("payments", PAYMENTS, "payments.read")).await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_string();
+    let c = claims(&token);
+    assert_eq!(c["aud"], PAYMENTS);
+    assert_eq!(c["scope"], "payments.read");
+    assert_eq!(c["sub"], "system:serviceaccount:prod:payments");
+    assert_eq!(body["identity"], "payments");
+    assert_eq!(body["audience"], PAYMENTS);
+    assert_eq!(body["scope"], "payments.read");
+    assert_eq!(body["token_type"], "Bearer");
+    assert!(body["expires_in"].as_u64().unwrap() > 290);
+    assert!(body["expires_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(h.idp.counters().exchanges, 1);
+
+    let (status, again) = h.get(&token_path("payments", PAYMENTS, "payments.read")).await;
+    assert_eq!(status, 200);
+    assert_eq!(again["access_token"].as_str().unwrap(), token, "served from the cache");
+    assert_eq!(h.idp.counters().exchanges, 1, "still one exchange");
+
+    // Responses are never cached by intermediaries.
+    let r = h
+        .client
+        .get(&token_path("payments", PAYMENTS, "payments.read"))
+        .await
+        .unwrap();
+    assert_eq!(r.headers.get("cache-control").unwrap(), "no-store");
+    assert_eq!(r.headers.get("content-type").unwrap(), "application/json");
+
+    // Client credentials work too.
+    let (status, body) = h.get(&token_path("batch", LEDGER, "payments.read")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(claims(body["access_token"].as_str().unwrap())["sub"], CLIENT_ID);
+    assert_eq!(h.idp.counters().client_credentials, 1);
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_misses_cause_one_exchange() {
+    let h = Harness::new(Duration::from_secs(300), Setup::default()).await;
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let client = h.client.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .get(&token_path("payments", LEDGER, "payments.write"))
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.json().unwrap()["access_token"].as_str().unwrap().to_string()
+        }));
+    }
+    let mut tokens = BTreeSet::new();
+    for t in tasks {
+        tokens.insert(t.await.unwrap());
+    }
+    assert_eq!(tokens.len(), 1, "all 200 callers got the same token");
+    assert_eq!(h.idp.counters().exchanges, 1, "exactly one exchange");
+}
+
+#[tokio::test]
+async fn short_lived_tokens_are_renewed_in_the_background_and_never_handed_out_too_late() {
+    let h = Harness::new(Duration::from_secs(4), Setup::default()).await;
+    // min_remaining is 30 s, so the floor for 4 s tokens is lifetime/4 = 1 s.
+    let floor_ms: i64 = 1000;
+    let mut seen = BTreeSet::new();
+    let mut least_ms = i64::MAX;
+    for _ in 0..200 {
+        let (status, body) = h.get(&token_path("payments", PAYMENTS, "payments.read")).await;
+        assert_eq!(status, 200, "{body}");
+        let token = body["access_token"].as_str().unwrap().to_string();
+        let exp_ms = claims(&token)["exp"].as_i64().unwrap() * 1000;
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+        least_ms = least_ms.min(exp_ms - now_ms);
+        seen.insert(token);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        least_ms >= floor_ms - 100,
+        "a token was handed out with only {least_ms} ms left"
+    );
+    assert!(
+        seen.len() >= 3,
+        "renewed at least twice in ~10 s, saw {} tokens",
+        seen.len()
+    );
+    let c = h.idp.counters();
+    assert_eq!(
+        c.exchanges as usize,
+        seen.len(),
+        "every exchange produced a served token: no wasted renewals"
+    );
+    let renewals = h
+        .audit_lines()
+        .iter()
+        .filter(|l| l["event"] == "token.exchanged" && l["reason"] == "renewal")
+        .count();
+    assert!(renewals >= 2, "renewals happened in the background ({renewals})");
+}
+
+#[tokio::test]
+async fn a_provider_outage_is_bridged_by_the_cache_then_reported_then_recovered() {
+    // Renew at half the lifetime, so the cache bridges the outage for a while before the floor.
+    let setup = Setup {
+        agent_extra: "refresh_at = 0.5".into(),
+        ..Setup::default()
+    };
+    let h = Harness::new(Duration::from_secs(8), setup).await;
+    let path = token_path("payments", PAYMENTS, "");
+    let (status, first) = h.get(&path).await;
+    assert_eq!(status, 200, "{first}");
+    let first = first["access_token"].as_str().unwrap().to_string();
+    h.idp.set_fault(Fault::Close);
+
+    // The cached token keeps being served while it has more than the floor (2 s) left.
+    let mut degraded = false;
+    let mut outage = None;
+    for _ in 0..80 {
+        let (status, body) = h.get(&path).await;
+        if status == 200 {
+            assert_eq!(body["access_token"].as_str().unwrap(), first);
+            let (_, health) = h.get("/v1/health").await;
+            degraded |= health["status"] == "degraded";
+        } else {
+            outage = Some((status, body));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(degraded, "health said degraded while the renewal failed");
+    let (status, body) = outage.expect("the cached token stops being served near expiry");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "upstream_unavailable");
+    assert!(body["error_description"].as_str().unwrap().contains("corp"), "{body}");
+
+    h.idp.set_fault(Fault::None);
+    let mut recovered = None;
+    for _ in 0..50 {
+        let (status, body) = h.get(&path).await;
+        if status == 200 {
+            recovered = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let body = recovered.unwrap_or_else(|| panic!("service resumes without a restart: {:?}", futures_last(&h, &path)));
+    assert_ne!(body["access_token"].as_str().unwrap(), first);
+}
+
+#[tokio::test]
+async fn refusals_name_the_audience_or_the_caller() {
+    let h = Harness::new(Duration::from_secs(300), Setup::default()).await;
+    let (status, body) = h.get(&token_path("payments", UNREGISTERED, "")).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"], "invalid_target");
+    let text = body["error_description"].as_str().unwrap();
+    assert!(text.contains(UNREGISTERED) && text.contains(CLIENT_ID), "{text}");
+
+    let (status, body) = h.get(&token_path("payments", "https://elsewhere", "")).await;
+    assert_eq!((status, body["error"].as_str().unwrap()), (403, "invalid_target"));
+    let (status, body) = h.get(&token_path("payments", PAYMENTS, "payments.admin")).await;
+    assert_eq!((status, body["error"].as_str().unwrap()), (403, "invalid_scope"));
+    let (status, body) = h.get(&token_path("nope", PAYMENTS, "")).await;
+    assert_eq!((status, body["error"].as_str().unwrap()), (404, "unknown_identity"));
+    let (status, body) = h.get("/v1/token?audience=x&colour=red").await;
+    assert_eq!((status, body["error"].as_str().unwrap()), (400, "invalid_request"));
+    let (status, body) = h.get("/v1/token?identity=payments").await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("audience is required")
+    );
+
+    let me = nix::unistd::getuid().as_raw();
+    let other = Harness::new(
+        Duration::from_secs(300),
+        Setup {
+            role_uids: vec![me + 4242],
+            ..Setup::default()
+        },
+    )
+    .await;
+    let (status, body) = other.get(&token_path("payments", PAYMENTS, "")).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"], "access_denied");
+    let text = body["error_description"].as_str().unwrap();
+    assert!(text.contains(&format!("uid {me}")), "{text}");
+    assert_eq!(
+        other.idp.counters().token_requests,
+        0,
+        "a denied caller costs no exchange"
+    );
+    let (_, ids) = other.get("/v1/identities").await;
+    assert_eq!(ids["identities"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn identities_and_health_describe_what_this_caller_may_do() {
+    let h = Harness::new(Duration::from_secs(300), Setup::default()).await;
+    let (status, ids) = h.get("/v1/identities").await;
+    assert_eq!(status, 200);
+    assert_eq!(ids["identities"][0]["name"], "payments");
+    assert_eq!(ids["identities"][0]["audiences"][0], PAYMENTS);
+    assert_eq!(ids["identities"][1]["name"], "batch");
+    h.get(&token_path("batch", LEDGER, "")).await;
+    let mut health = serde_json::Value::Null;
+    for _ in 0..50 {
+        let (_, body) = h.get("/v1/health").await;
+        health = body;
+        if health["status"] != "starting" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(health["providers"]["corp"]["reachable"], true);
+    assert_eq!(health["cache"]["entries"], 1);
+    assert!(!health.to_string().contains("eyJ"), "health never shows a token");
+    let (status, body) = h.get("/nope").await;
+    assert_eq!((status, body["error"].as_str().unwrap()), (404, "not_found"));
+}
+
+#[tokio::test]
+async fn a_rotated_subject_credential_is_used_by_the_next_exchange() {
+    let h = Harness::new(Duration::from_secs(300), Setup::default()).await;
+    let (_, first) = h.get(&token_path("payments", PAYMENTS, "")).await;
+    assert_eq!(
+        claims(first["access_token"].as_str().unwrap())["sub"],
+        "system:serviceaccount:prod:payments"
+    );
+    let rotated = h.mint_sa("system:serviceaccount:prod:payments-v2");
+    write_secret(&h.sa_path, &rotated);
+    let (status, second) = h.get(&token_path("payments", PAYMENTS, "")).await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(
+        claims(second["access_token"].as_str().unwrap())["sub"],
+        "system:serviceaccount:prod:payments-v2"
+    );
+    assert_eq!(h.idp.counters().exchanges, 2);
+}
+
+#[tokio::test]
+async fn request_limits_are_enforced_with_json_errors() {
+    let h = Harness::new(Duration::from_secs(300), Setup::default()).await;
+    let big = "x".repeat(70 * 1024);
+    let r = h
+        .client
+        .post_json("/v1/token", &serde_json::json!({"audience": big}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json().unwrap()["error"], "invalid_request");
+    let long = "a".repeat(20 * 1024);
+    let r = h.client.get(&format!("/v1/token?audience={long}")).await.unwrap();
+    assert_eq!(r.status, 431);
+    let r = h
+        .client
+        .post_json("/v1/token", &serde_json::json!({"audience": PAYMENTS, "colour": 1}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+    let r = h
+        .client
+        .get(&format!(
+            "/v1/token?identity=payments&audience={}&subject_token=abc",
+            PAYMENTS
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("body only"));
+    // The agent still serves.
+    let (status, _) = h.get(&token_path("payments", PAYMENTS, "")).await;
+    assert_eq!(status, 200);
+}
+
+fn futures_last(h: &Harness, _path: &str) -> String {
+    format!(
+        "{:?} audit tail: {:?}",
+        h.idp.counters(),
+        h.audit_lines().iter().rev().take(3).collect::<Vec<_>>()
+    )
+}

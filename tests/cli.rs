@@ -1,0 +1,222 @@
+//! The `cortexid` binary: check-config, refusing a bad config at start, keygen and
+//! private_key_jwt end to end, and `cortexid token` output.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use cortexid::devidp::{DevClient, DevClientAuth};
+
+fn cortexid() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cortexid"))
+}
+
+#[test]
+fn check_config_prints_every_problem_with_its_line_and_the_agent_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"[agent]
+socket = "/tmp/x.sock"
+refresh_at = 2.0
+colour = "blue"
+
+[[provider]]
+name = "corp"
+issuer = "http://idp.example.com"
+client_id = "n"
+client_secret_file = "/nonexistent/secret"
+
+[[identity]]
+name = "payments"
+provider = "corpp"
+subject_token_file = "/nonexistent/sa.jwt"
+audiences = ["https://p"]
+
+[[role]]
+name = "r"
+uids = [1]
+identities = ["payments", "ghost"]
+"#,
+    )
+    .unwrap();
+    let out = cortexid()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for (line, key) in [
+        (3, "agent.refresh_at"),
+        (4, "agent.colour"),
+        (8, "provider[0].issuer"),
+        (10, "provider[0].client_secret_file"),
+        (14, "identity[0].provider"),
+        (15, "identity[0].subject_token_file"),
+        (21, "role[0].identities[1]"),
+    ] {
+        let want = format!("bad.toml:{line}: {key}:");
+        assert!(err.contains(&want), "missing {want:?} in:\n{err}");
+    }
+
+    let out = cortexid().args(["agent", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "invalid configuration at start is EX_USAGE"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("agent.colour"));
+
+    let out = cortexid()
+        .args(["check-config", "--config"])
+        .arg(dir.path().join("missing.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let out = cortexid().args(["token"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+}
+
+#[test]
+fn example_configs_parse() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            // Examples point at files that do not exist here; everything else must be right.
+            match cortexid::config::parse(&text, &path, &cortexid::config::SystemContext) {
+                Ok(_) => {}
+                Err(e) => {
+                    for p in &e.problems {
+                        assert!(
+                            p.message.contains("does not exist")
+                                || p.message.contains("no user named")
+                                || p.message.contains("no group named")
+                                || p.message.contains("CREDENTIALS_DIRECTORY"),
+                            "{}: {p}",
+                            path.display()
+                        );
+                    }
+                }
+            }
+            n += 1;
+        }
+    }
+    assert!(n >= 1, "no example configs in {}", dir.display());
+}
+
+#[tokio::test]
+async fn private_key_jwt_works_with_a_key_from_keygen_and_cortexid_token_prints_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("node.key");
+    let out = cortexid()
+        .args(["keygen", "--alg", "ES256", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let jwk: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(jwk["kty"], "EC");
+    assert!(jwk["kid"].as_str().is_some_and(|k| !k.is_empty()));
+    assert!(jwk.get("d").is_none(), "only the public key is printed");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let again = cortexid().args(["keygen", "--out"]).arg(&key).output().unwrap();
+    assert!(!again.status.success(), "keygen never overwrites a key");
+
+    let setup = Setup {
+        provider_auth: format!(
+            "client_auth = \"private_key_jwt\"\nprivate_key_file = \"{}\"",
+            key.display()
+        ),
+        ..Setup::default()
+    };
+    // The harness registers the client with a secret; register the key-based client instead.
+    let idp = start_idp(Duration::from_secs(300)).await;
+    idp.add_client(
+        DevClient::new("node-pkjwt", DevClientAuth::PrivateKeyJwt(jwk))
+            .with_audiences(&[PAYMENTS])
+            .with_scopes(&["payments.read"]),
+    );
+    let cfg_dir = tempfile::tempdir().unwrap();
+    std::fs::write(cfg_dir.path().join("ca.pem"), idp.ca_pem()).unwrap();
+    let text = Harness::config_text(&idp, cfg_dir.path(), &setup)
+        .replace(&format!("client_id = \"{CLIENT_ID}\""), "client_id = \"node-pkjwt\"");
+    let config_path = cfg_dir.path().join("cortexid.toml");
+    std::fs::write(&config_path, text).unwrap();
+    let now = unix_now();
+    let sa = idp.mint(serde_json::json!({"sub": "system:serviceaccount:prod:payments", "iat": now, "exp": now + 3600}));
+    write_secret(&cfg_dir.path().join("payments-sa.jwt"), &sa);
+    let config = cortexid::agent::load_config(&config_path).unwrap();
+    let running = cortexid::daemon::start(config, cortexid::systemd::Notifier::disabled())
+        .await
+        .unwrap();
+
+    let socket = cfg_dir.path().join("agent.sock");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cortexid"))
+        .args([
+            "token",
+            "--identity",
+            "payments",
+            "--audience",
+            PAYMENTS,
+            "--scope",
+            "payments.read",
+            "--socket",
+        ])
+        .arg(&socket)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap();
+    assert!(token.ends_with('\n'));
+    let c = claims(token.trim());
+    assert_eq!(c["client_id"], "node-pkjwt");
+    assert_eq!(c["aud"], PAYMENTS);
+    assert_eq!(idp.counters().exchanges, 1);
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cortexid"))
+        .args([
+            "token",
+            "--identity",
+            "payments",
+            "--audience",
+            PAYMENTS,
+            "--scope",
+            "payments.read",
+            "--format",
+            "header",
+        ])
+        .env("CORTEXID_SOCKET", &socket)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("Authorization: Bearer {}", token)
+    );
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cortexid"))
+        .args([
+            "token",
+            "--identity",
+            "payments",
+            "--audience",
+            "https://nope",
+            "--socket",
+        ])
+        .arg(&socket)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_target"));
+    running.shutdown().await;
+}
