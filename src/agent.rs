@@ -81,10 +81,10 @@ impl CredentialFiles {
     fn read(&self, file: &SecretFile) -> Result<Secret, String> {
         let stamp = file.stamp();
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if let (Some(stamp), Some((known, value))) = (stamp, seen.get(&file.path)) {
-            if *known == stamp {
-                return Ok(value.clone());
-            }
+        if let (Some(stamp), Some((known, value))) = (stamp, seen.get(&file.path))
+            && *known == stamp
+        {
+            return Ok(value.clone());
         }
         let value = Secret::from(file.read()?);
         if let Some(stamp) = stamp {

@@ -324,21 +324,21 @@ impl Cache {
             let mut st = entry.lock();
             st.last_used = now;
             st.pinned |= pin;
-            if let Some(t) = &st.token {
-                if self.servable(t, now, min_valid) {
-                    let t = t.clone();
-                    self.ensure_refresher(&entry, &mut st);
-                    self.counters.hits.fetch_add(1, Relaxed);
-                    return Ok((t, Source::Cache));
-                }
+            if let Some(t) = &st.token
+                && self.servable(t, now, min_valid)
+            {
+                let t = t.clone();
+                self.ensure_refresher(&entry, &mut st);
+                self.counters.hits.fetch_add(1, Relaxed);
+                return Ok((t, Source::Cache));
             }
             self.counters.misses.fetch_add(1, Relaxed);
-            if st.inflight.is_none() {
-                if let Some((at, e)) = &st.last_error {
-                    if now.duration_since(*at) < FAILURE_HOLD && e.is_retryable() {
-                        return Err(self.unavailable(e, &st));
-                    }
-                }
+            if st.inflight.is_none()
+                && let Some((at, e)) = &st.last_error
+                && now.duration_since(*at) < FAILURE_HOLD
+                && e.is_retryable()
+            {
+                return Err(self.unavailable(e, &st));
             }
             self.start_fetch(&entry, &mut st, FetchReason::Miss)
         };
@@ -548,7 +548,7 @@ async fn refresher(cache: Arc<Cache>, entry: Arc<Entry>) {
             let idle = now.duration_since(st.last_used) >= settings.idle_expiry;
             let expired = st.token.as_ref().is_none_or(|t| t.remaining(now).is_zero());
             // Keys no one asked for lately are left to expire; after expiry only sinks keep trying.
-            if (idle && !st.pinned) || (expired && !st.pinned) {
+            if (idle || expired) && !st.pinned {
                 st.refresher = false;
                 st.next_refresh = None;
                 return;

@@ -107,17 +107,17 @@ struct ProcessFacts {
 fn read_process(proc_root: &Path, pid: i32, uid: u32, accepted_ticks: Option<u64>) -> Result<ProcessFacts, String> {
     let dir = proc_root.join(pid.to_string());
     let before = start_ticks(&dir).ok_or_else(|| format!("process {pid} is gone"))?;
-    if let Some(accepted) = accepted_ticks {
-        if before > accepted {
-            return Err(format!("pid {pid} was reused after the connection was made"));
-        }
+    if let Some(accepted) = accepted_ticks
+        && before > accepted
+    {
+        return Err(format!("pid {pid} was reused after the connection was made"));
     }
     let status = std::fs::read_to_string(dir.join("status")).map_err(|e| format!("/proc/{pid}/status: {e}"))?;
     let (real_uid, groups) = parse_status(&status);
     if real_uid != Some(uid) {
         return Err(format!("pid {pid} now belongs to another user"));
     }
-    let exe = std::fs::read_link(dir.join("exe")).ok().map(|p| strip_deleted(p));
+    let exe = std::fs::read_link(dir.join("exe")).ok().map(strip_deleted);
     let unit = std::fs::read_to_string(dir.join("cgroup"))
         .ok()
         .and_then(|c| unit_from_cgroup(&c));

@@ -28,10 +28,10 @@ pub struct RunningAgent {
 pub fn bind_socket(config: &Config) -> Result<UnixListener, String> {
     let a = &config.agent;
     let path = &a.socket;
-    if let Some(dir) = path.parent() {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        }
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -130,7 +130,8 @@ impl RunningAgent {
             }
             Err(e) => Err(e.to_string()),
         };
-        let outcome = match result {
+
+        match result {
             Ok(status) => {
                 tracing::info!(path = %path.display(), "configuration reloaded");
                 self.agent
@@ -146,8 +147,7 @@ impl RunningAgent {
                     .notify("READY=1\nSTATUS=configuration rejected at reload; running the previous one");
                 Err(e)
             }
-        };
-        outcome
+        }
     }
 
     /// Stops accepting, lets in-flight requests finish (at most 10 s), removes the socket.

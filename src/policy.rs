@@ -44,28 +44,28 @@ pub struct IdentityView {
 
 /// Why a role did not match: the first condition that failed, in words.
 fn mismatch(role: &Role, caller: &Caller, claims: Option<&serde_json::Value>) -> Option<String> {
-    if let Some(uids) = &role.uids {
-        if !uids.contains(&caller.uid) {
-            return Some(format!(
-                "role {:?} needs uid in {:?}, caller has uid {}",
-                role.name, uids, caller.uid
-            ));
-        }
+    if let Some(uids) = &role.uids
+        && !uids.contains(&caller.uid)
+    {
+        return Some(format!(
+            "role {:?} needs uid in {:?}, caller has uid {}",
+            role.name, uids, caller.uid
+        ));
     }
-    if let Some(gids) = &role.gids {
-        if !gids.iter().any(|g| caller.in_group(*g)) {
-            return Some(format!(
-                "role {:?} needs one of the groups {:?}, caller is in gid {}{}",
-                role.name,
-                gids,
-                caller.gid,
-                if caller.groups.is_empty() {
-                    String::new()
-                } else {
-                    format!(" and {:?}", caller.groups)
-                }
-            ));
-        }
+    if let Some(gids) = &role.gids
+        && !gids.iter().any(|g| caller.in_group(*g))
+    {
+        return Some(format!(
+            "role {:?} needs one of the groups {:?}, caller is in gid {}{}",
+            role.name,
+            gids,
+            caller.gid,
+            if caller.groups.is_empty() {
+                String::new()
+            } else {
+                format!(" and {:?}", caller.groups)
+            }
+        ));
     }
     if let Some(units) = &role.units {
         match &caller.unit {
@@ -219,13 +219,13 @@ pub fn authorize(
     claims: Option<&serde_json::Value>,
     ask: &Ask<'_>,
 ) -> Result<Grant, ApiError> {
-    if let Some(name) = ask.identity {
-        if config.identity(name).is_none() {
-            return Err(ApiError::new(
-                ErrorKind::UnknownIdentity,
-                format!("no identity named {name:?} is configured on this agent"),
-            ));
-        }
+    if let Some(name) = ask.identity
+        && config.identity(name).is_none()
+    {
+        return Err(ApiError::new(
+            ErrorKind::UnknownIdentity,
+            format!("no identity named {name:?} is configured on this agent"),
+        ));
     }
     let roles = matching_roles(config, caller, claims);
     let near_misses = |identity: Option<&str>| -> String {

@@ -46,6 +46,7 @@ pub struct ProviderHealth {
     pub last_error: Option<String>,
 }
 
+#[derive(Default)]
 struct Jwks {
     keys: Vec<(Option<String>, jsonwebtoken::jwk::Jwk)>,
     fetched: Option<Instant>,
@@ -645,15 +646,6 @@ pub struct KeySet {
     inner: tokio::sync::Mutex<Jwks>,
 }
 
-impl Default for Jwks {
-    fn default() -> Self {
-        Jwks {
-            keys: Vec::new(),
-            fetched: None,
-        }
-    }
-}
-
 impl KeySet {
     /// The key for `kid` that fits `alg`. `who` names the key's owner in messages.
     pub async fn key(
@@ -745,19 +737,21 @@ pub fn find_key<'a>(
     alg: Algorithm,
 ) -> Option<&'a jsonwebtoken::jwk::Jwk> {
     use jsonwebtoken::jwk::AlgorithmParameters as P;
-    let fits = |jwk: &jsonwebtoken::jwk::Jwk| match (&jwk.algorithm, alg) {
-        (P::EllipticCurve(_), Algorithm::ES256 | Algorithm::ES384) => true,
-        (
-            P::RSA(_),
-            Algorithm::RS256
-            | Algorithm::RS384
-            | Algorithm::RS512
-            | Algorithm::PS256
-            | Algorithm::PS384
-            | Algorithm::PS512,
-        ) => true,
-        (P::OctetKeyPair(_), Algorithm::EdDSA) => true,
-        _ => false,
+    let fits = |jwk: &jsonwebtoken::jwk::Jwk| {
+        matches!(
+            (&jwk.algorithm, alg),
+            (P::EllipticCurve(_), Algorithm::ES256 | Algorithm::ES384)
+                | (
+                    P::RSA(_),
+                    Algorithm::RS256
+                        | Algorithm::RS384
+                        | Algorithm::RS512
+                        | Algorithm::PS256
+                        | Algorithm::PS384
+                        | Algorithm::PS512
+                )
+                | (P::OctetKeyPair(_), Algorithm::EdDSA)
+        )
     };
     let mut candidates = keys.iter().filter(|(_, jwk)| fits(jwk));
     match kid {

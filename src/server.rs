@@ -44,10 +44,10 @@ fn json_response(status: u16, body: Vec<u8>) -> Response<Body> {
 
 fn error_response(e: &ApiError) -> Response<Body> {
     let mut resp = json_response(e.status(), e.to_json().to_string().into_bytes());
-    if let Some(secs) = e.retry_after {
-        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-            resp.headers_mut().insert(RETRY_AFTER, v);
-        }
+    if let Some(secs) = e.retry_after
+        && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+    {
+        resp.headers_mut().insert(RETRY_AFTER, v);
     }
     resp
 }
