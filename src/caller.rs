@@ -20,9 +20,7 @@ pub struct Caller {
     pub user: Option<String>,
     #[serde(skip)]
     pub groups: Vec<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub exe: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
     /// Why `/proc` attributes are missing, when they are.
     #[serde(skip)]
