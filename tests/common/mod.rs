@@ -211,3 +211,74 @@ pub fn token_path(identity: &str, audience: &str, scope: &str) -> String {
         .finish();
     format!("/v1/token?{q}")
 }
+
+/// Makes a temp dir traversable by other users (tests start callers as other uids).
+pub fn open_dir(dir: &Path) {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Runs `cortexid token` as another user (tests run as root) and returns (exit code, stdout, stderr).
+pub async fn token_as(uid: u32, exe: &Path, socket: &Path, args: &[&str]) -> (i32, String, String) {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("token")
+        .args(args)
+        .env("CORTEXID_SOCKET", socket)
+        .uid(uid)
+        .gid(uid);
+    let out = tokio::process::Command::from(cmd).output().await.unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The real `cortexid agent` as a child process, with its stderr (the logs) in a file.
+pub struct AgentProcess {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl AgentProcess {
+    pub async fn spawn(config: &Path, socket: &Path, log: PathBuf, env: &[(&str, &str)]) -> AgentProcess {
+        let err = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_cortexid"))
+            .args(["agent", "--config"])
+            .arg(config)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "debug")
+            .stderr(err)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let client = SocketClient::new(socket);
+        for _ in 0..200 {
+            if client.get("/v1/health").await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        AgentProcess { child, log }
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+
+    pub fn stop(mut self) -> i32 {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.child.wait().unwrap().code().unwrap_or(-1)
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,299 @@
+//! Knowing the caller: roles by uid and executable, caller-presented credentials and claims,
+//! and an audit trail that names every caller and leaks nothing. Tests run as root, so they start
+//! callers as other users.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use cortexid::devidp::DevIdp;
+
+const NOBODY: u32 = 64999;
+
+#[tokio::test]
+async fn only_the_uid_a_role_names_gets_the_token() {
+    let h = Harness::new(
+        Duration::from_secs(300),
+        Setup {
+            role_uids: vec![4242],
+            ..Setup::default()
+        },
+    )
+    .await;
+    open_dir(h.dir.path());
+    let exe = Path::new(env!("CARGO_BIN_EXE_cortexid"));
+    let args = ["--identity", "payments", "--audience", PAYMENTS];
+    let (code, out, err) = token_as(4242, exe, &h.socket, &args).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(claims(out.trim())["aud"], PAYMENTS);
+    let (code, out, err) = token_as(4343, exe, &h.socket, &args).await;
+    assert_eq!(code, 1);
+    assert!(out.is_empty());
+    assert!(err.contains("access_denied") && err.contains("uid 4343"), "{err}");
+    assert!(err.contains("needs uid in {4242}"), "the near miss is named: {err}");
+
+    let lines = h.audit_lines();
+    let issued: Vec<_> = lines.iter().filter(|l| l["event"] == "token.issued").collect();
+    let denied: Vec<_> = lines.iter().filter(|l| l["event"] == "token.denied").collect();
+    assert_eq!(
+        (issued.len(), denied.len()),
+        (1, 1),
+        "exactly one audit line per request"
+    );
+    assert_eq!(issued[0]["caller"]["uid"], 4242);
+    assert_eq!(denied[0]["caller"]["uid"], 4343);
+    for l in [issued[0], denied[0]] {
+        assert!(l["caller"]["pid"].as_u64().unwrap() > 1);
+        assert_eq!(l["caller"]["exe"], exe.to_str().unwrap());
+        assert!(
+            l["caller"].get("unit").is_some(),
+            "the unit is always reported (null when none): {l}"
+        );
+    }
+    assert_eq!(denied[0]["reason"], "access_denied");
+}
+
+#[tokio::test]
+async fn a_role_by_executable_admits_the_binary_and_not_a_copy_of_it() {
+    let exe = Path::new(env!("CARGO_BIN_EXE_cortexid"));
+    let setup = Setup {
+        role_uids: vec![NOBODY],
+        extra: format!(
+            "\n[[role]]\nname = \"by-binary\"\nexecutables = [\"{}\"]\nidentities = [\"payments\"]\n",
+            exe.display()
+        ),
+        ..Setup::default()
+    };
+    let h = Harness::new(Duration::from_secs(300), setup).await;
+    open_dir(h.dir.path());
+    let copy = h.dir.path().join("cortexid-copy");
+    std::fs::copy(exe, &copy).unwrap();
+    let args = ["--identity", "payments", "--audience", PAYMENTS];
+    let (code, _, err) = token_as(4242, exe, &h.socket, &args).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = token_as(4242, &copy, &h.socket, &args).await;
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("exe {}", copy.display())), "{err}");
+    assert!(err.contains("needs executable in"), "{err}");
+}
+
+struct Presented {
+    h: Harness,
+    k8s: DevIdp,
+}
+
+/// An agent with an identity that takes the subject from the caller, trusting a second
+/// provider (standing in for a Kubernetes service-account issuer) whose tokens carry `team`.
+async fn presented() -> Presented {
+    let k8s = start_idp(Duration::from_secs(300)).await;
+    // The names are only known once the issuer runs; the config is written after.
+    let mut h = Harness::new(
+        Duration::from_secs(300),
+        Setup {
+            role_uids: vec![NOBODY],
+            ..Setup::default()
+        },
+    )
+    .await;
+    h.stop().await;
+    std::fs::write(h.dir.path().join("k8s-ca.pem"), k8s.ca_pem()).unwrap();
+    h.idp.trust_key(k8s.jwks()["keys"][0].clone());
+    let extra = format!(
+        r#"
+[[identity]]
+name = "delegated"
+provider = "corp"
+subject = "caller"
+trusted_issuers = [{{ issuer = "{iss}", jwks_uri = "{iss}/jwks", audience = "cortexid", ca_file = "{dir}/k8s-ca.pem" }}]
+audiences = ["{payments}"]
+scopes = ["payments.read"]
+
+[[role]]
+name = "payments-team"
+claims = {{ team = "payments", "tenant.id" = ["t1", "t2"] }}
+identities = ["delegated"]
+"#,
+        iss = k8s.issuer(),
+        dir = h.dir.path().display(),
+        payments = PAYMENTS
+    );
+    let text = std::fs::read_to_string(&h.config_path).unwrap() + &extra;
+    std::fs::write(&h.config_path, text).unwrap();
+    h.start().await;
+    Presented { h, k8s }
+}
+
+fn sa_claims(k8s: &DevIdp, team: &str, aud: &str, exp_offset: i64) -> serde_json::Value {
+    let now = unix_now() as i64;
+    serde_json::json!({
+        "iss": k8s.issuer(), "sub": "system:serviceaccount:prod:payments-api", "aud": aud,
+        "team": team, "tenant": {"id": "t2"}, "iat": now - 10, "exp": now + exp_offset,
+    })
+}
+
+#[tokio::test]
+async fn a_presented_jwt_from_a_trusted_issuer_gets_a_token_through_its_claims() {
+    let p = presented().await;
+    let good = p.k8s.mint(sa_claims(&p.k8s, "payments", "cortexid", 600));
+    let body = serde_json::json!({"identity": "delegated", "audience": PAYMENTS, "subject_token": good});
+    let r = p.h.client.post_json("/v1/token", &body).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.json().unwrap()["access_token"].as_str().unwrap().to_string();
+    assert_eq!(claims(&token)["sub"], "system:serviceaccount:prod:payments-api");
+    // The identity is implied when only one takes presented credentials.
+    let r =
+        p.h.client
+            .post_json(
+                "/v1/token",
+                &serde_json::json!({"audience": PAYMENTS, "subject_token": good}),
+            )
+            .await
+            .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json().unwrap()["access_token"].as_str().unwrap(),
+        token,
+        "the same credential shares a cache key"
+    );
+    // A different credential gets its own cache entry.
+    let other = p.k8s.mint(sa_claims(&p.k8s, "payments", "cortexid", 900));
+    let r =
+        p.h.client
+            .post_json(
+                "/v1/token",
+                &serde_json::json!({"audience": PAYMENTS, "subject_token": other}),
+            )
+            .await
+            .unwrap();
+    assert_ne!(r.json().unwrap()["access_token"].as_str().unwrap(), token);
+    let issued =
+        p.h.audit_lines()
+            .into_iter()
+            .find(|l| l["event"] == "token.issued")
+            .unwrap();
+    assert_eq!(issued["role"], "payments-team");
+    assert_eq!(issued["subject"]["sub"], "system:serviceaccount:prod:payments-api");
+    assert_eq!(issued["subject"]["fingerprint"].as_str().unwrap().len(), 16);
+}
+
+#[tokio::test]
+async fn a_presented_jwt_is_refused_with_the_reason() {
+    let p = presented().await;
+    let ask = |t: String| serde_json::json!({"identity": "delegated", "audience": PAYMENTS, "subject_token": t});
+    let good = p.k8s.mint(sa_claims(&p.k8s, "payments", "cortexid", 600));
+    let mut tampered = good.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    let mut unknown = sa_claims(&p.k8s, "payments", "cortexid", 600);
+    unknown["iss"] = "https://evil.example".into();
+    let cases = [
+        (tampered, "signature"),
+        (p.k8s.mint(unknown), "not trusted"),
+        (
+            p.k8s.mint(sa_claims(&p.k8s, "payments", "someone-else", 600)),
+            "audience",
+        ),
+        (p.k8s.mint(sa_claims(&p.k8s, "payments", "cortexid", -120)), "expired"),
+        (
+            p.k8s.mint(sa_claims(&p.k8s, "ops", "cortexid", 600)),
+            "needs claim team",
+        ),
+        ("not-a-jwt".to_string(), "not a JWT"),
+    ];
+    for (token, why) in cases {
+        let r = p.h.client.post_json("/v1/token", &ask(token)).await.unwrap();
+        let body = r.json().unwrap();
+        assert!((400..500).contains(&r.status), "{why}: {} {body}", r.status);
+        let text = body["error_description"].as_str().unwrap();
+        assert!(text.contains(why), "expected {why:?} in {text}");
+    }
+    assert_eq!(
+        p.h.idp.counters().token_requests,
+        0,
+        "nothing refused reached the provider"
+    );
+}
+
+#[tokio::test]
+async fn an_unwritable_audit_log_stops_tokens_until_fixed_and_reloaded() {
+    let mut h = Harness::new(Duration::from_secs(300), Setup::default()).await;
+    h.stop().await;
+    let audit_dir = h.dir.path().join("audit");
+    let text = std::fs::read_to_string(&h.config_path).unwrap().replace(
+        &format!("{}/audit.jsonl", h.dir.path().display()),
+        &format!("{}/audit.jsonl", audit_dir.display()),
+    );
+    std::fs::write(&h.config_path, text).unwrap();
+    let agent = AgentProcess::spawn(&h.config_path, &h.socket, h.dir.path().join("agent.log"), &[]).await;
+    let (status, body) = h.get(&token_path("payments", PAYMENTS, "")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "audit_unavailable");
+    assert!(body.get("access_token").is_none());
+
+    std::fs::create_dir(&audit_dir).unwrap();
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    let mut status = 0;
+    for _ in 0..100 {
+        (status, _) = h.get(&token_path("payments", PAYMENTS, "")).await;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 200);
+    let audit = std::fs::read_to_string(audit_dir.join("audit.jsonl")).unwrap();
+    assert!(audit.contains("\"event\":\"token.issued\""));
+    assert_eq!(agent.stop(), 0);
+}
+
+#[tokio::test]
+async fn no_token_or_secret_ever_reaches_a_log_or_audit_line() {
+    let mut h = Harness::new(Duration::from_secs(300), Setup::default()).await;
+    h.stop().await;
+    let agent = AgentProcess::spawn(&h.config_path, &h.socket, h.dir.path().join("agent.log"), &[]).await;
+    let mut tokens = Vec::new();
+    for (identity, aud, scope) in [
+        ("payments", PAYMENTS, "payments.read"),
+        ("payments", LEDGER, ""),
+        ("batch", LEDGER, "payments.read"),
+    ] {
+        let (status, body) = h.get(&token_path(identity, aud, scope)).await;
+        assert_eq!(status, 200, "{body}");
+        tokens.push(body["access_token"].as_str().unwrap().to_string());
+    }
+    // Denials, a provider refusal, a malformed request and a presented credential.
+    h.get(&token_path("payments", UNREGISTERED, "")).await;
+    h.get(&token_path("payments", "https://nope", "")).await;
+    h.get("/v1/token?audience=x&subject_token=eyJsecret").await;
+    let presented = h.mint_sa("presented");
+    h.client
+        .post_json(
+            "/v1/token",
+            &serde_json::json!({"audience": PAYMENTS, "subject_token": presented}),
+        )
+        .await
+        .unwrap();
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = agent.logs();
+    assert_eq!(agent.stop(), 0);
+    let audit = std::fs::read_to_string(&h.audit).unwrap();
+    let everything = format!("{logs}\n{audit}");
+    assert!(audit.lines().count() >= 8, "{audit}");
+    assert!(logs.contains("exchanged"), "the logs were captured: {logs}");
+    let sa = std::fs::read_to_string(&h.sa_path).unwrap();
+    let mut secrets: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    secrets.extend([SECRET, sa.trim(), presented.as_str(), "eyJsecret"]);
+    for s in secrets {
+        assert!(
+            !everything.contains(s),
+            "a secret or token leaked into the logs or the audit log"
+        );
+        // Not even its signature part alone.
+        if let Some(sig) = s.rsplit('.').next().filter(|p| p.len() > 20) {
+            assert!(!everything.contains(sig), "a token signature leaked");
+        }
+    }
+}
