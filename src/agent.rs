@@ -99,6 +99,7 @@ pub struct Agent {
     cache: Arc<Cache>,
     creds: CredentialFiles,
     presented: crate::trust::PresentedVerifier,
+    limiter: crate::ratelimit::RateLimiter,
     cancel: CancellationToken,
     ready: std::sync::atomic::AtomicBool,
 }
@@ -159,7 +160,10 @@ impl Exchanger for AgentExchanger {
                 actor: spec.actor.token(),
             };
             let started = std::time::Instant::now();
-            let result = provider.exchange(&req).await;
+            let result = provider
+                .exchange(&req)
+                .await
+                .and_then(|t| check_actor(&t, &spec, provider.name()).map(|()| t));
             let ms = started.elapsed().as_millis() as u64;
             let base = serde_json::json!({
                 "provider": provider.name(), "identity": spec.identity.name, "audience": spec.audience,
@@ -215,6 +219,7 @@ impl Agent {
             cache,
             creds: CredentialFiles::default(),
             presented,
+            limiter: Default::default(),
             cancel,
             ready: Default::default(),
         }))
@@ -453,6 +458,23 @@ impl Agent {
                 }
             },
         };
+        if let Some(rate) = grant.role.rate {
+            let process = caller.pid.map_or(-i64::from(caller.uid), i64::from);
+            if let Err(wait) = self.limiter.check(role, process, rate) {
+                let e = ApiError::new(
+                    ErrorKind::SlowDown,
+                    format!(
+                        "role {role:?} allows {} requests per {:?} per process; this process is over it, retry in {} ms",
+                        rate.count,
+                        rate.per,
+                        wait.as_millis()
+                    ),
+                )
+                .with_retry_after(wait.as_secs_f64().ceil() as u64);
+                denied(&e, Some(role));
+                return Err(e);
+            }
+        }
         let actor = match (&identity.actor_token_file, &ask.actor_token) {
             (_, Some(t)) => Credential::Presented(t.clone()),
             (Some(file), None) => self
@@ -460,6 +482,14 @@ impl Agent {
                 .inspect_err(|e| denied(e, Some(role)))?,
             (None, None) => Credential::None,
         };
+        if grant.role.agent && matches!(actor, Credential::None) {
+            let e = ApiError::invalid_request(format!(
+                "role {role:?} is for automation/AI agents, whose tokens are delegated: present your own credential as actor_token (cortexid token --actor-token-file PATH)"
+            ));
+            denied(&e, Some(role));
+            return Err(e);
+        }
+        let caller_presented = ask.subject_token.is_some() || ask.actor_token.is_some();
         let spec = Spec {
             identity: identity.clone(),
             audience: grant.audience.clone(),
@@ -472,13 +502,19 @@ impl Agent {
             .cache
             .get(spec, min_valid)
             .await
+            .map_err(|e| refusal_of_presented(e, caller_presented))
             .inspect_err(|e| denied(e, Some(role)))?;
 
+        let actor_view = token.claims.as_ref().and_then(|c| c.act.as_ref()).map(|act| {
+            serde_json::json!({"sub": act.get("sub"), "fingerprint": ask.actor_token.as_ref().map(|t| t.token.fingerprint())})
+        });
         let now = tokio::time::Instant::now();
         let scope_str = grant.scopes.iter().cloned().collect::<Vec<_>>().join(" ");
         let event = serde_json::json!({
             "outcome": "granted", "caller": caller, "role": role, "identity": identity.name,
             "audience": grant.audience, "scope": scope_str, "source": source.as_str(), "token": token.audit_view(),
+            "agent": grant.role.agent,
+            "actor": actor_view,
             "subject": claims.as_ref().map(|c| serde_json::json!({
                 "iss": c.get("iss"), "sub": c.get("sub"),
                 "fingerprint": ask.subject_token.as_ref().map(|t| t.token.fingerprint()),
@@ -507,6 +543,36 @@ impl Agent {
         };
         let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
         Ok((event, bytes))
+    }
+}
+
+/// A delegated token must name the actor: when the issued token is a JWT, its `act.sub` must be
+/// the `sub` of the actor credential that was sent.
+fn check_actor(token: &crate::token::IssuedToken, spec: &Spec, provider: &str) -> Result<(), ProviderError> {
+    let (Some(actor), Some(claims)) = (spec.actor.token(), token.claims.as_ref()) else {
+        return Ok(());
+    };
+    let expected = crate::provider::decode_unverified(actor.token.expose()).and_then(|c| c.sub);
+    let named = claims.act.as_ref().and_then(|a| a.get("sub")).and_then(|s| s.as_str());
+    match (expected.as_deref(), named) {
+        (Some(e), Some(n)) if e == n => Ok(()),
+        (None, _) => Ok(()),
+        (Some(e), n) => Err(ProviderError::verification(format!(
+            "provider {provider:?} issued a delegated token whose act names {}, not the actor {e:?}; it is not served",
+            n.map_or("no one".to_string(), |n| format!("{n:?}"))
+        ))),
+    }
+}
+
+/// A provider's `invalid_grant` about a credential the caller presented is the caller's fault.
+fn refusal_of_presented(e: ApiError, caller_presented: bool) -> ApiError {
+    if caller_presented
+        && e.kind == ErrorKind::UpstreamError
+        && e.description.contains("refused the subject credential")
+    {
+        ApiError::access_denied(e.description)
+    } else {
+        e
     }
 }
 

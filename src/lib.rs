@@ -27,6 +27,7 @@ pub mod keys;
 pub mod logging;
 pub mod policy;
 pub mod provider;
+pub mod ratelimit;
 pub mod server;
 pub mod systemd;
 pub mod token;
