@@ -29,6 +29,7 @@ pub struct State {
 struct Shared {
     state: RwLock<Arc<State>>,
     audit: RwLock<Arc<Audit>>,
+    metrics: crate::metrics::Metrics,
 }
 
 impl Shared {
@@ -100,6 +101,7 @@ pub struct Agent {
     creds: CredentialFiles,
     presented: crate::trust::PresentedVerifier,
     limiter: crate::ratelimit::RateLimiter,
+    sinks: RwLock<std::collections::BTreeMap<PathBuf, crate::sink::SinkStatus>>,
     cancel: CancellationToken,
     ready: std::sync::atomic::AtomicBool,
 }
@@ -164,6 +166,9 @@ impl Exchanger for AgentExchanger {
                 .exchange(&req)
                 .await
                 .and_then(|t| check_actor(&t, &spec, provider.name()).map(|()| t));
+            shared
+                .metrics
+                .exchange(provider.name(), result.is_ok(), started.elapsed());
             let ms = started.elapsed().as_millis() as u64;
             let base = serde_json::json!({
                 "provider": provider.name(), "identity": spec.identity.name, "audience": spec.audience,
@@ -202,6 +207,7 @@ impl Agent {
         let audit = Arc::new(Audit::open(&config.agent.audit_log));
         let settings = RefreshSettings::from(&config.agent);
         let shared = Arc::new(Shared {
+            metrics: Default::default(),
             state: RwLock::new(Arc::new(State {
                 config: Arc::new(config),
                 providers,
@@ -220,6 +226,7 @@ impl Agent {
             creds: CredentialFiles::default(),
             presented,
             limiter: Default::default(),
+            sinks: Default::default(),
             cancel,
             ready: Default::default(),
         }))
@@ -335,12 +342,130 @@ impl Agent {
         } else {
             "ok"
         };
+        let sinks: Vec<crate::sink::SinkStatus> = self
+            .sinks
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
         let body = serde_json::json!({
             "status": status,
             "providers": providers,
             "cache": {"entries": self.cache.len(), "keys": self.cache.snapshot()},
+            "sinks": sinks,
         });
         (if ready { 200 } else { 503 }, body)
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.shared.metrics
+    }
+
+    /// `/metrics` in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let state = self.state();
+        let mut providers_up: Vec<(String, bool)> = state
+            .providers
+            .iter()
+            .map(|(n, p)| (n.clone(), p.health().reachable == Some(true)))
+            .collect();
+        providers_up.sort();
+        let c = &self.cache.counters;
+        self.shared.metrics.render(&crate::metrics::Gauges {
+            cache_entries: self.cache.len(),
+            cache_hits: c.hits.load(Relaxed),
+            cache_misses: c.misses.load(Relaxed),
+            renewals: c.renewals.load(Relaxed),
+            providers_up,
+        })
+    }
+
+    /// The token for a `[[sink]]`: its key stays pinned (renewed for as long as the agent runs).
+    pub async fn sink_token(
+        &self,
+        sink: &crate::config::SinkSettings,
+    ) -> Result<Arc<crate::token::IssuedToken>, ApiError> {
+        let config = self.config();
+        let identity = config.identity(&sink.identity).cloned().ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::UnknownIdentity,
+                format!("sink identity {:?} is not configured", sink.identity),
+            )
+        })?;
+        let subject = match &identity.subject {
+            SubjectSource::File(file) => self.credential(file, &identity.subject_token_type, "subject")?,
+            _ => Credential::None,
+        };
+        let actor = match &identity.actor_token_file {
+            Some(file) => self.credential(file, &identity.actor_token_type, "actor")?,
+            None => Credential::None,
+        };
+        let spec = Spec {
+            identity: identity.clone(),
+            audience: sink.audience.clone(),
+            scopes: sink.scopes.iter().cloned().collect(),
+            subject,
+            actor,
+        };
+        let (token, source) = self.cache.get_pinned(spec).await?;
+        let _ = source;
+        Ok(token)
+    }
+
+    /// Records a written token file: status, metrics, and a `token.issued` audit line for it.
+    pub fn sink_written(&self, sink: &crate::config::SinkSettings, token: &crate::token::IssuedToken) {
+        self.shared
+            .metrics
+            .sink_writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.audit_best_effort(
+            "token.issued",
+            serde_json::json!({
+                "outcome": "granted", "sink": sink.path, "identity": sink.identity, "audience": sink.audience,
+                "scope": sink.scopes.join(" "), "source": "sink", "token": token.audit_view(),
+            }),
+        );
+        self.set_sink_status(sink, "ok".into(), Some(token.fingerprint.clone()));
+    }
+
+    pub fn sink_failed(&self, sink: &crate::config::SinkSettings, why: &str) {
+        self.shared
+            .metrics
+            .sink_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.set_sink_status(sink, format!("failing: {why}"), None);
+    }
+
+    fn set_sink_status(&self, sink: &crate::config::SinkSettings, state: String, fingerprint: Option<String>) {
+        let mut sinks = self.sinks.write().unwrap_or_else(|p| p.into_inner());
+        let entry = sinks
+            .entry(sink.path.clone())
+            .or_insert_with(|| crate::sink::SinkStatus {
+                path: sink.path.clone(),
+                identity: sink.identity.clone(),
+                audience: sink.audience.clone(),
+                state: String::new(),
+                fingerprint: None,
+                written_at: None,
+            });
+        entry.state = state;
+        if fingerprint.is_some() {
+            entry.fingerprint = fingerprint;
+            entry.written_at = Some(crate::sink::now_rfc3339());
+        }
+    }
+
+    /// Forgets the status of sinks no longer configured.
+    pub fn reset_sink_status(&self, sinks: &[crate::config::SinkSettings]) {
+        self.sinks
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|path, _| sinks.iter().any(|s| &s.path == path));
+        for s in sinks {
+            self.set_sink_status(s, "starting".into(), None);
+        }
     }
 
     fn credential(&self, file: &SecretFile, token_type: &str, what: &str) -> Result<Credential, ApiError> {

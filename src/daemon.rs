@@ -21,6 +21,8 @@ pub struct RunningAgent {
     notifier: Notifier,
     /// The socket came from systemd (socket activation): systemd removes it, not the agent.
     activated: bool,
+    /// Stops the current set of sink tasks (replaced at each reload).
+    sinks: std::sync::Mutex<CancellationToken>,
 }
 
 /// Binds the agent's socket: creates its directory, refuses to steal a socket another agent is
@@ -90,7 +92,20 @@ pub async fn start_with(
     let status = summary(&config);
     let config_path = config.path.clone();
     let agent = Agent::new(config, cancel.clone())?;
+    let metrics = match agent.config().agent.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?,
+        ),
+        None => None,
+    };
     let server = tokio::spawn(crate::server::serve(listener, agent.clone(), cancel.clone()));
+    if let Some(l) = metrics {
+        tokio::spawn(crate::server::serve_metrics(l, agent.clone(), cancel.clone()));
+    }
+    let sinks = cancel.child_token();
+    crate::sink::spawn_all(&agent, &sinks);
     agent.audit_best_effort(
         "agent.started",
         serde_json::json!({"pid": std::process::id(), "version": env!("CARGO_PKG_VERSION"), "socket": socket}),
@@ -106,6 +121,9 @@ pub async fn start_with(
     // The listener is bound and the accept loop runs: the socket answers.
     notifier.notify(&format!("READY=1\nSTATUS={status}"));
     tracing::info!(socket = %socket.display(), "{status}");
+    if let Some(interval) = notifier.watchdog() {
+        tokio::spawn(watchdog(notifier.clone(), socket.clone(), interval, cancel.clone()));
+    }
     Ok(RunningAgent {
         agent,
         socket,
@@ -113,6 +131,7 @@ pub async fn start_with(
         server,
         notifier,
         activated: is_activated,
+        sinks: std::sync::Mutex::new(sinks),
     })
 }
 
@@ -126,7 +145,16 @@ impl RunningAgent {
         let result = match load_config(path) {
             Ok(config) => {
                 let status = summary(&config);
-                self.agent.apply(config).map(|()| status)
+                self.agent.apply(config).map(|()| {
+                    let fresh = self.cancel.child_token();
+                    let old = std::mem::replace(
+                        &mut *self.sinks.lock().unwrap_or_else(|p| p.into_inner()),
+                        fresh.clone(),
+                    );
+                    old.cancel();
+                    crate::sink::spawn_all(&self.agent, &fresh);
+                    status
+                })
             }
             Err(e) => Err(e.to_string()),
         };
@@ -163,6 +191,22 @@ impl RunningAgent {
     }
 }
 
+/// Sends `WATCHDOG=1` every half `WatchdogSec` while the socket answers `/v1/health`.
+async fn watchdog(notifier: Notifier, socket: PathBuf, interval: std::time::Duration, cancel: CancellationToken) {
+    let client = crate::client::SocketClient::new(&socket);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval / 2) => {}
+            _ = cancel.cancelled() => return,
+        }
+        match tokio::time::timeout(interval / 4, client.get("/v1/health")).await {
+            Ok(Ok(_)) => notifier.notify("WATCHDOG=1"),
+            Ok(Err(e)) => tracing::error!(error = %e, "the socket does not answer; withholding the watchdog ping"),
+            Err(_) => tracing::error!("the socket did not answer in time; withholding the watchdog ping"),
+        }
+    }
+}
+
 /// `cortexid agent`: runs until SIGTERM or SIGINT; SIGHUP reloads. Returns the exit code.
 pub async fn run(config_path: PathBuf, notifier: Notifier, activated: Option<std::os::unix::net::UnixListener>) -> i32 {
     let config = match load_config(&config_path) {
@@ -172,7 +216,7 @@ pub async fn run(config_path: PathBuf, notifier: Notifier, activated: Option<std
             return 64;
         }
     };
-    crate::logging::init(config.agent.log_format);
+    crate::logging::init(config.agent.log_format, crate::logging::stderr_is_journal());
     let running = match start_with(config, notifier, activated).await {
         Ok(r) => r,
         Err(e) => {

@@ -156,7 +156,7 @@ pub async fn run(dir: Option<PathBuf>, uids: Vec<u32>, notifier: crate::systemd:
             return 1;
         }
     };
-    crate::logging::init(config.agent.log_format);
+    crate::logging::init(config.agent.log_format, crate::logging::stderr_is_journal());
     let running = match crate::daemon::start(config, notifier).await {
         Ok(r) => r,
         Err(e) => {

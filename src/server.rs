@@ -103,6 +103,48 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>, cancel: Cancellati
     }
 }
 
+/// Serves `GET /metrics` on a TCP listener (`metrics_listen`) until `cancel` fires.
+pub async fn serve_metrics(listener: tokio::net::TcpListener, agent: Arc<Agent>, cancel: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = cancel.cancelled() => return,
+        };
+        let agent = agent.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let agent = agent.clone();
+            async move {
+                let resp = if req.method() == Method::GET && req.uri().path() == "/metrics" {
+                    let mut r = json_response(200, agent.metrics_text().into_bytes());
+                    r.headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+                    r
+                } else {
+                    error_response(&ApiError::new(
+                        ErrorKind::NotFound,
+                        "this listener serves GET /metrics only",
+                    ))
+                };
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+}
+
 /// Size of the request head as received (request line and headers).
 fn head_size(req: &Request<Incoming>) -> usize {
     let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
@@ -140,11 +182,17 @@ async fn handle(agent: &Agent, caller: &Caller, req: Request<Incoming>) -> Respo
             let body = serde_json::json!({"identities": agent.identities(caller)});
             Ok(json_response(200, body.to_string().into_bytes()))
         }
+        (&Method::GET, "/metrics") => {
+            let mut resp = json_response(200, agent.metrics_text().into_bytes());
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            Ok(resp)
+        }
         (&Method::GET, "/v1/health") => {
             let (status, body) = agent.health();
             Ok(json_response(status, body.to_string().into_bytes()))
         }
-        (_, "/v1/token" | "/v1/identities" | "/v1/health") => Err(ApiError::new(
+        (_, "/v1/token" | "/v1/identities" | "/v1/health" | "/metrics") => Err(ApiError::new(
             ErrorKind::MethodNotAllowed,
             format!(
                 "{} is not served on {path}; use GET (or POST for /v1/token)",
@@ -156,7 +204,17 @@ async fn handle(agent: &Agent, caller: &Caller, req: Request<Incoming>) -> Respo
             format!("no endpoint {path}; the API is /v1/token, /v1/identities, /v1/health and /metrics"),
         )),
     };
-    result.unwrap_or_else(|e| error_response(&e))
+    let endpoint = crate::metrics::endpoint_label(&path);
+    match result {
+        Ok(resp) => {
+            agent.metrics().request(endpoint, "ok");
+            resp
+        }
+        Err(e) => {
+            agent.metrics().request(endpoint, e.code());
+            error_response(&e)
+        }
+    }
 }
 
 /// A request too malformed to reach the policy is still a denial worth recording.

@@ -10,24 +10,43 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Default)]
 pub struct Notifier {
     socket: Option<PathBuf>,
+    watchdog: Option<std::time::Duration>,
 }
 
 impl Notifier {
     /// From `$NOTIFY_SOCKET` (a path, or `@name` for an abstract socket).
     pub fn from_env() -> Notifier {
+        let pid_ok = std::env::var("WATCHDOG_PID")
+            .ok()
+            .is_none_or(|p| p.parse::<u32>().ok() == Some(std::process::id()));
+        let watchdog = std::env::var("WATCHDOG_USEC")
+            .ok()
+            .and_then(|u| u.parse::<u64>().ok())
+            .filter(|u| *u > 0 && pid_ok)
+            .map(std::time::Duration::from_micros);
         Notifier {
             socket: std::env::var_os("NOTIFY_SOCKET").map(PathBuf::from),
+            watchdog,
         }
     }
 
     pub fn to(socket: impl Into<PathBuf>) -> Notifier {
         Notifier {
             socket: Some(socket.into()),
+            watchdog: None,
         }
     }
 
     pub fn disabled() -> Notifier {
-        Notifier { socket: None }
+        Notifier {
+            socket: None,
+            watchdog: None,
+        }
+    }
+
+    /// `WatchdogSec=` as systemd passed it (`WATCHDOG_USEC`), when it is meant for this process.
+    pub fn watchdog(&self) -> Option<std::time::Duration> {
+        self.watchdog.filter(|_| self.socket.is_some())
     }
 
     pub fn enabled(&self) -> bool {

@@ -1,0 +1,239 @@
+//! Prometheus metrics. Every label set is bounded: endpoints are a fixed list, outcomes are the
+//! API's error codes, providers come from the configuration. No token value ever appears.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Upper bounds of the exchange latency histogram, in seconds.
+const BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+#[derive(Default, Clone)]
+struct Histogram {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, secs: f64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; BUCKETS.len()];
+        }
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += secs;
+        self.count += 1;
+    }
+}
+
+/// Counters kept by the server, the exchanger and the sinks.
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    exchanges: Mutex<BTreeMap<(String, &'static str), u64>>,
+    latency: Mutex<BTreeMap<String, Histogram>>,
+    pub sink_writes: AtomicU64,
+    pub sink_failures: AtomicU64,
+}
+
+/// Endpoint label for a request path: a fixed set.
+pub fn endpoint_label(path: &str) -> &'static str {
+    match path {
+        "/v1/token" => "token",
+        "/v1/identities" => "identities",
+        "/v1/health" => "health",
+        "/metrics" => "metrics",
+        _ => "other",
+    }
+}
+
+/// What the exporter needs from the rest of the agent at render time.
+pub struct Gauges {
+    pub cache_entries: usize,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub renewals: u64,
+    pub providers_up: Vec<(String, bool)>,
+}
+
+impl Metrics {
+    pub fn request(&self, endpoint: &'static str, outcome: &'static str) {
+        let mut m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry((endpoint, outcome)).or_default() += 1;
+    }
+
+    pub fn exchange(&self, provider: &str, ok: bool, took: Duration) {
+        let outcome = if ok { "success" } else { "failure" };
+        *self
+            .exchanges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((provider.to_string(), outcome))
+            .or_default() += 1;
+        self.latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(provider.to_string())
+            .or_default()
+            .observe(took.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self, g: &Gauges) -> String {
+        let mut out = String::with_capacity(2048);
+        let _ = self.render_into(&mut out, g);
+        out
+    }
+
+    fn render_into(&self, out: &mut String, g: &Gauges) -> std::fmt::Result {
+        writeln!(
+            out,
+            "# HELP cortexid_requests_total Socket API requests by endpoint and outcome."
+        )?;
+        writeln!(out, "# TYPE cortexid_requests_total counter")?;
+        for ((endpoint, outcome), n) in self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            writeln!(
+                out,
+                "cortexid_requests_total{{endpoint=\"{endpoint}\",outcome=\"{outcome}\"}} {n}"
+            )?;
+        }
+        writeln!(
+            out,
+            "# HELP cortexid_exchanges_total Token requests to providers by outcome."
+        )?;
+        writeln!(out, "# TYPE cortexid_exchanges_total counter")?;
+        for ((provider, outcome), n) in self.exchanges.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            writeln!(
+                out,
+                "cortexid_exchanges_total{{provider=\"{}\",outcome=\"{outcome}\"}} {n}",
+                escape(provider)
+            )?;
+        }
+        writeln!(
+            out,
+            "# HELP cortexid_exchange_duration_seconds Time for one token request to a provider."
+        )?;
+        writeln!(out, "# TYPE cortexid_exchange_duration_seconds histogram")?;
+        for (provider, h) in self.latency.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let p = escape(provider);
+            for (i, bound) in BUCKETS.iter().enumerate() {
+                writeln!(
+                    out,
+                    "cortexid_exchange_duration_seconds_bucket{{provider=\"{p}\",le=\"{bound}\"}} {}",
+                    h.counts[i]
+                )?;
+            }
+            writeln!(
+                out,
+                "cortexid_exchange_duration_seconds_bucket{{provider=\"{p}\",le=\"+Inf\"}} {}",
+                h.count
+            )?;
+            writeln!(
+                out,
+                "cortexid_exchange_duration_seconds_sum{{provider=\"{p}\"}} {}",
+                h.sum
+            )?;
+            writeln!(
+                out,
+                "cortexid_exchange_duration_seconds_count{{provider=\"{p}\"}} {}",
+                h.count
+            )?;
+        }
+        let simple: [(&str, &str, &str, u64); 6] = [
+            (
+                "cortexid_cache_entries",
+                "gauge",
+                "Keys in the token cache.",
+                g.cache_entries as u64,
+            ),
+            (
+                "cortexid_cache_hits_total",
+                "counter",
+                "Requests served from the cache.",
+                g.cache_hits,
+            ),
+            (
+                "cortexid_cache_misses_total",
+                "counter",
+                "Requests that needed an exchange.",
+                g.cache_misses,
+            ),
+            (
+                "cortexid_renewals_total",
+                "counter",
+                "Background renewals that succeeded.",
+                g.renewals,
+            ),
+            (
+                "cortexid_sink_writes_total",
+                "counter",
+                "Token files written.",
+                self.sink_writes.load(Relaxed),
+            ),
+            (
+                "cortexid_sink_failures_total",
+                "counter",
+                "Token files that could not be written.",
+                self.sink_failures.load(Relaxed),
+            ),
+        ];
+        for (name, kind, help, v) in simple {
+            writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}")?;
+        }
+        writeln!(
+            out,
+            "# HELP cortexid_provider_up Whether the provider answered its last request."
+        )?;
+        writeln!(out, "# TYPE cortexid_provider_up gauge")?;
+        for (name, up) in &g.providers_up {
+            writeln!(
+                out,
+                "cortexid_provider_up{{provider=\"{}\"}} {}",
+                escape(name),
+                u8::from(*up)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn escape(label: &str) -> String {
+    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_has_help_type_and_bounded_labels() {
+        let m = Metrics::default();
+        m.request("token", "ok");
+        m.request("token", "ok");
+        m.request("token", "access_denied");
+        m.exchange("corp", true, Duration::from_millis(30));
+        let text = m.render(&Gauges {
+            cache_entries: 3,
+            cache_hits: 1,
+            cache_misses: 2,
+            renewals: 0,
+            providers_up: vec![("corp".into(), true)],
+        });
+        assert!(text.contains("cortexid_requests_total{endpoint=\"token\",outcome=\"ok\"} 2"));
+        assert!(text.contains("cortexid_exchange_duration_seconds_bucket{provider=\"corp\",le=\"0.05\"} 1"));
+        assert!(text.contains("cortexid_exchange_duration_seconds_bucket{provider=\"corp\",le=\"0.025\"} 0"));
+        assert!(text.contains("cortexid_cache_entries 3"));
+        assert!(text.contains("cortexid_provider_up{provider=\"corp\"} 1"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = line.rsplit_once(' ').unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+            assert!(name.starts_with("cortexid_"), "{line}");
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! Running as a systemd service: readiness notification, socket activation, reload, token files,
+//! metrics, and the unit's hardening.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+fn recv(sock: UnixDatagram) -> (UnixDatagram, String) {
+    let mut buf = vec![0u8; 4096];
+    let n = sock.recv(&mut buf).expect("a notification within the timeout");
+    (sock, String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+async fn recv_async(sock: UnixDatagram) -> (UnixDatagram, String) {
+    tokio::task::spawn_blocking(move || recv(sock)).await.unwrap()
+}
+
+#[tokio::test]
+async fn ready_is_sent_once_the_socket_answers_and_stopping_on_sigterm() {
+    let mut h = Harness::new(Duration::from_secs(300), Setup::default()).await;
+    h.stop().await;
+    let notify_path = h.dir.path().join("notify");
+    let sock = UnixDatagram::bind(&notify_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cortexid"))
+        .args(["agent", "--config"])
+        .arg(&h.config_path)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (sock, ready) = recv_async(sock).await;
+    // The moment READY=1 arrives, the socket must already answer.
+    let r = h
+        .client
+        .get("/v1/health")
+        .await
+        .expect("the socket answers when READY=1 arrives");
+    assert!(r.status == 200 || r.status == 503);
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    assert!(
+        ready.lines().any(|l| l.starts_with("STATUS=serving 2 identities")),
+        "{ready}"
+    );
+
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let (sock, reloading) = recv_async(sock).await;
+    assert!(reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{reloading}");
+    let usec: u64 = reloading
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim_start_matches("MONOTONIC_USEC=")
+        .parse()
+        .unwrap();
+    assert!(usec > 0);
+    let (sock, ready_again) = recv_async(sock).await;
+    assert!(ready_again.starts_with("READY=1"), "{ready_again}");
+
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let (_, stopping) = recv_async(sock).await;
+    assert_eq!(stopping, "STOPPING=1");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(!h.socket.exists(), "the agent removes the socket it created");
+}
+
+#[tokio::test]
+async fn the_watchdog_is_fed_while_the_socket_answers() {
+    let mut h = Harness::new(Duration::from_secs(300), Setup::default()).await;
+    h.stop().await;
+    let notify_path = h.dir.path().join("notify");
+    let sock = UnixDatagram::bind(&notify_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cortexid"))
+        .args(["agent", "--config"])
+        .arg(&h.config_path)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (sock, ready) = recv_async(sock).await;
+    assert!(ready.starts_with("READY=1"));
+    let (sock, ping) = recv_async(sock).await;
+    assert_eq!(ping, "WATCHDOG=1");
+    let (_, ping) = recv_async(sock).await;
+    assert_eq!(ping, "WATCHDOG=1");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn under_socket_activation_the_passed_socket_is_served_and_kept() {
+    let Ok(activate) = which("systemd-socket-activate") else {
+        eprintln!("systemd-socket-activate is not installed; skipping");
+        return;
+    };
+    let mut h = Harness::new(Duration::from_secs(300), Setup::default()).await;
+    h.stop().await;
+    let passed = h.dir.path().join("activated.sock");
+    let mut child = std::process::Command::new(activate)
+        .arg("-l")
+        .arg(&passed)
+        .arg(env!("CARGO_BIN_EXE_cortexid"))
+        .args(["agent", "--config"])
+        .arg(&h.config_path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if passed.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let client = cortexid::client::SocketClient::new(&passed);
+    let r = client.get(&token_path("payments", PAYMENTS, "")).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        !h.socket.exists(),
+        "the configured socket is not bound when systemd passes one"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(passed.exists(), "a socket systemd passed is not unlinked by the agent");
+}
+
+fn which(name: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|c| c.is_file()))
+        .ok_or(())
+}
+
+/// One HTTP/1.1 request on a kept-alive raw connection.
+fn raw_get(stream: &mut BufReader<UnixStream>, path: &str) -> (u16, String) {
+    write!(stream.get_mut(), "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut status_line = String::new();
+    stream.read_line(&mut status_line).unwrap();
+    let status: u16 = status_line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut len = 0;
+    loop {
+        let mut line = String::new();
+        stream.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; len];
+    stream.read_exact(&mut body).unwrap();
+    (status, String::from_utf8(body).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_rejects_a_broken_config_and_applies_a_good_one_without_dropping_connections() {
+    let payments_only = "\n[[role]]\nname = \"payments-only\"\nuids = [0]\nidentities = [\"payments\"]\n";
+    let mut h = Harness::new(
+        Duration::from_secs(300),
+        Setup {
+            role_uids: vec![64999],
+            extra: payments_only.into(),
+            ..Setup::default()
+        },
+    )
+    .await;
+    h.stop().await;
+    let good = std::fs::read_to_string(&h.config_path).unwrap();
+    let agent = AgentProcess::spawn(&h.config_path, &h.socket, h.dir.path().join("agent.log"), &[]).await;
+    let batch = token_path("batch", LEDGER, "");
+    let conn = UnixStream::connect(&h.socket).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut conn = BufReader::new(conn);
+    let (status, _) = tokio::task::block_in_place(|| raw_get(&mut conn, &batch));
+    assert_eq!(status, 403);
+
+    std::fs::write(&h.config_path, good.replace("[[role]]", "[[rol]]")).unwrap();
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = tokio::task::block_in_place(|| raw_get(&mut conn, &token_path("payments", PAYMENTS, "")));
+    assert_eq!(status, 200, "the old config keeps serving: {body}");
+    assert!(agent.logs().contains("configuration rejected"), "{}", agent.logs());
+    let rejected = h
+        .audit_lines()
+        .into_iter()
+        .find(|l| l["event"] == "config.rejected")
+        .expect("audited");
+    assert!(rejected["reason"].as_str().unwrap().contains("rol"), "{rejected}");
+
+    let with_batch = good + "\n[[role]]\nname = \"batch-too\"\nuids = [0]\nidentities = [\"batch\"]\n";
+    std::fs::write(&h.config_path, with_batch).unwrap();
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = tokio::task::block_in_place(|| raw_get(&mut conn, &batch));
+    assert_eq!(status, 200, "the new role applies on the same connection: {body}");
+    assert_eq!(agent.stop(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_file_is_written_whole_with_its_mode_and_owner_and_follows_renewals() {
+    let mut h = Harness::new(Duration::from_secs(3), Setup::default()).await;
+    h.stop().await;
+    let tokens = h.dir.path().join("tokens");
+    std::fs::create_dir(&tokens).unwrap();
+    let sink = tokens.join("payments.jwt");
+    let text = std::fs::read_to_string(&h.config_path).unwrap()
+        + &format!(
+            "\n[[sink]]\nidentity = \"payments\"\naudience = \"{PAYMENTS}\"\npath = \"{}\"\nmode = \"0640\"\nowner = \"nobody\"\n",
+            sink.display()
+        );
+    std::fs::write(&h.config_path, text).unwrap();
+    h.start().await;
+    for _ in 0..100 {
+        if sink.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(&sink).expect("the token file exists right after start");
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+    assert_eq!(meta.uid(), 65534, "owned by nobody");
+
+    // A reader polling the file never sees it empty or partial, and sees the renewed token.
+    let path = sink.clone();
+    let seen = tokio::task::spawn_blocking(move || {
+        let mut seen = std::collections::BTreeSet::new();
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        let mut reads = 0;
+        while std::time::Instant::now() < end {
+            let content = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                content.ends_with('\n') && content.trim().split('.').count() == 3,
+                "partial read: {content:?}"
+            );
+            claims(content.trim());
+            seen.insert(content);
+            reads += 1;
+        }
+        (seen, reads)
+    })
+    .await
+    .unwrap();
+    let (seen, reads) = seen;
+    assert!(reads > 1000, "the reader really polled ({reads} reads)");
+    assert!(
+        seen.len() >= 2,
+        "the file follows renewals: {} distinct tokens",
+        seen.len()
+    );
+    let (_, health) = h.get("/v1/health").await;
+    assert_eq!(health["sinks"][0]["state"], "ok", "{health}");
+    let written = h.audit_lines().into_iter().filter(|l| l["source"] == "sink").count();
+    assert_eq!(written, seen.len(), "every write is audited");
+}
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
+    let h = Harness::new(Duration::from_secs(300), Setup::default()).await;
+    let value = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    };
+    let r = h.client.get("/metrics").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        r.headers
+            .get("content-type")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let before = r.text();
+    for _ in 0..3 {
+        h.get(&token_path("payments", PAYMENTS, "")).await;
+    }
+    h.get(&token_path("payments", "https://nope", "")).await;
+    let after = h.client.get("/metrics").await.unwrap().text();
+    for line in after.lines() {
+        if line.starts_with('#') {
+            assert!(
+                line.starts_with("# HELP cortexid_") || line.starts_with("# TYPE cortexid_"),
+                "{line}"
+            );
+            continue;
+        }
+        let (series, v) = line.rsplit_once(' ').unwrap();
+        assert!(v.parse::<f64>().is_ok(), "not a sample: {line}");
+        assert!(series.starts_with("cortexid_"), "{line}");
+        assert!(!line.contains("eyJ"), "no token in metrics");
+    }
+    let ok = "cortexid_requests_total{endpoint=\"token\",outcome=\"ok\"}";
+    assert_eq!(value(&after, ok) - value(&before, ok), 3.0);
+    assert_eq!(
+        value(
+            &after,
+            "cortexid_requests_total{endpoint=\"token\",outcome=\"invalid_target\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &after,
+            "cortexid_exchanges_total{provider=\"corp\",outcome=\"success\"}"
+        ),
+        1.0
+    );
+    assert_eq!(value(&after, "cortexid_cache_hits_total"), 2.0);
+    assert_eq!(value(&after, "cortexid_provider_up{provider=\"corp\"}"), 1.0);
+    assert_eq!(
+        value(&after, "cortexid_exchange_duration_seconds_count{provider=\"corp\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn the_service_unit_is_hardened_and_verifies() {
+    let Ok(analyze) = which("systemd-analyze") else {
+        eprintln!("systemd-analyze is not installed; skipping");
+        return;
+    };
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    let out = std::process::Command::new(&analyze)
+        .args(["security", "--offline=true", "--threshold=20"])
+        .arg(units.join("cortexid.service"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let exposure: f64 = text
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for cortexid.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure in:\n{text}"));
+    println!("systemd-analyze security: overall exposure {exposure}");
+    assert!(exposure <= 2.0, "exposure {exposure} is over 2.0:\n{text}");
+    assert!(out.status.success());
+
+    // verify needs the executables to exist: point the units at the binary under test.
+    let dir = tempfile::tempdir().unwrap();
+    for unit in ["cortexid.service", "cortexid.socket"] {
+        let text = std::fs::read_to_string(units.join(unit))
+            .unwrap()
+            .replace("/usr/local/bin/cortexid", env!("CARGO_BIN_EXE_cortexid"));
+        std::fs::write(dir.path().join(unit), text).unwrap();
+    }
+    let out = std::process::Command::new(&analyze)
+        .args(["verify", "--man=no"])
+        .arg(dir.path().join("cortexid.service"))
+        .arg(dir.path().join("cortexid.socket"))
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify:\n{said}"
+    );
+}
