@@ -409,8 +409,7 @@ impl Agent {
             subject,
             actor,
         };
-        let (token, source) = self.cache.get_pinned(spec).await?;
-        let _ = source;
+        let (token, _) = self.cache.get_pinned(spec).await?;
         Ok(token)
     }
 

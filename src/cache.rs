@@ -167,7 +167,7 @@ pub fn backoff(attempt: u32, unit: f64, retry_after: Option<Duration>) -> Durati
 }
 
 /// After a failed exchange, further misses of the same key within this window get the same
-/// error instead of another request to a provider that is down.
+/// error instead of another request to a provider that is down (or that just refused it).
 const FAILURE_HOLD: Duration = Duration::from_millis(500);
 
 type FetchResult = Result<Arc<IssuedToken>, ProviderError>;
@@ -336,7 +336,6 @@ impl Cache {
             if st.inflight.is_none()
                 && let Some((at, e)) = &st.last_error
                 && now.duration_since(*at) < FAILURE_HOLD
-                && e.is_retryable()
             {
                 return Err(self.unavailable(e, &st));
             }

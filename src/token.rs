@@ -6,25 +6,33 @@ use serde::Serialize;
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
-/// A token or credential value. Its `Debug` shows only the fingerprint.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Zeroizing<String>);
+/// A token or credential value. Its `Debug` shows only the fingerprint, computed once.
+#[derive(Clone)]
+pub struct Secret(Zeroizing<String>, std::sync::OnceLock<String>);
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for Secret {}
 
 impl Secret {
     pub fn new(value: String) -> Secret {
-        Secret(Zeroizing::new(value))
+        Secret(Zeroizing::new(value), std::sync::OnceLock::new())
     }
     pub fn expose(&self) -> &str {
         &self.0
     }
     pub fn fingerprint(&self) -> String {
-        fingerprint(self.0.as_bytes())
+        self.1.get_or_init(|| fingerprint(self.0.as_bytes())).clone()
     }
 }
 
 impl From<Zeroizing<String>> for Secret {
     fn from(v: Zeroizing<String>) -> Secret {
-        Secret(v)
+        Secret(v, std::sync::OnceLock::new())
     }
 }
 

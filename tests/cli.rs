@@ -220,3 +220,40 @@ async fn private_key_jwt_works_with_a_key_from_keygen_and_cortexid_token_prints_
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_target"));
     running.shutdown().await;
 }
+
+#[tokio::test]
+async fn cortexid_dev_runs_a_provider_and_an_agent_and_its_printed_commands_work() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cortexid"))
+        .args(["dev", "--dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        let done = line.contains("Ctrl-C");
+        printed.push(line);
+        if done {
+            break;
+        }
+    }
+    let text = printed.join("\n");
+    assert!(text.contains("never for production"), "{text}");
+    let config = dir.path().canonicalize().unwrap().join("cortexid.toml");
+    assert!(text.contains(&config.display().to_string()), "{text}");
+    let token_cmd = printed.iter().find(|l| l.trim_start().contains(" token --socket")).expect("a token command").trim().to_string();
+    let args: Vec<&str> = token_cmd.split_whitespace().collect();
+    let out = tokio::process::Command::new(args[0]).args(&args[1..]).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(claims(token.trim())["scope"], "payments.read");
+    // The generated config is valid on its own.
+    let check = cortexid().args(["check-config", "--config"]).arg(&config).output().unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    child.kill().await.unwrap();
+}
