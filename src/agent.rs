@@ -704,3 +704,85 @@ fn refusal_of_presented(e: ApiError, caller_presented: bool) -> ApiError {
 pub fn load_config(path: &Path) -> Result<Config, crate::error::ConfigError> {
     crate::config::load(path, &crate::config::SystemContext)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Grant as GrantType, IdentitySettings};
+    use crate::token::{IssuedToken, TokenClaims};
+    use base64::Engine;
+
+    fn jwt_with(claims: serde_json::Value) -> String {
+        let enc = |v: &serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        format!("{}.{}.sig", enc(&serde_json::json!({"alg": "ES256"})), enc(&claims))
+    }
+
+    fn spec_with_actor(actor_sub: &str) -> Spec {
+        Spec {
+            identity: Arc::new(IdentitySettings {
+                name: "payments".into(),
+                provider: "corp".into(),
+                grant: GrantType::TokenExchange,
+                subject: SubjectSource::Caller,
+                subject_token_type: String::new(),
+                trusted_issuers: vec![],
+                actor_token_file: None,
+                actor_token_type: String::new(),
+                requested_token_type: String::new(),
+                audiences: vec!["a".into()],
+                scopes: vec![],
+            }),
+            audience: "a".into(),
+            scopes: BTreeSet::new(),
+            subject: Credential::None,
+            actor: Credential::Presented(PresentedToken {
+                token: Secret::new(jwt_with(serde_json::json!({"sub": actor_sub}))),
+                token_type: String::new(),
+            }),
+        }
+    }
+
+    fn issued(act: Option<serde_json::Value>) -> IssuedToken {
+        let claims = TokenClaims {
+            act,
+            ..TokenClaims::default()
+        };
+        IssuedToken::new(
+            Secret::new("t".into()),
+            String::new(),
+            String::new(),
+            Duration::from_secs(60),
+            Some(claims),
+        )
+    }
+
+    #[test]
+    fn a_delegated_token_must_name_the_actor() {
+        let spec = spec_with_actor("bot:a");
+        check_actor(
+            &issued(Some(serde_json::json!({"sub": "bot:a", "act": {"sub": "x"}}))),
+            &spec,
+            "corp",
+        )
+        .unwrap();
+        let e = check_actor(&issued(Some(serde_json::json!({"sub": "bot:b"}))), &spec, "corp").unwrap_err();
+        assert!(
+            e.message.contains("\"bot:b\"") && e.message.contains("\"bot:a\""),
+            "{}",
+            e.message
+        );
+        let e = check_actor(&issued(None), &spec, "corp").unwrap_err();
+        assert!(e.message.contains("no one"), "{}", e.message);
+        assert_eq!(e.to_api().kind, ErrorKind::UpstreamError);
+    }
+
+    #[test]
+    fn provider_refusals_of_presented_credentials_are_the_callers() {
+        let e = ApiError::new(
+            ErrorKind::UpstreamError,
+            "provider \"corp\" refused the subject credential of identity \"x\"",
+        );
+        assert_eq!(refusal_of_presented(e.clone(), true).kind, ErrorKind::AccessDenied);
+        assert_eq!(refusal_of_presented(e, false).kind, ErrorKind::UpstreamError);
+    }
+}
