@@ -22,6 +22,7 @@ pub mod config;
 pub mod daemon;
 pub mod dev;
 pub mod devidp;
+pub mod doctor;
 pub mod error;
 pub mod keys;
 pub mod logging;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use cortexid::{cli, config, daemon, dev, keys, systemd};
+use cortexid::{cli, config, daemon, dev, doctor, keys, systemd};
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +37,15 @@ enum Command {
     Identities(cli::IdentitiesArgs),
     /// Show the agent's health, providers and cached tokens (never token values).
     Status(cli::StatusArgs),
+    /// Connect to each provider as the agent would and report, step by step, what works and
+    /// how to fix what does not (never prints a token).
+    Doctor {
+        #[arg(long, env = "CORTEXID_CONFIG", default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Check only this identity
+        #[arg(long)]
+        identity: Option<String>,
+    },
     /// Parse and validate a configuration without starting.
     CheckConfig {
         #[arg(long, env = "CORTEXID_CONFIG", default_value = config::DEFAULT_CONFIG_PATH)]
@@ -122,6 +131,7 @@ fn main() -> ExitCode {
                     Command::Token(args) => cli::token(args).await,
                     Command::Identities(args) => cli::identities(args).await,
                     Command::Status(args) => cli::status(args).await,
+                    Command::Doctor { config, identity } => doctor::run(&config, identity.as_deref()).await,
                     Command::CheckConfig { .. } | Command::Keygen { .. } => 2,
                 }
             }),

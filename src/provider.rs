@@ -797,6 +797,123 @@ pub type Providers = HashMap<String, Arc<ProviderClient>>;
 mod tests {
     use super::*;
 
+    fn client(verify_tokens: bool) -> ProviderClient {
+        let settings = ProviderSettings {
+            name: "corp".into(),
+            issuer: "https://idp.example".into(),
+            token_endpoint: Some("https://idp.example/token".into()),
+            jwks_uri: None,
+            ca_file: None,
+            client_id: "node-17".into(),
+            client_auth: ClientAuth::None,
+            verify_tokens,
+            target_parameter: None,
+        };
+        ProviderClient::new(Arc::new(settings), Duration::from_secs(5)).unwrap()
+    }
+
+    fn identity() -> IdentitySettings {
+        IdentitySettings {
+            name: "payments".into(),
+            provider: "corp".into(),
+            grant: Grant::ClientCredentials,
+            subject: crate::config::SubjectSource::Client,
+            subject_token_type: crate::config::TOKEN_TYPE_JWT.into(),
+            trusted_issuers: Vec::new(),
+            actor_token_file: None,
+            actor_token_type: crate::config::TOKEN_TYPE_JWT.into(),
+            requested_token_type: crate::config::TOKEN_TYPE_ACCESS_TOKEN.into(),
+            audiences: vec!["https://payments.internal".into()],
+            scopes: Vec::new(),
+        }
+    }
+
+    fn jwt(claims: serde_json::Value) -> String {
+        let enc = |v: &serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        format!(
+            "{}.{}.sig",
+            enc(&serde_json::json!({"alg": "ES256", "kid": "k"})),
+            enc(&claims)
+        )
+    }
+
+    /// Runs a raw token response body through parsing and acceptance, as the exchange does.
+    async fn accept_body(body: serde_json::Value) -> Result<IssuedToken, ProviderError> {
+        let c = client(false);
+        let id = identity();
+        let scopes = BTreeSet::new();
+        let req = ExchangeRequest {
+            identity: &id,
+            audience: "https://payments.internal",
+            scopes: &scopes,
+            subject: None,
+            actor: None,
+        };
+        let meta = Metadata {
+            issuer: "https://idp.example".into(),
+            token_endpoint: "https://idp.example/token".into(),
+            jwks_uri: None,
+            auth_methods: None,
+        };
+        let parsed: TokenResponse = serde_json::from_slice(body.to_string().as_bytes()).unwrap();
+        c.accept(parsed, &req, &meta, SystemTime::now()).await
+    }
+
+    #[tokio::test]
+    async fn token_type_is_accepted_in_any_case_and_extra_members_are_ignored() {
+        for tt in ["Bearer", "bearer", "BEARER", "N_A"] {
+            let t = accept_body(serde_json::json!({
+                "access_token": "opaque-value", "token_type": tt, "expires_in": 300,
+                // Keycloak, Azure AD and others add members of their own.
+                "refresh_expires_in": 0, "not-before-policy": 0, "session_state": "x",
+                "ext_expires_in": 300, "id_token": null, "scope": "",
+            }))
+            .await
+            .unwrap_or_else(|e| panic!("token_type {tt}: {e:?}"));
+            assert!((295..=300).contains(&t.lifetime.as_secs()), "{tt}: {:?}", t.lifetime);
+        }
+        // expires_in as a string (Azure AD v1) works too.
+        let t = accept_body(serde_json::json!({"access_token": "o", "token_type": "Bearer", "expires_in": "120"}))
+            .await
+            .unwrap();
+        assert!((115..=120).contains(&t.lifetime.as_secs()), "{:?}", t.lifetime);
+        let e = accept_body(serde_json::json!({"access_token": "o", "token_type": "DPoP", "expires_in": 60}))
+            .await
+            .unwrap_err();
+        assert!(e.message.contains("only Bearer tokens"), "{}", e.message);
+    }
+
+    #[tokio::test]
+    async fn a_missing_expires_in_takes_the_lifetime_from_the_jwt_exp() {
+        let exp = unix_now() + 120;
+        let token = jwt(
+            serde_json::json!({"iss": "https://idp.example", "aud": ["https://payments.internal", "x"], "exp": exp}),
+        );
+        let t = accept_body(serde_json::json!({"access_token": token, "token_type": "Bearer"}))
+            .await
+            .unwrap();
+        assert!((115..=120).contains(&t.lifetime.as_secs()), "lifetime {:?}", t.lifetime);
+        let claims = t.claims.unwrap();
+        assert_eq!(claims.aud, vec!["https://payments.internal", "x"], "aud as an array");
+        // Neither expires_in nor exp: refused, since the token could never be renewed in time.
+        let e = accept_body(serde_json::json!({"access_token": "opaque", "token_type": "Bearer"}))
+            .await
+            .unwrap_err();
+        assert!(e.message.contains("neither expires_in nor exp"), "{}", e.message);
+    }
+
+    #[test]
+    fn discovery_without_auth_methods_and_with_extra_members_parses() {
+        let d: Discovery = serde_json::from_str(
+            r#"{"issuer":"https://idp.example","token_endpoint":"https://idp.example/token",
+                "jwks_uri":"https://idp.example/jwks","grant_types_supported":["client_credentials"],
+                "mtls_endpoint_aliases":{"token_endpoint":"https://mtls.idp.example/token"}}"#,
+        )
+        .unwrap();
+        assert_eq!(d.token_endpoint.as_deref(), Some("https://idp.example/token"));
+        assert_eq!(d.token_endpoint_auth_methods_supported, None);
+    }
+
     #[test]
     fn jwt_shape_is_recognised() {
         let h = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256"}"#);
