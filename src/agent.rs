@@ -58,6 +58,31 @@ pub struct TokenAsk {
     pub actor_token: Option<PresentedToken>,
 }
 
+/// The `token.issued` audit event, serialised straight from borrowed parts.
+#[derive(Serialize)]
+struct IssuedEvent<'a> {
+    outcome: &'static str,
+    caller: &'a Caller,
+    role: &'a str,
+    identity: &'a str,
+    audience: &'a str,
+    scope: &'a str,
+    source: &'static str,
+    token: crate::token::TokenAuditView<'a>,
+    agent: bool,
+    actor: Option<PartyView<'a>>,
+    subject: Option<PartyView<'a>>,
+}
+
+/// The subject or actor behind a token, by claims and credential fingerprint.
+#[derive(Serialize)]
+struct PartyView<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+    sub: Option<&'a str>,
+    fingerprint: Option<&'a str>,
+}
+
 /// The 200 body of `/v1/token`.
 #[derive(Serialize)]
 pub struct TokenResponse<'a> {
@@ -88,6 +113,8 @@ impl CredentialFiles {
             return Ok(value.clone());
         }
         let value = Secret::from(file.read()?);
+        // Computed once here, so every clone handed out carries it.
+        let _ = value.fingerprint();
         if let Some(stamp) = stamp {
             seen.insert(file.path.clone(), (stamp, value.clone()));
         }
@@ -522,7 +549,7 @@ impl Agent {
     }
 
     /// Serves one token request for a verified caller; every outcome is audited.
-    pub async fn token(&self, caller: &Caller, ask: TokenAsk) -> Result<(serde_json::Value, Vec<u8>), ApiError> {
+    pub async fn token(&self, caller: &Caller, ask: TokenAsk) -> Result<Vec<u8>, ApiError> {
         let state = self.state();
         let config = &state.config;
         let denied = |e: &ApiError, role: Option<&str>| {
@@ -629,22 +656,32 @@ impl Agent {
             .map_err(|e| refusal_of_presented(e, caller_presented))
             .inspect_err(|e| denied(e, Some(role)))?;
 
-        let actor_view = token.claims.as_ref().and_then(|c| c.act.as_ref()).map(|act| {
-            serde_json::json!({"sub": act.get("sub"), "fingerprint": ask.actor_token.as_ref().map(|t| t.token.fingerprint())})
-        });
         let now = tokio::time::Instant::now();
         let scope_str = grant.scopes.iter().cloned().collect::<Vec<_>>().join(" ");
-        let event = serde_json::json!({
-            "outcome": "granted", "caller": caller, "role": role, "identity": identity.name,
-            "audience": grant.audience, "scope": scope_str, "source": source.as_str(), "token": token.audit_view(),
-            "agent": grant.role.agent,
-            "actor": actor_view,
-            "subject": claims.as_ref().map(|c| serde_json::json!({
-                "iss": c.get("iss"), "sub": c.get("sub"),
-                "fingerprint": ask.subject_token.as_ref().map(|t| t.token.fingerprint()),
-            })),
-        });
-        if let Err(e) = self.audit_event("token.issued", event.clone()) {
+        let actor_fp = ask.actor_token.as_ref().map(|t| t.token.fingerprint());
+        let subject_fp = ask.subject_token.as_ref().map(|t| t.token.fingerprint());
+        let event = IssuedEvent {
+            outcome: "granted",
+            caller,
+            role,
+            identity: &identity.name,
+            audience: &grant.audience,
+            scope: &scope_str,
+            source: source.as_str(),
+            token: token.audit_ref(),
+            agent: grant.role.agent,
+            actor: token.claims.as_ref().and_then(|c| c.act.as_ref()).map(|act| PartyView {
+                iss: None,
+                sub: act.get("sub").and_then(|s| s.as_str()),
+                fingerprint: actor_fp.as_deref(),
+            }),
+            subject: claims.as_ref().map(|c| PartyView {
+                iss: c.get("iss").and_then(|s| s.as_str()),
+                sub: c.get("sub").and_then(|s| s.as_str()),
+                fingerprint: subject_fp.as_deref(),
+            }),
+        };
+        if let Err(e) = self.shared.audit().write_event("token.issued", &event) {
             tracing::error!(error = %e, fingerprint = %token.fingerprint, "cannot write the token.issued audit event");
             if config.agent.audit_failure == AuditFailure::Closed {
                 return Err(ApiError::new(
@@ -665,8 +702,7 @@ impl Agent {
             audience: &grant.audience,
             scope: &scope_str,
         };
-        let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
-        Ok((event, bytes))
+        serde_json::to_vec(&body).map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))
     }
 }
 

@@ -109,13 +109,26 @@ impl Audit {
     /// Writes one event: `{"ts":..., "event": name, ...fields}`. Returns an error if the event
     /// could not be written completely.
     pub fn write(&self, event: &str, fields: serde_json::Value) -> std::io::Result<()> {
-        let mut obj = serde_json::Map::new();
-        obj.insert("ts".into(), crate::token::rfc3339_millis(SystemTime::now()).into());
-        obj.insert("event".into(), event.into());
-        if let serde_json::Value::Object(m) = fields {
-            obj.extend(m);
+        self.write_event(event, &fields)
+    }
+
+    /// Like [`write`](Self::write) for any value that serialises as a JSON object (a typed event
+    /// struct on the hot path, so no intermediate map is built).
+    pub fn write_event<T: serde::Serialize + ?Sized>(&self, event: &str, fields: &T) -> std::io::Result<()> {
+        let mut line = Vec::with_capacity(512);
+        line.extend_from_slice(b"{\"ts\":\"");
+        line.extend_from_slice(crate::token::rfc3339_millis(SystemTime::now()).as_bytes());
+        line.extend_from_slice(b"\",\"event\":");
+        serde_json::to_writer(&mut line, event).map_err(std::io::Error::other)?;
+        let body = serde_json::to_vec(fields).map_err(std::io::Error::other)?;
+        match body.as_slice() {
+            [b'{', b'}'] => line.push(b'}'),
+            [b'{', rest @ ..] => {
+                line.push(b',');
+                line.extend_from_slice(rest);
+            }
+            _ => return Err(std::io::Error::other("an audit event's fields must be a JSON object")),
         }
-        let mut line = serde_json::to_vec(&serde_json::Value::Object(obj)).map_err(std::io::Error::other)?;
         line.push(b'\n');
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         match &mut *w {

@@ -366,12 +366,15 @@ pub fn jwk_thumbprint(jwk: &Value) -> Result<String, KeyError> {
 
 /// The first `hex_digits` lowercase hex digits of SHA-256(`data`): a fingerprint safe to log.
 pub fn sha256_hex_prefix(data: &[u8], hex_digits: usize) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
-    let mut out = String::with_capacity(64);
-    for b in digest.as_ref() {
-        out.push_str(&format!("{b:02x}"));
+    let n = hex_digits.min(64);
+    let mut out = String::with_capacity(n);
+    for b in digest.as_ref().iter().take(n.div_ceil(2)) {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 0xf)] as char);
     }
-    out.truncate(hex_digits.min(64));
+    out.truncate(n);
     out
 }
 

@@ -165,14 +165,14 @@ async fn handle(agent: &Agent, caller: &Caller, req: Request<Incoming>) -> Respo
     let path = req.uri().path().to_string();
     let result = match (req.method(), path.as_str()) {
         (&Method::GET, "/v1/token") => match parse_query(req.uri().query()) {
-            Ok(ask) => agent.token(caller, ask).await.map(|(_, body)| json_response(200, body)),
+            Ok(ask) => agent.token(caller, ask).await.map(|body| json_response(200, body)),
             Err(e) => {
                 audit_malformed(agent, caller, &e);
                 Err(e)
             }
         },
         (&Method::POST, "/v1/token") => match read_body(req).await.and_then(|b| parse_body(&b)) {
-            Ok(ask) => agent.token(caller, ask).await.map(|(_, body)| json_response(200, body)),
+            Ok(ask) => agent.token(caller, ask).await.map(|body| json_response(200, body)),
             Err(e) => {
                 audit_malformed(agent, caller, &e);
                 Err(e)

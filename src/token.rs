@@ -85,6 +85,17 @@ impl TokenClaims {
     }
 }
 
+/// How audit lines name a token: claims and fingerprint, never the value.
+#[derive(Debug, Serialize)]
+pub struct TokenAuditView<'a> {
+    pub sub: Option<&'a str>,
+    pub iss: Option<&'a str>,
+    pub jti: Option<&'a str>,
+    pub exp: u64,
+    pub act: Option<&'a serde_json::Value>,
+    pub fingerprint: &'a str,
+}
+
 /// A token the provider issued, with its lifetime on this host's clocks.
 pub struct IssuedToken {
     pub access_token: Secret,
@@ -146,13 +157,21 @@ impl IssuedToken {
     }
 
     /// The `token` object of an audit event: never the token itself.
+    pub fn audit_ref(&self) -> TokenAuditView<'_> {
+        let c = self.claims.as_ref();
+        TokenAuditView {
+            sub: c.and_then(|c| c.sub.as_deref()),
+            iss: c.and_then(|c| c.iss.as_deref()),
+            jti: c.and_then(|c| c.jti.as_deref()),
+            exp: c.and_then(|c| c.exp).unwrap_or_else(|| self.expires_unix()),
+            act: c.and_then(|c| c.act.as_ref()),
+            fingerprint: &self.fingerprint,
+        }
+    }
+
+    /// [`audit_ref`](Self::audit_ref) as a JSON value.
     pub fn audit_view(&self) -> serde_json::Value {
-        let c = self.claims.clone().unwrap_or_default();
-        serde_json::json!({
-            "sub": c.sub, "iss": c.iss, "jti": c.jti,
-            "exp": c.exp.unwrap_or_else(|| self.expires_unix()),
-            "act": c.act, "fingerprint": self.fingerprint,
-        })
+        serde_json::to_value(self.audit_ref()).unwrap_or_default()
     }
 }
 

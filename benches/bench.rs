@@ -1,0 +1,1127 @@
+//! cortexid benchmarks (issue 8): `cargo bench --bench bench` runs everything in one go and prints
+//! a markdown report.
+//!
+//! What runs where:
+//! - the development provider (HTTPS, with request counters) and the load generator run in this
+//!   process;
+//! - the agent is the real `cortexid agent` binary (built by cargo with the bench profile, i.e.
+//!   release) in its own process, so its RSS and CPU time are its own;
+//! - the baseline is this same binary re-executed as `--baseline-server SOCKET BYTES`: a minimal
+//!   hyper 1 HTTP/1.1 server on a Unix socket that answers every request with a body of the same
+//!   size as cortexid's token response and does nothing else. Both servers use tokio's default
+//!   multi-thread runtime and are driven by the same load generator, in the same run.
+//!
+//! Settings (environment): `BENCH_SECS` seconds measured per throughput point (default 3, after
+//! 0.5 s of warm-up); `BENCH_ECONOMY_LIFETIMES` (default 10); `BENCH_KEEP=1` keeps the work dir.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cortexid::devidp::{DevClient, DevClientAuth, DevIdp, DevIdpConfig};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Bytes;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::{UnixListener, UnixStream};
+
+const CLIENT_ID: &str = "bench-node";
+const SECRET: &str = "bench secret, not a real one";
+/// Audiences of the benchmark identity (and of the provider's client): 100.
+const AUDIENCES: usize = 100;
+/// Scopes of the benchmark identity: 7, so 127 non-empty scope sets; 100 of them are used.
+const SCOPES: [&str; 7] = [
+    "orders.read",
+    "orders.write",
+    "ledger.read",
+    "ledger.write",
+    "users.read",
+    "audit.read",
+    "metrics.read",
+];
+
+fn audience(i: usize) -> String {
+    format!("https://svc-{i:03}.internal")
+}
+
+/// Scope set number `m` (1..=127): the scopes whose bit is set in `m`.
+fn scope_set(m: usize) -> String {
+    SCOPES
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| m & (1 << i) != 0)
+        .map(|(_, s)| *s)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn token_path(aud: usize, scopes: usize) -> String {
+    let q = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("identity", "payments")
+        .append_pair("audience", &audience(aud))
+        .append_pair("scope", &scope_set(scopes))
+        .finish();
+    format!("/v1/token?{q}")
+}
+
+fn write_secret(path: &Path, contents: &str) {
+    std::fs::write(path, contents).expect("write secret");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod secret");
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Set-up: provider, configs, agent processes
+// ---------------------------------------------------------------------------------------------
+
+async fn start_idp(lifetime: Duration) -> DevIdp {
+    let auds: Vec<String> = (0..AUDIENCES).map(audience).collect();
+    DevIdp::start(DevIdpConfig {
+        token_lifetime: lifetime,
+        clients: vec![
+            DevClient::new(CLIENT_ID, DevClientAuth::SecretBasic(SECRET.into()))
+                .with_audiences(&auds)
+                .with_scopes(&SCOPES),
+        ],
+    })
+    .await
+    .expect("start the development provider")
+}
+
+/// Writes the provider's CA, the client secret and a service-account credential into `dir`.
+fn provision(idp: &DevIdp, dir: &Path) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    std::fs::write(dir.join("ca.pem"), idp.ca_pem()).expect("write ca");
+    write_secret(&dir.join("secret"), SECRET);
+    let now = unix_now();
+    let sa = idp.mint(serde_json::json!({
+        "sub": "system:serviceaccount:prod:payments", "aud": idp.issuer(), "iat": now, "exp": now + 86400,
+    }));
+    write_secret(&dir.join("sa.jwt"), &sa);
+}
+
+/// A config with `identities` identities (the first is `payments`, with every audience and scope),
+/// one role for this uid, and `agent_extra` added to `[agent]`.
+fn config_text(idp: &DevIdp, dir: &Path, audit: &str, agent_extra: &str, identities: usize) -> String {
+    let d = dir.display();
+    let auds = (0..AUDIENCES)
+        .map(|i| format!("\"{}\"", audience(i)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let scopes = SCOPES.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
+    let mut s = format!(
+        r#"[agent]
+socket = "{d}/agent.sock"
+audit_log = "{audit}"
+upstream_timeout = "5s"
+{agent_extra}
+
+[[provider]]
+name = "corp"
+issuer = "{issuer}"
+ca_file = "{d}/ca.pem"
+client_id = "{CLIENT_ID}"
+client_auth = "client_secret_basic"
+client_secret_file = "{d}/secret"
+
+[[identity]]
+name = "payments"
+provider = "corp"
+subject_token_file = "{d}/sa.jwt"
+audiences = [{auds}]
+scopes = [{scopes}]
+"#,
+        issuer = idp.issuer(),
+    );
+    let mut names = vec!["\"payments\"".to_string()];
+    for i in 1..identities {
+        let _ = write!(
+            s,
+            r#"
+[[identity]]
+name = "id-{i:03}"
+provider = "corp"
+subject_token_file = "{d}/sa.jwt"
+audiences = ["{aud}"]
+scopes = [{scopes}]
+"#,
+            aud = audience(i % AUDIENCES)
+        );
+        names.push(format!("\"id-{i:03}\""));
+    }
+    let _ = write!(
+        s,
+        "\n[[role]]\nname = \"bench\"\nuids = [{uids}]\nidentities = [{ids}]\n",
+        uids = burst_uids().iter().map(u32::to_string).collect::<Vec<_>>().join(", "),
+        ids = names.join(", ")
+    );
+    s
+}
+
+/// The uids the cold-burst clients run as: this one and, when root, `nobody` too, so that no
+/// single process or uid holds more connections than the agent admits per process / per uid.
+fn burst_uids() -> Vec<u32> {
+    let me = nix::unistd::getuid().as_raw();
+    if me == 0 { vec![0, 65534] } else { vec![me] }
+}
+
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+/// `--burst-client SOCKET PATH N`: opens N connections (each sends one request so it is accepted
+/// and attested), says `ready`, waits for a line on stdin, then sends `GET PATH` on all of them
+/// at once and prints how many got 200 and the CLOCK_MONOTONIC time the last answer came.
+async fn burst_client(socket: PathBuf, path: String, n: usize) {
+    let mut senders = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = connect(&socket).await.expect("connect");
+        let _ = get(&mut s, "/v1/identities").await.expect("identities");
+        senders.push(s);
+    }
+    let go = Arc::new(tokio::sync::Barrier::new(n + 1));
+    let mut tasks = Vec::new();
+    for mut s in senders {
+        let go = go.clone();
+        let path = path.clone();
+        tasks.push(tokio::spawn(async move {
+            go.wait().await;
+            let ok = matches!(get(&mut s, &path).await, Ok((200, _)));
+            (ok, monotonic_ns())
+        }));
+    }
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    go.wait().await;
+    let (mut ok, mut last) = (0, 0);
+    for t in tasks {
+        let (good, at) = t.await.expect("burst task");
+        ok += usize::from(good);
+        last = last.max(at);
+    }
+    println!("{ok} {last}");
+}
+
+/// A server process (the agent or the baseline) that is stopped when dropped.
+struct Proc {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    fn rss_kib(&self) -> u64 {
+        status_field(self.pid(), "VmRSS:")
+    }
+    fn stop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn status_field(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // After "pid (comm)": state is field 3, utime 14, stime 15 → indices 11 and 12 here.
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    (ticks(11) + ticks(12)) as f64 / hz
+}
+
+/// Sends one `GET path` on a fresh connection with blocking I/O; the status code, if any answer.
+fn probe(socket: &Path, path: &str) -> Option<u16> {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = [0u8; 12];
+    s.read_exact(&mut buf).ok()?;
+    std::str::from_utf8(&buf[9..12]).ok()?.parse().ok()
+}
+
+/// Starts `cortexid agent` and waits until `/v1/health` says 200 (ready).
+fn spawn_agent(config: &Path, socket: &Path, stderr: Stdio) -> Proc {
+    let child = Command::new(env!("CARGO_BIN_EXE_cortexid"))
+        .args(["agent", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn cortexid agent");
+    let p = Proc {
+        child,
+        socket: socket.to_path_buf(),
+    };
+    let until = Instant::now() + Duration::from_secs(20);
+    while probe(socket, "/v1/health") != Some(200) {
+        assert!(Instant::now() < until, "the agent did not become ready");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    p
+}
+
+fn spawn_baseline(socket: &Path, body_len: usize) -> Proc {
+    let _ = std::fs::remove_file(socket);
+    let child = Command::new(std::env::current_exe().expect("current exe"))
+        .arg("--baseline-server")
+        .arg(socket)
+        .arg(body_len.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn the baseline server");
+    let p = Proc {
+        child,
+        socket: socket.to_path_buf(),
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    while probe(socket, "/").is_none() {
+        assert!(Instant::now() < until, "the baseline did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    p
+}
+
+// ---------------------------------------------------------------------------------------------
+// The baseline server
+// ---------------------------------------------------------------------------------------------
+
+/// A minimal hyper 1 server on a Unix socket: every request gets `body_len` bytes of JSON-ish
+/// body with the same headers cortexid sends, and nothing else happens.
+fn baseline_server(socket: &str, body_len: usize) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let listener = UnixListener::bind(socket).expect("bind the baseline socket");
+        let mut body = vec![b'x'; body_len];
+        if body_len >= 2 {
+            body[0] = b'"';
+            body[body_len - 1] = b'"';
+        }
+        let body = Bytes::from(body);
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let body = body.clone();
+            let service = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                let mut resp = Response::new(Full::new(body.clone()));
+                let h = resp.headers_mut();
+                h.insert(
+                    "content-type",
+                    hyper::header::HeaderValue::from_static("application/json"),
+                );
+                h.insert("cache-control", hyper::header::HeaderValue::from_static("no-store"));
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The load generator
+// ---------------------------------------------------------------------------------------------
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+async fn connect(socket: &Path) -> std::io::Result<Sender> {
+    let stream = UnixStream::connect(socket).await?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// One request on `sender`: (status, body length).
+async fn get(sender: &mut Sender, path: &str) -> Result<(u16, Bytes), hyper::Error> {
+    sender.ready().await?;
+    let req = Request::get(path)
+        .header("host", "localhost")
+        .body(Empty::new())
+        .expect("request");
+    let resp = sender.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    KeepAlive,
+    NewConnection,
+}
+
+struct Load {
+    requests: u64,
+    errors: u64,
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+    /// Server CPU time per request (user + system).
+    server_cpu_us: f64,
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+/// `conns` workers request `path` as fast as they can for `warm + secs`; latencies of the last
+/// `secs` are kept. Keep-alive workers use one connection each; new-connection workers connect,
+/// send one request and close, each time.
+async fn load(server: &Proc, path: &str, conns: usize, mode: Mode, warm: Duration, secs: Duration) -> Load {
+    let start = Instant::now();
+    let measure_from = start + warm;
+    let end = measure_from + secs;
+    let mut cpu0 = None;
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let socket = server.socket.clone();
+        let path = path.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(1 << 16);
+            let mut errors = 0u64;
+            let mut sender = None;
+            loop {
+                let t = Instant::now();
+                if t >= end {
+                    break;
+                }
+                let s = match (&mut sender, mode) {
+                    (Some(s), Mode::KeepAlive) => s,
+                    _ => match connect(&socket).await {
+                        Ok(s) => sender.insert(s),
+                        Err(_) => {
+                            errors += 1;
+                            continue;
+                        }
+                    },
+                };
+                let ok = matches!(get(s, &path).await, Ok((200, _)));
+                if mode == Mode::NewConnection {
+                    sender = None;
+                }
+                if t >= measure_from {
+                    if ok {
+                        lat.push(t.elapsed());
+                    } else {
+                        errors += 1;
+                    }
+                }
+                if !ok {
+                    sender = None;
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    tokio::time::sleep_until(measure_from.into()).await;
+    cpu0.get_or_insert(cpu_secs(server.pid()));
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (lat, e) = t.await.expect("load task");
+        all.extend(lat);
+        errors += e;
+    }
+    let cpu = cpu_secs(server.pid()) - cpu0.unwrap_or(0.0);
+    all.sort_unstable();
+    let requests = all.len() as u64;
+    Load {
+        requests,
+        errors,
+        rps: requests as f64 / secs.as_secs_f64(),
+        p50: pct(&all, 0.50),
+        p99: pct(&all, 0.99),
+        max: all.last().copied().unwrap_or_default(),
+        server_cpu_us: if requests > 0 { cpu * 1e6 / requests as f64 } else { 0.0 },
+    }
+}
+
+fn us(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    if us >= 10_000.0 {
+        format!("{:.1} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} µs")
+    }
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort_unstable();
+    pct(v, 0.5)
+}
+
+async fn metric(socket: &Path, name: &str) -> f64 {
+    let mut s = match connect(socket).await {
+        Ok(s) => s,
+        Err(_) => return f64::NAN,
+    };
+    let Ok((_, body)) = get(&mut s, "/metrics").await else {
+        return f64::NAN;
+    };
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Requests every key in `keys` once, over `conns` keep-alive connections; returns non-200 count.
+async fn fill(socket: &Path, keys: Vec<(usize, usize)>, conns: usize) -> usize {
+    let keys = Arc::new(keys);
+    let mut tasks = Vec::new();
+    for w in 0..conns {
+        let keys = keys.clone();
+        let socket = socket.to_path_buf();
+        tasks.push(tokio::spawn(async move {
+            let mut s = connect(&socket).await.expect("connect");
+            let mut bad = 0;
+            for (a, m) in keys.iter().skip(w).step_by(conns) {
+                match get(&mut s, &token_path(*a, *m)).await {
+                    Ok((200, _)) => {}
+                    _ => bad += 1,
+                }
+            }
+            bad
+        }));
+    }
+    let mut bad = 0;
+    for t in tasks {
+        bad += t.await.expect("fill task");
+    }
+    bad
+}
+
+// ---------------------------------------------------------------------------------------------
+// The report
+// ---------------------------------------------------------------------------------------------
+
+struct Verdict {
+    rows: Vec<[String; 4]>,
+}
+
+impl Verdict {
+    fn add(&mut self, what: &str, result: String, target: &str, met: Option<bool>) {
+        let met = match met {
+            Some(true) => "met",
+            Some(false) => "**missed**",
+            None => "—",
+        };
+        self.rows.push([what.into(), result, target.into(), met.into()]);
+        println!("  {what}: {}", self.rows.last().map(|r| r[1].as_str()).unwrap_or(""));
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem = status_like("/proc/meminfo", "MemTotal:") / 1024 / 1024;
+    format!("{cores} cores, {cpu}, {mem} GiB, Linux {kernel}")
+}
+
+fn status_like(file: &str, field: &str) -> u64 {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--baseline-server") {
+        let socket = args.get(2).expect("socket");
+        let len = args.get(3).and_then(|l| l.parse().ok()).expect("body length");
+        baseline_server(socket, len);
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    if args.get(1).map(String::as_str) == Some("--burst-client") {
+        let socket = PathBuf::from(args.get(2).expect("socket"));
+        let path = args.get(3).expect("path").clone();
+        let n = args.get(4).and_then(|c| c.parse().ok()).expect("count");
+        rt.block_on(burst_client(socket, path, n));
+        return;
+    }
+    if args.get(1).map(String::as_str) == Some("--load") {
+        // For profiling: `--load SOCKET PATH CONNS SECS` drives an already running server.
+        let server = Proc {
+            child: Command::new("true").spawn().expect("spawn"),
+            socket: PathBuf::from(args.get(2).expect("socket")),
+        };
+        let path = args.get(3).expect("path").clone();
+        let conns = args.get(4).and_then(|c| c.parse().ok()).unwrap_or(16);
+        let secs = Duration::from_secs(args.get(5).and_then(|c| c.parse().ok()).unwrap_or(10));
+        let r = rt.block_on(load(
+            &server,
+            &path,
+            conns,
+            Mode::KeepAlive,
+            Duration::from_millis(200),
+            secs,
+        ));
+        println!(
+            "{:.0}/s, {} errors, p50 {} p99 {} max {}",
+            r.rps,
+            r.errors,
+            us(r.p50),
+            us(r.p99),
+            us(r.max)
+        );
+        return;
+    }
+    rt.block_on(run());
+}
+
+async fn run() {
+    let secs = Duration::from_secs(env_u64("BENCH_SECS", 3));
+    let warm = Duration::from_millis(500);
+    let lifetimes = env_u64("BENCH_ECONOMY_LIFETIMES", 10);
+    // Agent dirs on tmpfs (/dev/shm), so the audit log is a real file on tmpfs.
+    let root = tempfile::Builder::new()
+        .prefix("cortexid-bench-")
+        .tempdir_in("/dev/shm")
+        .expect("tmpdir");
+    let disk = tempfile::Builder::new()
+        .prefix("cortexid-bench-")
+        .tempdir_in("/tmp")
+        .expect("tmpdir");
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut table = String::new();
+    let mut v = Verdict { rows: Vec::new() };
+    println!("machine: {}", machine());
+
+    // ---- The main agent: 300 s tokens, audit log on tmpfs ---------------------------------------
+    let idp = start_idp(Duration::from_secs(300)).await;
+    let dir = root.path().join("main");
+    provision(&idp, &dir);
+    let cfg = dir.join("cortexid.toml");
+    let audit = dir.join("audit.jsonl");
+    std::fs::write(&cfg, config_text(&idp, &dir, &audit.display().to_string(), "", 1)).expect("config");
+    let agent = spawn_agent(
+        &cfg,
+        &dir.join("agent.sock"),
+        Stdio::from(std::fs::File::create(dir.join("agent.log")).expect("log")),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_idle = agent.rss_kib();
+
+    // The throughput key, cached before measuring.
+    let hot = token_path(0, 1);
+    let mut s = connect(&agent.socket).await.expect("connect");
+    let (status, body) = get(&mut s, &hot).await.expect("first token");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let body_len = body.len();
+    drop(s);
+    let baseline = spawn_baseline(&root.path().join("baseline.sock"), body_len);
+
+    // Extra agents for the audit-target comparison (same provider, same key).
+    let mk_variant = |name: &str, base: &Path, audit: &str| {
+        let d = base.join(name);
+        provision(&idp, &d);
+        let c = d.join("cortexid.toml");
+        std::fs::write(&c, config_text(&idp, &d, audit, "", 1)).expect("config");
+        (d, c)
+    };
+    let (disk_dir, disk_cfg) = mk_variant(
+        "disk",
+        disk.path(),
+        &disk.path().join("disk/audit.jsonl").display().to_string(),
+    );
+    let (err_dir, err_cfg) = mk_variant("stderr", root.path(), "stderr");
+
+    println!(
+        "\n## Cached-token throughput (body {body_len} bytes; {}s per point after {}ms warm-up)",
+        secs.as_secs(),
+        warm.as_millis()
+    );
+    let _ = writeln!(
+        table,
+        "| load | cortexid req/s | baseline req/s | ratio | cortexid p50 / p99 / max | baseline p50 / p99 / max | server CPU per request, cortexid / baseline |"
+    );
+    let _ = writeln!(table, "| --- | ---: | ---: | ---: | --- | --- | --- |");
+    let points = [
+        ("1 keep-alive connection", 1, Mode::KeepAlive),
+        ("16 keep-alive connections", 16, Mode::KeepAlive),
+        ("64 keep-alive connections", 64, Mode::KeepAlive),
+        ("new connection per request, 1 at a time", 1, Mode::NewConnection),
+        ("new connection per request, 16 concurrent", 16, Mode::NewConnection),
+    ];
+    let mut at16 = None;
+    for (name, conns, mode) in points {
+        let c = load(&agent, &hot, conns, mode, warm, secs).await;
+        let b = load(&baseline, "/", conns, mode, warm, secs).await;
+        let ratio = c.rps / b.rps;
+        println!(
+            "  {name}: cortexid {:.0}/s ({} req, {} err) p50 {} p99 {} max {} | baseline {:.0}/s p50 {} p99 {} max {} | ratio {ratio:.2}",
+            c.rps,
+            c.requests,
+            c.errors,
+            us(c.p50),
+            us(c.p99),
+            us(c.max),
+            b.rps,
+            us(b.p50),
+            us(b.p99),
+            us(b.max)
+        );
+        let _ = writeln!(
+            table,
+            "| {name} | {:.0}{} | {:.0} | {ratio:.2} | {} / {} / {} | {} / {} / {} | {:.0} µs / {:.0} µs |",
+            c.rps,
+            if c.errors > 0 {
+                format!(" ({} errors)", c.errors)
+            } else {
+                String::new()
+            },
+            b.rps,
+            us(c.p50),
+            us(c.p99),
+            us(c.max),
+            us(b.p50),
+            us(b.p99),
+            us(b.max),
+            c.server_cpu_us,
+            b.server_cpu_us
+        );
+        if conns == 16 && mode == Mode::KeepAlive {
+            at16 = Some((ratio, c.p99));
+        }
+    }
+    // Audit target: the same 16-connection point against agents whose audit log is elsewhere.
+    for (label, d, c) in [
+        ("16 keep-alive, audit file on /tmp (disk)", &disk_dir, &disk_cfg),
+        ("16 keep-alive, audit to stderr → /dev/null", &err_dir, &err_cfg),
+    ] {
+        let mut a = spawn_agent(c, &d.join("agent.sock"), Stdio::null());
+        let mut s = connect(&a.socket).await.expect("connect");
+        let _ = get(&mut s, &hot).await;
+        drop(s);
+        let r = load(&a, &hot, 16, Mode::KeepAlive, warm, secs).await;
+        a.stop();
+        println!(
+            "  {label}: cortexid {:.0}/s p50 {} p99 {} max {}",
+            r.rps,
+            us(r.p50),
+            us(r.p99),
+            us(r.max)
+        );
+        let _ = writeln!(
+            table,
+            "| {label} | {:.0} | — | — | {} / {} / {} | — | {:.0} µs / — |",
+            r.rps,
+            us(r.p50),
+            us(r.p99),
+            us(r.max),
+            r.server_cpu_us
+        );
+    }
+    drop(baseline);
+    let _ = std::fs::remove_file(&audit); // tmpfs space; the agent keeps its fd, lines go nowhere visible.
+    if let Some((ratio, p99)) = at16 {
+        v.add(
+            "cached throughput, 16 connections, vs baseline",
+            format!("{ratio:.2}×"),
+            "≥ 0.8×",
+            Some(ratio >= 0.8),
+        );
+        v.add(
+            "cached p99, 16 connections",
+            us(p99),
+            "< 1 ms",
+            Some(p99 < Duration::from_millis(1)),
+        );
+    }
+
+    // ---- `cortexid token` end to end ---------------------------------------------------------
+    {
+        let socket = agent.socket.clone();
+        let (tok, tru) = tokio::task::spawn_blocking(move || {
+            let run = |cmd: &mut Command| {
+                let t = Instant::now();
+                let out = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).output().expect("run");
+                let d = t.elapsed();
+                (d, out)
+            };
+            let mut tok = Vec::new();
+            let mut tru = Vec::new();
+            for i in 0..101 {
+                let (d, out) = run(Command::new(env!("CARGO_BIN_EXE_cortexid"))
+                    .arg("token")
+                    .arg("--socket")
+                    .arg(&socket)
+                    .args([
+                        "--identity",
+                        "payments",
+                        "--audience",
+                        &audience(0),
+                        "--scope",
+                        &scope_set(1),
+                    ]));
+                assert!(
+                    out.status.success() && out.stdout.starts_with(b"eyJ"),
+                    "cortexid token failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                if i > 0 {
+                    tok.push(d);
+                }
+                let (d, _) = run(&mut Command::new("/bin/true"));
+                tru.push(d);
+            }
+            (tok, tru)
+        })
+        .await
+        .expect("token runs");
+        let (mut tok, mut tru) = (tok, tru);
+        let m = median(&mut tok);
+        let p90 = pct(&tok, 0.9);
+        let t = median(&mut tru);
+        v.add(
+            "`cortexid token` end to end, median of 100",
+            format!(
+                "{} (p90 {}, max {}; `/bin/true` spawned the same way: {})",
+                us(m),
+                us(p90),
+                us(*tok.last().unwrap_or(&m)),
+                us(t)
+            ),
+            "—",
+            None,
+        );
+    }
+
+    // ---- Cold burst: 1,000 concurrent requests for one uncached key ----------------------------
+    {
+        let cold = token_path(AUDIENCES - 1, 100);
+        let n = 1000;
+        // Four client processes of 250 connections, over two uids when root (the agent may cap
+        // connections per process and per uid).
+        let uids = burst_uids();
+        let socket = agent.socket.clone();
+        let before = idp.counters().exchanges;
+        let (ok, took) = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            use std::os::unix::process::CommandExt;
+            let mut kids = Vec::new();
+            for i in 0..4 {
+                let uid = uids[i % uids.len()];
+                let mut cmd = Command::new(std::env::current_exe().expect("exe"));
+                cmd.arg("--burst-client")
+                    .arg(&socket)
+                    .arg(&cold)
+                    .arg((n / 4).to_string());
+                cmd.stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::inherit());
+                if uid != nix::unistd::getuid().as_raw() {
+                    cmd.uid(uid).gid(uid);
+                }
+                let mut child = cmd.spawn().expect("spawn burst client");
+                let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+                let mut line = String::new();
+                out.read_line(&mut line).expect("ready");
+                assert_eq!(line.trim(), "ready", "burst client");
+                kids.push((child, out));
+            }
+            let t0 = monotonic_ns();
+            for (child, _) in &mut kids {
+                let _ = child.stdin.as_mut().expect("stdin").write_all(b"go\n");
+            }
+            let (mut ok, mut last) = (0usize, t0);
+            for (mut child, mut out) in kids {
+                let mut line = String::new();
+                out.read_line(&mut line).expect("result");
+                let mut it = line.split_whitespace().map(|v| v.parse::<u64>().unwrap_or(0));
+                ok += it.next().unwrap_or(0) as usize;
+                last = last.max(it.next().unwrap_or(0));
+                let _ = child.wait();
+            }
+            (ok, Duration::from_nanos(last - t0))
+        })
+        .await
+        .expect("burst");
+        let exchanges = idp.counters().exchanges - before;
+        v.add(
+            "cold burst: exchanges for 1,000 concurrent requests of one key",
+            format!("{exchanges} ({ok}/1000 served 200)"),
+            "exactly 1",
+            Some(exchanges == 1 && ok == n),
+        );
+        v.add("cold burst: time until all 1,000 are served", us(took), "—", None);
+    }
+
+    // ---- Memory: idle, 1,000 and 10,000 cached keys -------------------------------------------
+    {
+        let idle_mib = rss_idle as f64 / 1024.0;
+        v.add(
+            "RSS idle (after start, before any request)",
+            format!("{idle_mib:.1} MiB"),
+            "< 15 MiB",
+            Some(idle_mib < 15.0),
+        );
+        let k1: Vec<(usize, usize)> = (1..=10).flat_map(|m| (0..AUDIENCES).map(move |a| (a, m))).collect();
+        let t = Instant::now();
+        let bad = fill(&agent.socket, k1, 16).await;
+        let took = t.elapsed();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let entries = metric(&agent.socket, "cortexid_cache_entries").await;
+        let r1 = agent.rss_kib() as f64 / 1024.0;
+        v.add(
+            "RSS with 1,000 cached keys",
+            format!(
+                "{r1:.1} MiB ({entries} keys; filled in {:.1} s, {bad} errors)",
+                took.as_secs_f64()
+            ),
+            "—",
+            None,
+        );
+        let k10: Vec<(usize, usize)> = (11..=100).flat_map(|m| (0..AUDIENCES).map(move |a| (a, m))).collect();
+        let t = Instant::now();
+        let bad = fill(&agent.socket, k10, 16).await;
+        let took = t.elapsed();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let entries = metric(&agent.socket, "cortexid_cache_entries").await;
+        let r10 = agent.rss_kib() as f64 / 1024.0;
+        let hwm = status_field(agent.pid(), "VmHWM:") as f64 / 1024.0;
+        v.add(
+            "RSS with 10,000 cached keys",
+            format!(
+                "{r10:.1} MiB (peak {hwm:.1} MiB; {entries} keys; filled in {:.1} s, {bad} errors)",
+                took.as_secs_f64()
+            ),
+            "< 64 MiB",
+            Some(r10 < 64.0),
+        );
+    }
+    drop(agent);
+
+    // ---- Upstream economy: 100 keys kept warm for 10 lifetimes of 3 s --------------------------
+    {
+        let lifetime = Duration::from_secs(3);
+        let idp3 = start_idp(lifetime).await;
+        let d = root.path().join("economy");
+        provision(&idp3, &d);
+        let c = d.join("cortexid.toml");
+        std::fs::write(
+            &c,
+            config_text(
+                &idp3,
+                &d,
+                &d.join("audit.jsonl").display().to_string(),
+                "refresh_at = 0.8",
+                1,
+            ),
+        )
+        .expect("config");
+        let a = spawn_agent(&c, &d.join("agent.sock"), Stdio::null());
+        let keys: Vec<(usize, usize)> = (0..100).map(|a| (a, 1)).collect();
+        let bad = fill(&a.socket, keys.clone(), 4).await;
+        assert_eq!(bad, 0, "warming the economy keys");
+        let ex0 = idp3.counters().exchanges;
+        let miss0 = metric(&a.socket, "cortexid_cache_misses_total").await;
+        let span = lifetime * lifetimes as u32;
+        let end = Instant::now() + span;
+        // Four clients, each asking for its 25 keys every 250 ms.
+        let mut tasks = Vec::new();
+        for w in 0..4 {
+            let socket = a.socket.clone();
+            let mine: Vec<(usize, usize)> = keys.iter().copied().skip(w).step_by(4).collect();
+            tasks.push(tokio::spawn(async move {
+                let mut s = connect(&socket).await.expect("connect");
+                let (mut n, mut bad, mut worst) = (0u64, 0u64, Duration::ZERO);
+                while Instant::now() < end {
+                    for (a, m) in &mine {
+                        let t = Instant::now();
+                        match get(&mut s, &token_path(*a, *m)).await {
+                            Ok((200, _)) => {}
+                            _ => bad += 1,
+                        }
+                        worst = worst.max(t.elapsed());
+                        n += 1;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                (n, bad, worst)
+            }));
+        }
+        let (mut n, mut bad, mut worst) = (0, 0, Duration::ZERO);
+        for t in tasks {
+            let (a, b, w) = t.await.expect("economy task");
+            n += a;
+            bad += b;
+            worst = worst.max(w);
+        }
+        let exchanges = idp3.counters().exchanges - ex0;
+        let misses = metric(&a.socket, "cortexid_cache_misses_total").await - miss0;
+        let per = exchanges as f64 / 100.0 / lifetimes as f64;
+        v.add(
+            "upstream economy: exchanges per key per 3 s lifetime (100 keys, refresh_at 0.8)",
+            format!(
+                "{per:.2} ({exchanges} exchanges in {} s; {n} requests, {misses} cache misses, {bad} errors, slowest {})",
+                span.as_secs(),
+                us(worst)
+            ),
+            "1/0.8 = 1.25 ideal",
+            None,
+        );
+    }
+
+    // ---- Start-up with 100 identities --------------------------------------------------------
+    {
+        let d = root.path().join("startup");
+        provision(&idp, &d);
+        let c = d.join("cortexid.toml");
+        std::fs::write(
+            &c,
+            config_text(&idp, &d, &d.join("audit.jsonl").display().to_string(), "", 100),
+        )
+        .expect("config");
+        let socket = d.join("agent.sock");
+        let (mut answer, mut ready, rss) = tokio::task::spawn_blocking(move || {
+            let mut answer = Vec::new();
+            let mut ready = Vec::new();
+            let mut rss = 0;
+            for _ in 0..20 {
+                let t = Instant::now();
+                let child = Command::new(env!("CARGO_BIN_EXE_cortexid"))
+                    .args(["agent", "--config"])
+                    .arg(&c)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("spawn");
+                let mut p = Proc {
+                    child,
+                    socket: socket.clone(),
+                };
+                let mut first = None;
+                loop {
+                    match probe(&socket, "/v1/health") {
+                        Some(code) => {
+                            first.get_or_insert(t.elapsed());
+                            if code == 200 {
+                                break;
+                            }
+                        }
+                        None => std::thread::sleep(Duration::from_micros(200)),
+                    }
+                    assert!(t.elapsed() < Duration::from_secs(10), "the agent did not start");
+                }
+                ready.push(t.elapsed());
+                answer.push(first.unwrap_or_default());
+                rss = p.rss_kib();
+                p.stop();
+            }
+            (answer, ready, rss)
+        })
+        .await
+        .expect("startup runs");
+        let a = median(&mut answer);
+        let r = median(&mut ready);
+        v.add(
+            "start-up, exec to `/v1/health` answering (100 identities), median of 20",
+            format!(
+                "{} (max {}; ready = 200 after provider discovery: {}; RSS then {:.1} MiB)",
+                us(a),
+                us(*answer.last().unwrap_or(&a)),
+                us(r),
+                rss as f64 / 1024.0
+            ),
+            "< 50 ms",
+            Some(a < Duration::from_millis(50)),
+        );
+    }
+
+    // ---- Report ------------------------------------------------------------------------------
+    println!("\n# cortexid benchmarks\n\nMachine: {}\n", machine());
+    println!("## Cached tokens over the socket (cortexid vs a bare hyper server, same load generator)\n");
+    print!("{table}");
+    println!("\n## Everything else\n");
+    println!("| measure | result | target | |\n| --- | --- | --- | --- |");
+    for [a, b, c, d] in &v.rows {
+        println!("| {a} | {b} | {c} | {d} |");
+    }
+    if std::env::var_os("BENCH_KEEP").is_some() {
+        let keep = root.keep();
+        let _ = disk.keep();
+        println!("\n(work dir kept: {})", keep.display());
+    }
+}
