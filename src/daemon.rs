@@ -207,8 +207,19 @@ async fn watchdog(notifier: Notifier, socket: PathBuf, interval: std::time::Dura
     }
 }
 
+/// Keeps tokens and secrets out of core dumps and away from same-uid `ptrace`/`/proc/<pid>/mem`:
+/// marks the process not dumpable (`PR_SET_DUMPABLE` 0). Its `/proc/<pid>` files then belong to
+/// root. Called first thing by `cortexid agent`.
+pub fn disable_core_dumps() -> Result<(), String> {
+    nix::sys::prctl::set_dumpable(false).map_err(|e| format!("cannot disable core dumps (PR_SET_DUMPABLE): {e}"))
+}
+
 /// `cortexid agent`: runs until SIGTERM or SIGINT; SIGHUP reloads. Returns the exit code.
 pub async fn run(config_path: PathBuf, notifier: Notifier, activated: Option<std::os::unix::net::UnixListener>) -> i32 {
+    if let Err(e) = disable_core_dumps() {
+        eprintln!("cortexid: {e}");
+        return 1;
+    }
     let config = match load_config(&config_path) {
         Ok(c) => c,
         Err(e) => {

@@ -150,17 +150,42 @@ impl Default for DevIdpConfig {
     }
 }
 
-/// A fault injected into `/token` (discovery and JWKS keep answering).
+/// The `aud` of tokens issued while [`Fault::WrongAudience`] is set.
+pub const WRONG_AUDIENCE: &str = "https://wrong-audience.example";
+/// The `iss` of tokens issued while [`Fault::WrongIssuer`] is set.
+pub const WRONG_ISSUER: &str = "https://wrong-issuer.example";
+
+/// A fault injected into `/token` (discovery and JWKS keep answering). Each is selectable per
+/// test with [`DevIdp::set_fault`]; [`Fault::None`] restores normal service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
     None,
     /// Answer every `/token` request with this HTTP status and `{"error":"temporarily_unavailable"}`
     /// (with `Retry-After: 1` for 429 and 503).
     Status(u16),
+    /// Like [`Fault::Status`], with `Retry-After: secs` whatever the status.
+    StatusRetryAfter(u16, u64),
     /// Accept the request and never answer (the connection stays open until shutdown).
     Hang,
-    /// Close the connection without answering.
+    /// Answer normally, but only after this delay.
+    Delay(Duration),
+    /// Close the connection without answering (the client sees a reset / unexpected EOF).
     Close,
+    /// Answer 200 with a body that is not JSON (truncated mid-document).
+    MalformedJson,
+    /// Answer 200 with a JSON token response that has no `access_token`.
+    NoAccessToken,
+    /// Issue a token with no `exp` claim and answer without `expires_in`.
+    NoExpiry,
+    /// Issue a token whose `aud` is [`WRONG_AUDIENCE`] instead of the requested audience.
+    WrongAudience,
+    /// Issue a token whose `iss` is [`WRONG_ISSUER`] instead of the provider's issuer.
+    WrongIssuer,
+    /// Issue a token whose signature does not verify (payload changed after signing).
+    BadSignature,
+    /// The provider's clock is off by this many seconds (positive: ahead): `iat`, `nbf` and
+    /// `exp` of issued tokens are shifted; `expires_in` still says the configured lifetime.
+    ClockSkew(i64),
 }
 
 /// Requests seen and tokens issued since start (or the last [`DevIdp::reset_counters`]).
@@ -546,13 +571,35 @@ async fn handle(shared: Arc<Shared>, close: Arc<Notify>, req: Request<Incoming>)
             bump(&shared.counters.token_requests);
             let fault = lock(&shared.state).fault;
             match fault {
-                Fault::None => {}
-                Fault::Status(code) => return fault_response(code),
+                Fault::Status(code) => return fault_response(code, (code == 429 || code == 503).then_some(1)),
+                Fault::StatusRetryAfter(code, secs) => return fault_response(code, Some(secs)),
                 Fault::Hang => return std::future::pending().await,
                 Fault::Close => {
                     close.notify_one();
                     return std::future::pending().await;
                 }
+                Fault::Delay(d) => tokio::time::sleep(d).await,
+                Fault::MalformedJson => {
+                    return raw_json_response(
+                        StatusCode::OK,
+                        r#"{"access_token":"eyJhbGciOiJFUzI1NiJ9.e30.c2ln","token_type":"Bea"#,
+                    );
+                }
+                Fault::NoAccessToken => {
+                    let lifetime = lock(&shared.state).token_lifetime.as_secs();
+                    return json_response(
+                        StatusCode::OK,
+                        &json!({"token_type": "Bearer", "expires_in": lifetime, "issued_token_type": TOKEN_TYPE_ACCESS_TOKEN}),
+                        true,
+                    );
+                }
+                // Served normally; token-shaping faults apply when the token is issued.
+                Fault::None
+                | Fault::NoExpiry
+                | Fault::WrongAudience
+                | Fault::WrongIssuer
+                | Fault::BadSignature
+                | Fault::ClockSkew(_) => {}
             }
             if req.method() != Method::POST {
                 return method_not_allowed("POST");
@@ -579,17 +626,26 @@ async fn handle(shared: Arc<Shared>, close: Arc<Notify>, req: Request<Incoming>)
     }
 }
 
-fn fault_response(code: u16) -> Resp {
+fn fault_response(code: u16, retry_after: Option<u64>) -> Resp {
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut r = json_response(
         status,
         &json!({"error": "temporarily_unavailable", "error_description": format!("injected fault: HTTP {code}")}),
         true,
     );
-    if code == 429 || code == 503 {
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    if let Some(secs) = retry_after {
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
+    r
+}
+
+/// A response whose body is sent as given (for malformed-JSON faults).
+fn raw_json_response(status: StatusCode, body: &'static str) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
@@ -1050,13 +1106,26 @@ impl Shared {
     ) -> Result<Value, OAuthError> {
         let mut jti = [0u8; 16];
         aws_lc_rs::rand::fill(&mut jti).map_err(|_| OAuthError::server_error("no randomness for a jti"))?;
-        let now = unix_now();
         let mut st = lock(&self.state);
+        let fault = st.fault;
+        // The provider's clock, which a ClockSkew fault moves.
+        let now = match fault {
+            Fault::ClockSkew(secs) => unix_now().saturating_add_signed(secs),
+            _ => unix_now(),
+        };
         let lifetime = st.token_lifetime.as_secs();
         let mut claims = Map::new();
-        claims.insert("iss".into(), Value::String(self.issuer.clone()));
+        let iss = if fault == Fault::WrongIssuer {
+            WRONG_ISSUER.to_string()
+        } else {
+            self.issuer.clone()
+        };
+        claims.insert("iss".into(), Value::String(iss));
         claims.insert("sub".into(), Value::String(sub));
         match aud.len() {
+            _ if fault == Fault::WrongAudience => {
+                claims.insert("aud".into(), Value::String(WRONG_AUDIENCE.to_string()));
+            }
             0 => {}
             1 => {
                 claims.insert("aud".into(), Value::String(aud[0].clone()));
@@ -1071,7 +1140,9 @@ impl Shared {
         claims.insert("client_id".into(), Value::String(client.client_id.clone()));
         claims.insert("iat".into(), Value::from(now));
         claims.insert("nbf".into(), Value::from(now));
-        claims.insert("exp".into(), Value::from(now + lifetime));
+        if fault != Fault::NoExpiry {
+            claims.insert("exp".into(), Value::from(now + lifetime));
+        }
         claims.insert("jti".into(), Value::String(URL_SAFE_NO_PAD.encode(jti)));
         if let Some(act) = act {
             claims.insert("act".into(), act);
@@ -1080,9 +1151,21 @@ impl Shared {
             .keys
             .last()
             .ok_or_else(|| OAuthError::server_error("the provider has no signing key"))?;
-        let token = key
+        let mut token = key
             .sign_typed("at+jwt", &claims)
             .map_err(|e| OAuthError::server_error(format!("could not sign the access token: {e}")))?;
+        if fault == Fault::BadSignature {
+            // Same header and signature, other payload: the signature no longer verifies.
+            let mut forged = claims.clone();
+            forged.insert("sub".into(), Value::String("forged".into()));
+            let parts: Vec<&str> = token.split('.').collect();
+            token = format!(
+                "{}.{}.{}",
+                parts[0],
+                URL_SAFE_NO_PAD.encode(Value::Object(forged).to_string()),
+                parts.get(2).copied().unwrap_or_default()
+            );
+        }
         st.issued.push(Value::Object(claims));
         drop(st);
 
@@ -1093,6 +1176,11 @@ impl Shared {
             &self.counters.client_credentials
         });
         let mut resp = json!({"access_token": token, "token_type": "Bearer", "expires_in": lifetime});
+        if fault == Fault::NoExpiry
+            && let Some(obj) = resp.as_object_mut()
+        {
+            obj.remove("expires_in");
+        }
         if let Some(issued_type) = exchange {
             resp["issued_token_type"] = Value::String(issued_type.to_string());
         }

@@ -395,7 +395,7 @@ impl ProviderClient {
             }
             ClientAuth::None => form.push(("client_id", s.client_id.clone())),
         }
-        let body = Zeroizing::new(
+        let mut body = Zeroizing::new(
             url::form_urlencoded::Serializer::new(String::new())
                 .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
                 .finish(),
@@ -406,7 +406,7 @@ impl ProviderClient {
         let sent = SystemTime::now();
         let resp = builder
             .header("Content-Type", "application/x-www-form-urlencoded")
-            .body(body.to_string())
+            .body(std::mem::take(&mut *body))
             .send()
             .await
             .map_err(|e| self.transport_error("the token request", &meta.token_endpoint, &e))?;
@@ -590,6 +590,8 @@ impl ProviderClient {
         validation.set_issuer(&[issuer]);
         validation.validate_aud = false;
         validation.leeway = CLOCK_LEEWAY.as_secs();
+        // A token that is not valid yet would be refused by the services it is for.
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "iss"]);
         let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind as K;
@@ -657,8 +659,14 @@ impl KeySet {
         who: &str,
     ) -> Result<DecodingKey, ProviderError> {
         let mut jwks = self.inner.lock().await;
-        let recent = jwks.fetched.is_some_and(|t| t.elapsed() < JWKS_REFETCH_INTERVAL);
-        if find_key(&jwks.keys, kid, alg).is_none() && !recent {
+        if find_key(&jwks.keys, kid, alg).is_none() {
+            // An unknown kid means a rotation (or a forgery): fetch again, but at most once per
+            // interval; a rotation right after a fetch waits out the rest of it.
+            if let Some(since) = jwks.fetched.map(|t| t.elapsed())
+                && since < JWKS_REFETCH_INTERVAL
+            {
+                tokio::time::sleep(JWKS_REFETCH_INTERVAL - since).await;
+            }
             jwks.keys = fetch_jwks(http, url, who).await?;
             jwks.fetched = Some(Instant::now());
         }
