@@ -17,7 +17,7 @@ use crate::config::{AuditFailure, Config, FileStamp, SecretFile, SubjectSource};
 use crate::error::{ApiError, ErrorKind, ProviderError};
 use crate::policy::{self, Ask};
 use crate::provider::{PresentedToken, ProviderClient, Providers};
-use crate::token::{Secret, rfc3339};
+use crate::token::Secret;
 
 /// One configuration and the provider clients made for it.
 pub struct State {
@@ -68,7 +68,7 @@ struct IssuedEvent<'a> {
     audience: &'a str,
     scope: &'a str,
     source: &'static str,
-    token: crate::token::TokenAuditView<'a>,
+    token: &'a serde_json::value::RawValue,
     agent: bool,
     actor: Option<PartyView<'a>>,
     subject: Option<PartyView<'a>>,
@@ -81,19 +81,6 @@ struct PartyView<'a> {
     iss: Option<&'a str>,
     sub: Option<&'a str>,
     fingerprint: Option<&'a str>,
-}
-
-/// The 200 body of `/v1/token`.
-#[derive(Serialize)]
-pub struct TokenResponse<'a> {
-    pub access_token: &'a str,
-    pub token_type: &'static str,
-    pub issued_token_type: &'a str,
-    pub expires_in: u64,
-    pub expires_at: String,
-    pub identity: &'a str,
-    pub audience: &'a str,
-    pub scope: &'a str,
 }
 
 /// Credential files, re-read when their content changes (inode, size, mtime, ctime), so the
@@ -668,7 +655,7 @@ impl Agent {
             audience: &grant.audience,
             scope: &scope_str,
             source: source.as_str(),
-            token: token.audit_ref(),
+            token: token.audit_json(),
             agent: grant.role.agent,
             actor: token.claims.as_ref().and_then(|c| c.act.as_ref()).map(|act| PartyView {
                 iss: None,
@@ -692,17 +679,26 @@ impl Agent {
                 ));
             }
         }
-        let body = TokenResponse {
-            access_token: token.access_token.expose(),
-            token_type: "Bearer",
-            issued_token_type: &token.issued_token_type,
-            expires_in: token.remaining(now).as_secs(),
-            expires_at: rfc3339(token.expires_at_system),
-            identity: &identity.name,
-            audience: &grant.audience,
-            scope: &scope_str,
-        };
-        serde_json::to_vec(&body).map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))
+        // {"access_token":…,"token_type":"Bearer","issued_token_type":…,"expires_at":…, then the
+        // per-request members; the token's part is rendered once per token.
+        let fields = token.response_fields();
+        let mut body = Vec::with_capacity(fields.len() + scope_str.len() + grant.audience.len() + 96);
+        body.push(b'{');
+        body.extend_from_slice(fields.as_bytes());
+        body.extend_from_slice(b",\"expires_in\":");
+        body.extend_from_slice(token.remaining(now).as_secs().to_string().as_bytes());
+        for (key, value) in [
+            ("identity", identity.name.as_str()),
+            ("audience", &grant.audience),
+            ("scope", &scope_str),
+        ] {
+            body.extend_from_slice(b",\"");
+            body.extend_from_slice(key.as_bytes());
+            body.extend_from_slice(b"\":");
+            serde_json::to_writer(&mut body, value).map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
+        }
+        body.push(b'}');
+        Ok(body)
     }
 }
 

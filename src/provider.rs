@@ -30,12 +30,13 @@ pub struct Metadata {
     pub auth_methods: Option<Vec<String>>,
 }
 
+/// The members of a discovery document the agent uses; others are ignored.
 #[derive(Debug, Deserialize)]
-struct Discovery {
-    issuer: String,
-    token_endpoint: Option<String>,
-    jwks_uri: Option<String>,
-    token_endpoint_auth_methods_supported: Option<Vec<String>>,
+pub struct Discovery {
+    pub issuer: String,
+    pub token_endpoint: Option<String>,
+    pub jwks_uri: Option<String>,
+    pub token_endpoint_auth_methods_supported: Option<Vec<String>>,
 }
 
 /// Reachability as the agent last saw it.
@@ -76,6 +77,52 @@ struct TokenResponse {
     issued_token_type: Option<String>,
     expires_in: Option<serde_json::Value>,
     scope: Option<String>,
+}
+
+/// A successful token endpoint answer, checked for what the agent needs.
+#[derive(Debug)]
+pub struct TokenAnswer {
+    pub access_token: Secret,
+    pub issued_token_type: Option<String>,
+    pub expires_in: Option<Duration>,
+    pub scope: Option<String>,
+}
+
+/// Parses a 200 answer of a token endpoint (RFC 6749 section 5.1 / RFC 8693 section 2.2.1),
+/// tolerating what real providers do: extra members, `token_type` in any case, `expires_in` as
+/// a string or missing. The error completes "provider X …".
+pub fn parse_token_answer(body: &[u8]) -> Result<TokenAnswer, String> {
+    let r: TokenResponse =
+        serde_json::from_slice(body).map_err(|e| format!("answered the token request with unusable JSON: {e}"))?;
+    let access_token = Secret::new(
+        r.access_token
+            .filter(|t| !t.is_empty())
+            .ok_or("answered 200 without an access_token")?,
+    );
+    let token_type = r.token_type.unwrap_or_default();
+    if !token_type.eq_ignore_ascii_case("bearer") && !token_type.eq_ignore_ascii_case("n_a") {
+        return Err(format!(
+            "issued a token of type {token_type:?}; only Bearer tokens can be served"
+        ));
+    }
+    let expires_in = match r.expires_in {
+        Some(serde_json::Value::Number(n)) => n.as_f64(),
+        Some(serde_json::Value::String(s)) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    }
+    .filter(|v| v.is_finite() && *v >= 1.0 && *v < 1e10)
+    .map(Duration::from_secs_f64);
+    Ok(TokenAnswer {
+        access_token,
+        issued_token_type: r.issued_token_type,
+        expires_in,
+        scope: r.scope,
+    })
+}
+
+/// Parses a discovery document (OpenID Connect Discovery 1.0 section 4.2).
+pub fn parse_discovery(body: &[u8]) -> Result<Discovery, String> {
+    serde_json::from_slice(body).map_err(|e| format!("not usable JSON: {e}"))
 }
 
 #[derive(Deserialize)]
@@ -284,11 +331,8 @@ impl ProviderClient {
             .bytes()
             .await
             .map_err(|e| self.transport_error("discovery", &url, &e))?;
-        let d: Discovery = serde_json::from_slice(&body).map_err(|e| {
-            ProviderError::bad_response(format!(
-                "provider {:?}: discovery document at {url} is not usable JSON: {e}",
-                s.name
-            ))
+        let d = parse_discovery(&body).map_err(|e| {
+            ProviderError::bad_response(format!("provider {:?}: discovery document at {url}: {e}", s.name))
         })?;
         if d.issuer.trim_end_matches('/') != s.issuer.trim_end_matches('/') {
             return Err(ProviderError::bad_response(format!(
@@ -424,13 +468,9 @@ impl ProviderClient {
         if !status.is_success() {
             return Err(self.error_response(status.as_u16(), &bytes, retry_after, req));
         }
-        let parsed: TokenResponse = serde_json::from_slice(&bytes).map_err(|e| {
-            ProviderError::bad_response(format!(
-                "provider {:?} answered the token request with unusable JSON: {e}",
-                s.name
-            ))
-        })?;
-        self.accept(parsed, req, &meta, sent).await
+        let answer = parse_token_answer(&bytes)
+            .map_err(|e| ProviderError::bad_response(format!("provider {:?} {e}", s.name)))?;
+        self.accept(answer, req, &meta, sent).await
     }
 
     fn error_response(
@@ -499,30 +539,18 @@ impl ProviderClient {
 
     async fn accept(
         &self,
-        r: TokenResponse,
+        r: TokenAnswer,
         req: &ExchangeRequest<'_>,
         meta: &Metadata,
         sent: SystemTime,
     ) -> Result<IssuedToken, ProviderError> {
         let s = &self.settings;
-        let access_token = Secret::new(r.access_token.filter(|t| !t.is_empty()).ok_or_else(|| {
-            ProviderError::bad_response(format!("provider {:?} answered 200 without an access_token", s.name))
-        })?);
-        let token_type = r.token_type.unwrap_or_default();
-        if !token_type.eq_ignore_ascii_case("bearer") && !token_type.eq_ignore_ascii_case("n_a") {
-            return Err(ProviderError::bad_response(format!(
-                "provider {:?} issued a token of type {token_type:?}; only Bearer tokens can be served",
-                s.name
-            )));
-        }
-        let expires_in = match r.expires_in {
-            Some(serde_json::Value::Number(n)) => n.as_f64(),
-            Some(serde_json::Value::String(s)) => s.trim().parse::<f64>().ok(),
-            _ => None,
-        }
-        .filter(|v| v.is_finite() && *v > 0.0)
-        .map(Duration::from_secs_f64);
-
+        let TokenAnswer {
+            access_token,
+            issued_token_type,
+            expires_in,
+            scope,
+        } = r;
         let claims = if looks_like_jwt(access_token.expose()) {
             if s.verify_tokens {
                 Some(self.verify(access_token.expose(), req.audience, &meta.issuer).await?)
@@ -559,10 +587,8 @@ impl ProviderClient {
         }
         Ok(IssuedToken::new(
             access_token,
-            r.issued_token_type
-                .unwrap_or_else(|| crate::config::TOKEN_TYPE_ACCESS_TOKEN.to_string()),
-            r.scope
-                .unwrap_or_else(|| req.scopes.iter().cloned().collect::<Vec<_>>().join(" ")),
+            issued_token_type.unwrap_or_else(|| crate::config::TOKEN_TYPE_ACCESS_TOKEN.to_string()),
+            scope.unwrap_or_else(|| req.scopes.iter().cloned().collect::<Vec<_>>().join(" ")),
             lifetime,
             claims,
         ))
@@ -863,7 +889,8 @@ mod tests {
             jwks_uri: None,
             auth_methods: None,
         };
-        let parsed: TokenResponse = serde_json::from_slice(body.to_string().as_bytes()).unwrap();
+        let parsed = parse_token_answer(body.to_string().as_bytes())
+            .map_err(|e| ProviderError::bad_response(format!("provider \"corp\" {e}")))?;
         c.accept(parsed, &req, &meta, SystemTime::now()).await
     }
 
@@ -908,6 +935,24 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.message.contains("neither expires_in nor exp"), "{}", e.message);
+    }
+
+    #[test]
+    fn token_answers_need_a_token_and_a_sane_lifetime() {
+        assert!(
+            parse_token_answer(br#"{"token_type":"Bearer"}"#)
+                .unwrap_err()
+                .contains("without an access_token")
+        );
+        assert!(parse_token_answer(br#"{"access_token":"","token_type":"Bearer"}"#).is_err());
+        assert!(parse_token_answer(b"[1,2]").unwrap_err().contains("unusable JSON"));
+        // A lifetime under a second, negative or absurd is no lifetime: exp must then say.
+        for e in ["1e-12", "-5", "1e300", "\"soon\""] {
+            let body = format!(r#"{{"access_token":"t","token_type":"Bearer","expires_in":{e}}}"#);
+            assert_eq!(parse_token_answer(body.as_bytes()).unwrap().expires_in, None, "{e}");
+        }
+        let a = parse_token_answer(br#"{"access_token":"t","token_type":"bearer","expires_in":300}"#).unwrap();
+        assert_eq!(a.expires_in, Some(Duration::from_secs(300)));
     }
 
     #[test]

@@ -108,6 +108,16 @@ pub struct IssuedToken {
     pub expires_at_system: SystemTime,
     pub claims: Option<TokenClaims>,
     pub fingerprint: String,
+    /// JSON fragments rendered once per token, not once per request.
+    rendered: std::sync::OnceLock<Rendered>,
+}
+
+/// The parts of every response and audit line that depend only on the token.
+struct Rendered {
+    /// `"access_token":"…","token_type":"Bearer","issued_token_type":"…","expires_at":"…"`
+    response: zeroize::Zeroizing<String>,
+    /// The `token` object of audit lines.
+    audit: Box<serde_json::value::RawValue>,
 }
 
 impl std::fmt::Debug for IssuedToken {
@@ -140,6 +150,7 @@ impl IssuedToken {
             expires_at_system: SystemTime::now() + lifetime,
             claims,
             fingerprint,
+            rendered: std::sync::OnceLock::new(),
         }
     }
 
@@ -169,9 +180,44 @@ impl IssuedToken {
         }
     }
 
+    fn rendered(&self) -> &Rendered {
+        self.rendered.get_or_init(|| {
+            let mut response = zeroize::Zeroizing::new(String::with_capacity(self.access_token.expose().len() + 160));
+            response.push_str("\"access_token\":");
+            push_json_str(&mut response, self.access_token.expose());
+            response.push_str(",\"token_type\":\"Bearer\",\"issued_token_type\":");
+            push_json_str(&mut response, &self.issued_token_type);
+            response.push_str(",\"expires_at\":");
+            push_json_str(&mut response, &rfc3339(self.expires_at_system));
+            let audit = serde_json::to_string(&self.audit_ref())
+                .ok()
+                .and_then(|s| serde_json::value::RawValue::from_string(s).ok())
+                .unwrap_or_else(|| serde_json::value::RawValue::from_string("null".into()).unwrap_or_default());
+            Rendered { response, audit }
+        })
+    }
+
+    /// The `/v1/token` answer's fields that depend only on the token, as JSON object members.
+    pub fn response_fields(&self) -> &str {
+        &self.rendered().response
+    }
+
+    /// The `token` object of audit lines, rendered once.
+    pub fn audit_json(&self) -> &serde_json::value::RawValue {
+        &self.rendered().audit
+    }
+
     /// [`audit_ref`](Self::audit_ref) as a JSON value.
     pub fn audit_view(&self) -> serde_json::Value {
         serde_json::to_value(self.audit_ref()).unwrap_or_default()
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn push_json_str(out: &mut String, s: &str) {
+    // serde_json's escaping is exact; writing into a String cannot fail.
+    if let Ok(quoted) = serde_json::to_string(s) {
+        out.push_str(&quoted);
     }
 }
 
