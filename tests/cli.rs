@@ -246,14 +246,27 @@ async fn cortexid_dev_runs_a_provider_and_an_agent_and_its_printed_commands_work
     assert!(text.contains("never for production"), "{text}");
     let config = dir.path().canonicalize().unwrap().join("cortexid.toml");
     assert!(text.contains(&config.display().to_string()), "{text}");
-    let token_cmd = printed.iter().find(|l| l.trim_start().contains(" token --socket")).expect("a token command").trim().to_string();
+    let token_cmd = printed
+        .iter()
+        .find(|l| l.trim_start().contains(" token --socket"))
+        .expect("a token command")
+        .trim()
+        .to_string();
     let args: Vec<&str> = token_cmd.split_whitespace().collect();
-    let out = tokio::process::Command::new(args[0]).args(&args[1..]).output().await.unwrap();
+    let out = tokio::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .await
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let token = String::from_utf8(out.stdout).unwrap();
     assert_eq!(claims(token.trim())["scope"], "payments.read");
     // The generated config is valid on its own.
-    let check = cortexid().args(["check-config", "--config"]).arg(&config).output().unwrap();
+    let check = cortexid()
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
     child.kill().await.unwrap();
 }
