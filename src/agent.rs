@@ -722,11 +722,11 @@ fn check_actor(token: &crate::token::IssuedToken, spec: &Spec, provider: &str) -
 
 /// A provider's `invalid_grant` about a credential the caller presented is the caller's fault.
 fn refusal_of_presented(e: ApiError, caller_presented: bool) -> ApiError {
-    if caller_presented
-        && e.kind == ErrorKind::UpstreamError
-        && e.description.contains("refused the subject credential")
-    {
-        ApiError::access_denied(e.description)
+    if caller_presented && e.provider_error.as_deref() == Some("invalid_grant") {
+        ApiError {
+            kind: ErrorKind::AccessDenied,
+            ..e
+        }
     } else {
         e
     }
@@ -810,10 +810,7 @@ mod tests {
 
     #[test]
     fn provider_refusals_of_presented_credentials_are_the_callers() {
-        let e = ApiError::new(
-            ErrorKind::UpstreamError,
-            "provider \"corp\" refused the subject credential of identity \"x\"",
-        );
+        let e = ProviderError::rejected("invalid_grant", "provider \"corp\" refused the subject credential").to_api();
         assert_eq!(refusal_of_presented(e.clone(), true).kind, ErrorKind::AccessDenied);
         assert_eq!(refusal_of_presented(e, false).kind, ErrorKind::UpstreamError);
     }

@@ -87,6 +87,8 @@ pub struct ApiError {
     pub description: String,
     /// Seconds the caller should wait before retrying (429, 503).
     pub retry_after: Option<u64>,
+    /// The provider's RFC 6749 error code, when the provider refused.
+    pub provider_error: Option<String>,
 }
 
 impl ApiError {
@@ -95,6 +97,7 @@ impl ApiError {
             kind,
             description: description.into(),
             retry_after: None,
+            provider_error: None,
         }
     }
     pub fn invalid_request(d: impl Into<String>) -> Self {
@@ -225,6 +228,7 @@ impl ProviderError {
             ProviderErrorKind::Local => ErrorKind::Internal,
         };
         let mut e = ApiError::new(kind, self.message.clone());
+        e.provider_error = self.provider_code().map(str::to_string);
         if let Some(ra) = self.retry_after {
             e.retry_after = Some(ra.as_secs().max(1));
         }
