@@ -98,10 +98,13 @@ async fn short_lived_tokens_are_renewed_in_the_background_and_never_handed_out_t
         seen.len()
     );
     let c = h.idp.counters();
-    assert_eq!(
-        c.exchanges as usize,
-        seen.len(),
-        "every exchange produced a served token: no wasted renewals"
+    // Every exchange produced a served token (no wasted renewals); one renewal may land after
+    // the last request.
+    let exchanges = c.exchanges as usize;
+    assert!(
+        exchanges == seen.len() || exchanges == seen.len() + 1,
+        "{exchanges} exchanges for {} tokens served",
+        seen.len()
     );
     let renewals = h
         .audit_lines()

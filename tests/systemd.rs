@@ -262,7 +262,12 @@ async fn a_token_file_is_written_whole_with_its_mode_and_owner_and_follows_renew
     let (_, health) = h.get("/v1/health").await;
     assert_eq!(health["sinks"][0]["state"], "ok", "{health}");
     let written = h.audit_lines().into_iter().filter(|l| l["source"] == "sink").count();
-    assert_eq!(written, seen.len(), "every write is audited");
+    // Every write is audited; one more renewal may have been written after the reader stopped.
+    assert!(
+        written == seen.len() || written == seen.len() + 1,
+        "{written} audited writes, {} tokens read",
+        seen.len()
+    );
 }
 
 #[tokio::test]
