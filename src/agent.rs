@@ -262,10 +262,6 @@ impl Agent {
         &self.cancel
     }
 
-    pub fn audit_event(&self, event: &str, fields: serde_json::Value) -> std::io::Result<()> {
-        self.shared.audit().write(event, fields)
-    }
-
     pub fn audit_best_effort(&self, event: &str, fields: serde_json::Value) {
         self.shared.audit_best_effort(event, fields)
     }

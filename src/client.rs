@@ -16,10 +16,10 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyperlocal::UnixConnector;
 
 /// Where the agent listens when neither `--socket` nor `CORTEXID_SOCKET` says otherwise.
-pub const DEFAULT_SOCKET: &str = "/run/cortexid/agent.sock";
+pub use crate::config::DEFAULT_SOCKET;
 
 /// The token type of a JWT credential presented to `/v1/token` (RFC 8693 section 3).
-pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub use crate::config::TOKEN_TYPE_JWT;
 
 /// The socket path when none is given.
 pub fn default_socket_path() -> PathBuf {

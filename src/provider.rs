@@ -14,8 +14,8 @@ use crate::config::{ClientAuth, Grant, IdentitySettings, ProviderSettings, Targe
 use crate::error::{ProviderError, ProviderErrorKind};
 use crate::token::{IssuedToken, Secret, TokenClaims};
 
-const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// Re-fetch the JWKS for an unknown `kid` at most this often.
 const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(1);
 /// Leeway for `exp`/`nbf`/`iat` checks against this host's clock.
@@ -731,7 +731,8 @@ async fn fetch_jwks(
     parse_jwks(&body).map_err(|e| ProviderError::bad_response(format!("{who}: JWKS at {url}: {e}")))
 }
 
-const ALLOWED_ALGS: &[Algorithm] = &[
+/// The signature algorithms accepted on JWTs (never `none` or HMAC).
+pub const ALLOWED_ALGS: &[Algorithm] = &[
     Algorithm::ES256,
     Algorithm::ES384,
     Algorithm::RS256,

@@ -330,7 +330,7 @@ pub async fn serve_metrics(listener: tokio::net::TcpListener, agent: Arc<Agent>,
 
 /// Size of the request head as received (request line and headers).
 fn head_size(req: &Request<Incoming>) -> usize {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    let line = req.method().as_str().len() + req.uri().path_and_query().map_or(1, |p| p.as_str().len()) + 12;
     line + req
         .headers()
         .iter()

@@ -17,18 +17,6 @@ use crate::provider::{KeySet, decode_unverified, http_client, looks_like_jwt};
 /// Clock leeway for presented credentials' `exp` and `nbf`.
 pub const PRESENTED_LEEWAY: Duration = Duration::from_secs(30);
 
-const ALLOWED: &[jsonwebtoken::Algorithm] = &[
-    jsonwebtoken::Algorithm::ES256,
-    jsonwebtoken::Algorithm::ES384,
-    jsonwebtoken::Algorithm::RS256,
-    jsonwebtoken::Algorithm::RS384,
-    jsonwebtoken::Algorithm::RS512,
-    jsonwebtoken::Algorithm::PS256,
-    jsonwebtoken::Algorithm::PS384,
-    jsonwebtoken::Algorithm::PS512,
-    jsonwebtoken::Algorithm::EdDSA,
-];
-
 /// Verifies presented credentials; keeps one JWKS per issuer URL and one HTTPS client per CA.
 pub struct PresentedVerifier {
     timeout: Duration,
@@ -85,7 +73,7 @@ impl PresentedVerifier {
             )));
         };
         let header = jsonwebtoken::decode_header(token).map_err(|e| refused(format!("unreadable header: {e}")))?;
-        if !ALLOWED.contains(&header.alg) {
+        if !crate::provider::ALLOWED_ALGS.contains(&header.alg) {
             return Err(refused(format!("algorithm {:?} is not accepted", header.alg)));
         }
         let http = self.client(trusted.ca_file.as_ref())?;
