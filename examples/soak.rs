@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use cortexid::client::SocketClient;
+use cortexid::cmd::client::SocketClient;
 use cortexid::devidp::{DevClient, DevClientAuth, DevIdp, DevIdpConfig};
 
 const CLIENT_ID: &str = "soak-node";
@@ -160,7 +160,7 @@ identities = ["payments", "batch"]
     let config_path = d.join("cortexid.toml");
     std::fs::write(&config_path, config).expect("write config");
     let config = cortexid::agent::load_config(&config_path).unwrap_or_else(|e| panic!("{e}"));
-    let agent = cortexid::daemon::start(config, cortexid::systemd::Notifier::disabled())
+    let agent = cortexid::run::daemon::start(config, cortexid::run::systemd::Notifier::disabled())
         .await
         .expect("start the agent");
     let client = SocketClient::new(d.join("agent.sock"));

@@ -4,8 +4,11 @@
 //! tokens (RFC 8693 token exchange or client credentials) and serves them over a Unix socket to
 //! the local callers its roles allow, renewing them before they expire and auditing every token.
 //!
-//! Data flows one way: request ([`server`]) → caller ([`caller`]) → policy ([`policy`]) →
-//! cache ([`cache`]) → provider ([`provider`]) → cache → audit ([`audit`]) → response.
+//! Data flows one way, and the folders follow it: request ([`api`]) → caller ([`api::caller`]) →
+//! policy ([`policy`]) → the request path ([`agent`]) → cache ([`cache`]) → provider
+//! ([`upstream`]) → cache → audit ([`output`]) → response. Around it: configuration ([`config`]),
+//! the daemon's lifecycle ([`run`]), the command line ([`cmd`]) and the development provider
+//! ([`devidp`]). `docs/ARCHITECTURE.md` walks a request through them.
 
 // Unsafe code is denied everywhere; the one exception (adopting the socket systemd passes as fd 3)
 // is allowed on that function alone, with its reasons.
@@ -13,25 +16,14 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod agent;
-pub mod audit;
+pub mod api;
 pub mod cache;
-pub mod caller;
-pub mod cli;
-pub mod client;
+pub mod cmd;
 pub mod config;
-pub mod daemon;
-pub mod dev;
 pub mod devidp;
-pub mod doctor;
 pub mod error;
-pub mod keys;
-pub mod logging;
-pub mod metrics;
+pub mod output;
 pub mod policy;
-pub mod provider;
-pub mod ratelimit;
-pub mod server;
-pub mod sink;
-pub mod systemd;
+pub mod run;
 pub mod token;
-pub mod trust;
+pub mod upstream;

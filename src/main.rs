@@ -4,7 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use cortexid::{cli, config, daemon, dev, doctor, keys, systemd};
+use cortexid::cmd::{cli, dev, doctor};
+use cortexid::config;
+use cortexid::run::{daemon, systemd};
+use cortexid::upstream::keys;
 
 #[derive(Parser)]
 #[command(

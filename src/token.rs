@@ -44,7 +44,7 @@ impl std::fmt::Debug for Secret {
 
 /// First 16 hex digits of the SHA-256 of a token: how audit lines and logs name it.
 pub fn fingerprint(data: &[u8]) -> String {
-    crate::keys::sha256_hex_prefix(data, 16)
+    crate::upstream::keys::sha256_hex_prefix(data, 16)
 }
 
 /// The claims of an issued JWT that the agent reports and checks.

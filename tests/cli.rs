@@ -154,7 +154,7 @@ async fn private_key_jwt_works_with_a_key_from_keygen_and_cortexid_token_prints_
     let sa = idp.mint(serde_json::json!({"sub": "system:serviceaccount:prod:payments", "iat": now, "exp": now + 3600}));
     write_secret(&cfg_dir.path().join("payments-sa.jwt"), &sa);
     let config = cortexid::agent::load_config(&config_path).unwrap();
-    let running = cortexid::daemon::start(config, cortexid::systemd::Notifier::disabled())
+    let running = cortexid::run::daemon::start(config, cortexid::run::systemd::Notifier::disabled())
         .await
         .unwrap();
 

@@ -91,7 +91,7 @@ async fn the_agent_process_is_not_dumpable() {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let mut child = cmd.spawn().unwrap();
-    let client = cortexid::client::SocketClient::new(d.join("agent.sock"));
+    let client = cortexid::cmd::client::SocketClient::new(d.join("agent.sock"));
     let mut up = false;
     for _ in 0..200 {
         if client.get("/v1/health").await.is_ok() {

@@ -17,9 +17,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use cortexid::client::SocketClient;
-use cortexid::daemon::RunningAgent;
-use cortexid::keys::{KeyAlg, SigningKey};
+use cortexid::cmd::client::SocketClient;
+use cortexid::run::daemon::RunningAgent;
+use cortexid::upstream::keys::{KeyAlg, SigningKey};
 use tokio::io::AsyncBufReadExt;
 
 const SUBJECT_ISSUER: &str = "https://sa-issuer.interop.test";
@@ -234,9 +234,9 @@ identities = [{ids}, "delegated"]
         ));
         let config_path = d.join("cortexid.toml");
         std::fs::write(&config_path, config).unwrap();
-        let agent = cortexid::daemon::start(
+        let agent = cortexid::run::daemon::start(
             cortexid::agent::load_config(&config_path).unwrap(),
-            cortexid::systemd::Notifier::disabled(),
+            cortexid::run::systemd::Notifier::disabled(),
         )
         .await
         .unwrap();

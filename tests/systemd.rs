@@ -119,7 +119,7 @@ async fn under_socket_activation_the_passed_socket_is_served_and_kept() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let client = cortexid::client::SocketClient::new(&passed);
+    let client = cortexid::cmd::client::SocketClient::new(&passed);
     let r = client.get(&token_path("payments", PAYMENTS, "")).await.unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(

@@ -7,9 +7,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cortexid::client::SocketClient;
-use cortexid::daemon::RunningAgent;
+use cortexid::cmd::client::SocketClient;
 use cortexid::devidp::{DevClient, DevClientAuth, DevIdp, DevIdpConfig};
+use cortexid::run::daemon::RunningAgent;
 
 pub const CLIENT_ID: &str = "node-17";
 pub const SECRET: &str = "correct horse battery staple";
@@ -176,7 +176,7 @@ identities = ["payments", "batch"]
     pub async fn start(&mut self) {
         let config = cortexid::agent::load_config(&self.config_path).unwrap();
         self.agent = Some(
-            cortexid::daemon::start(config, cortexid::systemd::Notifier::disabled())
+            cortexid::run::daemon::start(config, cortexid::run::systemd::Notifier::disabled())
                 .await
                 .unwrap(),
         );

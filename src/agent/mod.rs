@@ -10,14 +10,14 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::Audit;
+use crate::api::caller::Caller;
 use crate::cache::{Cache, Credential, ExchangeFuture, Exchanger, FetchReason, RefreshSettings, Spec};
-use crate::caller::Caller;
 use crate::config::{AuditFailure, Config, FileStamp, SecretFile, SubjectSource};
 use crate::error::{ApiError, ErrorKind, ProviderError};
+use crate::output::audit::Audit;
 use crate::policy::{self, Ask};
-use crate::provider::{PresentedToken, ProviderClient, Providers};
 use crate::token::Secret;
+use crate::upstream::provider::{PresentedToken, ProviderClient, Providers};
 
 /// One configuration and the provider clients made for it.
 pub struct State {
@@ -29,7 +29,7 @@ pub struct State {
 struct Shared {
     state: RwLock<Arc<State>>,
     audit: RwLock<Arc<Audit>>,
-    metrics: crate::metrics::Metrics,
+    metrics: crate::output::metrics::Metrics,
 }
 
 impl Shared {
@@ -113,9 +113,9 @@ pub struct Agent {
     shared: Arc<Shared>,
     cache: Arc<Cache>,
     creds: CredentialFiles,
-    presented: crate::trust::PresentedVerifier,
-    limiter: crate::ratelimit::RateLimiter,
-    sinks: RwLock<std::collections::BTreeMap<PathBuf, crate::sink::SinkStatus>>,
+    presented: crate::policy::trust::PresentedVerifier,
+    limiter: crate::policy::ratelimit::RateLimiter,
+    sinks: RwLock<std::collections::BTreeMap<PathBuf, crate::output::sink::SinkStatus>>,
     cancel: CancellationToken,
     ready: std::sync::atomic::AtomicBool,
 }
@@ -168,7 +168,7 @@ impl Exchanger for AgentExchanger {
                     }
                 }
             }
-            let req = crate::provider::ExchangeRequest {
+            let req = crate::upstream::provider::ExchangeRequest {
                 identity: &spec.identity,
                 audience: &spec.audience,
                 scopes: &spec.scopes,
@@ -228,7 +228,7 @@ impl Agent {
             })),
             audit: RwLock::new(audit),
         });
-        let presented = crate::trust::PresentedVerifier::new(shared.state().config.agent.upstream_timeout);
+        let presented = crate::policy::trust::PresentedVerifier::new(shared.state().config.agent.upstream_timeout);
         let cache = Cache::new(
             settings,
             Arc::new(AgentExchanger { shared: shared.clone() }),
@@ -352,7 +352,7 @@ impl Agent {
         } else {
             "ok"
         };
-        let sinks: Vec<crate::sink::SinkStatus> = self
+        let sinks: Vec<crate::output::sink::SinkStatus> = self
             .sinks
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -368,7 +368,7 @@ impl Agent {
         (if ready { 200 } else { 503 }, body)
     }
 
-    pub fn metrics(&self) -> &crate::metrics::Metrics {
+    pub fn metrics(&self) -> &crate::output::metrics::Metrics {
         &self.shared.metrics
     }
 
@@ -383,7 +383,7 @@ impl Agent {
             .collect();
         providers_up.sort();
         let c = &self.cache.counters;
-        self.shared.metrics.render(&crate::metrics::Gauges {
+        self.shared.metrics.render(&crate::output::metrics::Gauges {
             cache_entries: self.cache.len(),
             cache_hits: c.hits.load(Relaxed),
             cache_misses: c.misses.load(Relaxed),
@@ -451,7 +451,7 @@ impl Agent {
         let mut sinks = self.sinks.write().unwrap_or_else(|p| p.into_inner());
         let entry = sinks
             .entry(sink.path.clone())
-            .or_insert_with(|| crate::sink::SinkStatus {
+            .or_insert_with(|| crate::output::sink::SinkStatus {
                 path: sink.path.clone(),
                 identity: sink.identity.clone(),
                 audience: sink.audience.clone(),
@@ -462,7 +462,7 @@ impl Agent {
         entry.state = state;
         if fingerprint.is_some() {
             entry.fingerprint = fingerprint;
-            entry.written_at = Some(crate::sink::now_rfc3339());
+            entry.written_at = Some(crate::output::sink::now_rfc3339());
         }
     }
 
@@ -704,7 +704,7 @@ fn check_actor(token: &crate::token::IssuedToken, spec: &Spec, provider: &str) -
     let (Some(actor), Some(claims)) = (spec.actor.token(), token.claims.as_ref()) else {
         return Ok(());
     };
-    let expected = crate::provider::decode_unverified(actor.token.expose()).and_then(|c| c.sub);
+    let expected = crate::upstream::provider::decode_unverified(actor.token.expose()).and_then(|c| c.sub);
     let named = claims.act.as_ref().and_then(|a| a.get("sub")).and_then(|s| s.as_str());
     match (expected.as_deref(), named) {
         (Some(e), Some(n)) if e == n => Ok(()),

@@ -140,7 +140,7 @@ identities = ["payments", "batch"]
 }
 
 /// `cortexid dev [--dir DIR]`. Returns the exit code.
-pub async fn run(dir: Option<PathBuf>, uids: Vec<u32>, notifier: crate::systemd::Notifier) -> i32 {
+pub async fn run(dir: Option<PathBuf>, uids: Vec<u32>, notifier: crate::run::systemd::Notifier) -> i32 {
     let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("cortexid-dev-{}", random_hex(8))));
     let setup = match setup(&dir, &uids).await {
         Ok(s) => s,
@@ -156,8 +156,8 @@ pub async fn run(dir: Option<PathBuf>, uids: Vec<u32>, notifier: crate::systemd:
             return 1;
         }
     };
-    crate::logging::init(config.agent.log_format, crate::logging::stderr_is_journal());
-    let running = match crate::daemon::start(config, notifier).await {
+    crate::run::logging::init(config.agent.log_format, crate::run::logging::stderr_is_journal());
+    let running = match crate::run::daemon::start(config, notifier).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cortexid dev: cannot start the agent: {e}");

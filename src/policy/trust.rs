@@ -12,7 +12,7 @@ use jsonwebtoken::Validation;
 
 use crate::config::TrustedIssuer;
 use crate::error::{ApiError, ErrorKind, ProviderErrorKind};
-use crate::provider::{KeySet, decode_unverified, http_client, looks_like_jwt};
+use crate::upstream::provider::{KeySet, decode_unverified, http_client, looks_like_jwt};
 
 /// Clock leeway for presented credentials' `exp` and `nbf`.
 pub const PRESENTED_LEEWAY: Duration = Duration::from_secs(30);
@@ -73,7 +73,7 @@ impl PresentedVerifier {
             )));
         };
         let header = jsonwebtoken::decode_header(token).map_err(|e| refused(format!("unreadable header: {e}")))?;
-        if !crate::provider::ALLOWED_ALGS.contains(&header.alg) {
+        if !crate::upstream::provider::ALLOWED_ALGS.contains(&header.alg) {
             return Err(refused(format!("algorithm {:?} is not accepted", header.alg)));
         }
         let http = self.client(trusted.ca_file.as_ref())?;

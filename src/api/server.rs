@@ -16,11 +16,11 @@ use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, TokenAsk};
-use crate::caller::{self, Caller};
+use crate::api::caller::{self, Caller};
 use crate::config::TOKEN_TYPE_JWT;
 use crate::error::{ApiError, ErrorKind};
-use crate::provider::PresentedToken;
 use crate::token::Secret;
+use crate::upstream::provider::PresentedToken;
 
 /// Largest request body (SPEC section 3: 413 above it).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -387,7 +387,7 @@ async fn handle(agent: &Agent, caller: &Caller, req: Request<Incoming>) -> Respo
             format!("no endpoint {path}; the API is /v1/token, /v1/identities, /v1/health and /metrics"),
         )),
     };
-    let endpoint = crate::metrics::endpoint_label(&path);
+    let endpoint = crate::output::metrics::endpoint_label(&path);
     match result {
         Ok(resp) => {
             agent.metrics().request(endpoint, "ok");

@@ -11,8 +11,8 @@ use base64::Engine;
 
 use crate::config::{Config, Grant, IdentitySettings, ProviderSettings, SecretFile, SubjectSource};
 use crate::error::{ProviderError, ProviderErrorKind};
-use crate::provider::{ExchangeRequest, PresentedToken, ProviderClient};
 use crate::token::Secret;
+use crate::upstream::provider::{ExchangeRequest, PresentedToken, ProviderClient};
 
 /// More than this between the provider's clock and this host's is reported as clock skew.
 const MAX_SKEW: i64 = 60;
@@ -141,7 +141,7 @@ enum Outcome {
 async fn check_provider(config: &Config, p: &ProviderSettings) -> Option<bool> {
     println!();
     println!("provider {:?} ({}, client {:?})", p.name, p.issuer, p.client_id);
-    let http = match crate::provider::http_client(p.ca_file.as_deref(), config.agent.upstream_timeout) {
+    let http = match crate::upstream::provider::http_client(p.ca_file.as_deref(), config.agent.upstream_timeout) {
         Ok(h) => h,
         Err(e) => {
             fail(
@@ -287,7 +287,7 @@ async fn check_provider(config: &Config, p: &ProviderSettings) -> Option<bool> {
         crate::config::ClientAuth::PrivateKeyJwt { key, key_id } => {
             read_check(key, "private_key_file").and_then(|()| {
                 let pem = key.read().map_err(|e| (e, "private_key_file".to_string()))?;
-                crate::keys::SigningKey::from_pem(&pem, key_id.as_deref())
+                crate::upstream::keys::SigningKey::from_pem(&pem, key_id.as_deref())
                     .map(|_| ())
                     .map_err(|e| (e.to_string(), "private_key_file".to_string()))
             })
@@ -401,7 +401,7 @@ fn read_credential(step: &str, f: &SecretFile, token_type: &str, key: &str) -> O
             return None;
         }
     };
-    if crate::provider::looks_like_jwt(token.expose()) {
+    if crate::upstream::provider::looks_like_jwt(token.expose()) {
         let Some(c) = decode_payload(token.expose()) else {
             fail(
                 step,
@@ -497,7 +497,7 @@ async fn check_identity(client: &ProviderClient, p: &ProviderSettings, id: &Iden
         "exchange",
         format!(
             "{} token for audience {audience}, lifetime {} s",
-            if crate::provider::looks_like_jwt(issued.access_token.expose()) {
+            if crate::upstream::provider::looks_like_jwt(issued.access_token.expose()) {
                 "JWT"
             } else {
                 "opaque"

@@ -414,7 +414,7 @@ impl ProviderClient {
                 let pem = key
                     .read()
                     .map_err(|e| ProviderError::local(format!("provider {:?}: private key: {e}", s.name)))?;
-                let signing = crate::keys::SigningKey::from_pem(&pem, key_id.as_deref()).map_err(|e| {
+                let signing = crate::upstream::keys::SigningKey::from_pem(&pem, key_id.as_deref()).map_err(|e| {
                     ProviderError::local(format!(
                         "provider {:?}: private key {}: {e}",
                         s.name,

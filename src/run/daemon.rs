@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, load_config};
 use crate::config::Config;
-use crate::systemd::{Notifier, monotonic_usec};
+use crate::run::systemd::{Notifier, monotonic_usec};
 
 /// A started agent: serving on its socket until [`RunningAgent::shutdown`].
 pub struct RunningAgent {
@@ -100,12 +100,12 @@ pub async fn start_with(
         ),
         None => None,
     };
-    let server = tokio::spawn(crate::server::serve(listener, agent.clone(), cancel.clone()));
+    let server = tokio::spawn(crate::api::server::serve(listener, agent.clone(), cancel.clone()));
     if let Some(l) = metrics {
-        tokio::spawn(crate::server::serve_metrics(l, agent.clone(), cancel.clone()));
+        tokio::spawn(crate::api::server::serve_metrics(l, agent.clone(), cancel.clone()));
     }
     let sinks = cancel.child_token();
-    crate::sink::spawn_all(&agent, &sinks);
+    crate::output::sink::spawn_all(&agent, &sinks);
     agent.audit_best_effort(
         "agent.started",
         serde_json::json!({"pid": std::process::id(), "version": env!("CARGO_PKG_VERSION"), "socket": socket}),
@@ -152,7 +152,7 @@ impl RunningAgent {
                         fresh.clone(),
                     );
                     old.cancel();
-                    crate::sink::spawn_all(&self.agent, &fresh);
+                    crate::output::sink::spawn_all(&self.agent, &fresh);
                     status
                 })
             }
@@ -193,7 +193,7 @@ impl RunningAgent {
 
 /// Sends `WATCHDOG=1` every half `WatchdogSec` while the socket answers `/v1/health`.
 async fn watchdog(notifier: Notifier, socket: PathBuf, interval: std::time::Duration, cancel: CancellationToken) {
-    let client = crate::client::SocketClient::new(&socket);
+    let client = crate::cmd::client::SocketClient::new(&socket);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval / 2) => {}
@@ -227,7 +227,7 @@ pub async fn run(config_path: PathBuf, notifier: Notifier, activated: Option<std
             return 64;
         }
     };
-    crate::logging::init(config.agent.log_format, crate::logging::stderr_is_journal());
+    crate::run::logging::init(config.agent.log_format, crate::run::logging::stderr_is_journal());
     let running = match start_with(config, notifier, activated).await {
         Ok(r) => r,
         Err(e) => {

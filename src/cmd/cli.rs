@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::client::{ClientError, Response, SocketClient, TOKEN_TYPE_JWT, TokenRequest, default_socket_path};
+use crate::cmd::client::{ClientError, Response, SocketClient, TOKEN_TYPE_JWT, TokenRequest, default_socket_path};
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILURE: i32 = 1;
@@ -660,7 +660,7 @@ mod tests {
 
     use clap::Parser;
 
-    use crate::client::test_agent::{Answer, Seen, serve};
+    use crate::cmd::client::test_agent::{Answer, Seen, serve};
 
     fn answer() -> serde_json::Value {
         serde_json::json!({"access_token": "eyJ.a.b", "token_type": "Bearer",
