@@ -22,6 +22,7 @@ pub mod cmd;
 pub mod config;
 pub mod devidp;
 pub mod error;
+pub mod oauth;
 pub mod output;
 pub mod policy;
 pub mod run;

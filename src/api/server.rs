@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, TokenAsk};
 use crate::api::caller::{self, Caller};
-use crate::config::TOKEN_TYPE_JWT;
 use crate::error::{ApiError, ErrorKind};
+use crate::oauth::TOKEN_TYPE_JWT;
 use crate::token::Secret;
 use crate::upstream::provider::PresentedToken;
 

@@ -19,7 +19,7 @@ use hyperlocal::UnixConnector;
 pub use crate::config::DEFAULT_SOCKET;
 
 /// The token type of a JWT credential presented to `/v1/token` (RFC 8693 section 3).
-pub use crate::config::TOKEN_TYPE_JWT;
+pub use crate::oauth::TOKEN_TYPE_JWT;
 
 /// The socket path when none is given.
 pub fn default_socket_path() -> PathBuf {

@@ -17,11 +17,10 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use crate::error::{ConfigError, ConfigProblem};
+use crate::oauth::{TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/cortexid/cortexid.toml";
 pub const DEFAULT_SOCKET: &str = "/run/cortexid/agent.sock";
-pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
-pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 // ---------------------------------------------------------------------------------------------
 // Raw configuration: exactly what the file says.

@@ -33,18 +33,10 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::upstream::keys::{self, KeyAlg, SigningKey};
 
-/// `grant_type` of RFC 8693 token exchange.
-pub use crate::upstream::provider::GRANT_TOKEN_EXCHANGE;
-/// `grant_type` of the client credentials grant.
-pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
-/// RFC 8693 token type of an access token.
-pub use crate::config::TOKEN_TYPE_ACCESS_TOKEN;
-/// RFC 8693 token type of a JWT.
-pub use crate::config::TOKEN_TYPE_JWT;
-/// RFC 8693 token type of an ID token.
-pub const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
-/// RFC 7523 `client_assertion_type`.
-pub use crate::upstream::provider::ASSERTION_TYPE as CLIENT_ASSERTION_TYPE_JWT_BEARER;
+pub use crate::oauth::{
+    CLIENT_ASSERTION_TYPE_JWT_BEARER, GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN,
+    TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT,
+};
 
 const MAX_BODY: usize = 64 * 1024;
 const AUTH_METHODS: [&str; 4] = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"];

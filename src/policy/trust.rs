@@ -73,7 +73,7 @@ impl PresentedVerifier {
             )));
         };
         let header = jsonwebtoken::decode_header(token).map_err(|e| refused(format!("unreadable header: {e}")))?;
-        if !crate::upstream::provider::ALLOWED_ALGS.contains(&header.alg) {
+        if !crate::oauth::ALLOWED_ALGS.contains(&header.alg) {
             return Err(refused(format!("algorithm {:?} is not accepted", header.alg)));
         }
         let http = self.client(trusted.ca_file.as_ref())?;

@@ -12,10 +12,9 @@ use zeroize::Zeroizing;
 
 use crate::config::{ClientAuth, Grant, IdentitySettings, ProviderSettings, TargetParameter};
 use crate::error::{ProviderError, ProviderErrorKind};
+use crate::oauth::{ALLOWED_ALGS, CLIENT_ASSERTION_TYPE_JWT_BEARER, GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE};
 use crate::token::{IssuedToken, Secret, TokenClaims};
 
-pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// Re-fetch the JWKS for an unknown `kid` at most this often.
 const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(1);
 /// Leeway for `exp`/`nbf`/`iat` checks against this host's clock.
@@ -371,7 +370,7 @@ impl ProviderClient {
                 }
                 form.push(("requested_token_type", req.identity.requested_token_type.clone()));
             }
-            Grant::ClientCredentials => form.push(("grant_type", "client_credentials".into())),
+            Grant::ClientCredentials => form.push(("grant_type", GRANT_CLIENT_CREDENTIALS.into())),
         }
         let target = s.target_parameter.unwrap_or(match req.identity.grant {
             Grant::TokenExchange => TargetParameter::Audience,
@@ -434,7 +433,7 @@ impl ProviderClient {
                     ProviderError::local(format!("provider {:?}: cannot sign the client assertion: {e}", s.name))
                 })?;
                 form.push(("client_id", s.client_id.clone()));
-                form.push(("client_assertion_type", ASSERTION_TYPE.into()));
+                form.push(("client_assertion_type", CLIENT_ASSERTION_TYPE_JWT_BEARER.into()));
                 form.push(("client_assertion", assertion));
             }
             ClientAuth::None => form.push(("client_id", s.client_id.clone())),
@@ -587,7 +586,7 @@ impl ProviderClient {
         }
         Ok(IssuedToken::new(
             access_token,
-            issued_token_type.unwrap_or_else(|| crate::config::TOKEN_TYPE_ACCESS_TOKEN.to_string()),
+            issued_token_type.unwrap_or_else(|| crate::oauth::TOKEN_TYPE_ACCESS_TOKEN.to_string()),
             scope.unwrap_or_else(|| req.scopes.iter().cloned().collect::<Vec<_>>().join(" ")),
             lifetime,
             claims,
@@ -731,19 +730,6 @@ async fn fetch_jwks(
     parse_jwks(&body).map_err(|e| ProviderError::bad_response(format!("{who}: JWKS at {url}: {e}")))
 }
 
-/// The signature algorithms accepted on JWTs (never `none` or HMAC).
-pub const ALLOWED_ALGS: &[Algorithm] = &[
-    Algorithm::ES256,
-    Algorithm::ES384,
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::EdDSA,
-];
-
 /// Parses a JWKS, skipping keys this agent cannot use (unknown `kty`, encryption keys).
 pub fn parse_jwks(body: &[u8]) -> Result<Vec<(Option<String>, jsonwebtoken::jwk::Jwk)>, String> {
     #[derive(Deserialize)]
@@ -853,11 +839,11 @@ mod tests {
             provider: "corp".into(),
             grant: Grant::ClientCredentials,
             subject: crate::config::SubjectSource::Client,
-            subject_token_type: crate::config::TOKEN_TYPE_JWT.into(),
+            subject_token_type: crate::oauth::TOKEN_TYPE_JWT.into(),
             trusted_issuers: Vec::new(),
             actor_token_file: None,
-            actor_token_type: crate::config::TOKEN_TYPE_JWT.into(),
-            requested_token_type: crate::config::TOKEN_TYPE_ACCESS_TOKEN.into(),
+            actor_token_type: crate::oauth::TOKEN_TYPE_JWT.into(),
+            requested_token_type: crate::oauth::TOKEN_TYPE_ACCESS_TOKEN.into(),
             audiences: vec!["https://payments.internal".into()],
             scopes: Vec::new(),
         }
