@@ -5,39 +5,48 @@
 //! [`ProviderError`], which maps onto an `ApiError` in exactly one place ([`ProviderError::to_api`]).
 
 use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-/// Who is at fault for a failure. Decides status codes and retry policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// The caller asked for something malformed or not allowed; retrying the same request fails again.
-    Caller,
-    /// The provider answered with something unusable or could not be reached.
-    Provider,
-    /// The agent itself cannot do its job (for example the audit log is not writable).
-    Agent,
-}
-
-/// The error kinds of the socket API (SPEC section 3).
+/// The error kinds of the socket API (the error table of `docs/api.md`). Each decides the HTTP
+/// status and the `error` code in exactly one place: [`ErrorKind::status`], [`ErrorKind::code`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
+    /// 400 `invalid_request`: malformed query or body, missing audience, unknown parameter.
     InvalidRequest,
+    /// 413 `invalid_request`: a body over 64 KiB.
     PayloadTooLarge,
+    /// 431 `invalid_request`: a request head over 16 KiB.
     HeadersTooLarge,
+    /// 404 `not_found`: no such endpoint.
     NotFound,
+    /// 405 `method_not_allowed`: the endpoint exists, not with this method.
     MethodNotAllowed,
+    /// 403 `access_denied`: no role lets this caller use this identity.
     AccessDenied,
+    /// 403 `invalid_target`: audience not allowed for this caller, or refused by the provider.
     InvalidTarget,
+    /// 403 `invalid_scope`: scope not allowed for this caller, or refused by the provider.
     InvalidScope,
+    /// 404 `unknown_identity`: no identity of that name is configured.
     UnknownIdentity,
+    /// 429 `slow_down`: the calling process is over its role's rate.
     SlowDown,
+    /// 502 `upstream_error`: the provider answered with something unusable, or the issued token
+    /// failed verification.
     UpstreamError,
+    /// 503 `upstream_unavailable`: the provider cannot be reached and no valid token is cached.
     UpstreamUnavailable,
+    /// 503 `audit_unavailable`: the audit log cannot be written and `audit_failure = "closed"`.
     AuditUnavailable,
+    /// 500 `server_error`: the agent itself failed (for example it cannot read its own
+    /// credential file).
     Internal,
 }
 
 impl ErrorKind {
+    /// The HTTP status of this kind.
     pub fn status(self) -> u16 {
         match self {
             ErrorKind::InvalidRequest => 400,
@@ -53,6 +62,7 @@ impl ErrorKind {
         }
     }
 
+    /// The RFC 6749-style `error` code of this kind.
     pub fn code(self) -> &'static str {
         match self {
             ErrorKind::InvalidRequest | ErrorKind::PayloadTooLarge | ErrorKind::HeadersTooLarge => "invalid_request",
@@ -67,14 +77,6 @@ impl ErrorKind {
             ErrorKind::UpstreamUnavailable => "upstream_unavailable",
             ErrorKind::AuditUnavailable => "audit_unavailable",
             ErrorKind::Internal => "server_error",
-        }
-    }
-
-    pub fn fault(self) -> Fault {
-        match self {
-            ErrorKind::UpstreamError | ErrorKind::UpstreamUnavailable => Fault::Provider,
-            ErrorKind::AuditUnavailable | ErrorKind::Internal => Fault::Agent,
-            _ => Fault::Caller,
         }
     }
 }
@@ -122,7 +124,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         self.kind.code()
     }
-    /// The JSON body of SPEC section 3: `{"error":CODE,"error_description":TEXT}`.
+    /// The JSON error body of the socket API: `{"error":CODE,"error_description":TEXT}`.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({"error": self.code(), "error_description": self.description})
     }
@@ -271,5 +273,156 @@ impl fmt::Display for ConfigError {
             }
         }
         Ok(())
+    }
+}
+
+/// Why the agent could not start. Each variant's message says what to change.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is invalid (every problem, with file, line and key).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The provider clients could not be made (usually an unreadable `ca_file`).
+    #[error(transparent)]
+    Providers(#[from] ProviderSetupError),
+    /// The socket's directory does not exist and could not be created.
+    #[error("cannot create {}: {source}", dir.display())]
+    SocketDir { dir: PathBuf, source: std::io::Error },
+    /// Another process already answers on the socket path.
+    #[error("another agent is already serving {}; stop it or choose another agent.socket", path.display())]
+    SocketInUse { path: PathBuf },
+    /// A socket file nobody serves could not be removed.
+    #[error("cannot remove the stale socket {}: {source}", path.display())]
+    StaleSocket { path: PathBuf, source: std::io::Error },
+    /// `bind(2)` on the socket path failed.
+    #[error("cannot listen on {}: {source}", path.display())]
+    Bind { path: PathBuf, source: std::io::Error },
+    /// The socket's mode (`socket_mode`) could not be set.
+    #[error("cannot set the mode of {}: {source}", path.display())]
+    SocketMode { path: PathBuf, source: std::io::Error },
+    /// The socket could not be given to `socket_group`.
+    #[error("cannot give {} to group {gid}: {source}", path.display())]
+    SocketGroup {
+        path: PathBuf,
+        gid: u32,
+        source: nix::Error,
+    },
+    /// The socket systemd passed (`LISTEN_FDS`) cannot be served.
+    #[error("cannot serve the socket systemd passed: {0}")]
+    ActivatedSocket(std::io::Error),
+    /// `metrics_listen` could not be bound.
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    MetricsListen { addr: SocketAddr, source: std::io::Error },
+    /// The process could not be made undumpable (core dumps would hold tokens).
+    #[error("cannot disable core dumps (PR_SET_DUMPABLE): {0}")]
+    CoreDumps(nix::Error),
+}
+
+/// Why a reload was refused; the running configuration stays in place.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// The new configuration is invalid (every problem, with file, line and key).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The new configuration's provider clients could not be made.
+    #[error(transparent)]
+    Providers(#[from] ProviderSetupError),
+}
+
+/// A provider client could not be made for a configured `[[provider]]`.
+#[derive(Debug, thiserror::Error)]
+#[error("provider {provider:?}: {source}")]
+pub struct ProviderSetupError {
+    /// The `[[provider]]` name.
+    pub provider: String,
+    /// What failed.
+    pub source: crate::upstream::HttpClientError,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_the_documented_status_and_code() {
+        let table = [
+            (ErrorKind::InvalidRequest, 400, "invalid_request"),
+            (ErrorKind::PayloadTooLarge, 413, "invalid_request"),
+            (ErrorKind::HeadersTooLarge, 431, "invalid_request"),
+            (ErrorKind::NotFound, 404, "not_found"),
+            (ErrorKind::MethodNotAllowed, 405, "method_not_allowed"),
+            (ErrorKind::AccessDenied, 403, "access_denied"),
+            (ErrorKind::InvalidTarget, 403, "invalid_target"),
+            (ErrorKind::InvalidScope, 403, "invalid_scope"),
+            (ErrorKind::UnknownIdentity, 404, "unknown_identity"),
+            (ErrorKind::SlowDown, 429, "slow_down"),
+            (ErrorKind::UpstreamError, 502, "upstream_error"),
+            (ErrorKind::UpstreamUnavailable, 503, "upstream_unavailable"),
+            (ErrorKind::AuditUnavailable, 503, "audit_unavailable"),
+            (ErrorKind::Internal, 500, "server_error"),
+        ];
+        for (kind, status, code) in table {
+            assert_eq!((kind.status(), kind.code()), (status, code), "{kind:?}");
+        }
+        let e = ApiError::access_denied("uid 1000 has no role");
+        assert_eq!(
+            e.to_json(),
+            serde_json::json!({"error": "access_denied", "error_description": "uid 1000 has no role"})
+        );
+    }
+
+    #[test]
+    fn provider_failures_map_to_what_callers_can_act_on() {
+        let cases = [
+            (ProviderError::unreachable("down"), ErrorKind::UpstreamUnavailable, true),
+            (
+                ProviderError::rejected("invalid_target", "x"),
+                ErrorKind::InvalidTarget,
+                false,
+            ),
+            (
+                ProviderError::rejected("invalid_scope", "x"),
+                ErrorKind::InvalidScope,
+                false,
+            ),
+            (
+                ProviderError::rejected("invalid_grant", "x"),
+                ErrorKind::UpstreamError,
+                false,
+            ),
+            (
+                ProviderError::rejected("invalid_client", "x"),
+                ErrorKind::UpstreamError,
+                false,
+            ),
+            (
+                ProviderError::rejected("temporarily_unavailable", "x"),
+                ErrorKind::UpstreamUnavailable,
+                true,
+            ),
+            (
+                ProviderError::rejected("slow_down", "x"),
+                ErrorKind::UpstreamUnavailable,
+                true,
+            ),
+            (ProviderError::bad_response("x"), ErrorKind::UpstreamError, true),
+            (ProviderError::verification("x"), ErrorKind::UpstreamError, true),
+            (ProviderError::local("x"), ErrorKind::Internal, false),
+        ];
+        for (e, kind, retry) in cases {
+            assert_eq!(e.to_api().kind, kind, "{e:?}");
+            assert_eq!(e.is_retryable(), retry, "{e:?}");
+        }
+        let mut e = ProviderError::rejected("invalid_target", "refused");
+        e.retry_after = Some(Duration::from_millis(200));
+        let api = e.to_api();
+        assert_eq!(api.provider_error.as_deref(), Some("invalid_target"));
+        assert_eq!(
+            api.retry_after,
+            Some(1),
+            "a Retry-After under a second is passed on as 1"
+        );
     }
 }

@@ -4,7 +4,7 @@
 //! tokens (RFC 8693 token exchange or client credentials) and serves them over a Unix socket to
 //! the local callers its roles allow, renewing them before they expire and auditing every token.
 //!
-//! Data flows one way, and the folders follow it: request ([`api`]) → caller ([`api::caller`]) →
+//! Data flows one way, and the folders follow it: request ([`api`]) → caller ([`caller`]) →
 //! policy ([`policy`]) → the request path ([`agent`]) → cache ([`cache`]) → provider
 //! ([`upstream`]) → cache → audit ([`output`]) → response. Around it: configuration ([`config`]),
 //! the daemon's lifecycle ([`run`]), the command line ([`cmd`]) and the development provider
@@ -18,6 +18,7 @@
 pub mod agent;
 pub mod api;
 pub mod cache;
+pub mod caller;
 pub mod cmd;
 pub mod config;
 pub mod devidp;

@@ -17,7 +17,13 @@ async fn a_secret_readable_by_other_is_refused_at_reload_and_the_running_config_
 
     let secret = h.dir.path().join("secret");
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let err = h.agent.as_ref().unwrap().reload(&h.config_path).unwrap_err();
+    let err = h
+        .agent
+        .as_ref()
+        .unwrap()
+        .reload(&h.config_path)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("readable by other"), "{err}");
     assert!(err.contains(&secret.display().to_string()), "names the file: {err}");
     assert!(!err.contains(SECRET), "never the secret itself");

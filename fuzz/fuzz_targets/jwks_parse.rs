@@ -14,13 +14,13 @@ const ALGS: [Algorithm; 5] = [
 ];
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(keys) = cortexid::upstream::provider::parse_jwks(data) else {
+    let Ok(keys) = cortexid::upstream::parse_jwks(data) else {
         return;
     };
     let kids: Vec<Option<String>> = keys.iter().map(|(k, _)| k.clone()).collect();
     for alg in ALGS {
         for kid in kids.iter().map(Option::as_deref).chain([None, Some("")]) {
-            if let Some(jwk) = cortexid::upstream::provider::find_key(&keys, kid, alg) {
+            if let Some(jwk) = cortexid::upstream::find_key(&keys, kid, alg) {
                 let _ = DecodingKey::from_jwk(jwk);
             }
         }

@@ -8,8 +8,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(token) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = cortexid::upstream::provider::looks_like_jwt(token);
-    if let Some(claims) = cortexid::upstream::provider::decode_unverified(token) {
+    let _ = cortexid::upstream::looks_like_jwt(token);
+    if let Some(claims) = cortexid::upstream::decode_unverified(token) {
         let _ = serde_json::to_string(&claims);
     }
     if let Ok(header) = jsonwebtoken::decode_header(token) {

@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(answer) = cortexid::upstream::provider::parse_token_answer(data) {
+    if let Ok(answer) = cortexid::upstream::parse_token_answer(data) {
         assert!(!answer.access_token.expose().is_empty());
         if let Some(d) = answer.expires_in {
             assert!(!d.is_zero());
@@ -14,5 +14,5 @@ fuzz_target!(|data: &[u8]| {
         // The fingerprint of whatever was accepted is computable and never the token itself.
         assert_eq!(answer.access_token.fingerprint().len(), 16);
     }
-    let _ = cortexid::upstream::provider::parse_discovery(data);
+    let _ = cortexid::upstream::parse_discovery(data);
 });

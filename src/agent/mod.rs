@@ -10,14 +10,14 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::caller::Caller;
 use crate::cache::{Cache, Credential, ExchangeFuture, Exchanger, FetchReason, RefreshSettings, Spec};
+use crate::caller::Caller;
 use crate::config::{AuditFailure, Config, FileStamp, SecretFile, SubjectSource};
-use crate::error::{ApiError, ErrorKind, ProviderError};
+use crate::error::{ApiError, ErrorKind, ProviderError, ProviderSetupError};
 use crate::output::audit::Audit;
 use crate::policy::{self, Ask};
 use crate::token::Secret;
-use crate::upstream::provider::{PresentedToken, ProviderClient, Providers};
+use crate::upstream::{PresentedToken, ProviderClient, Providers};
 
 /// One configuration and the provider clients made for it.
 pub struct State {
@@ -122,15 +122,17 @@ pub struct Agent {
 
 /// Makes provider clients for a configuration, reusing the current ones whose settings did not
 /// change (so discovery and JWKS stay cached across a reload).
-fn providers_for(config: &Config, current: Option<&Providers>) -> Result<Providers, String> {
+fn providers_for(config: &Config, current: Option<&Providers>) -> Result<Providers, ProviderSetupError> {
     let mut out = HashMap::new();
     for p in &config.providers {
         let reuse = current.and_then(|c| c.get(&p.name)).filter(|c| **c.settings() == **p);
         let client = match reuse {
             Some(c) => c.clone(),
             None => Arc::new(
-                ProviderClient::new(p.clone(), config.agent.upstream_timeout)
-                    .map_err(|e| format!("provider {:?}: {e}", p.name))?,
+                ProviderClient::new(p.clone(), config.agent.upstream_timeout).map_err(|source| ProviderSetupError {
+                    provider: p.name.clone(),
+                    source,
+                })?,
             ),
         };
         out.insert(p.name.clone(), client);
@@ -168,7 +170,7 @@ impl Exchanger for AgentExchanger {
                     }
                 }
             }
-            let req = crate::upstream::provider::ExchangeRequest {
+            let req = crate::upstream::ExchangeRequest {
                 identity: &spec.identity,
                 audience: &spec.audience,
                 scopes: &spec.scopes,
@@ -216,7 +218,7 @@ impl Exchanger for AgentExchanger {
 }
 
 impl Agent {
-    pub fn new(config: Config, cancel: CancellationToken) -> Result<Arc<Agent>, String> {
+    pub fn new(config: Config, cancel: CancellationToken) -> Result<Arc<Agent>, ProviderSetupError> {
         let providers = providers_for(&config, None)?;
         let audit = Arc::new(Audit::open(&config.agent.audit_log));
         let settings = RefreshSettings::from(&config.agent);
@@ -290,7 +292,7 @@ impl Agent {
 
     /// Replaces the configuration. The caller has validated it; keys whose identity changed are
     /// dropped from the cache, provider clients whose settings are unchanged are kept.
-    pub fn apply(&self, config: Config) -> Result<(), String> {
+    pub fn apply(&self, config: Config) -> Result<(), ProviderSetupError> {
         let old = self.state();
         let providers = providers_for(&config, Some(&old.providers))?;
         let config = Arc::new(config);
@@ -704,7 +706,7 @@ fn check_actor(token: &crate::token::IssuedToken, spec: &Spec, provider: &str) -
     let (Some(actor), Some(claims)) = (spec.actor.token(), token.claims.as_ref()) else {
         return Ok(());
     };
-    let expected = crate::upstream::provider::decode_unverified(actor.token.expose()).and_then(|c| c.sub);
+    let expected = crate::upstream::decode_unverified(actor.token.expose()).and_then(|c| c.sub);
     let named = claims.act.as_ref().and_then(|a| a.get("sub")).and_then(|s| s.as_str());
     match (expected.as_deref(), named) {
         (Some(e), Some(n)) if e == n => Ok(()),

@@ -1,5 +1,4 @@
 //! The socket API: the accept loop, connection caps and deadlines, routes and JSON answers
-//! ([`server`]), and who is calling ([`caller`]: peer credentials, executable, systemd unit).
+//! ([`server`]). Who is calling is attested by [`crate::caller`] for every connection.
 
-pub mod caller;
 pub mod server;

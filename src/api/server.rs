@@ -16,11 +16,11 @@ use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, TokenAsk};
-use crate::api::caller::{self, Caller};
+use crate::caller::{self, Caller};
 use crate::error::{ApiError, ErrorKind};
 use crate::oauth::TOKEN_TYPE_JWT;
 use crate::token::Secret;
-use crate::upstream::provider::PresentedToken;
+use crate::upstream::PresentedToken;
 
 /// Largest request body (SPEC section 3: 413 above it).
 pub const MAX_BODY: usize = 64 * 1024;

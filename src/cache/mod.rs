@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{AgentSettings, IdentitySettings};
 use crate::error::{ApiError, ErrorKind, ProviderError};
 use crate::token::IssuedToken;
-use crate::upstream::provider::PresentedToken;
+use crate::upstream::PresentedToken;
 
 /// (identity, audience, sorted scope set, subject and actor credential fingerprints).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

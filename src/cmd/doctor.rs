@@ -12,7 +12,7 @@ use base64::Engine;
 use crate::config::{Config, Grant, IdentitySettings, ProviderSettings, SecretFile, SubjectSource};
 use crate::error::{ProviderError, ProviderErrorKind};
 use crate::token::Secret;
-use crate::upstream::provider::{ExchangeRequest, PresentedToken, ProviderClient};
+use crate::upstream::{ExchangeRequest, PresentedToken, ProviderClient};
 
 /// More than this between the provider's clock and this host's is reported as clock skew.
 const MAX_SKEW: i64 = 60;
@@ -79,7 +79,7 @@ pub async fn run(config_path: &Path, identity: Option<&str>) -> i32 {
             Err(e) => {
                 fail(
                     "provider client",
-                    &e,
+                    e.to_string(),
                     "the HTTPS client cannot be set up",
                     format!("fix ca_file of provider {:?}", provider.name),
                 );
@@ -141,12 +141,12 @@ enum Outcome {
 async fn check_provider(config: &Config, p: &ProviderSettings) -> Option<bool> {
     println!();
     println!("provider {:?} ({}, client {:?})", p.name, p.issuer, p.client_id);
-    let http = match crate::upstream::provider::http_client(p.ca_file.as_deref(), config.agent.upstream_timeout) {
+    let http = match crate::upstream::http_client(p.ca_file.as_deref(), config.agent.upstream_timeout) {
         Ok(h) => h,
         Err(e) => {
             fail(
                 "TLS trust",
-                &e,
+                e.to_string(),
                 "ca_file cannot be used",
                 format!(
                     "point ca_file of provider {:?} at the PEM file of the CA that signed the provider's certificate",
@@ -401,7 +401,7 @@ fn read_credential(step: &str, f: &SecretFile, token_type: &str, key: &str) -> O
             return None;
         }
     };
-    if crate::upstream::provider::looks_like_jwt(token.expose()) {
+    if crate::upstream::looks_like_jwt(token.expose()) {
         let Some(c) = decode_payload(token.expose()) else {
             fail(
                 step,
@@ -497,7 +497,7 @@ async fn check_identity(client: &ProviderClient, p: &ProviderSettings, id: &Iden
         "exchange",
         format!(
             "{} token for audience {audience}, lifetime {} s",
-            if crate::upstream::provider::looks_like_jwt(issued.access_token.expose()) {
+            if crate::upstream::looks_like_jwt(issued.access_token.expose()) {
                 "JWT"
             } else {
                 "opaque"

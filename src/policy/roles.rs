@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::api::caller::Caller;
+use crate::caller::Caller;
 use crate::config::{Config, IdentitySettings, Role};
 use crate::error::{ApiError, ErrorKind};
 

@@ -12,7 +12,7 @@ use jsonwebtoken::Validation;
 
 use crate::config::TrustedIssuer;
 use crate::error::{ApiError, ErrorKind, ProviderErrorKind};
-use crate::upstream::provider::{KeySet, decode_unverified, http_client, looks_like_jwt};
+use crate::upstream::{KeySet, decode_unverified, http_client, looks_like_jwt};
 
 /// Clock leeway for presented credentials' `exp` and `nbf`.
 pub const PRESENTED_LEEWAY: Duration = Duration::from_secs(30);
@@ -42,8 +42,8 @@ impl PresentedVerifier {
         if let Some(c) = clients.get(&ca.cloned()) {
             return Ok(c.clone());
         }
-        let c =
-            http_client(ca.map(|p| p.as_path()), self.timeout).map_err(|e| ApiError::new(ErrorKind::Internal, e))?;
+        let c = http_client(ca.map(|p| p.as_path()), self.timeout)
+            .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
         clients.insert(ca.cloned(), c.clone());
         Ok(c)
     }

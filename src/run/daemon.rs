@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, load_config};
 use crate::config::Config;
+use crate::error::{ReloadError, StartError};
 use crate::run::systemd::{Notifier, monotonic_usec};
 
 /// A started agent: serving on its socket until [`RunningAgent::shutdown`].
@@ -27,29 +28,44 @@ pub struct RunningAgent {
 
 /// Binds the agent's socket: creates its directory, refuses to steal a socket another agent is
 /// serving, removes a stale one, and sets mode and group.
-pub fn bind_socket(config: &Config) -> Result<UnixListener, String> {
+pub fn bind_socket(config: &Config) -> Result<UnixListener, StartError> {
     let a = &config.agent;
     let path = &a.socket;
     if let Some(dir) = path.parent()
         && !dir.exists()
     {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|source| StartError::SocketDir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(format!(
-                "another agent is already serving {}; stop it or choose another agent.socket",
-                path.display()
-            ));
+            return Err(StartError::SocketInUse { path: path.clone() });
         }
-        std::fs::remove_file(path).map_err(|e| format!("cannot remove the stale socket {}: {e}", path.display()))?;
+        std::fs::remove_file(path).map_err(|source| StartError::StaleSocket {
+            path: path.clone(),
+            source,
+        })?;
     }
-    let listener = UnixListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(a.socket_mode))
-        .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
+    let listener = UnixListener::bind(path).map_err(|source| StartError::Bind {
+        path: path.clone(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(a.socket_mode)).map_err(|source| {
+        StartError::SocketMode {
+            path: path.clone(),
+            source,
+        }
+    })?;
     if let Some(gid) = a.socket_group {
-        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
-            .map_err(|e| format!("cannot give {} to group {gid}: {e}", path.display()))?;
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(|source| {
+            StartError::SocketGroup {
+                path: path.clone(),
+                gid,
+                source,
+            }
+        })?;
     }
     Ok(listener)
 }
@@ -64,7 +80,7 @@ fn summary(config: &Config) -> String {
 }
 
 /// Starts an agent for a validated configuration, on its own socket.
-pub async fn start(config: Config, notifier: Notifier) -> Result<RunningAgent, String> {
+pub async fn start(config: Config, notifier: Notifier) -> Result<RunningAgent, StartError> {
     start_with(config, notifier, None).await
 }
 
@@ -74,11 +90,11 @@ pub async fn start_with(
     config: Config,
     notifier: Notifier,
     activated: Option<std::os::unix::net::UnixListener>,
-) -> Result<RunningAgent, String> {
+) -> Result<RunningAgent, StartError> {
     let cancel = CancellationToken::new();
     let is_activated = activated.is_some();
     let listener = match activated {
-        Some(l) => UnixListener::from_std(l).map_err(|e| format!("cannot serve the socket systemd passed: {e}"))?,
+        Some(l) => UnixListener::from_std(l).map_err(StartError::ActivatedSocket)?,
         None => bind_socket(&config)?,
     };
     let socket = match listener
@@ -96,7 +112,7 @@ pub async fn start_with(
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?,
+                .map_err(|source| StartError::MetricsListen { addr, source })?,
         ),
         None => None,
     };
@@ -138,14 +154,14 @@ pub async fn start_with(
 impl RunningAgent {
     /// Reloads the configuration from `path`. An invalid one is rejected (logged and audited) and
     /// the running one stays.
-    pub fn reload(&self, path: &Path) -> Result<(), String> {
+    pub fn reload(&self, path: &Path) -> Result<(), ReloadError> {
         self.notifier
             .notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
         self.agent.reopen_audit();
         let result = match load_config(path) {
             Ok(config) => {
                 let status = summary(&config);
-                self.agent.apply(config).map(|()| {
+                self.agent.apply(config).map_err(ReloadError::from).map(|()| {
                     let fresh = self.cancel.child_token();
                     let old = std::mem::replace(
                         &mut *self.sinks.lock().unwrap_or_else(|p| p.into_inner()),
@@ -156,7 +172,7 @@ impl RunningAgent {
                     status
                 })
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(ReloadError::from(e)),
         };
 
         match result {
@@ -169,8 +185,10 @@ impl RunningAgent {
             }
             Err(e) => {
                 tracing::error!(path = %path.display(), "configuration rejected; the running one stays:\n{e}");
-                self.agent
-                    .audit_best_effort("config.rejected", serde_json::json!({"path": path, "reason": e}));
+                self.agent.audit_best_effort(
+                    "config.rejected",
+                    serde_json::json!({"path": path, "reason": e.to_string()}),
+                );
                 self.notifier
                     .notify("READY=1\nSTATUS=configuration rejected at reload; running the previous one");
                 Err(e)
@@ -210,8 +228,8 @@ async fn watchdog(notifier: Notifier, socket: PathBuf, interval: std::time::Dura
 /// Keeps tokens and secrets out of core dumps and away from same-uid `ptrace`/`/proc/<pid>/mem`:
 /// marks the process not dumpable (`PR_SET_DUMPABLE` 0). Its `/proc/<pid>` files then belong to
 /// root. Called first thing by `cortexid agent`.
-pub fn disable_core_dumps() -> Result<(), String> {
-    nix::sys::prctl::set_dumpable(false).map_err(|e| format!("cannot disable core dumps (PR_SET_DUMPABLE): {e}"))
+pub fn disable_core_dumps() -> Result<(), StartError> {
+    nix::sys::prctl::set_dumpable(false).map_err(StartError::CoreDumps)
 }
 
 /// `cortexid agent`: runs until SIGTERM or SIGINT; SIGHUP reloads. Returns the exit code.

@@ -74,9 +74,33 @@ impl Notifier {
     }
 }
 
+/// Why the socket systemd passed (`LISTEN_FDS`) cannot be served.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ActivationError {
+    /// More than one socket was passed.
+    #[error("systemd passed {0} sockets; cortexid serves exactly one (one ListenStream= in cortexid.socket)")]
+    TooMany(u32),
+    /// File descriptor 3 is not a socket.
+    #[error("LISTEN_FDS: fd 3 is not a socket: {0}")]
+    NotASocket(nix::Error),
+    /// File descriptor 3 is a socket of another family.
+    #[error("LISTEN_FDS: fd 3 is not a Unix socket; cortexid.socket must use ListenStream=/path")]
+    NotUnix,
+    /// File descriptor 3 is not a listening stream socket.
+    #[error("LISTEN_FDS: fd 3 is not a listening stream socket")]
+    NotListening,
+    /// File descriptor 3 could not be inspected or set up.
+    #[error("LISTEN_FDS: {0}")]
+    Inspect(nix::Error),
+    /// The socket could not be made non-blocking.
+    #[error("LISTEN_FDS: {0}")]
+    Nonblocking(std::io::Error),
+}
+
 /// The listening socket systemd passed (socket activation, sd_listen_fds(3)), if `LISTEN_PID`
 /// names this process and `LISTEN_FDS` is at least 1: file descriptor 3.
-pub fn listener_from_env() -> Result<Option<std::os::unix::net::UnixListener>, String> {
+pub fn listener_from_env() -> Result<Option<std::os::unix::net::UnixListener>, ActivationError> {
     let pid_matches = std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
     let count = std::env::var("LISTEN_FDS")
         .ok()
@@ -86,39 +110,36 @@ pub fn listener_from_env() -> Result<Option<std::os::unix::net::UnixListener>, S
         return Ok(None);
     }
     if count > 1 {
-        return Err(format!(
-            "systemd passed {count} sockets; cortexid serves exactly one (one ListenStream= in cortexid.socket)"
-        ));
+        return Err(ActivationError::TooMany(count));
     }
     adopt_fd3().map(Some)
 }
 
 /// Takes ownership of file descriptor 3 after checking that it is a listening Unix stream socket.
 #[allow(unsafe_code)]
-fn adopt_fd3() -> Result<std::os::unix::net::UnixListener, String> {
+fn adopt_fd3() -> Result<std::os::unix::net::UnixListener, ActivationError> {
     use nix::sys::socket::{AddressFamily, SockType, SockaddrLike, SockaddrStorage, getsockname, getsockopt, sockopt};
     use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
     const SD_LISTEN_FDS_START: i32 = 3;
     // SAFETY: the service manager hands this process fd 3 (LISTEN_PID is ours); borrowing it for
     // the checks below does not close or duplicate it.
     let borrowed = unsafe { BorrowedFd::borrow_raw(SD_LISTEN_FDS_START) };
-    let addr: SockaddrStorage =
-        getsockname(SD_LISTEN_FDS_START).map_err(|e| format!("LISTEN_FDS: fd 3 is not a socket: {e}"))?;
+    let addr: SockaddrStorage = getsockname(SD_LISTEN_FDS_START).map_err(ActivationError::NotASocket)?;
     if addr.family() != Some(AddressFamily::Unix) {
-        return Err("LISTEN_FDS: fd 3 is not a Unix socket; cortexid.socket must use ListenStream=/path".into());
+        return Err(ActivationError::NotUnix);
     }
-    if getsockopt(&borrowed, sockopt::SockType).map_err(|e| format!("LISTEN_FDS: {e}"))? != SockType::Stream
-        || !getsockopt(&borrowed, sockopt::AcceptConn).map_err(|e| format!("LISTEN_FDS: {e}"))?
+    if getsockopt(&borrowed, sockopt::SockType).map_err(ActivationError::Inspect)? != SockType::Stream
+        || !getsockopt(&borrowed, sockopt::AcceptConn).map_err(ActivationError::Inspect)?
     {
-        return Err("LISTEN_FDS: fd 3 is not a listening stream socket".into());
+        return Err(ActivationError::NotListening);
     }
     nix::fcntl::fcntl(borrowed, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
-        .map_err(|e| format!("LISTEN_FDS: {e}"))?;
+        .map_err(ActivationError::Inspect)?;
     // SAFETY: fd 3 was checked above to be an open listening Unix socket passed to this process;
     // nothing else in the process owns it, so taking ownership here is the only claim on it.
     let owned = unsafe { OwnedFd::from_raw_fd(SD_LISTEN_FDS_START) };
     let listener = std::os::unix::net::UnixListener::from(owned);
-    listener.set_nonblocking(true).map_err(|e| format!("LISTEN_FDS: {e}"))?;
+    listener.set_nonblocking(true).map_err(ActivationError::Nonblocking)?;
     Ok(listener)
 }
 

@@ -1,5 +1,47 @@
-//! Everything that talks to an OpenID Connect provider: discovery, JWKS, client authentication
-//! and the grants ([`provider`]), and the signing keys of `private_key_jwt` ([`keys`]).
+//! Everything that talks to an OpenID Connect provider, one file per step of the conversation:
+//!
+//! | file | owns |
+//! | --- | --- |
+//! | [`client`] | one provider: settings, HTTPS client, cached discovery and JWKS, reachability |
+//! | [`http`] | the HTTPS client (system roots + `ca_file`, no redirects, timeouts) |
+//! | [`discovery`] | `/.well-known/openid-configuration`, overridden by configured endpoints |
+//! | [`client_auth`] | `client_secret_basic`, `client_secret_post`, `private_key_jwt`, `none` |
+//! | [`grants`] | token exchange (RFC 8693) and client credentials: request, answer, refusals |
+//! | [`jwks`] | JWK sets and the verification of issued JWTs |
+//! | [`keys`] | signing keys for `private_key_jwt` (`cortexid keygen`) |
 
+mod client;
+mod client_auth;
+mod discovery;
+mod grants;
+mod http;
+mod jwks;
 pub mod keys;
-pub mod provider;
+
+pub use client::{ProviderClient, ProviderHealth, Providers};
+pub use discovery::{Discovery, Metadata, parse_discovery};
+pub use grants::{ExchangeRequest, PresentedToken, TokenAnswer, parse_token_answer};
+pub use http::{HttpClientError, http_client};
+pub use jwks::{CLOCK_LEEWAY, KeySet, decode_unverified, find_key, looks_like_jwt, parse_jwks};
+
+/// A provider's answer that cannot be used. The message completes "provider X …" or names the
+/// document it is about.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParseError {
+    /// The token endpoint's 200 answer is not JSON of the expected shape.
+    #[error("answered the token request with unusable JSON: {0}")]
+    TokenAnswer(serde_json::Error),
+    /// The token endpoint answered 200 without a token.
+    #[error("answered 200 without an access_token")]
+    NoAccessToken,
+    /// The token is not a Bearer token (for example a DPoP-bound one).
+    #[error("issued a token of type {0:?}; only Bearer tokens can be served")]
+    NotBearer(String),
+    /// The discovery document is not JSON of the expected shape.
+    #[error("not usable JSON: {0}")]
+    Discovery(serde_json::Error),
+    /// The JWKS is not a JWK set.
+    #[error("not a JWK set: {0}")]
+    Jwks(serde_json::Error),
+}

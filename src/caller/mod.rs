@@ -91,7 +91,7 @@ fn attest_at(proc_root: &Path, uid: u32, gid: u32, pid: Option<i32>, accepted_ti
             caller.exe = p.exe;
             caller.unit = p.unit;
         }
-        Err(why) => caller.unreadable = Some(why),
+        Err(why) => caller.unreadable = Some(why.to_string()),
     }
     caller
 }
@@ -102,26 +102,54 @@ struct ProcessFacts {
     unit: Option<String>,
 }
 
-fn read_process(proc_root: &Path, pid: i32, uid: u32, accepted_ticks: Option<u64>) -> Result<ProcessFacts, String> {
+/// Why a caller's `/proc` attributes were not trusted; they are then left unknown.
+#[derive(Debug, thiserror::Error)]
+enum ProcessError {
+    /// The process exited before it was read.
+    #[error("process {0} is gone")]
+    Gone(i32),
+    /// The process at this pid started after the connection was accepted.
+    #[error("pid {0} was reused after the connection was made")]
+    ReusedBefore(i32),
+    /// `/proc/<pid>/status` could not be read.
+    #[error("/proc/{pid}/status: {source}")]
+    Status { pid: i32, source: std::io::Error },
+    /// The process now has another real uid than the peer credentials.
+    #[error("pid {0} now belongs to another user")]
+    OtherUser(i32),
+    /// The process exited while it was being read.
+    #[error("process {0} exited while being read")]
+    ExitedWhileRead(i32),
+    /// The pid was reused while it was being read.
+    #[error("pid {0} was reused while being read")]
+    ReusedWhileRead(i32),
+}
+
+fn read_process(
+    proc_root: &Path,
+    pid: i32,
+    uid: u32,
+    accepted_ticks: Option<u64>,
+) -> Result<ProcessFacts, ProcessError> {
     let dir = proc_root.join(pid.to_string());
-    let before = start_ticks(&dir).ok_or_else(|| format!("process {pid} is gone"))?;
+    let before = start_ticks(&dir).ok_or(ProcessError::Gone(pid))?;
     if let Some(accepted) = accepted_ticks
         && before > accepted
     {
-        return Err(format!("pid {pid} was reused after the connection was made"));
+        return Err(ProcessError::ReusedBefore(pid));
     }
-    let status = std::fs::read_to_string(dir.join("status")).map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    let status = std::fs::read_to_string(dir.join("status")).map_err(|source| ProcessError::Status { pid, source })?;
     let (real_uid, groups) = parse_status(&status);
     if real_uid != Some(uid) {
-        return Err(format!("pid {pid} now belongs to another user"));
+        return Err(ProcessError::OtherUser(pid));
     }
     let exe = std::fs::read_link(dir.join("exe")).ok().map(strip_deleted);
     let unit = std::fs::read_to_string(dir.join("cgroup"))
         .ok()
         .and_then(|c| unit_from_cgroup(&c));
-    let after = start_ticks(&dir).ok_or_else(|| format!("process {pid} exited while being read"))?;
+    let after = start_ticks(&dir).ok_or(ProcessError::ExitedWhileRead(pid))?;
     if after != before {
-        return Err(format!("pid {pid} was reused while being read"));
+        return Err(ProcessError::ReusedWhileRead(pid));
     }
     Ok(ProcessFacts { groups, exe, unit })
 }
