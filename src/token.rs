@@ -44,7 +44,21 @@ impl std::fmt::Debug for Secret {
 
 /// First 16 hex digits of the SHA-256 of a token: how audit lines and logs name it.
 pub fn fingerprint(data: &[u8]) -> String {
-    crate::upstream::keys::sha256_hex_prefix(data, 16)
+    sha256_hex_prefix(data, 16)
+}
+
+/// The first `hex_digits` lowercase hex digits of SHA-256(`data`): a fingerprint safe to log.
+fn sha256_hex_prefix(data: &[u8], hex_digits: usize) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    let n = hex_digits.min(64);
+    let mut out = String::with_capacity(n);
+    for b in digest.as_ref().iter().take(n.div_ceil(2)) {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 0xf)] as char);
+    }
+    out.truncate(n);
+    out
 }
 
 /// The claims of an issued JWT that the agent reports and checks.
@@ -234,6 +248,13 @@ pub fn rfc3339_millis(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fingerprint_prefix() {
+        // SHA-256("abc") = ba7816bf8f01cfea...
+        assert_eq!(sha256_hex_prefix(b"abc", 16), "ba7816bf8f01cfea");
+        assert_eq!(sha256_hex_prefix(b"abc", 100).len(), 64);
+    }
 
     #[test]
     fn secrets_never_debug_print() {

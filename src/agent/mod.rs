@@ -13,10 +13,12 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::{Cache, Credential, ExchangeFuture, Exchanger, FetchReason, RefreshSettings, Spec};
 use crate::caller::Caller;
 use crate::config::{AuditFailure, Config, FileStamp, SecretFile, SubjectSource};
-use crate::error::{ApiError, ErrorKind, ProviderError, ProviderSetupError};
+use crate::error::{ApiError, ErrorKind, ProviderError};
 use crate::output::audit::Audit;
+use crate::output::sink::{SinkBoard, SinkSource};
 use crate::policy::{self, Ask};
 use crate::token::Secret;
+use crate::upstream::ProviderSetupError;
 use crate::upstream::{PresentedToken, ProviderClient, Providers};
 
 /// One configuration and the provider clients made for it.
@@ -115,7 +117,7 @@ pub struct Agent {
     creds: CredentialFiles,
     presented: crate::policy::trust::PresentedVerifier,
     limiter: crate::policy::ratelimit::RateLimiter,
-    sinks: RwLock<std::collections::BTreeMap<PathBuf, crate::output::sink::SinkStatus>>,
+    sinks: Arc<SinkBoard>,
     cancel: CancellationToken,
     ready: std::sync::atomic::AtomicBool,
 }
@@ -321,6 +323,11 @@ impl Agent {
         Ok(())
     }
 
+    /// The sinks' state, which the sink tasks publish and health reads.
+    pub fn sink_board(&self) -> &Arc<SinkBoard> {
+        &self.sinks
+    }
+
     /// Reopens the audit file (SIGHUP, after log rotation).
     pub fn reopen_audit(&self) {
         if let Err(e) = self.shared.audit().reopen() {
@@ -354,13 +361,7 @@ impl Agent {
         } else {
             "ok"
         };
-        let sinks: Vec<crate::output::sink::SinkStatus> = self
-            .sinks
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let sinks = self.sinks.snapshot();
         let body = serde_json::json!({
             "status": status,
             "providers": providers,
@@ -390,93 +391,10 @@ impl Agent {
             cache_hits: c.hits.load(Relaxed),
             cache_misses: c.misses.load(Relaxed),
             renewals: c.renewals.load(Relaxed),
+            sink_writes: self.sinks.writes(),
+            sink_failures: self.sinks.failures(),
             providers_up,
         })
-    }
-
-    /// The token for a `[[sink]]`: its key stays pinned (renewed for as long as the agent runs).
-    pub async fn sink_token(
-        &self,
-        sink: &crate::config::SinkSettings,
-    ) -> Result<Arc<crate::token::IssuedToken>, ApiError> {
-        let config = self.config();
-        let identity = config.identity(&sink.identity).cloned().ok_or_else(|| {
-            ApiError::new(
-                ErrorKind::UnknownIdentity,
-                format!("sink identity {:?} is not configured", sink.identity),
-            )
-        })?;
-        let subject = match &identity.subject {
-            SubjectSource::File(file) => self.credential(file, &identity.subject_token_type, "subject")?,
-            _ => Credential::None,
-        };
-        let actor = match &identity.actor_token_file {
-            Some(file) => self.credential(file, &identity.actor_token_type, "actor")?,
-            None => Credential::None,
-        };
-        let spec = Spec {
-            identity: identity.clone(),
-            audience: sink.audience.clone(),
-            scopes: sink.scopes.iter().cloned().collect(),
-            subject,
-            actor,
-        };
-        let (token, _) = self.cache.get_pinned(spec).await?;
-        Ok(token)
-    }
-
-    /// Records a written token file: status, metrics, and a `token.issued` audit line for it.
-    pub fn sink_written(&self, sink: &crate::config::SinkSettings, token: &crate::token::IssuedToken) {
-        self.shared
-            .metrics
-            .sink_writes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.audit_best_effort(
-            "token.issued",
-            serde_json::json!({
-                "outcome": "granted", "sink": sink.path, "identity": sink.identity, "audience": sink.audience,
-                "scope": sink.scopes.join(" "), "source": "sink", "token": token.audit_view(),
-            }),
-        );
-        self.set_sink_status(sink, "ok".into(), Some(token.fingerprint.clone()));
-    }
-
-    pub fn sink_failed(&self, sink: &crate::config::SinkSettings, why: &str) {
-        self.shared
-            .metrics
-            .sink_failures
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.set_sink_status(sink, format!("failing: {why}"), None);
-    }
-
-    fn set_sink_status(&self, sink: &crate::config::SinkSettings, state: String, fingerprint: Option<String>) {
-        let mut sinks = self.sinks.write().unwrap_or_else(|p| p.into_inner());
-        let entry = sinks
-            .entry(sink.path.clone())
-            .or_insert_with(|| crate::output::sink::SinkStatus {
-                path: sink.path.clone(),
-                identity: sink.identity.clone(),
-                audience: sink.audience.clone(),
-                state: String::new(),
-                fingerprint: None,
-                written_at: None,
-            });
-        entry.state = state;
-        if fingerprint.is_some() {
-            entry.fingerprint = fingerprint;
-            entry.written_at = Some(crate::output::sink::now_rfc3339());
-        }
-    }
-
-    /// Forgets the status of sinks no longer configured.
-    pub fn reset_sink_status(&self, sinks: &[crate::config::SinkSettings]) {
-        self.sinks
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|path, _| sinks.iter().any(|s| &s.path == path));
-        for s in sinks {
-            self.set_sink_status(s, "starting".into(), None);
-        }
     }
 
     fn credential(&self, file: &SecretFile, token_type: &str, what: &str) -> Result<Credential, ApiError> {
@@ -697,6 +615,47 @@ impl Agent {
         }
         body.push(b'}');
         Ok(body)
+    }
+}
+
+impl SinkSource for Agent {
+    /// The token for a `[[sink]]`: its key stays pinned (renewed for as long as the agent runs).
+    async fn sink_token(&self, sink: &crate::config::SinkSettings) -> Result<Arc<crate::token::IssuedToken>, ApiError> {
+        let config = self.config();
+        let identity = config.identity(&sink.identity).cloned().ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::UnknownIdentity,
+                format!("sink identity {:?} is not configured", sink.identity),
+            )
+        })?;
+        let subject = match &identity.subject {
+            SubjectSource::File(file) => self.credential(file, &identity.subject_token_type, "subject")?,
+            _ => Credential::None,
+        };
+        let actor = match &identity.actor_token_file {
+            Some(file) => self.credential(file, &identity.actor_token_type, "actor")?,
+            None => Credential::None,
+        };
+        let spec = Spec {
+            identity: identity.clone(),
+            audience: sink.audience.clone(),
+            scopes: sink.scopes.iter().cloned().collect(),
+            subject,
+            actor,
+        };
+        let (token, _) = self.cache.get_pinned(spec).await?;
+        Ok(token)
+    }
+
+    /// Records a written token file: metrics and a `token.issued` audit line for it.
+    fn token_written(&self, sink: &crate::config::SinkSettings, token: &crate::token::IssuedToken) {
+        self.audit_best_effort(
+            "token.issued",
+            serde_json::json!({
+                "outcome": "granted", "sink": sink.path, "identity": sink.identity, "audience": sink.audience,
+                "scope": sink.scopes.join(" "), "source": "sink", "token": token.audit_view(),
+            }),
+        );
     }
 }
 

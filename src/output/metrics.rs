@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 /// Upper bounds of the exchange latency histogram, in seconds.
@@ -32,14 +31,12 @@ impl Histogram {
     }
 }
 
-/// Counters kept by the server, the exchanger and the sinks.
+/// Counters kept by the server and the exchanger (the sinks keep their own, read at render time).
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     exchanges: Mutex<BTreeMap<(String, &'static str), u64>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
-    pub sink_writes: AtomicU64,
-    pub sink_failures: AtomicU64,
 }
 
 /// Endpoint label for a request path: a fixed set.
@@ -59,6 +56,8 @@ pub struct Gauges {
     pub cache_hits: u64,
     pub cache_misses: u64,
     pub renewals: u64,
+    pub sink_writes: u64,
+    pub sink_failures: u64,
     pub providers_up: Vec<(String, bool)>,
 }
 
@@ -174,13 +173,13 @@ impl Metrics {
                 "cortexid_sink_writes_total",
                 "counter",
                 "Token files written.",
-                self.sink_writes.load(Relaxed),
+                g.sink_writes,
             ),
             (
                 "cortexid_sink_failures_total",
                 "counter",
                 "Token files that could not be written.",
-                self.sink_failures.load(Relaxed),
+                g.sink_failures,
             ),
         ];
         for (name, kind, help, v) in simple {
@@ -223,6 +222,8 @@ mod tests {
             cache_hits: 1,
             cache_misses: 2,
             renewals: 0,
+            sink_writes: 0,
+            sink_failures: 0,
             providers_up: vec![("corp".into(), true)],
         });
         assert!(text.contains("cortexid_requests_total{endpoint=\"token\",outcome=\"ok\"} 2"));

@@ -6,17 +6,21 @@
 //! given its mode and owner, fsynced, then renamed over the old one — a reader sees the old token
 //! or the new one, never a partial file.
 
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::Agent;
 use crate::config::SinkSettings;
+use crate::error::ApiError;
+use crate::token::IssuedToken;
 
 /// How often a sink checks whether its token was renewed.
 pub const SINK_POLL: Duration = Duration::from_millis(500);
@@ -72,20 +76,102 @@ pub fn write_atomic(
     result
 }
 
-/// Runs every sink of the agent's configuration until `cancel`.
-pub fn spawn_all(agent: &Arc<Agent>, cancel: &CancellationToken) {
-    let sinks = agent.config().sinks.clone();
-    agent.reset_sink_status(&sinks);
-    for sink in sinks {
-        tokio::spawn(run(agent.clone(), sink, cancel.clone()));
+/// Where sinks get their tokens, and whom they tell that one was written. The agent implements
+/// it; sinks know nothing else of the agent.
+pub trait SinkSource: Send + Sync + 'static {
+    /// The token for `sink` (its cache key stays pinned: renewed for as long as the agent runs).
+    fn sink_token(&self, sink: &SinkSettings) -> impl Future<Output = Result<Arc<IssuedToken>, ApiError>> + Send;
+    /// `token` was written to `sink.path`: record it (the `token.issued` audit event).
+    fn token_written(&self, sink: &SinkSettings, token: &IssuedToken);
+}
+
+/// The sinks' own state, written by the sink tasks and read as a snapshot for `/v1/health`,
+/// `status` and `/metrics`.
+#[derive(Default)]
+pub struct SinkBoard {
+    statuses: RwLock<BTreeMap<PathBuf, SinkStatus>>,
+    writes: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl SinkBoard {
+    /// Every configured sink's status, by path.
+    pub fn snapshot(&self) -> Vec<SinkStatus> {
+        self.statuses
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Token files written since start.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Relaxed)
+    }
+
+    /// Token files that could not be written (or had no token) since start.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Relaxed)
+    }
+
+    /// Forgets sinks no longer configured; marks the configured ones as starting.
+    fn reset(&self, sinks: &[SinkSettings]) {
+        self.statuses
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|path, _| sinks.iter().any(|s| &s.path == path));
+        for s in sinks {
+            self.set(s, "starting".into(), None);
+        }
+    }
+
+    fn written(&self, sink: &SinkSettings, token: &IssuedToken) {
+        self.writes.fetch_add(1, Relaxed);
+        self.set(sink, "ok".into(), Some(token.fingerprint.clone()));
+    }
+
+    fn failed(&self, sink: &SinkSettings, why: &str) {
+        self.failures.fetch_add(1, Relaxed);
+        self.set(sink, format!("failing: {why}"), None);
+    }
+
+    fn set(&self, sink: &SinkSettings, state: String, fingerprint: Option<String>) {
+        let mut statuses = self.statuses.write().unwrap_or_else(|p| p.into_inner());
+        let entry = statuses.entry(sink.path.clone()).or_insert_with(|| SinkStatus {
+            path: sink.path.clone(),
+            identity: sink.identity.clone(),
+            audience: sink.audience.clone(),
+            state: String::new(),
+            fingerprint: None,
+            written_at: None,
+        });
+        entry.state = state;
+        if fingerprint.is_some() {
+            entry.fingerprint = fingerprint;
+            entry.written_at = Some(crate::token::rfc3339(SystemTime::now()));
+        }
     }
 }
 
-async fn run(agent: Arc<Agent>, sink: SinkSettings, cancel: CancellationToken) {
+/// Runs every sink in `sinks` until `cancel`, publishing their state on `board`.
+pub fn spawn_all<S: SinkSource>(
+    source: &Arc<S>,
+    board: &Arc<SinkBoard>,
+    sinks: &[SinkSettings],
+    cancel: &CancellationToken,
+) {
+    board.reset(sinks);
+    for sink in sinks {
+        tokio::spawn(run(source.clone(), board.clone(), sink.clone(), cancel.clone()));
+    }
+}
+
+async fn run<S: SinkSource>(source: Arc<S>, board: Arc<SinkBoard>, sink: SinkSettings, cancel: CancellationToken) {
     let mut written: Option<String> = None;
     let mut backoff = SINK_POLL;
     loop {
-        match agent.sink_token(&sink).await {
+        match source.sink_token(&sink).await {
             Ok(token) if written.as_deref() != Some(token.fingerprint.as_str()) => {
                 let mut contents = token.access_token.expose().as_bytes().to_vec();
                 contents.push(b'\n');
@@ -93,20 +179,21 @@ async fn run(agent: Arc<Agent>, sink: SinkSettings, cancel: CancellationToken) {
                 zeroize::Zeroize::zeroize(&mut contents);
                 match result {
                     Ok(()) => {
-                        agent.sink_written(&sink, &token);
+                        source.token_written(&sink, &token);
+                        board.written(&sink, &token);
                         written = Some(token.fingerprint.clone());
                         backoff = SINK_POLL;
                         tracing::info!(path = %sink.path.display(), fingerprint = %token.fingerprint, "token file written");
                     }
                     Err(e) => {
-                        agent.sink_failed(&sink, &format!("cannot write {}: {e}", sink.path.display()));
+                        board.failed(&sink, &format!("cannot write {}: {e}", sink.path.display()));
                         tracing::error!(path = %sink.path.display(), error = %e, "cannot write the token file");
                     }
                 }
             }
             Ok(_) => backoff = SINK_POLL,
             Err(e) => {
-                agent.sink_failed(&sink, &e.description);
+                board.failed(&sink, &e.description);
                 tracing::warn!(path = %sink.path.display(), error = %e, "no token for the token file yet");
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
@@ -116,11 +203,6 @@ async fn run(agent: Arc<Agent>, sink: SinkSettings, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
         }
     }
-}
-
-/// The `written_at` timestamp.
-pub fn now_rfc3339() -> String {
-    crate::token::rfc3339(SystemTime::now())
 }
 
 #[cfg(test)]

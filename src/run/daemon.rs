@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, load_config};
 use crate::config::Config;
-use crate::error::{ReloadError, StartError};
 use crate::run::systemd::{Notifier, monotonic_usec};
+use crate::run::{ReloadError, StartError};
 
 /// A started agent: serving on its socket until [`RunningAgent::shutdown`].
 pub struct RunningAgent {
@@ -121,7 +121,7 @@ pub async fn start_with(
         tokio::spawn(crate::api::server::serve_metrics(l, agent.clone(), cancel.clone()));
     }
     let sinks = cancel.child_token();
-    crate::output::sink::spawn_all(&agent, &sinks);
+    crate::output::sink::spawn_all(&agent, agent.sink_board(), &agent.config().sinks, &sinks);
     agent.audit_best_effort(
         "agent.started",
         serde_json::json!({"pid": std::process::id(), "version": env!("CARGO_PKG_VERSION"), "socket": socket}),
@@ -138,7 +138,12 @@ pub async fn start_with(
     notifier.notify(&format!("READY=1\nSTATUS={status}"));
     tracing::info!(socket = %socket.display(), "{status}");
     if let Some(interval) = notifier.watchdog() {
-        tokio::spawn(watchdog(notifier.clone(), socket.clone(), interval, cancel.clone()));
+        tokio::spawn(crate::run::watchdog::run(
+            notifier.clone(),
+            socket.clone(),
+            interval,
+            cancel.clone(),
+        ));
     }
     Ok(RunningAgent {
         agent,
@@ -168,7 +173,12 @@ impl RunningAgent {
                         fresh.clone(),
                     );
                     old.cancel();
-                    crate::output::sink::spawn_all(&self.agent, &fresh);
+                    crate::output::sink::spawn_all(
+                        &self.agent,
+                        self.agent.sink_board(),
+                        &self.agent.config().sinks,
+                        &fresh,
+                    );
                     status
                 })
             }
@@ -205,22 +215,6 @@ impl RunningAgent {
         let _ = self.server.await;
         if !self.activated {
             let _ = std::fs::remove_file(&self.socket);
-        }
-    }
-}
-
-/// Sends `WATCHDOG=1` every half `WatchdogSec` while the socket answers `/v1/health`.
-async fn watchdog(notifier: Notifier, socket: PathBuf, interval: std::time::Duration, cancel: CancellationToken) {
-    let client = crate::cmd::client::SocketClient::new(&socket);
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval / 2) => {}
-            _ = cancel.cancelled() => return,
-        }
-        match tokio::time::timeout(interval / 4, client.get("/v1/health")).await {
-            Ok(Ok(_)) => notifier.notify("WATCHDOG=1"),
-            Ok(Err(e)) => tracing::error!(error = %e, "the socket does not answer; withholding the watchdog ping"),
-            Err(_) => tracing::error!("the socket did not answer in time; withholding the watchdog ping"),
         }
     }
 }

@@ -1,6 +1,10 @@
 //! Running as a daemon: start, reload and stop ([`daemon`]), systemd integration ([`systemd`]:
-//! notify, watchdog, socket activation) and logging ([`logging`]).
+//! notify, socket activation), the watchdog ([`watchdog`]) and logging ([`logging`]).
 
 pub mod daemon;
+mod error;
 pub mod logging;
 pub mod systemd;
+mod watchdog;
+
+pub use error::{ReloadError, StartError};

@@ -21,6 +21,16 @@ pub struct ProviderHealth {
     pub last_error: Option<String>,
 }
 
+/// A provider client could not be made for a configured `[[provider]]`.
+#[derive(Debug, thiserror::Error)]
+#[error("provider {provider:?}: {source}")]
+pub struct ProviderSetupError {
+    /// The `[[provider]]` name.
+    pub provider: String,
+    /// What failed.
+    pub source: HttpClientError,
+}
+
 /// A client for one configured provider.
 pub struct ProviderClient {
     pub(super) settings: Arc<ProviderSettings>,

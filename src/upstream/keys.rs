@@ -364,20 +364,6 @@ pub fn jwk_thumbprint(jwk: &Value) -> Result<String, KeyError> {
     Ok(URL_SAFE_NO_PAD.encode(digest.as_ref()))
 }
 
-/// The first `hex_digits` lowercase hex digits of SHA-256(`data`): a fingerprint safe to log.
-pub fn sha256_hex_prefix(data: &[u8], hex_digits: usize) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
-    let n = hex_digits.min(64);
-    let mut out = String::with_capacity(n);
-    for b in digest.as_ref().iter().take(n.div_ceil(2)) {
-        out.push(HEX[usize::from(b >> 4)] as char);
-        out.push(HEX[usize::from(b & 0xf)] as char);
-    }
-    out.truncate(n);
-    out
-}
-
 /// The signature algorithm a public JWK is for: its `alg` member if present, else derived from
 /// `kty`/`crv` (EC P-256 → ES256, P-384 → ES384, OKP Ed25519 → EdDSA, RSA → RS256).
 pub fn jwk_algorithm(jwk: &Value) -> Result<Algorithm, KeyError> {
@@ -510,13 +496,6 @@ mod tests {
             "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
         );
         assert!(jwk_thumbprint(&json!({"kty": "EC", "crv": "P-256"})).is_err());
-    }
-
-    #[test]
-    fn fingerprint_prefix() {
-        // SHA-256("abc") = ba7816bf8f01cfea...
-        assert_eq!(sha256_hex_prefix(b"abc", 16), "ba7816bf8f01cfea");
-        assert_eq!(sha256_hex_prefix(b"abc", 100).len(), 64);
     }
 
     #[test]

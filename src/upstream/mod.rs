@@ -18,7 +18,7 @@ mod http;
 mod jwks;
 pub mod keys;
 
-pub use client::{ProviderClient, ProviderHealth, Providers};
+pub use client::{ProviderClient, ProviderHealth, ProviderSetupError, Providers};
 pub use discovery::{Discovery, Metadata, parse_discovery};
 pub use grants::{ExchangeRequest, PresentedToken, TokenAnswer, parse_token_answer};
 pub use http::{HttpClientError, http_client};
