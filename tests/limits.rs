@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use cortexid::api::server::MAX_CONNECTIONS_PER_PROCESS;
+use cortexid::api::limits::MAX_CONNECTIONS_PER_PROCESS;
 
 /// Everything the agent sends until it closes the connection. The read timeout only keeps a
 /// broken agent from hanging the test.

@@ -5,12 +5,12 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(query) = std::str::from_utf8(data) {
-        match cortexid::api::server::parse_query(Some(query)) {
+        match cortexid::api::routes::parse_query(Some(query)) {
             Ok(ask) => assert!(ask.audience.as_deref() != Some("")),
             Err(e) => assert_eq!(e.status(), 400),
         }
     }
-    match cortexid::api::server::parse_body(data) {
+    match cortexid::api::routes::parse_body(data) {
         Ok(ask) => {
             for t in [&ask.subject_token, &ask.actor_token].into_iter().flatten() {
                 assert!(!t.token.expose().trim().is_empty());

@@ -1,4 +1,13 @@
-//! The socket API: the accept loop, connection caps and deadlines, routes and JSON answers
-//! ([`server`]). Who is calling is attested by [`crate::caller`] for every connection.
+//! The socket API. Who is calling is attested by [`crate::caller`] once per connection; then:
+//!
+//! | file | owns |
+//! | --- | --- |
+//! | [`server`] | the accept loop on the Unix socket (and the optional TCP `/metrics` listener), deadlines, graceful stop |
+//! | [`limits`] | connection caps per process, per uid and in all; refusals |
+//! | [`routes`] | each endpoint, strict parsing of token requests, head and body limits |
+//! | [`responses`] | JSON answers, errors, and the rendering of a granted token |
 
+pub mod limits;
+mod responses;
+pub mod routes;
 pub mod server;

@@ -1,0 +1,300 @@
+//! The token request path: a verified caller's request → presented credential checked → policy
+//! → credentials → rate limit → cache (which exchanges on a miss) → `token.issued` audited →
+//! the grant the server renders. Every refusal on the way is audited as `token.denied`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::cache::{Credential, Spec};
+use crate::caller::Caller;
+use crate::config::{AuditFailure, Config, IdentitySettings, SecretFile, SubjectSource};
+use crate::error::{ApiError, ErrorKind};
+use crate::policy::{self, Ask};
+use crate::token::IssuedToken;
+use crate::upstream::PresentedToken;
+
+use super::Agent;
+
+/// A token request as the socket API received it.
+#[derive(Debug, Default)]
+pub struct TokenAsk {
+    pub identity: Option<String>,
+    pub audience: Option<String>,
+    pub scopes: BTreeSet<String>,
+    pub min_valid: Option<u64>,
+    pub subject_token: Option<PresentedToken>,
+    pub actor_token: Option<PresentedToken>,
+}
+
+/// The `token.issued` audit event, serialised straight from borrowed parts.
+#[derive(Serialize)]
+struct IssuedEvent<'a> {
+    outcome: &'static str,
+    caller: &'a Caller,
+    role: &'a str,
+    identity: &'a str,
+    audience: &'a str,
+    scope: &'a str,
+    source: &'static str,
+    token: &'a serde_json::value::RawValue,
+    agent: bool,
+    actor: Option<PartyView<'a>>,
+    subject: Option<PartyView<'a>>,
+}
+
+/// The subject or actor behind a token, by claims and credential fingerprint.
+#[derive(Serialize)]
+struct PartyView<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+    sub: Option<&'a str>,
+    fingerprint: Option<&'a str>,
+}
+
+/// A token granted to a caller: what the socket API answers with.
+#[derive(Debug)]
+pub struct Granted {
+    /// The token (cached or fresh).
+    pub token: Arc<IssuedToken>,
+    /// The identity it was issued for.
+    pub identity: Arc<IdentitySettings>,
+    /// The audience it was issued for.
+    pub audience: String,
+    /// The granted scopes, space-separated.
+    pub scope: String,
+}
+
+impl Agent {
+    pub(super) fn credential(&self, file: &SecretFile, token_type: &str, what: &str) -> Result<Credential, ApiError> {
+        let value = self.creds.read(file).map_err(|e| {
+            ApiError::new(
+                ErrorKind::Internal,
+                format!("the agent cannot read its {what} credential: {e}"),
+            )
+        })?;
+        Ok(Credential::File {
+            file: file.clone(),
+            value: PresentedToken {
+                token: value,
+                token_type: token_type.to_string(),
+            },
+        })
+    }
+
+    /// The identity a presented credential is for: the one named, or the only one that takes
+    /// caller-presented credentials.
+    fn presented_identity(
+        &self,
+        config: &Config,
+        named: Option<&str>,
+    ) -> Result<Arc<crate::config::IdentitySettings>, ApiError> {
+        let candidates: Vec<&Arc<crate::config::IdentitySettings>> = match named {
+            Some(n) => config.identity(n).into_iter().collect(),
+            None => config
+                .identities
+                .iter()
+                .filter(|i| i.subject == SubjectSource::Caller)
+                .collect(),
+        };
+        match candidates.as_slice() {
+            [one] if one.subject == SubjectSource::Caller => Ok((*one).clone()),
+            [one] => Err(ApiError::invalid_request(format!(
+                "identity {:?} uses its own subject credential; do not send subject_token",
+                one.name
+            ))),
+            [] if named.is_some() => Err(ApiError::new(
+                ErrorKind::UnknownIdentity,
+                format!(
+                    "no identity named {:?} is configured on this agent",
+                    named.unwrap_or_default()
+                ),
+            )),
+            [] => Err(ApiError::invalid_request(
+                "no identity on this agent takes a caller-presented subject_token",
+            )),
+            many => Err(ApiError::invalid_request(format!(
+                "several identities take a presented credential; say which with identity (one of: {})",
+                many.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+
+    /// Serves one token request for a verified caller; every outcome is audited.
+    pub async fn token(&self, caller: &Caller, ask: TokenAsk) -> Result<Granted, ApiError> {
+        let state = self.state();
+        let config = &state.config;
+        let denied = |e: &ApiError, role: Option<&str>| {
+            self.audit_best_effort(
+                "token.denied",
+                serde_json::json!({
+                    "outcome": "denied", "caller": caller, "role": role,
+                    "identity": ask.identity, "audience": ask.audience,
+                    "scope": ask.scopes.iter().cloned().collect::<Vec<_>>().join(" "),
+                    "reason": e.code(), "error_description": e.description,
+                }),
+            );
+        };
+        // A presented credential is verified first: its claims decide which roles match.
+        let mut identity_name = ask.identity.clone();
+        let mut claims = None;
+        if let Some(subject) = &ask.subject_token {
+            let identity = self
+                .presented_identity(config, ask.identity.as_deref())
+                .inspect_err(|e| denied(e, None))?;
+            let verified = self
+                .presented
+                .verify(subject.token.expose(), &identity.trusted_issuers)
+                .await
+                .inspect_err(|e| denied(e, None))?;
+            identity_name = Some(identity.name.clone());
+            claims = Some(verified);
+        }
+        let scopes = ask.scopes.clone();
+        let grant = policy::authorize(
+            config,
+            caller,
+            claims.as_ref(),
+            &Ask {
+                identity: identity_name.as_deref(),
+                audience: ask.audience.as_deref(),
+                scopes: &scopes,
+            },
+        )
+        .inspect_err(|e| denied(e, None))?;
+        let role = grant.role.name.as_str();
+        let identity = &grant.identity;
+        let subject = match &identity.subject {
+            SubjectSource::Client => Credential::None,
+            SubjectSource::File(file) => self
+                .credential(file, &identity.subject_token_type, "subject")
+                .inspect_err(|e| denied(e, Some(role)))?,
+            SubjectSource::Caller => match &ask.subject_token {
+                Some(t) => Credential::Presented(t.clone()),
+                None => {
+                    let e = ApiError::invalid_request(format!(
+                        "identity {:?} takes the subject credential from the caller: POST /v1/token with subject_token in the JSON body",
+                        identity.name
+                    ));
+                    denied(&e, Some(role));
+                    return Err(e);
+                }
+            },
+        };
+        if let Some(rate) = grant.role.rate {
+            let process = caller.pid.map_or(-i64::from(caller.uid), i64::from);
+            if let Err(wait) = self.limiter.check(role, process, rate) {
+                let e = ApiError::new(
+                    ErrorKind::SlowDown,
+                    format!(
+                        "role {role:?} allows {} requests per {:?} per process; this process is over it, retry in {} ms",
+                        rate.count,
+                        rate.per,
+                        wait.as_millis()
+                    ),
+                )
+                .with_retry_after(wait.as_secs_f64().ceil() as u64);
+                denied(&e, Some(role));
+                return Err(e);
+            }
+        }
+        let actor = match (&identity.actor_token_file, &ask.actor_token) {
+            (_, Some(t)) => Credential::Presented(t.clone()),
+            (Some(file), None) => self
+                .credential(file, &identity.actor_token_type, "actor")
+                .inspect_err(|e| denied(e, Some(role)))?,
+            (None, None) => Credential::None,
+        };
+        if grant.role.agent && matches!(actor, Credential::None) {
+            let e = ApiError::invalid_request(format!(
+                "role {role:?} is for automation/AI agents, whose tokens are delegated: present your own credential as actor_token (cortexid token --actor-token-file PATH)"
+            ));
+            denied(&e, Some(role));
+            return Err(e);
+        }
+        let caller_presented = ask.subject_token.is_some() || ask.actor_token.is_some();
+        let spec = Spec {
+            identity: identity.clone(),
+            audience: grant.audience.clone(),
+            scopes: grant.scopes.clone(),
+            subject,
+            actor,
+        };
+        let min_valid = Duration::from_secs(ask.min_valid.unwrap_or(0));
+        let (token, source) = self
+            .cache
+            .get(spec, min_valid)
+            .await
+            .map_err(|e| refusal_of_presented(e, caller_presented))
+            .inspect_err(|e| denied(e, Some(role)))?;
+
+        let scope_str = grant.scopes.iter().cloned().collect::<Vec<_>>().join(" ");
+        let actor_fp = ask.actor_token.as_ref().map(|t| t.token.fingerprint());
+        let subject_fp = ask.subject_token.as_ref().map(|t| t.token.fingerprint());
+        let event = IssuedEvent {
+            outcome: "granted",
+            caller,
+            role,
+            identity: &identity.name,
+            audience: &grant.audience,
+            scope: &scope_str,
+            source: source.as_str(),
+            token: token.audit_json(),
+            agent: grant.role.agent,
+            actor: token.claims.as_ref().and_then(|c| c.act.as_ref()).map(|act| PartyView {
+                iss: None,
+                sub: act.get("sub").and_then(|s| s.as_str()),
+                fingerprint: actor_fp.as_deref(),
+            }),
+            subject: claims.as_ref().map(|c| PartyView {
+                iss: c.get("iss").and_then(|s| s.as_str()),
+                sub: c.get("sub").and_then(|s| s.as_str()),
+                fingerprint: subject_fp.as_deref(),
+            }),
+        };
+        if let Err(e) = self.shared.audit().write_event("token.issued", &event) {
+            tracing::error!(error = %e, fingerprint = %token.fingerprint, "cannot write the token.issued audit event");
+            if config.agent.audit_failure == AuditFailure::Closed {
+                return Err(ApiError::new(
+                    ErrorKind::AuditUnavailable,
+                    format!(
+                        "the audit log cannot be written ({e}); no token is handed out until it can (audit_failure = \"closed\")"
+                    ),
+                ));
+            }
+        }
+        Ok(Granted {
+            token,
+            identity: identity.clone(),
+            audience: grant.audience,
+            scope: scope_str,
+        })
+    }
+}
+
+/// A provider's `invalid_grant` about a credential the caller presented is the caller's fault.
+fn refusal_of_presented(e: ApiError, caller_presented: bool) -> ApiError {
+    if caller_presented && e.provider_error.as_deref() == Some("invalid_grant") {
+        ApiError {
+            kind: ErrorKind::AccessDenied,
+            ..e
+        }
+    } else {
+        e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ProviderError;
+
+    #[test]
+    fn provider_refusals_of_presented_credentials_are_the_callers() {
+        let e = ProviderError::rejected("invalid_grant", "provider \"corp\" refused the subject credential").to_api();
+        assert_eq!(refusal_of_presented(e.clone(), true).kind, ErrorKind::AccessDenied);
+        assert_eq!(refusal_of_presented(e, false).kind, ErrorKind::UpstreamError);
+    }
+}

@@ -1,0 +1,70 @@
+//! What the agent shows of itself: `/v1/identities` for a caller, `/v1/health` and `/metrics`.
+
+use crate::caller::Caller;
+use crate::policy;
+
+use super::Agent;
+
+impl Agent {
+    /// `/v1/identities` for a caller.
+    pub fn identities(&self, caller: &Caller) -> Vec<policy::IdentityView> {
+        policy::identities_for(&self.config(), caller, None)
+    }
+
+    /// `/v1/health`: status, providers, cache.
+    pub fn health(&self) -> (u16, serde_json::Value) {
+        let state = self.state();
+        let mut providers = serde_json::Map::new();
+        let mut unreachable = false;
+        for (name, p) in &state.providers {
+            let h = p.health();
+            unreachable |= h.reachable == Some(false);
+            providers.insert(
+                name.clone(),
+                serde_json::json!({"reachable": h.reachable.unwrap_or(false), "last_error": h.last_error}),
+            );
+        }
+        let ready = self.ready.load(std::sync::atomic::Ordering::Acquire);
+        let status = if !ready {
+            "starting"
+        } else if unreachable || self.cache.degraded() {
+            "degraded"
+        } else {
+            "ok"
+        };
+        let sinks = self.sinks.snapshot();
+        let body = serde_json::json!({
+            "status": status,
+            "providers": providers,
+            "cache": {"entries": self.cache.len(), "keys": self.cache.snapshot()},
+            "sinks": sinks,
+        });
+        (if ready { 200 } else { 503 }, body)
+    }
+
+    pub fn metrics(&self) -> &crate::output::metrics::Metrics {
+        &self.shared.metrics
+    }
+
+    /// `/metrics` in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let state = self.state();
+        let mut providers_up: Vec<(String, bool)> = state
+            .providers
+            .iter()
+            .map(|(n, p)| (n.clone(), p.health().reachable == Some(true)))
+            .collect();
+        providers_up.sort();
+        let c = &self.cache.counters;
+        self.shared.metrics.render(&crate::output::metrics::Gauges {
+            cache_entries: self.cache.len(),
+            cache_hits: c.hits.load(Relaxed),
+            cache_misses: c.misses.load(Relaxed),
+            renewals: c.renewals.load(Relaxed),
+            sink_writes: self.sinks.writes(),
+            sink_failures: self.sinks.failures(),
+            providers_up,
+        })
+    }
+}
