@@ -1,15 +1,14 @@
 //! The token store: cache keys, hand-out rules, coalescing of concurrent misses, background
-//! renewal with backoff (SPEC section 4).
+//! renewal with backoff as `docs/lifecycle.md` describes it.
 //!
 //! Every key has one [`Entry`]. A miss starts one fetch task and every concurrent caller of that
 //! key waits on its result, so a burst of misses costs one exchange. A key that was served gets a
 //! refresher task that renews it at `refresh_at` of its lifetime (± jitter) for as long as it is
 //! requested within `idle_expiry` (or pinned by a sink), retrying failures with exponential
-//! backoff and full jitter while the current token keeps being served.
+//! backoff and full jitter while the current token keeps being served. The schedule itself is in
+//! [`schedule`]; the keys and the exchanger trait in [`key`].
 
-use std::collections::{BTreeSet, HashMap};
-use std::future::Future;
-use std::pin::Pin;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
@@ -17,154 +16,16 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AgentSettings, IdentitySettings};
 use crate::error::{ApiError, ErrorKind, ProviderError};
 use crate::token::IssuedToken;
-use crate::upstream::PresentedToken;
 
-/// (identity, audience, sorted scope set, subject and actor credential fingerprints).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CacheKey {
-    pub identity: String,
-    pub audience: String,
-    pub scopes: String,
-    pub subject: Option<String>,
-    pub actor: Option<String>,
-}
+mod key;
+mod schedule;
 
-/// Where a credential for an exchange comes from.
-#[derive(Debug, Clone)]
-pub enum Credential {
-    /// The client itself is the subject (client credentials).
-    None,
-    /// Read from a file; `value` is what it held when the key was made.
-    File {
-        file: crate::config::SecretFile,
-        value: PresentedToken,
-    },
-    /// Presented by the caller in the request body.
-    Presented(PresentedToken),
-}
+pub use key::{CacheKey, Credential, ExchangeFuture, Exchanger, FetchReason, Source, Spec};
+pub use schedule::{RefreshSettings, backoff, hand_out_floor, refresh_in};
 
-impl Credential {
-    pub fn token(&self) -> Option<&PresentedToken> {
-        match self {
-            Credential::None => None,
-            Credential::File { value, .. } | Credential::Presented(value) => Some(value),
-        }
-    }
-    pub fn fingerprint(&self) -> Option<String> {
-        self.token().map(|t| t.token.fingerprint())
-    }
-}
-
-/// Everything needed to (re)do the exchange for one key.
-#[derive(Debug)]
-pub struct Spec {
-    pub identity: Arc<IdentitySettings>,
-    pub audience: String,
-    pub scopes: BTreeSet<String>,
-    pub subject: Credential,
-    pub actor: Credential,
-}
-
-impl Spec {
-    pub fn key(&self) -> CacheKey {
-        CacheKey {
-            identity: self.identity.name.clone(),
-            audience: self.audience.clone(),
-            scopes: self.scopes.iter().cloned().collect::<Vec<_>>().join(" "),
-            subject: self.subject.fingerprint(),
-            actor: self.actor.fingerprint(),
-        }
-    }
-}
-
-/// Why an exchange happens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FetchReason {
-    Miss,
-    Renewal,
-}
-
-impl FetchReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FetchReason::Miss => "miss",
-            FetchReason::Renewal => "renewal",
-        }
-    }
-}
-
-pub type ExchangeFuture = Pin<Box<dyn Future<Output = Result<IssuedToken, ProviderError>> + Send>>;
-
-/// Performs exchanges for the cache (the agent: provider lookup, credential re-reading, audit).
-pub trait Exchanger: Send + Sync + 'static {
-    fn exchange(&self, spec: Arc<Spec>, reason: FetchReason) -> ExchangeFuture;
-}
-
-/// Where a served token came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Cache,
-    Exchange,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Cache => "cache",
-            Source::Exchange => "exchange",
-        }
-    }
-}
-
-/// The renewal and hand-out settings of `[agent]`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RefreshSettings {
-    pub refresh_at: f64,
-    pub refresh_jitter: f64,
-    pub min_remaining: Duration,
-    pub idle_expiry: Duration,
-}
-
-impl From<&AgentSettings> for RefreshSettings {
-    fn from(a: &AgentSettings) -> Self {
-        RefreshSettings {
-            refresh_at: a.refresh_at,
-            refresh_jitter: a.refresh_jitter,
-            min_remaining: a.min_remaining,
-            idle_expiry: a.idle_expiry,
-        }
-    }
-}
-
-/// The least remaining lifetime a token may be handed out with:
-/// `max(min_valid, min(min_remaining, lifetime/4))`.
-pub fn hand_out_floor(lifetime: Duration, min_remaining: Duration, min_valid: Duration) -> Duration {
-    min_valid.max(min_remaining.min(lifetime / 4))
-}
-
-/// When to renew a token of `lifetime`, counted from its issue: `refresh_at × lifetime` ±
-/// `jitter × lifetime` (`unit` in -1..=1 picks where in the jitter band), but early enough that
-/// the token is still servable (above the hand-out floor, with a small margin for the exchange
-/// itself) and never sooner than a tenth of the lifetime.
-pub fn refresh_in(lifetime: Duration, s: &RefreshSettings, unit: f64) -> Duration {
-    let l = lifetime.as_secs_f64();
-    let wanted = l * (s.refresh_at + s.refresh_jitter * unit.clamp(-1.0, 1.0));
-    let floor = hand_out_floor(lifetime, s.min_remaining, Duration::ZERO).as_secs_f64();
-    let margin = (l * 0.05).min(1.0);
-    let latest = (l - floor - margin).max(l * 0.1);
-    Duration::from_secs_f64(wanted.clamp(l * 0.1, latest))
-}
-
-/// Exponential backoff with full jitter: uniform in `[0, min(60 s, 1 s × 2^(attempt-1))]`, but at
-/// least what the provider asked for with `Retry-After`.
-pub fn backoff(attempt: u32, unit: f64, retry_after: Option<Duration>) -> Duration {
-    let cap = 2f64.powi(attempt.saturating_sub(1).min(6) as i32).min(60.0);
-    let d = Duration::from_secs_f64(cap * unit.clamp(0.0, 1.0));
-    retry_after.map_or(d, |r| d.max(r.min(Duration::from_secs(300))))
-}
+use schedule::jitter_unit;
 
 /// After a failed exchange, further misses of the same key within this window get the same
 /// error instead of another request to a provider that is down (or that just refused it).
@@ -228,10 +89,6 @@ pub struct Cache {
     exchanger: Arc<dyn Exchanger>,
     cancel: CancellationToken,
     pub counters: CacheCounters,
-}
-
-fn jitter_unit() -> f64 {
-    fastrand::f64() * 2.0 - 1.0
 }
 
 impl Cache {
@@ -572,8 +429,10 @@ async fn refresher(cache: Arc<Cache>, entry: Arc<Entry>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::IdentitySettings;
     use crate::config::{Grant, SubjectSource};
     use crate::token::Secret;
+    use std::collections::BTreeSet;
     use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
     fn settings() -> RefreshSettings {
@@ -583,42 +442,6 @@ mod tests {
             min_remaining: Duration::from_secs(30),
             idle_expiry: Duration::from_secs(1800),
         }
-    }
-
-    #[test]
-    fn renewal_lands_inside_the_jitter_band_and_before_the_hand_out_floor() {
-        let s = settings();
-        let l = Duration::from_secs(300);
-        assert_eq!(refresh_in(l, &s, 0.0), Duration::from_secs(240));
-        assert_eq!(refresh_in(l, &s, 1.0), Duration::from_secs(255));
-        assert_eq!(refresh_in(l, &s, -1.0), Duration::from_secs(225));
-        // 4 s tokens: the floor is 1 s (lifetime/4), so renewal comes by 2.8 s at the latest.
-        let short = refresh_in(Duration::from_secs(4), &s, 1.0);
-        assert!(short <= Duration::from_millis(2800), "{short:?}");
-        assert!(short >= Duration::from_millis(400));
-    }
-
-    #[test]
-    fn the_hand_out_floor_follows_the_spec_formula() {
-        let m = Duration::from_secs(30);
-        assert_eq!(hand_out_floor(Duration::from_secs(3600), m, Duration::ZERO), m);
-        assert_eq!(
-            hand_out_floor(Duration::from_secs(60), m, Duration::ZERO),
-            Duration::from_secs(15)
-        );
-        assert_eq!(
-            hand_out_floor(Duration::from_secs(60), m, Duration::from_secs(40)),
-            Duration::from_secs(40)
-        );
-    }
-
-    #[test]
-    fn backoff_doubles_to_a_minute_with_full_jitter() {
-        assert_eq!(backoff(1, 1.0, None), Duration::from_secs(1));
-        assert_eq!(backoff(3, 1.0, None), Duration::from_secs(4));
-        assert_eq!(backoff(30, 1.0, None), Duration::from_secs(60));
-        assert_eq!(backoff(30, 0.0, None), Duration::ZERO);
-        assert_eq!(backoff(1, 0.5, Some(Duration::from_secs(7))), Duration::from_secs(7));
     }
 
     /// A provider stand-in: counts exchanges; mode 0 works, 1 fails retryably.
