@@ -1,4 +1,4 @@
-//! Bots and AI agents: delegated, narrowly scoped, rate-limited tokens (SPEC section 5).
+//! Bots and AI agents: delegated, narrowly scoped, rate-limited tokens; see README.md, "Bots and AI agents".
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! Audit events (SPEC section 6): one JSON object per line, to a file, the journal, or stderr.
+//! Audit events (`docs/audit.md`): one JSON object per line, to a file, the journal, or stderr.
 //!
 //! Writing is synchronous and complete before a token is handed out: with
 //! `audit_failure = "closed"` a `token.issued` event that cannot be written means no token.

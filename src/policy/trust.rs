@@ -1,4 +1,4 @@
-//! Credentials that callers present (SPEC section 5): a JWT is accepted only if it verifies
+//! Credentials that callers present (`docs/api.md`, `POST /v1/token`): a JWT is accepted only if it verifies
 //! against one of the identity's `trusted_issuers` — signature by the issuer's JWKS (re-fetched
 //! on key rotation), `iss`, `aud`, `exp` and `nbf` with a small leeway. Its claims then feed the
 //! `claims` conditions of roles.
