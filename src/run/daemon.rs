@@ -1,6 +1,6 @@
 //! The agent process: bind the socket, serve, tell systemd, reload on SIGHUP, stop on SIGTERM.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -28,18 +28,24 @@ pub struct RunningAgent {
 
 /// Binds the agent's socket: creates its directory, refuses to steal a socket another agent is
 /// serving, removes a stale one, and sets mode and group.
+///
+/// The socket is bound, given its mode and group inside a fresh private directory (0700, next to
+/// the final path), then renamed into place: nothing another user does to the path while the
+/// socket is being prepared can redirect the `chmod` or `chown` to another file.
 pub fn bind_socket(config: &Config) -> Result<UnixListener, StartError> {
     let a = &config.agent;
     let path = &a.socket;
-    if let Some(dir) = path.parent()
-        && !dir.exists()
-    {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.exists() {
         std::fs::create_dir_all(dir).map_err(|source| StartError::SocketDir {
             dir: dir.to_path_buf(),
             source,
         })?;
     }
-    if path.exists() {
+    if std::fs::symlink_metadata(path).is_ok() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(StartError::SocketInUse { path: path.clone() });
         }
@@ -48,25 +54,46 @@ pub fn bind_socket(config: &Config) -> Result<UnixListener, StartError> {
             source,
         })?;
     }
-    let listener = UnixListener::bind(path).map_err(|source| StartError::Bind {
-        path: path.clone(),
+    let private = dir.join(format!(".cortexid-bind-{:016x}", fastrand::u64(..)));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(|source| StartError::SocketDir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+    let result = bind_private(&private, path, a.socket_mode, a.socket_group);
+    let _ = std::fs::remove_dir_all(&private);
+    result
+}
+
+/// Binds in `private` (a directory only this process can enter), sets mode and group there, and
+/// renames the socket to `path`.
+fn bind_private(private: &Path, path: &Path, mode: u32, group: Option<u32>) -> Result<UnixListener, StartError> {
+    let staged = private.join("agent.sock");
+    let listener = UnixListener::bind(&staged).map_err(|source| StartError::Bind {
+        path: path.to_path_buf(),
         source,
     })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(a.socket_mode)).map_err(|source| {
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode)).map_err(|source| {
         StartError::SocketMode {
-            path: path.clone(),
+            path: path.to_path_buf(),
             source,
         }
     })?;
-    if let Some(gid) = a.socket_group {
-        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(|source| {
+    if let Some(gid) = group {
+        nix::unistd::chown(&staged, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(|source| {
             StartError::SocketGroup {
-                path: path.clone(),
+                path: path.to_path_buf(),
                 gid,
                 source,
             }
         })?;
     }
+    std::fs::rename(&staged, path).map_err(|source| StartError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })?;
     Ok(listener)
 }
 
