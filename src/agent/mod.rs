@@ -12,10 +12,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::caller::Caller;
 use crate::cache::{Cache, Credential, ExchangeFuture, Exchanger, FetchReason, RefreshSettings, Spec};
-use crate::config::{AuditFailure, Config, FileStamp, SecretFile, SubjectSource};
+use crate::config::{AuditFailure, Config, SubjectSource};
 use crate::error::{ApiError, ErrorKind, ProviderError};
 use crate::output::audit::Audit;
 use crate::policy::{self, Ask};
+use crate::secrets::{FileStamp, SecretFile};
 use crate::token::Secret;
 use crate::upstream::provider::{PresentedToken, ProviderClient, Providers};
 

@@ -9,8 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 
-use crate::config::{Config, Grant, IdentitySettings, ProviderSettings, SecretFile, SubjectSource};
+use crate::config::{Config, Grant, IdentitySettings, ProviderSettings, SubjectSource};
 use crate::error::{ProviderError, ProviderErrorKind};
+use crate::secrets::SecretFile;
 use crate::token::Secret;
 use crate::upstream::provider::{ExchangeRequest, PresentedToken, ProviderClient};
 
