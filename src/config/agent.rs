@@ -1,0 +1,122 @@
+//! `[agent]`: the socket, renewal timing, the audit log and logging.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::DEFAULT_SOCKET;
+use super::locate::key;
+use super::model::{AgentSettings, AuditFailure, AuditTarget, LogFormat};
+use super::raw::RawAgent;
+use super::validate::Validator;
+
+impl Validator<'_> {
+    /// Validates `[agent]`, filling in the default of every key left out.
+    pub(super) fn agent(&mut self, a: &RawAgent) -> AgentSettings {
+        let socket = match &a.socket {
+            Some(s) => self.absolute(&key(&["agent", "socket"]), s),
+            None => PathBuf::from(DEFAULT_SOCKET),
+        };
+        let socket_mode = self.mode(&key(&["agent", "socket_mode"]), a.socket_mode.as_deref(), 0o666);
+        let socket_group = a
+            .socket_group
+            .as_ref()
+            .and_then(|g| self.gid(&key(&["agent", "socket_group"]), g));
+        let refresh_at = a.refresh_at.unwrap_or(0.8);
+        if !(0.5..=0.95).contains(&refresh_at) {
+            self.problem(
+                &key(&["agent", "refresh_at"]),
+                format!("{refresh_at} is out of range; use a fraction from 0.5 to 0.95"),
+            );
+        }
+        let refresh_jitter = a.refresh_jitter.unwrap_or(0.05);
+        if !(0.0..=0.2).contains(&refresh_jitter) {
+            self.problem(
+                &key(&["agent", "refresh_jitter"]),
+                format!("{refresh_jitter} is out of range; use a fraction from 0 to 0.2"),
+            );
+        } else if (0.5..=0.95).contains(&refresh_at) && refresh_at + refresh_jitter >= 1.0 {
+            self.problem(
+                &key(&["agent", "refresh_jitter"]),
+                format!(
+                    "refresh_at + refresh_jitter = {} would renew after expiry; lower one of them",
+                    refresh_at + refresh_jitter
+                ),
+            );
+        }
+        let min_remaining = self.duration(
+            &key(&["agent", "min_remaining"]),
+            a.min_remaining.as_deref(),
+            Duration::from_secs(30),
+        );
+        let idle_expiry = self.duration(
+            &key(&["agent", "idle_expiry"]),
+            a.idle_expiry.as_deref(),
+            Duration::from_secs(30 * 60),
+        );
+        let upstream_timeout = self.duration(
+            &key(&["agent", "upstream_timeout"]),
+            a.upstream_timeout.as_deref(),
+            Duration::from_secs(10),
+        );
+        if upstream_timeout.is_zero() {
+            self.problem(&key(&["agent", "upstream_timeout"]), "must be more than zero".into());
+        }
+        let audit_log = match a.audit_log.as_deref() {
+            None if self.ctx.under_systemd() => AuditTarget::Journal,
+            None => AuditTarget::Stderr,
+            Some("journal") => AuditTarget::Journal,
+            Some("stderr") => AuditTarget::Stderr,
+            Some(p) => {
+                let path = self.absolute(&key(&["agent", "audit_log"]), p);
+                AuditTarget::File(path)
+            }
+        };
+        let audit_failure = match a.audit_failure.as_deref() {
+            None | Some("closed") => AuditFailure::Closed,
+            Some("open") => AuditFailure::Open,
+            Some(other) => {
+                self.problem(
+                    &key(&["agent", "audit_failure"]),
+                    format!("{other:?} is not \"closed\" or \"open\""),
+                );
+                AuditFailure::Closed
+            }
+        };
+        let log_format = match a.log_format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                self.problem(
+                    &key(&["agent", "log_format"]),
+                    format!("{other:?} is not \"text\" or \"json\""),
+                );
+                LogFormat::Text
+            }
+        };
+        let metrics_listen = a.metrics_listen.as_deref().and_then(|s| match s.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.problem(
+                    &key(&["agent", "metrics_listen"]),
+                    format!("{s:?} is not an address like \"127.0.0.1:9464\""),
+                );
+                None
+            }
+        });
+        AgentSettings {
+            socket,
+            socket_mode,
+            socket_group,
+            refresh_at,
+            refresh_jitter,
+            min_remaining,
+            idle_expiry,
+            upstream_timeout,
+            audit_log,
+            audit_failure,
+            log_format,
+            metrics_listen,
+        }
+    }
+}
