@@ -100,7 +100,7 @@ impl CredentialFiles {
         {
             return Ok(value.clone());
         }
-        let value = Secret::from(file.read()?);
+        let value = Secret::from(file.read().map_err(|e| e.to_string())?);
         // Computed once here, so every clone handed out carries it.
         let _ = value.fingerprint();
         if let Some(stamp) = stamp {
@@ -159,7 +159,7 @@ impl Exchanger for AgentExchanger {
             if reason == FetchReason::Renewal {
                 for cred in [&spec.subject, &spec.actor] {
                     if let Credential::File { file, value } = cred {
-                        let now = Secret::from(file.read().map_err(ProviderError::local)?);
+                        let now = Secret::from(file.read().map_err(|e| ProviderError::local(e.to_string()))?);
                         if now != value.token {
                             return Err(ProviderError::local(format!(
                                 "credential {} changed; the key made for the old one is retired",

@@ -32,9 +32,9 @@ use validate::Validator;
 
 pub use model::{
     AgentSettings, AuditFailure, AuditTarget, ClientAuth, Config, Grant, IdentitySettings, LogFormat, ProviderSettings,
-    Rate, Role, SinkSettings, SubjectSource, TargetParameter, TrustedIssuer,
+    Rate, RateError, Role, SinkSettings, SubjectSource, TargetParameter, TrustedIssuer,
 };
-pub use validate::parse_mode;
+pub use validate::{ModeError, parse_mode};
 
 /// Where the agent and the command line look for the configuration unless told otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/cortexid/cortexid.toml";

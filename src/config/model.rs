@@ -166,13 +166,25 @@ pub struct Rate {
     pub per: Duration,
 }
 
+/// Why a `rate` value is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RateError {
+    /// Not `<count>/<unit>` with a whole count and a unit of `s`, `m`, `h` or a non-zero duration.
+    #[error("rate {0:?} is not like \"10/s\", \"100/m\" or \"5/1s\"")]
+    Malformed(String),
+    /// A count of zero, which would refuse every request.
+    #[error("rate {0:?} allows nothing; remove the role or raise the count")]
+    AllowsNothing(String),
+}
+
 impl Rate {
-    pub fn parse(s: &str) -> Result<Rate, String> {
-        let bad = || format!("rate {s:?} is not like \"10/s\", \"100/m\" or \"5/1s\"");
+    /// Parses `"10/s"`, `"100/m"`, `"5/h"` or `"5/30s"` (a count per unit or per duration).
+    pub fn parse(s: &str) -> Result<Rate, RateError> {
+        let bad = || RateError::Malformed(s.to_string());
         let (n, unit) = s.split_once('/').ok_or_else(bad)?;
         let count: u32 = n.trim().parse().map_err(|_| bad())?;
         if count == 0 {
-            return Err(format!("rate {s:?} allows nothing; remove the role or raise the count"));
+            return Err(RateError::AllowsNothing(s.to_string()));
         }
         let per = match unit.trim() {
             "s" => Duration::from_secs(1),

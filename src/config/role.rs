@@ -136,7 +136,7 @@ impl Validator<'_> {
                 Some(s) => match Rate::parse(s) {
                     Ok(rate) => Some(rate),
                     Err(e) => {
-                        self.problem(&at("role", i, "rate"), e);
+                        self.problem(&at("role", i, "rate"), e.to_string());
                         None
                     }
                 },

@@ -64,7 +64,7 @@ impl Validator<'_> {
             Some(s) => match parse_mode(s) {
                 Ok(m) => m,
                 Err(e) => {
-                    self.problem(path, e);
+                    self.problem(path, e.to_string());
                     default
                 }
             },
@@ -101,7 +101,7 @@ impl Validator<'_> {
             }
         };
         if let Err(e) = check_secret_permissions(&resolved) {
-            self.problem(path, e);
+            self.problem(path, e.to_string());
         }
         SecretFile { path: resolved }
     }
@@ -185,13 +185,19 @@ pub(super) fn list_or_none(names: &[&str]) -> String {
     }
 }
 
+/// A file mode that is not one to four octal digits (optionally after `0o`); holds what was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an octal file mode like \"0640\"")]
+pub struct ModeError(pub String);
+
 /// Parses an octal mode string such as `"0640"`.
-pub fn parse_mode(s: &str) -> Result<u32, String> {
+pub fn parse_mode(s: &str) -> Result<u32, ModeError> {
+    let bad = || ModeError(s.to_string());
     let digits = s.strip_prefix("0o").unwrap_or(s);
     if digits.is_empty() || digits.len() > 4 || !digits.chars().all(|c| ('0'..='7').contains(&c)) {
-        return Err(format!("{s:?} is not an octal file mode like \"0640\""));
+        return Err(bad());
     }
-    u32::from_str_radix(digits, 8).map_err(|_| format!("{s:?} is not an octal file mode like \"0640\""))
+    u32::from_str_radix(digits, 8).map_err(|_| bad())
 }
 
 #[cfg(test)]
@@ -250,5 +256,21 @@ mod tests {
         assert_eq!(Rate::parse("100/m").unwrap().per, Duration::from_secs(60));
         assert!(Rate::parse("0/s").is_err());
         assert!(Rate::parse("fast").is_err());
+    }
+
+    #[test]
+    fn mode_and_rate_refusals_say_what_to_write() {
+        assert_eq!(
+            parse_mode("0999").unwrap_err().to_string(),
+            r#""0999" is not an octal file mode like "0640""#
+        );
+        assert_eq!(
+            Rate::parse("fast").unwrap_err().to_string(),
+            r#"rate "fast" is not like "10/s", "100/m" or "5/1s""#
+        );
+        assert_eq!(
+            Rate::parse("0/s").unwrap_err().to_string(),
+            r#"rate "0/s" allows nothing; remove the role or raise the count"#
+        );
     }
 }
