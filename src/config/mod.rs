@@ -47,7 +47,10 @@ pub trait LoadContext {
     fn credentials_directory(&self) -> Option<PathBuf>;
     /// Whether the agent runs under systemd (decides the default audit target).
     fn under_systemd(&self) -> bool;
+    /// The uid of a user name (`users`, sink `owner`), or none when there is no such user.
     fn uid_of_user(&self, name: &str) -> Option<u32>;
+    /// The gid of a group name (`groups`, `socket_group`, sink `group`), or none when there is no
+    /// such group.
     fn gid_of_group(&self, name: &str) -> Option<u32>;
 }
 
