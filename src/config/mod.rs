@@ -26,7 +26,7 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 use crate::error::{ConfigError, ConfigProblem};
-use locate::{Locator, Seg, segments, toml_problem};
+use locate::{Locator, Seg, render_path, segments, toml_problem};
 use raw::RawConfig;
 use validate::Validator;
 
@@ -128,6 +128,31 @@ pub fn parse(text: &str, path: &Path, ctx: &dyn LoadContext) -> Result<Config, C
     }
 }
 
+/// Every key in configuration text that no section accepts, as problems show its path
+/// (`agent.socket_mod`, `role[1].scope`), each once, in the order of their lines.
+///
+/// Unlike [`parse`], this looks at nothing but the keys: a fragment with missing fields, wrong
+/// types, unknown names or absent files still answers, so documentation snippets can be checked
+/// against the sections as they are. Only TOML syntax errors are an error; `path` names the text
+/// in them.
+pub fn unknown_keys(text: &str, path: &Path) -> Result<Vec<String>, ConfigError> {
+    let locator = Locator::new(text);
+    let table: toml::Table = text.parse().map_err(|e| ConfigError {
+        path: path.display().to_string(),
+        problems: vec![toml_problem(&locator, &e)],
+    })?;
+    let mut found = raw::unknown_keys(table);
+    found.sort_by_key(|p| locator.line(p).unwrap_or(usize::MAX));
+    let mut out: Vec<String> = Vec::new();
+    for p in found {
+        let key = render_path(&p);
+        if !out.contains(&key) {
+            out.push(key);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::test_support::{TestContext, good};
@@ -149,5 +174,54 @@ mod tests {
             vec![0, 1001]
         );
         assert!(matches!(cfg.providers[0].client_auth, ClientAuth::SecretBasic(_)));
+    }
+
+    #[test]
+    fn unknown_keys_are_found_beside_missing_and_mistyped_values() {
+        let text = r#"
+[agent]
+refresh_at = "high"
+socket_mod = "0666"
+
+[[identity]]
+name = "payments"
+scope = ["payments.read"]
+trusted_issuers = [{ issuer = "https://ci.example.com", jwks_uri = "https://ci.example.com/jwks", audience = "x", ca = "/ca.pem" }]
+
+[[identity]]
+provider = 1
+audience = "https://payments.internal"
+
+[agnet]
+"#;
+        assert_eq!(
+            unknown_keys(text, Path::new("t.toml")).unwrap(),
+            vec![
+                "agent.socket_mod",
+                "identity[0].scope",
+                "identity[0].trusted_issuers[0].ca",
+                "identity[1].audience",
+                "agnet",
+            ]
+        );
+        let err = unknown_keys("[agent]\nsocket = \n", Path::new("t.toml")).unwrap_err();
+        assert_eq!(err.problems[0].line, Some(2), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_agree_with_parse_on_a_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = good(dir.path()).replace("refresh_at = 0.8", "refresh_at = 0.8\nrefresh_jiter = 0.1");
+        assert_eq!(
+            unknown_keys(&good(dir.path()), Path::new("t.toml")).unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            unknown_keys(&text, Path::new("t.toml")).unwrap(),
+            vec!["agent.refresh_jiter"]
+        );
+        let err = parse(&text, Path::new("t.toml"), &TestContext { creds: None }).unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        assert_eq!(err.problems[0].key, "agent.refresh_jiter");
     }
 }

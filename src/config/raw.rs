@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::locate::{Seg, segments};
+
 /// The whole file: one `[agent]` table and arrays of the other sections.
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct RawConfig {
@@ -125,4 +127,61 @@ pub(super) struct RawSink {
     pub(super) mode: Option<String>,
     pub(super) owner: Option<String>,
     pub(super) group: Option<String>,
+}
+
+/// The key paths in `table` that no section accepts, each found by deserializing one key at a
+/// time: one top-level key, one key of a table such as `[agent]`, or one key of one entry of an
+/// array of tables such as `[[role]]`. A value that is missing or has the wrong type therefore
+/// hides no unknown key beside it. An empty table or entry is checked as itself, so a misspelled
+/// section is found even with no keys.
+pub(super) fn unknown_keys(table: toml::Table) -> Vec<Vec<Seg>> {
+    let mut out = Vec::new();
+    for (name, value) in table {
+        match value {
+            toml::Value::Table(t) => {
+                for piece in one_key_each(t) {
+                    check(single(&name, toml::Value::Table(piece)), None, &mut out);
+                }
+            }
+            toml::Value::Array(items) if items.iter().all(toml::Value::is_table) => {
+                for (i, item) in items.into_iter().enumerate() {
+                    let toml::Value::Table(t) = item else { continue };
+                    for piece in one_key_each(t) {
+                        let entry = toml::Value::Array(vec![toml::Value::Table(piece)]);
+                        check(single(&name, entry), Some(i), &mut out);
+                    }
+                }
+            }
+            other => check(single(&name, other), None, &mut out),
+        }
+    }
+    out
+}
+
+/// `table` split into tables of one key each (or itself when it is empty).
+fn one_key_each(table: toml::Table) -> Vec<toml::Table> {
+    if table.is_empty() {
+        return vec![table];
+    }
+    table.into_iter().map(|(k, v)| single(&k, v)).collect()
+}
+
+fn single(key: &str, value: toml::Value) -> toml::Table {
+    let mut t = toml::Table::new();
+    t.insert(key.to_string(), value);
+    t
+}
+
+/// Records the unknown keys of a one-key document; `index` is the entry's place in its array of
+/// tables, put back into the paths (the document holds that entry alone, at index 0).
+fn check(doc: toml::Table, index: Option<usize>, out: &mut Vec<Vec<Seg>>) {
+    // A missing field or a wrong type is an error here, and not this function's business: only
+    // the unknown keys reported on the way count.
+    let _checked: Result<RawConfig, _> = serde_ignored::deserialize(toml::Value::Table(doc), |p| {
+        let mut path = segments(&p);
+        if let (Some(i), Some(Seg::Index(at))) = (index, path.get_mut(1)) {
+            *at = i;
+        }
+        out.push(path);
+    });
 }
