@@ -120,3 +120,56 @@ impl Validator<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::test_support::{TestContext, good};
+    use crate::config::{AuditFailure, ConfigError, LogFormat, parse};
+
+    fn problems(text: &str) -> Vec<String> {
+        let err: ConfigError = parse(text, Path::new("t.toml"), &TestContext { creds: None }).unwrap_err();
+        err.problems
+            .iter()
+            .map(|p| format!("{}: {}", p.key, p.message))
+            .collect()
+    }
+
+    #[test]
+    fn renewal_must_come_before_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = good(dir.path()).replace("refresh_at = 0.8", "refresh_at = 0.95\nrefresh_jitter = 0.1");
+        assert_eq!(
+            problems(&text),
+            vec![
+                "agent.refresh_jitter: refresh_at + refresh_jitter = 1.05 would renew after expiry; lower one of them"
+            ]
+        );
+    }
+
+    #[test]
+    fn each_wrong_agent_value_is_reported_and_defaults_hold_when_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = parse(&good(dir.path()), Path::new("t.toml"), &TestContext { creds: None }).unwrap();
+        assert_eq!(cfg.agent.audit_failure, AuditFailure::Closed);
+        assert_eq!(cfg.agent.log_format, LogFormat::Text);
+        assert_eq!(cfg.agent.metrics_listen, None);
+        let text = good(dir.path()).replace(
+            "refresh_at = 0.8",
+            "refresh_at = 0.8\naudit_log = \"audit.jsonl\"\naudit_failure = \"maybe\"\nlog_format = \"yaml\"\nmetrics_listen = \"localhost\"\nupstream_timeout = \"0s\"\nidle_expiry = \"soon\"",
+        );
+        let all = problems(&text);
+        assert_eq!(
+            all,
+            vec![
+                r#"agent.audit_log: "audit.jsonl" must be an absolute path"#,
+                r#"agent.audit_failure: "maybe" is not "closed" or "open""#,
+                r#"agent.log_format: "yaml" is not "text" or "json""#,
+                r#"agent.metrics_listen: "localhost" is not an address like "127.0.0.1:9464""#,
+                "agent.upstream_timeout: must be more than zero",
+                r#"agent.idle_expiry: "soon" is not a duration; write it like "30s", "5m" or "1h""#,
+            ],
+        );
+    }
+}

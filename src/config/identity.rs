@@ -155,3 +155,85 @@ impl Validator<'_> {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::test_support::{TestContext, good};
+    use crate::config::{ConfigError, parse};
+    use crate::oauth::{TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
+
+    fn problems(text: &str) -> Vec<String> {
+        let err: ConfigError = parse(text, Path::new("t.toml"), &TestContext { creds: None }).unwrap_err();
+        err.problems
+            .iter()
+            .map(|p| format!("{}: {}", p.key, p.message))
+            .collect()
+    }
+
+    #[test]
+    fn token_types_default_to_a_jwt_for_an_access_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = parse(&good(dir.path()), Path::new("t.toml"), &TestContext { creds: None }).unwrap();
+        let id = &cfg.identities[0];
+        assert_eq!(id.subject_token_type, TOKEN_TYPE_JWT);
+        assert_eq!(id.actor_token_type, TOKEN_TYPE_JWT);
+        assert_eq!(id.requested_token_type, TOKEN_TYPE_ACCESS_TOKEN);
+    }
+
+    #[test]
+    fn the_subject_must_fit_the_grant() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = good(dir.path());
+        let sa = dir.path().join("sa.jwt");
+        let with_batch = |extra: &str| {
+            base.replace(
+                "grant = \"client_credentials\"\n",
+                &format!("grant = \"client_credentials\"\n{extra}\n"),
+            )
+        };
+        assert_eq!(
+            problems(&with_batch(&format!("subject_token_file = \"{}\"", sa.display()))),
+            vec![
+                "identity[1].subject_token_file: client_credentials has no subject credential; remove it or use grant = \"token_exchange\""
+            ]
+        );
+        assert_eq!(
+            problems(&with_batch(&format!("actor_token_file = \"{}\"", sa.display()))),
+            vec!["identity[1].actor_token_file: client_credentials cannot delegate; use grant = \"token_exchange\""]
+        );
+        let caller = base.replace(
+            &format!("subject_token_file = \"{}\"", sa.display()),
+            "subject = \"caller\"",
+        );
+        assert_eq!(
+            problems(&caller),
+            vec![
+                "identity[0].subject: subject = \"caller\" needs trusted_issuers = [{ issuer, jwks_uri, audience }] to verify what callers present"
+            ]
+        );
+        let neither = base.replace(&format!("subject_token_file = \"{}\"\n", sa.display()), "");
+        assert_eq!(
+            problems(&neither),
+            vec![
+                "identity[0].name: token_exchange needs a subject credential: subject_token_file = \"...\" or subject = \"caller\""
+            ]
+        );
+    }
+
+    #[test]
+    fn names_are_unique_and_audiences_required() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = good(dir.path())
+            .replace("name = \"batch\"", "name = \"payments\"")
+            .replace("audiences = [\"https://batch.internal\"]\n", "");
+        assert_eq!(
+            problems(&text),
+            vec![
+                "identity[1].name: identity \"payments\" is defined twice",
+                "identity[1].name: audiences = [...] must list at least one audience",
+            ]
+        );
+    }
+}

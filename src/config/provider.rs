@@ -131,6 +131,7 @@ mod tests {
 
     use crate::config::parse;
     use crate::config::test_support::{TestContext, good};
+    use crate::config::{ClientAuth, TargetParameter};
 
     #[test]
     fn http_issuers_are_refused_unless_loopback() {
@@ -140,5 +141,48 @@ mod tests {
         assert!(err.to_string().contains("http:// to a non-loopback host"));
         let text = good(dir.path()).replace("https://idp.example.com", "http://127.0.0.1:8080");
         parse(&text, Path::new("t.toml"), &TestContext { creds: None }).unwrap();
+    }
+
+    #[test]
+    fn client_auth_takes_exactly_its_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = good(dir.path()).replace(
+            "client_id = \"node-17\"\n",
+            "client_id = \"node-17\"\nclient_auth = \"private_key_jwt\"\ntarget_parameter = \"both\"\n",
+        );
+        let err = parse(&text, Path::new("t.toml"), &TestContext { creds: None }).unwrap_err();
+        let keys: Vec<(&str, &str)> = err
+            .problems
+            .iter()
+            .map(|p| (p.key.as_str(), p.message.as_str()))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (
+                    "provider[0].client_auth",
+                    "client_auth = \"private_key_jwt\" needs private_key_file"
+                ),
+                (
+                    "provider[0].client_secret_file",
+                    "client_auth = \"private_key_jwt\" does not use a client secret; remove it"
+                ),
+            ]
+        );
+        let key = text.replace("client_secret_file", "private_key_file").replace(
+            "target_parameter = \"both\"",
+            "target_parameter = \"both\"\nkey_id = \"k1\"",
+        );
+        let cfg = parse(&key, Path::new("t.toml"), &TestContext { creds: None }).unwrap();
+        let p = &cfg.providers[0];
+        assert_eq!(p.target_parameter, Some(TargetParameter::Both));
+        assert!(p.verify_tokens);
+        match &p.client_auth {
+            ClientAuth::PrivateKeyJwt { key, key_id } => {
+                assert_eq!(key.path, dir.path().join("secret"));
+                assert_eq!(key_id.as_deref(), Some("k1"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

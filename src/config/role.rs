@@ -168,8 +168,10 @@ impl Validator<'_> {
 mod tests {
     use std::path::Path;
 
+    use crate::config::Rate;
     use crate::config::parse;
     use crate::config::test_support::{TestContext, good};
+    use std::time::Duration;
 
     #[test]
     fn a_role_for_everyone_and_narrowing_beyond_the_identity_are_errors() {
@@ -181,5 +183,32 @@ mod tests {
         let all = err.to_string();
         assert!(all.contains("must say who it is for"), "{all}");
         assert!(all.contains("payments.admin"), "{all}");
+    }
+
+    #[test]
+    fn agent_roles_are_rate_limited_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = good(dir.path()).replace(
+            "scopes = [\"payments.read\"]\n",
+            "scopes = [\"payments.read\"]\nagent = true\n",
+        );
+        let cfg = parse(&agent, Path::new("t.toml"), &TestContext { creds: None }).unwrap();
+        assert!(cfg.roles[0].agent);
+        assert_eq!(
+            cfg.roles[0].rate,
+            Some(Rate {
+                count: 10,
+                per: Duration::from_secs(1)
+            })
+        );
+        let cfg = parse(&good(dir.path()), Path::new("t.toml"), &TestContext { creds: None }).unwrap();
+        assert_eq!(cfg.roles[0].rate, None);
+        let bad = good(dir.path()).replace(
+            "scopes = [\"payments.read\"]\n",
+            "scopes = [\"payments.read\"]\nrate = \"0/s\"\n",
+        );
+        let err = parse(&bad, Path::new("t.toml"), &TestContext { creds: None }).unwrap_err();
+        assert_eq!(err.problems[0].key, "role[0].rate");
+        assert!(err.problems[0].message.contains("allows nothing"), "{err}");
     }
 }

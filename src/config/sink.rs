@@ -96,3 +96,74 @@ impl Validator<'_> {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::test_support::{TestContext, good};
+    use crate::config::{ConfigError, parse};
+    use std::path::PathBuf;
+
+    fn problems(text: &str) -> Vec<String> {
+        let err: ConfigError = parse(text, Path::new("t.toml"), &TestContext { creds: None }).unwrap_err();
+        err.problems
+            .iter()
+            .map(|p| format!("{}: {}", p.key, p.message))
+            .collect()
+    }
+
+    fn with_sinks(dir: &Path, sinks: &str) -> String {
+        format!("{}\n{sinks}", good(dir))
+    }
+
+    #[test]
+    fn a_sink_defaults_to_the_identity_s_first_audience_and_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let text = with_sinks(
+            dir.path(),
+            &format!("[[sink]]\nidentity = \"payments\"\npath = \"{d}/p.jwt\"\nowner = \"payments\"\n"),
+        );
+        let cfg = parse(&text, Path::new("t.toml"), &TestContext { creds: None }).unwrap();
+        let sink = &cfg.sinks[0];
+        assert_eq!(sink.audience, "https://payments.internal");
+        assert_eq!(sink.mode, 0o600);
+        assert_eq!(sink.owner, Some(1001));
+        assert_eq!(sink.path, PathBuf::from(format!("{d}/p.jwt")));
+    }
+
+    #[test]
+    fn a_sink_stays_within_its_identity_and_its_file_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let sinks = format!(
+            r#"[[sink]]
+identity = "payments"
+audience = "https://elsewhere.internal"
+scopes = ["payments.admin"]
+path = "{d}/p.jwt"
+mode = "0644"
+
+[[sink]]
+identity = "batch"
+path = "{d}/p.jwt"
+
+[[sink]]
+identity = "nobody"
+path = "{d}/missing/n.jwt"
+"#
+        );
+        assert_eq!(
+            problems(&with_sinks(dir.path(), &sinks)),
+            vec![
+                r#"sink[0].audience: identity "payments" does not allow audience "https://elsewhere.internal"; allowed: https://payments.internal, https://ledger.internal"#.to_string(),
+                r#"sink[0].scopes: scope "payments.admin" is beyond identity "payments"'s ceiling"#.into(),
+                r#"sink[0].mode: 0644 makes the token readable by every user; drop the "other" bits"#.into(),
+                "sink[1].path: two sinks write the same file".into(),
+                r#"sink[2].identity: no [[identity]] named "nobody""#.into(),
+                format!("sink[2].path: the directory of {d}/missing/n.jwt does not exist; create it (systemd: RuntimeDirectory= or tmpfiles.d)"),
+            ]
+        );
+    }
+}
