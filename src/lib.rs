@@ -7,8 +7,9 @@
 //! Data flows one way, and the folders follow it: request ([`api`]) → caller ([`caller`]) →
 //! policy ([`policy`]) → the request path ([`agent`]) → cache ([`cache`]) → provider
 //! ([`upstream`]) → cache → audit ([`output`]) → response. Around it: configuration ([`config`]),
-//! the daemon's lifecycle ([`run`]), the command line ([`cmd`]) and the development provider
-//! ([`devidp`]). `docs/ARCHITECTURE.md` walks a request through them.
+//! the secret files it names ([`secrets`]), the daemon's lifecycle ([`run`]), the command line
+//! ([`cmd`]) and the development provider ([`devidp`]). `docs/ARCHITECTURE.md` walks a request
+//! through them.
 
 // Unsafe code is denied everywhere; the one exception (adopting the socket systemd passes as fd 3)
 // is allowed on that function alone, with its reasons.
@@ -27,5 +28,6 @@ pub mod oauth;
 pub mod output;
 pub mod policy;
 pub mod run;
+pub mod secrets;
 pub mod token;
 pub mod upstream;

@@ -53,7 +53,7 @@ impl Exchanger for AgentExchanger {
             if reason == FetchReason::Renewal {
                 for cred in [&spec.subject, &spec.actor] {
                     if let Credential::File { file, value } = cred {
-                        let now = Secret::from(file.read().map_err(ProviderError::local)?);
+                        let now = Secret::from(file.read().map_err(|e| ProviderError::local(e.to_string()))?);
                         if now != value.token {
                             return Err(ProviderError::local(format!(
                                 "credential {} changed; the key made for the old one is retired",

@@ -4,7 +4,6 @@
 //! providers in [`exchanger`]; what health, metrics and `/v1/identities` show in [`status`]; the
 //! tokens of `[[sink]]` files in [`sinks`].
 
-mod credentials;
 mod exchanger;
 mod request;
 mod sinks;
@@ -21,7 +20,7 @@ use crate::output::audit::Audit;
 use crate::output::sink::SinkBoard;
 use crate::upstream::{ProviderSetupError, Providers};
 
-use credentials::CredentialFiles;
+use crate::secrets::CredentialFiles;
 
 pub use request::{Granted, TokenAsk};
 

@@ -10,9 +10,10 @@ use serde::Serialize;
 
 use crate::cache::{Credential, Spec};
 use crate::caller::Caller;
-use crate::config::{AuditFailure, Config, IdentitySettings, SecretFile, SubjectSource};
+use crate::config::{AuditFailure, Config, IdentitySettings, SubjectSource};
 use crate::error::{ApiError, ErrorKind};
 use crate::policy::{self, Ask};
+use crate::secrets::SecretFile;
 use crate::token::IssuedToken;
 use crate::upstream::PresentedToken;
 

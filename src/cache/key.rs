@@ -29,7 +29,7 @@ pub enum Credential {
     None,
     /// Read from a file; `value` is what it held when the key was made.
     File {
-        file: crate::config::SecretFile,
+        file: crate::secrets::SecretFile,
         value: PresentedToken,
     },
     /// Presented by the caller in the request body.

@@ -9,8 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 
-use crate::config::{Config, Grant, IdentitySettings, ProviderSettings, SecretFile, SubjectSource};
+use crate::config::{Config, Grant, IdentitySettings, ProviderSettings, SubjectSource};
 use crate::error::{ProviderError, ProviderErrorKind};
+use crate::secrets::SecretFile;
 use crate::token::Secret;
 use crate::upstream::{ExchangeRequest, PresentedToken, ProviderClient};
 
@@ -286,7 +287,9 @@ async fn check_provider(config: &Config, p: &ProviderSettings) -> Option<bool> {
         }
         crate::config::ClientAuth::PrivateKeyJwt { key, key_id } => {
             read_check(key, "private_key_file").and_then(|()| {
-                let pem = key.read().map_err(|e| (e, "private_key_file".to_string()))?;
+                let pem = key
+                    .read()
+                    .map_err(|e| (e.to_string(), "private_key_file".to_string()))?;
                 crate::upstream::keys::SigningKey::from_pem(&pem, key_id.as_deref())
                     .map(|_| ())
                     .map_err(|e| (e.to_string(), "private_key_file".to_string()))
@@ -331,7 +334,7 @@ async fn check_provider(config: &Config, p: &ProviderSettings) -> Option<bool> {
 }
 
 fn read_check(f: &SecretFile, key: &str) -> Result<(), (String, String)> {
-    f.read().map(|_| ()).map_err(|e| (e, key.to_string()))
+    f.read().map(|_| ()).map_err(|e| (e.to_string(), key.to_string()))
 }
 
 fn ahead(skew: i64) -> &'static str {
@@ -394,7 +397,7 @@ fn read_credential(step: &str, f: &SecretFile, token_type: &str, key: &str) -> O
         Err(e) => {
             fail(
                 step,
-                e,
+                e.to_string(),
                 "the credential file is missing or unreadable",
                 format!("fix {key} (the file must exist, be readable by cortexid and not by other)"),
             );

@@ -1,0 +1,175 @@
+//! `[agent]`: the socket, renewal timing, the audit log and logging.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::DEFAULT_SOCKET;
+use super::locate::key;
+use super::model::{AgentSettings, AuditFailure, AuditTarget, LogFormat};
+use super::raw::RawAgent;
+use super::validate::Validator;
+
+impl Validator<'_> {
+    /// Validates `[agent]`, filling in the default of every key left out.
+    pub(super) fn agent(&mut self, a: &RawAgent) -> AgentSettings {
+        let socket = match &a.socket {
+            Some(s) => self.absolute(&key(&["agent", "socket"]), s),
+            None => PathBuf::from(DEFAULT_SOCKET),
+        };
+        let socket_mode = self.mode(&key(&["agent", "socket_mode"]), a.socket_mode.as_deref(), 0o666);
+        let socket_group = a
+            .socket_group
+            .as_ref()
+            .and_then(|g| self.gid(&key(&["agent", "socket_group"]), g));
+        let refresh_at = a.refresh_at.unwrap_or(0.8);
+        if !(0.5..=0.95).contains(&refresh_at) {
+            self.problem(
+                &key(&["agent", "refresh_at"]),
+                format!("{refresh_at} is out of range; use a fraction from 0.5 to 0.95"),
+            );
+        }
+        let refresh_jitter = a.refresh_jitter.unwrap_or(0.05);
+        if !(0.0..=0.2).contains(&refresh_jitter) {
+            self.problem(
+                &key(&["agent", "refresh_jitter"]),
+                format!("{refresh_jitter} is out of range; use a fraction from 0 to 0.2"),
+            );
+        } else if (0.5..=0.95).contains(&refresh_at) && refresh_at + refresh_jitter >= 1.0 {
+            self.problem(
+                &key(&["agent", "refresh_jitter"]),
+                format!(
+                    "refresh_at + refresh_jitter = {} would renew after expiry; lower one of them",
+                    refresh_at + refresh_jitter
+                ),
+            );
+        }
+        let min_remaining = self.duration(
+            &key(&["agent", "min_remaining"]),
+            a.min_remaining.as_deref(),
+            Duration::from_secs(30),
+        );
+        let idle_expiry = self.duration(
+            &key(&["agent", "idle_expiry"]),
+            a.idle_expiry.as_deref(),
+            Duration::from_secs(30 * 60),
+        );
+        let upstream_timeout = self.duration(
+            &key(&["agent", "upstream_timeout"]),
+            a.upstream_timeout.as_deref(),
+            Duration::from_secs(10),
+        );
+        if upstream_timeout.is_zero() {
+            self.problem(&key(&["agent", "upstream_timeout"]), "must be more than zero".into());
+        }
+        let audit_log = match a.audit_log.as_deref() {
+            None if self.ctx.under_systemd() => AuditTarget::Journal,
+            None => AuditTarget::Stderr,
+            Some("journal") => AuditTarget::Journal,
+            Some("stderr") => AuditTarget::Stderr,
+            Some(p) => {
+                let path = self.absolute(&key(&["agent", "audit_log"]), p);
+                AuditTarget::File(path)
+            }
+        };
+        let audit_failure = match a.audit_failure.as_deref() {
+            None | Some("closed") => AuditFailure::Closed,
+            Some("open") => AuditFailure::Open,
+            Some(other) => {
+                self.problem(
+                    &key(&["agent", "audit_failure"]),
+                    format!("{other:?} is not \"closed\" or \"open\""),
+                );
+                AuditFailure::Closed
+            }
+        };
+        let log_format = match a.log_format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                self.problem(
+                    &key(&["agent", "log_format"]),
+                    format!("{other:?} is not \"text\" or \"json\""),
+                );
+                LogFormat::Text
+            }
+        };
+        let metrics_listen = a.metrics_listen.as_deref().and_then(|s| match s.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.problem(
+                    &key(&["agent", "metrics_listen"]),
+                    format!("{s:?} is not an address like \"127.0.0.1:9464\""),
+                );
+                None
+            }
+        });
+        AgentSettings {
+            socket,
+            socket_mode,
+            socket_group,
+            refresh_at,
+            refresh_jitter,
+            min_remaining,
+            idle_expiry,
+            upstream_timeout,
+            audit_log,
+            audit_failure,
+            log_format,
+            metrics_listen,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::test_support::{TestContext, good};
+    use crate::config::{AuditFailure, ConfigError, LogFormat, parse};
+
+    fn problems(text: &str) -> Vec<String> {
+        let err: ConfigError = parse(text, Path::new("t.toml"), &TestContext { creds: None }).unwrap_err();
+        err.problems
+            .iter()
+            .map(|p| format!("{}: {}", p.key, p.message))
+            .collect()
+    }
+
+    #[test]
+    fn renewal_must_come_before_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = good(dir.path()).replace("refresh_at = 0.8", "refresh_at = 0.95\nrefresh_jitter = 0.1");
+        assert_eq!(
+            problems(&text),
+            vec![
+                "agent.refresh_jitter: refresh_at + refresh_jitter = 1.05 would renew after expiry; lower one of them"
+            ]
+        );
+    }
+
+    #[test]
+    fn each_wrong_agent_value_is_reported_and_defaults_hold_when_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = parse(&good(dir.path()), Path::new("t.toml"), &TestContext { creds: None }).unwrap();
+        assert_eq!(cfg.agent.audit_failure, AuditFailure::Closed);
+        assert_eq!(cfg.agent.log_format, LogFormat::Text);
+        assert_eq!(cfg.agent.metrics_listen, None);
+        let text = good(dir.path()).replace(
+            "refresh_at = 0.8",
+            "refresh_at = 0.8\naudit_log = \"audit.jsonl\"\naudit_failure = \"maybe\"\nlog_format = \"yaml\"\nmetrics_listen = \"localhost\"\nupstream_timeout = \"0s\"\nidle_expiry = \"soon\"",
+        );
+        let all = problems(&text);
+        assert_eq!(
+            all,
+            vec![
+                r#"agent.audit_log: "audit.jsonl" must be an absolute path"#,
+                r#"agent.audit_failure: "maybe" is not "closed" or "open""#,
+                r#"agent.log_format: "yaml" is not "text" or "json""#,
+                r#"agent.metrics_listen: "localhost" is not an address like "127.0.0.1:9464""#,
+                "agent.upstream_timeout: must be more than zero",
+                r#"agent.idle_expiry: "soon" is not a duration; write it like "30s", "5m" or "1h""#,
+            ],
+        );
+    }
+}

@@ -1,0 +1,213 @@
+//! Secret files: credentials that live in files and are read again at every use.
+//!
+//! Client secrets, private keys and subject and actor credentials never sit in the configuration
+//! or in memory longer than a request needs them: the configuration names a file, and each use
+//! reads it, refusing a file that is missing, not a regular file, or readable by "other". A
+//! [`FileStamp`] lets a caller notice a rotated file with one `stat` instead of a read;
+//! [`CredentialFiles`] does that for the credentials of the request path.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use zeroize::Zeroizing;
+
+use crate::token::Secret;
+
+/// Why a secret file cannot be used. Every message names the file and, where there is one, the
+/// fix; none carries the secret's content.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretFileError {
+    /// There is no file at the path.
+    #[error("secret file {path} does not exist")]
+    NotFound { path: PathBuf },
+    /// The file's metadata cannot be read (for example a directory on the way is not searchable).
+    #[error("cannot read secret file {path}: {error}")]
+    Inaccessible { path: PathBuf, error: std::io::Error },
+    /// The path is a directory, a socket or another non-regular file.
+    #[error("secret file {path} is not a regular file")]
+    NotRegular { path: PathBuf },
+    /// "Other" may read the file; `mode` is its permission bits.
+    #[error("secret file {path} is readable by other (mode {mode:04o}); run: chmod o-rwx {path}")]
+    ReadableByOther { path: PathBuf, mode: u32 },
+    /// The permissions are right but reading the content failed.
+    #[error("cannot read {path}: {error}")]
+    Unreadable { path: PathBuf, error: std::io::Error },
+    /// The content is not UTF-8 text.
+    #[error("{path} is not UTF-8 text")]
+    NotUtf8 { path: PathBuf },
+    /// The content is empty or only whitespace.
+    #[error("{path} is empty")]
+    Empty { path: PathBuf },
+}
+
+/// A secret that lives in a file and is re-read on every use, so rotating it needs no restart.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretFile {
+    pub path: PathBuf,
+}
+
+impl std::fmt::Debug for SecretFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretFile({})", self.path.display())
+    }
+}
+
+impl SecretFile {
+    /// Reads the secret, refusing a file that "other" can read. Surrounding whitespace is trimmed.
+    pub fn read(&self) -> Result<Zeroizing<String>, SecretFileError> {
+        check_secret_permissions(&self.path)?;
+        let path = || self.path.clone();
+        let raw = std::fs::read(&self.path).map_err(|error| SecretFileError::Unreadable { path: path(), error })?;
+        let raw = Zeroizing::new(raw);
+        let text = std::str::from_utf8(&raw).map_err(|_| SecretFileError::NotUtf8 { path: path() })?;
+        let trimmed = text.trim();
+        if trimmed.is_empty() {
+            return Err(SecretFileError::Empty { path: path() });
+        }
+        Ok(Zeroizing::new(trimmed.to_owned()))
+    }
+
+    /// Cheap identity of the file's current content (device, inode, size, mtime, ctime): used to
+    /// notice a rotated credential without re-reading it on every request.
+    pub fn stamp(&self) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&self.path).ok()?;
+        Some(FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+            ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
+        })
+    }
+}
+
+/// What [`SecretFile::stamp`] saw of a file: equal stamps mean (for every practical purpose) the
+/// same content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+/// Refuses a secret file that is missing, not a regular file, or readable by "other".
+pub(crate) fn check_secret_permissions(path: &Path) -> Result<(), SecretFileError> {
+    let meta = std::fs::metadata(path).map_err(|error| match error.kind() {
+        std::io::ErrorKind::NotFound => SecretFileError::NotFound { path: path.into() },
+        _ => SecretFileError::Inaccessible {
+            path: path.into(),
+            error,
+        },
+    })?;
+    if !meta.is_file() {
+        return Err(SecretFileError::NotRegular { path: path.into() });
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o004 != 0 {
+        return Err(SecretFileError::ReadableByOther {
+            path: path.into(),
+            mode: mode & 0o7777,
+        });
+    }
+    Ok(())
+}
+
+/// Credential files, re-read when their content changes (inode, size, mtime, ctime), so the
+/// request path costs one `stat` and a rotated credential starts a new cache key at once.
+#[derive(Default)]
+pub(crate) struct CredentialFiles {
+    seen: Mutex<HashMap<PathBuf, (FileStamp, Secret)>>,
+}
+
+impl CredentialFiles {
+    pub(crate) fn read(&self, file: &SecretFile) -> Result<Secret, SecretFileError> {
+        let stamp = file.stamp();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(stamp), Some((known, value))) = (stamp, seen.get(&file.path))
+            && *known == stamp
+        {
+            return Ok(value.clone());
+        }
+        let value = Secret::from(file.read()?);
+        // Computed once here, so every clone handed out carries it.
+        let _ = value.fingerprint();
+        if let Some(stamp) = stamp {
+            seen.insert(file.path.clone(), (stamp, value.clone()));
+        }
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(dir: &Path, name: &str, content: &[u8], mode: u32) -> SecretFile {
+        let path = dir.join(name);
+        std::fs::write(&path, content).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        SecretFile { path }
+    }
+
+    #[test]
+    fn a_secret_is_read_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = file(dir.path(), "s", b"  s3cret\n", 0o640);
+        assert_eq!(f.read().unwrap().as_str(), "s3cret");
+    }
+
+    #[test]
+    fn every_refusal_names_the_file_in_the_same_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let missing = SecretFile {
+            path: dir.path().join("missing"),
+        };
+        assert_eq!(
+            missing.read().unwrap_err().to_string(),
+            format!("secret file {d}/missing does not exist")
+        );
+        let not_regular = SecretFile {
+            path: dir.path().to_path_buf(),
+        };
+        assert_eq!(
+            not_regular.read().unwrap_err().to_string(),
+            format!("secret file {d} is not a regular file")
+        );
+        let open = file(dir.path(), "open", b"s3cret", 0o644);
+        assert_eq!(
+            open.read().unwrap_err().to_string(),
+            format!("secret file {d}/open is readable by other (mode 0644); run: chmod o-rwx {d}/open")
+        );
+        let empty = file(dir.path(), "empty", b" \n", 0o600);
+        assert_eq!(empty.read().unwrap_err().to_string(), format!("{d}/empty is empty"));
+        let binary = file(dir.path(), "binary", &[0xff, 0xfe], 0o600);
+        assert_eq!(
+            binary.read().unwrap_err().to_string(),
+            format!("{d}/binary is not UTF-8 text")
+        );
+    }
+
+    #[test]
+    fn a_rewritten_file_gets_a_new_stamp() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = file(dir.path(), "s", b"one", 0o600);
+        let before = f.stamp().unwrap();
+        assert_eq!(f.stamp(), Some(before));
+        let next = file(dir.path(), "s.new", b"two!", 0o600);
+        std::fs::rename(&next.path, &f.path).unwrap();
+        assert_ne!(f.stamp(), Some(before));
+        assert_eq!(
+            SecretFile {
+                path: dir.path().join("gone")
+            }
+            .stamp(),
+            None
+        );
+    }
+}
