@@ -24,6 +24,7 @@ pub mod cmd;
 pub mod config;
 pub mod devidp;
 pub mod error;
+pub mod files;
 pub mod oauth;
 pub mod output;
 pub mod policy;

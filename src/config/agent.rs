@@ -69,6 +69,11 @@ impl Validator<'_> {
             Some("stderr") => AuditTarget::Stderr,
             Some(p) => {
                 let path = self.absolute(&key(&["agent", "audit_log"]), p);
+                if let Some(dir) = path.parent().filter(|_| path.is_absolute())
+                    && let Err(e) = crate::files::check_private_dir(dir)
+                {
+                    self.problem(&key(&["agent", "audit_log"]), e.to_string());
+                }
                 AuditTarget::File(path)
             }
         };

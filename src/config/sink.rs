@@ -58,7 +58,11 @@ impl Validator<'_> {
             let path = self.absolute(&at("sink", i, "path"), &s.path);
             if path.is_absolute() {
                 match path.parent() {
-                    Some(dir) if dir.is_dir() => {}
+                    Some(dir) if dir.is_dir() => {
+                        if let Err(e) = crate::files::check_private_dir(dir) {
+                            self.problem(&at("sink", i, "path"), e.to_string());
+                        }
+                    }
                     _ => self.problem(
                         &at("sink", i, "path"),
                         format!(

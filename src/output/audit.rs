@@ -4,9 +4,9 @@
 //! `audit_failure = "closed"` a `token.issued` event that cannot be written means no token.
 //! Events never hold a token or secret; tokens are named by `jti` and fingerprint.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -41,8 +41,9 @@ impl std::fmt::Debug for Audit {
     }
 }
 
+/// Opens the audit file: never through a link, only a file the agent owns (`crate::files`).
 fn open_append(path: &Path) -> std::io::Result<(File, (u64, u64))> {
-    let file = OpenOptions::new().create(true).append(true).mode(0o640).open(path)?;
+    let file = crate::files::open_append_owned(path)?;
     let m = file.metadata()?;
     Ok((file, (m.dev(), m.ino())))
 }
