@@ -1,6 +1,10 @@
 //! Process logs (not the audit log). Under systemd, when `$JOURNAL_STREAM` says stderr is the
 //! journal, logs go to the journal natively (with their fields); otherwise text or JSON lines on
 //! stderr. `RUST_LOG` narrows or widens the level (default `info`).
+//!
+//! Log fields carry text from outside (a provider's error description, a caller's identity
+//! name): on stderr every control character is escaped, so no field can forge a line or send
+//! escape sequences to a terminal.
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -48,9 +52,73 @@ pub fn init(format: LogFormat, journal: bool) {
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter())
-        .with_writer(std::io::stderr);
+        .with_writer(|| EscapingWriter(std::io::stderr()));
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.with_ansi(false).try_init(),
     };
+}
+
+/// A writer for one formatted log line at a time (the fmt layer writes each event whole): every
+/// control character but the line's final newline is written escaped.
+struct EscapingWriter<W: std::io::Write>(W);
+
+impl<W: std::io::Write> std::io::Write for EscapingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write_all(&escape_controls(buf))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// `buf` with C0 controls, DEL and C1 controls written as `\n`, `\t`, `\u{1b}`…, except one
+/// trailing newline.
+fn escape_controls(buf: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let (body, end) = match buf.split_last() {
+        Some((b'\n', body)) => (body, &b"\n"[..]),
+        _ => (buf, &b""[..]),
+    };
+    let is_c1 = |i: usize| body[i] == 0xc2 && body.get(i + 1).is_some_and(|b| (0x80..=0x9f).contains(b));
+    if !body.iter().enumerate().any(|(i, &b)| b < 0x20 || b == 0x7f || is_c1(i)) {
+        return std::borrow::Cow::Borrowed(buf);
+    }
+    let mut out = Vec::with_capacity(buf.len() + 16);
+    let mut i = 0;
+    while i < body.len() {
+        let b = body[i];
+        match b {
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ if b < 0x20 || b == 0x7f => out.extend_from_slice(format!("\\u{{{b:x}}}").as_bytes()),
+            _ if is_c1(i) => {
+                out.extend_from_slice(format!("\\u{{{:x}}}", body[i + 1]).as_bytes());
+                i += 1;
+            }
+            _ => out.push(b),
+        }
+        i += 1;
+    }
+    out.extend_from_slice(end);
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_cannot_forge_lines_or_reach_a_terminal() {
+        let forged = "WARN exchange failed error=kid \u{1b}[31mred\nINFO forged line\r\u{7f}\u{9b}2J\n";
+        let out = String::from_utf8(escape_controls(forged.as_bytes()).into_owned()).unwrap();
+        assert_eq!(
+            out,
+            "WARN exchange failed error=kid \\u{1b}[31mred\\nINFO forged line\\r\\u{7f}\\u{9b}2J\n"
+        );
+        assert_eq!(out.matches('\n').count(), 1, "one line, ending in its own newline");
+        let plain = "INFO exchanged fingerprint=3f2a audience=\"https://é.example\"\n";
+        assert_eq!(escape_controls(plain.as_bytes()).as_ref(), plain.as_bytes());
+    }
 }
