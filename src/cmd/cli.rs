@@ -8,7 +8,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::cmd::client::{ClientError, Response, SocketClient, TOKEN_TYPE_JWT, TokenRequest, default_socket_path};
+use crate::cmd::client::{ClientError, Response, SocketClient, TokenRequest, default_socket_path};
+use crate::oauth::TOKEN_TYPE_JWT;
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILURE: i32 = 1;
@@ -287,7 +288,7 @@ fn read_credential(flag: &str, path: &Path) -> Result<String, String> {
 
 impl TokenArgs {
     /// The request these arguments ask for, without the credentials (see [`TokenArgs::request`]).
-    pub fn base_request(&self) -> TokenRequest {
+    pub(crate) fn base_request(&self) -> TokenRequest {
         let mut scopes: Vec<String> = Vec::new();
         for s in self.scope.iter().flat_map(|s| s.split_whitespace()) {
             if !scopes.iter().any(|have| have == s) {
@@ -304,7 +305,7 @@ impl TokenArgs {
     }
 
     /// The full request, with the credentials read from their files.
-    pub fn request(&self) -> Result<TokenRequest, String> {
+    pub(crate) fn request(&self) -> Result<TokenRequest, String> {
         let mut req = self.base_request();
         if let Some(path) = &self.subject_token_file {
             req.subject_token = Some(read_credential("--subject-token-file", path)?);
