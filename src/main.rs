@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use cortexid::cmd::{cli, dev, doctor};
+use cortexid::cmd::{dev, doctor, identities, status, token};
 use cortexid::config;
 use cortexid::run::{daemon, systemd};
 use cortexid::upstream::keys;
@@ -35,11 +35,11 @@ enum Command {
         dir: Option<PathBuf>,
     },
     /// Ask the running agent for a token.
-    Token(cli::TokenArgs),
+    Token(token::TokenArgs),
     /// List what this caller may request.
-    Identities(cli::IdentitiesArgs),
+    Identities(identities::IdentitiesArgs),
     /// Show the agent's health, providers and cached tokens (never token values).
-    Status(cli::StatusArgs),
+    Status(status::StatusArgs),
     /// Connect to each provider as the agent would and report, step by step, what works and
     /// how to fix what does not (never prints a token).
     Doctor {
@@ -131,9 +131,9 @@ fn main() -> ExitCode {
                         }
                         dev::run(dir, uids, systemd::Notifier::from_env()).await
                     }
-                    Command::Token(args) => cli::token(args).await,
-                    Command::Identities(args) => cli::identities(args).await,
-                    Command::Status(args) => cli::status(args).await,
+                    Command::Token(args) => token::run(args).await,
+                    Command::Identities(args) => identities::run(args).await,
+                    Command::Status(args) => status::run(args).await,
                     Command::Doctor { config, identity } => doctor::run(&config, identity.as_deref()).await,
                     Command::CheckConfig { .. } | Command::Keygen { .. } => 2,
                 }
