@@ -3,7 +3,7 @@
 //! secret: only the decoded claims of what the provider issued.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -38,9 +38,20 @@ fn note(step: &str, detail: impl AsRef<str>) {
     println!("  --    {step}: {}", detail.as_ref());
 }
 
-/// Runs the checks for every identity (or only `identity`) of the config at `config_path`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DoctorArgs {
+    #[arg(long, env = "CORTEXID_CONFIG", default_value = crate::config::DEFAULT_CONFIG_PATH)]
+    pub(crate) config: PathBuf,
+    /// Check only this identity
+    #[arg(long)]
+    pub(crate) identity: Option<String>,
+}
+
+/// Runs the checks for every identity (or only `--identity`) of the config at `--config`.
 /// Returns the exit code: 0 only if every identity checked works.
-pub async fn run(config_path: &Path, identity: Option<&str>) -> i32 {
+pub async fn run(args: DoctorArgs) -> i32 {
+    let config_path = args.config.as_path();
+    let identity = args.identity.as_deref();
     let config = match crate::config::load(config_path, &crate::config::SystemContext) {
         Ok(c) => c,
         Err(e) => {
