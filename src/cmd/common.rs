@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use crate::cmd::client::{Response, SocketClient, default_socket_path};
 
 /// Everything worked.
-pub const EXIT_OK: i32 = 0;
+pub(crate) const EXIT_OK: i32 = 0;
 /// The command ran and failed: the agent refused or is unreachable, a file cannot be read, a
 /// check failed.
 pub const EXIT_FAILURE: i32 = 1;

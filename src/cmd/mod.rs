@@ -9,8 +9,8 @@
 //! - [`check_config`]: parse and validate a configuration without starting;
 //! - [`keygen`]: create a private key for `private_key_jwt` and print its public JWK;
 //! - [`dev`]: a development provider and an agent for it in one process;
-//! - `common.rs`: what they share: the exit codes ([`EXIT_OK`], [`EXIT_FAILURE`], [`EXIT_USAGE`]),
-//!   `--socket`, reading the agent's error answers, writing to stdout;
+//! - `common.rs`: what they share: the exit codes (`EXIT_OK` 0, [`EXIT_FAILURE`] 1, [`EXIT_USAGE`]
+//!   2), `--socket`, reading the agent's error answers, writing to stdout;
 //! - [`client`]: the client of the agent's socket API that `token`, `identities` and `status`
 //!   use (and the daemon's watchdog, and the tests).
 
@@ -24,4 +24,4 @@ pub mod keygen;
 pub mod status;
 pub mod token;
 
-pub use common::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
+pub use common::{EXIT_FAILURE, EXIT_USAGE};

@@ -12,35 +12,35 @@ use hyper_util::rt::TokioIo;
 /// What the server saw of one request.
 #[derive(Debug, Clone)]
 pub(crate) struct Seen {
-    pub method: String,
-    pub uri: String,
-    pub content_type: Option<String>,
-    pub body: String,
+    pub(crate) method: String,
+    pub(crate) uri: String,
+    pub(crate) content_type: Option<String>,
+    pub(crate) body: String,
 }
 
 /// What the server answers.
 pub(crate) struct Answer {
-    pub status: u16,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: String,
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(&'static str, String)>,
+    pub(crate) body: String,
 }
 
 impl Answer {
-    pub fn json(status: u16, body: serde_json::Value) -> Answer {
+    pub(crate) fn json(status: u16, body: serde_json::Value) -> Answer {
         Answer {
             status,
             headers: vec![("content-type", "application/json".into())],
             body: body.to_string(),
         }
     }
-    pub fn text(status: u16, body: &str) -> Answer {
+    pub(crate) fn text(status: u16, body: &str) -> Answer {
         Answer {
             status,
             headers: vec![("content-type", "text/plain".into())],
             body: body.into(),
         }
     }
-    pub fn header(mut self, name: &'static str, value: &str) -> Answer {
+    pub(crate) fn header(mut self, name: &'static str, value: &str) -> Answer {
         self.headers.push((name, value.into()));
         self
     }

@@ -38,8 +38,8 @@ pub struct DoctorArgs {
 }
 
 /// Runs the checks for every identity (or only `--identity`) of the config at `--config`.
-/// Returns the exit code: [`EXIT_OK`] only if every identity checked works, [`EXIT_USAGE`] for an
-/// unknown `--identity`.
+/// Returns the exit code: 0 only if every identity checked works, 2 for an unknown `--identity`,
+/// else 1.
 pub async fn run(args: DoctorArgs) -> i32 {
     let config_path = args.config.as_path();
     let identity = args.identity.as_deref();

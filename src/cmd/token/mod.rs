@@ -67,7 +67,7 @@ fn ceil_secs(d: Duration) -> u64 {
 /// Why a credential file given to `token` cannot be presented. `flag` is the option that named it.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CredentialFileError {
-    /// The file cannot be opened, or is not UTF-8 text.
+    /// The file cannot be opened or read (a file that is not UTF-8 text cannot be read).
     #[error("cannot read {flag} {}: {error}", .path.display())]
     Unreadable {
         flag: &'static str,
