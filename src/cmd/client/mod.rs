@@ -1,9 +1,17 @@
-//! A client of the agent's socket API (used by the CLI and by tests): HTTP/1.1 over the Unix
-//! socket with hyperlocal's connector and hyper-util's pooling client, so connections are kept
-//! alive between requests.
+//! A client of the agent's socket API (used by the CLI, the daemon's watchdog and the tests):
+//! HTTP/1.1 over the Unix socket with hyperlocal's connector and hyper-util's pooling client, so
+//! connections are kept alive between requests.
+//!
+//! - this file: [`SocketClient`], its [`Response`] and its [`ClientError`];
+//! - `request.rs`: `TokenRequest`, what to ask `/v1/token` for and how it is encoded;
+//! - `test_agent.rs` (tests only): a stand-in agent on a Unix socket for unit tests.
 //!
 //! Credentials (`subject_token`, `actor_token`) only ever travel in a `POST` body, never in a URL,
-//! and nothing here prints or `Debug`s a token: [`TokenRequest`] and [`Response`] redact.
+//! and nothing here prints or `Debug`s a token: `TokenRequest` and [`Response`] redact.
+
+mod request;
+#[cfg(test)]
+pub(crate) mod test_agent;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -15,14 +23,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyperlocal::UnixConnector;
 
-/// Where the agent listens when neither `--socket` nor `CORTEXID_SOCKET` says otherwise.
-pub use crate::config::DEFAULT_SOCKET;
+pub(crate) use request::TokenRequest;
 
-/// The token type of a JWT credential presented to `/v1/token` (RFC 8693 section 3).
-pub use crate::oauth::TOKEN_TYPE_JWT;
+use crate::config::DEFAULT_SOCKET;
 
-/// The socket path when none is given.
-pub fn default_socket_path() -> PathBuf {
+/// The socket path when neither `--socket` nor `CORTEXID_SOCKET` says otherwise.
+pub(crate) fn default_socket_path() -> PathBuf {
     PathBuf::from(DEFAULT_SOCKET)
 }
 
@@ -30,33 +36,44 @@ pub fn default_socket_path() -> PathBuf {
 /// An HTTP error status is not a `ClientError`: it is a [`Response`] whose `status` says so.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// No file at the socket path: the agent is not running, or another path was meant.
     #[error("no agent socket at {}: is cortexid running? set --socket or CORTEXID_SOCKET", .0.display())]
     NoSocket(PathBuf),
+    /// The socket file exists but nothing accepts connections on it (a stale socket).
     #[error(
         "nothing is listening on {}: the socket file exists but no agent serves it (is cortexid running? set --socket or CORTEXID_SOCKET)",
         .0.display()
     )]
     NotListening(PathBuf),
+    /// This user may not connect to the socket (its mode, or its directory's).
     #[error(
         "permission denied connecting to {}: this user may not use the agent's socket (check the socket's and its directory's mode and group: socket_mode, socket_group)",
         .0.display()
     )]
     PermissionDenied(PathBuf),
+    /// The whole exchange took longer than [`SocketClient::with_timeout`] allows.
     #[error("no answer from the agent at {} within {}", .path.display(), humantime::format_duration(*.after))]
     Timeout { path: PathBuf, after: Duration },
+    /// Any other failure to connect, send or read; `message` names every cause.
     #[error("cannot talk to the agent at {}: {message}", .path.display())]
     Transport { path: PathBuf, message: String },
+    /// The request could not be built (a path without a leading `/`, a socket path that is not
+    /// UTF-8).
     #[error("cannot build the request: {0}")]
     Request(String),
+    /// An answer arrived, but its body is not JSON where JSON was expected.
     #[error("the agent answered {status} with something that is not JSON: {message}")]
     NotJson { status: u16, message: String },
 }
 
 /// An answer from the agent, whatever its status.
 pub struct Response {
+    /// The HTTP status code.
     pub status: u16,
     pub headers: hyper::HeaderMap,
-    pub body: Bytes,
+    /// The whole body; it may hold a token, so read it through [`Response::json`] or
+    /// [`Response::text`] and never log it.
+    pub(crate) body: Bytes,
 }
 
 impl fmt::Debug for Response {
@@ -84,12 +101,12 @@ impl Response {
     }
 
     /// Whether the status is 2xx.
-    pub fn is_success(&self) -> bool {
+    pub(crate) fn is_success(&self) -> bool {
         (200..300).contains(&self.status)
     }
 
     /// The `Retry-After` header in seconds, when it is there and is a number of seconds.
-    pub fn retry_after(&self) -> Option<u64> {
+    pub(crate) fn retry_after(&self) -> Option<u64> {
         self.headers
             .get(hyper::header::RETRY_AFTER)?
             .to_str()
@@ -97,110 +114,6 @@ impl Response {
             .trim()
             .parse()
             .ok()
-    }
-}
-
-/// What to ask `/v1/token` for. Its `Debug` never shows a credential.
-#[derive(Default, Clone)]
-pub struct TokenRequest {
-    pub audience: Option<String>,
-    pub scopes: Vec<String>,
-    pub identity: Option<String>,
-    /// Seconds the token must still be valid for.
-    pub min_valid: Option<u64>,
-    pub subject_token: Option<String>,
-    pub subject_token_type: Option<String>,
-    pub actor_token: Option<String>,
-    pub actor_token_type: Option<String>,
-}
-
-fn redacted(v: &Option<String>) -> Option<&'static str> {
-    v.as_ref().map(|_| "<redacted>")
-}
-
-impl fmt::Debug for TokenRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenRequest")
-            .field("audience", &self.audience)
-            .field("scopes", &self.scopes)
-            .field("identity", &self.identity)
-            .field("min_valid", &self.min_valid)
-            .field("subject_token", &redacted(&self.subject_token))
-            .field("subject_token_type", &self.subject_token_type)
-            .field("actor_token", &redacted(&self.actor_token))
-            .field("actor_token_type", &self.actor_token_type)
-            .finish()
-    }
-}
-
-/// Percent-encodes everything but RFC 3986 unreserved characters, so a space is `%20` (never
-/// `+`) and `&`, `=`, `#`, `+`, `/`, `?` in a value cannot change the query's meaning.
-pub fn percent_encode(s: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = String::with_capacity(s.len());
-    for &b in s.as_bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0x0f)]));
-        }
-    }
-    out
-}
-
-impl TokenRequest {
-    /// Whether this request presents a credential (and so must be a `POST`).
-    pub fn presents_credential(&self) -> bool {
-        self.subject_token.is_some() || self.actor_token.is_some()
-    }
-
-    /// The scopes as the API wants them: one space-separated string, or `None` when there are none.
-    pub fn scope(&self) -> Option<String> {
-        let scopes: Vec<&str> = self.scopes.iter().flat_map(|s| s.split_whitespace()).collect();
-        (!scopes.is_empty()).then(|| scopes.join(" "))
-    }
-
-    /// The query string of a `GET /v1/token`. Credentials are never part of it.
-    pub fn query(&self) -> String {
-        let mut pairs: Vec<(&str, String)> = Vec::new();
-        if let Some(a) = &self.audience {
-            pairs.push(("audience", a.clone()));
-        }
-        if let Some(s) = self.scope() {
-            pairs.push(("scope", s));
-        }
-        if let Some(i) = &self.identity {
-            pairs.push(("identity", i.clone()));
-        }
-        if let Some(m) = self.min_valid {
-            pairs.push(("min_valid", m.to_string()));
-        }
-        pairs
-            .iter()
-            .map(|(k, v)| format!("{k}={}", percent_encode(v)))
-            .collect::<Vec<_>>()
-            .join("&")
-    }
-
-    /// The JSON body of a `POST /v1/token`: only the fields that are set.
-    pub fn body(&self) -> serde_json::Value {
-        let mut b = serde_json::Map::new();
-        let mut put = |k: &str, v: Option<serde_json::Value>| {
-            if let Some(v) = v {
-                b.insert(k.to_string(), v);
-            }
-        };
-        put("identity", self.identity.clone().map(Into::into));
-        put("audience", self.audience.clone().map(Into::into));
-        put("scope", self.scope().map(Into::into));
-        put("min_valid", self.min_valid.map(Into::into));
-        put("subject_token", self.subject_token.clone().map(Into::into));
-        put("subject_token_type", self.subject_token_type.clone().map(Into::into));
-        put("actor_token", self.actor_token.clone().map(Into::into));
-        put("actor_token_type", self.actor_token_type.clone().map(Into::into));
-        serde_json::Value::Object(b)
     }
 }
 
@@ -353,7 +266,7 @@ impl SocketClient {
 
     /// `GET /v1/token?…` without credentials, `POST /v1/token` with them (credentials never go
     /// in a URL).
-    pub async fn token(&self, req: &TokenRequest) -> Result<Response, ClientError> {
+    pub(crate) async fn token(&self, req: &TokenRequest) -> Result<Response, ClientError> {
         if req.presents_credential() {
             self.post_json("/v1/token", &req.body()).await
         } else {
@@ -367,104 +280,13 @@ impl SocketClient {
     }
 }
 
-/// A stand-in agent for tests: a hyper HTTP/1.1 server on a Unix socket in a temp dir.
-#[cfg(test)]
-pub(crate) mod test_agent {
-    use std::path::{Path, PathBuf};
-    use std::sync::{Arc, Mutex};
-
-    use http_body_util::{BodyExt, Full};
-    use hyper::body::{Bytes, Incoming};
-    use hyper::service::service_fn;
-    use hyper_util::rt::TokioIo;
-
-    /// What the server saw of one request.
-    #[derive(Debug, Clone)]
-    pub(crate) struct Seen {
-        pub method: String,
-        pub uri: String,
-        pub content_type: Option<String>,
-        pub body: String,
-    }
-
-    /// What the server answers.
-    pub(crate) struct Answer {
-        pub status: u16,
-        pub headers: Vec<(&'static str, String)>,
-        pub body: String,
-    }
-
-    impl Answer {
-        pub fn json(status: u16, body: serde_json::Value) -> Answer {
-            Answer {
-                status,
-                headers: vec![("content-type", "application/json".into())],
-                body: body.to_string(),
-            }
-        }
-        pub fn text(status: u16, body: &str) -> Answer {
-            Answer {
-                status,
-                headers: vec![("content-type", "text/plain".into())],
-                body: body.into(),
-            }
-        }
-        pub fn header(mut self, name: &'static str, value: &str) -> Answer {
-            self.headers.push((name, value.into()));
-            self
-        }
-    }
-
-    /// Serves `agent.sock` in `dir` until the runtime ends; returns its path and the request log.
-    pub(crate) async fn serve(dir: &Path, answer: fn(&Seen) -> Answer) -> (PathBuf, Arc<Mutex<Vec<Seen>>>) {
-        let path = dir.join("agent.sock");
-        let listener = tokio::net::UnixListener::bind(&path).unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let log = log.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: hyper::Request<Incoming>| {
-                        let log = log.clone();
-                        async move {
-                            let method = req.method().to_string();
-                            let uri = req.uri().to_string();
-                            let content_type = req
-                                .headers()
-                                .get("content-type")
-                                .map(|v| v.to_str().unwrap().to_string());
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            let seen = Seen {
-                                method,
-                                uri,
-                                content_type,
-                                body: String::from_utf8(body.to_vec()).unwrap(),
-                            };
-                            let a = answer(&seen);
-                            log.lock().unwrap().push(seen);
-                            let mut resp = hyper::Response::builder().status(a.status);
-                            for (k, v) in a.headers {
-                                resp = resp.header(k, v);
-                            }
-                            Ok::<_, std::convert::Infallible>(resp.body(Full::new(Bytes::from(a.body))).unwrap())
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        (path, seen)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     use test_agent::{Answer, serve};
+
+    use crate::oauth::TOKEN_TYPE_JWT;
 
     /// Answers by path, like the agent would.
     fn route(seen: &test_agent::Seen) -> Answer {
@@ -486,59 +308,6 @@ mod tests {
                 serde_json::json!({"error": "not_found", "error_description": "no such path"}),
             )
         }
-    }
-
-    #[test]
-    fn queries_are_percent_encoded_and_credentials_stay_out_of_them() {
-        let req = TokenRequest {
-            audience: Some("https://a.example/x?y=1&z#f".into()),
-            scopes: vec!["read".into(), "write admin+x".into()],
-            identity: Some("pay ments".into()),
-            min_valid: Some(60),
-            subject_token: Some("eyJ.secret.sig".into()),
-            ..TokenRequest::default()
-        };
-        let q = req.query();
-        assert_eq!(
-            q,
-            "audience=https%3A%2F%2Fa.example%2Fx%3Fy%3D1%26z%23f&scope=read%20write%20admin%2Bx\
-             &identity=pay%20ments&min_valid=60"
-        );
-        assert!(!q.contains("secret"));
-        // The server parses the query as application/x-www-form-urlencoded: it must round-trip.
-        let back: Vec<(String, String)> = url::form_urlencoded::parse(q.as_bytes()).into_owned().collect();
-        assert_eq!(back[0].1, "https://a.example/x?y=1&z#f");
-        assert_eq!(back[1].1, "read write admin+x");
-        assert_eq!(back[2].1, "pay ments");
-        assert_eq!(percent_encode("aZ09-._~ é"), "aZ09-._~%20%C3%A9");
-        assert_eq!(TokenRequest::default().query(), "");
-    }
-
-    #[test]
-    fn bodies_hold_only_set_fields_and_debug_redacts() {
-        let req = TokenRequest {
-            audience: Some("aud".into()),
-            scopes: vec![" a  b ".into(), "".into()],
-            actor_token: Some("eyJ.actor.secret".into()),
-            actor_token_type: Some(TOKEN_TYPE_JWT.into()),
-            subject_token: Some("eyJ.subject.secret".into()),
-            ..TokenRequest::default()
-        };
-        assert!(req.presents_credential());
-        assert_eq!(
-            req.body(),
-            serde_json::json!({"audience": "aud", "scope": "a b", "subject_token": "eyJ.subject.secret",
-                "actor_token": "eyJ.actor.secret", "actor_token_type": TOKEN_TYPE_JWT})
-        );
-        let dbg = format!("{req:?}");
-        assert!(!dbg.contains("secret"), "{dbg}");
-        assert!(dbg.contains("<redacted>"), "{dbg}");
-        let resp = Response {
-            status: 200,
-            headers: hyper::HeaderMap::new(),
-            body: Bytes::from_static(br#"{"access_token":"eyJ.secret"}"#),
-        };
-        assert!(!format!("{resp:?}").contains("secret"));
     }
 
     #[test]
