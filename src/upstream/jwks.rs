@@ -2,7 +2,10 @@
 //! at most once a second), the key for a token's `kid` and `alg`, and the checks of an issued
 //! JWT (signature, `iss`, `exp`, `nbf`, `aud`).
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -21,7 +24,7 @@ const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(1);
 /// Leeway for `exp`/`nbf`/`iat` checks against this host's clock.
 pub const CLOCK_LEEWAY: Duration = Duration::from_secs(60);
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Jwks {
     keys: Vec<(Option<String>, jsonwebtoken::jwk::Jwk)>,
     fetched: Option<Instant>,
@@ -103,12 +106,24 @@ impl ProviderClient {
 
 /// A JWK set fetched from a URL and kept; re-fetched for an unknown `kid` (key rotation) at most
 /// once per [`JWKS_REFETCH_INTERVAL`].
+///
+/// A token signed with a known key is verified at once, whatever else is going on: only callers
+/// with an unknown `kid` wait for a refetch, one refetch at a time, and a caller that arrived
+/// before a refetch finished uses that one instead of asking again. A flood of forged `kid`s
+/// costs at most one JWKS request per interval and slows down no one else.
 #[derive(Default)]
 pub struct KeySet {
-    inner: tokio::sync::Mutex<Jwks>,
+    /// The keys as last fetched; replaced whole, never held across an await.
+    current: std::sync::RwLock<Arc<Jwks>>,
+    /// Held while a refetch is decided and made.
+    refetch: tokio::sync::Mutex<()>,
 }
 
 impl KeySet {
+    fn snapshot(&self) -> Arc<Jwks> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// The key for `kid` that fits `alg`. `who` names the key's owner in messages.
     pub async fn key(
         &self,
@@ -118,17 +133,27 @@ impl KeySet {
         alg: Algorithm,
         who: &str,
     ) -> Result<DecodingKey, ProviderError> {
-        let mut jwks = self.inner.lock().await;
+        let mut jwks = self.snapshot();
         if find_key(&jwks.keys, kid, alg).is_none() {
-            // An unknown kid means a rotation (or a forgery): fetch again, but at most once per
-            // interval; a rotation right after a fetch waits out the rest of it.
-            if let Some(since) = jwks.fetched.map(|t| t.elapsed())
-                && since < JWKS_REFETCH_INTERVAL
-            {
-                tokio::time::sleep(JWKS_REFETCH_INTERVAL - since).await;
+            let arrived = Instant::now();
+            let _one = self.refetch.lock().await;
+            jwks = self.snapshot();
+            let fetched_since_arrival = jwks.fetched.is_some_and(|t| t >= arrived);
+            if find_key(&jwks.keys, kid, alg).is_none() && !fetched_since_arrival {
+                // An unknown kid means a rotation (or a forgery): fetch again, but at most once
+                // per interval; a rotation right after a fetch waits out the rest of it.
+                if let Some(since) = jwks.fetched.map(|t| t.elapsed())
+                    && since < JWKS_REFETCH_INTERVAL
+                {
+                    tokio::time::sleep(JWKS_REFETCH_INTERVAL - since).await;
+                }
+                let keys = fetch_jwks(http, url, who).await?;
+                jwks = Arc::new(Jwks {
+                    keys,
+                    fetched: Some(Instant::now()),
+                });
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = jwks.clone();
             }
-            jwks.keys = fetch_jwks(http, url, who).await?;
-            jwks.fetched = Some(Instant::now());
         }
         let jwk = find_key(&jwks.keys, kid, alg).ok_or_else(|| {
             ProviderError::verification(format!(
@@ -249,6 +274,55 @@ pub fn decode_unverified(token: &str) -> Option<TokenClaims> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key set for the development provider's JWKS, with an HTTPS client that trusts it.
+    async fn devidp_keys() -> (crate::devidp::DevIdp, reqwest::Client, String, tempfile::TempDir) {
+        let idp = crate::devidp::DevIdp::start(Default::default()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, idp.ca_pem()).unwrap();
+        let http = super::super::http_client(Some(&ca), Duration::from_secs(5)).unwrap();
+        let url = format!("{}/jwks", idp.issuer());
+        (idp, http, url, dir)
+    }
+
+    #[tokio::test]
+    async fn forged_kids_cost_one_refetch_per_wave_and_never_block_known_keys() {
+        let (idp, http, url, _dir) = devidp_keys().await;
+        let keys = Arc::new(KeySet::default());
+        let kid = idp.current_kid();
+        keys.key(&http, &url, Some(&kid), Algorithm::ES256, "idp")
+            .await
+            .unwrap();
+        assert_eq!(idp.counters().jwks, 1, "the first key is fetched once");
+
+        // While a refetch is being decided (the lock held, as by a flood of forged kids), a
+        // token signed with a known key is verified without waiting: its future is ready at once.
+        let held = keys.refetch.lock().await;
+        let known = keys.key(&http, &url, Some(&kid), Algorithm::ES256, "idp");
+        let mut known = std::pin::pin!(known);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(
+            matches!(known.as_mut().poll(&mut cx), std::task::Poll::Ready(Ok(_))),
+            "a known kid must not wait for the refetch lock"
+        );
+        drop(held);
+
+        // Twenty forged kids at once: all refused, with one JWKS request between them.
+        let mut tasks = Vec::new();
+        for n in 0..20 {
+            let (keys, http, url) = (keys.clone(), http.clone(), url.clone());
+            tasks.push(tokio::spawn(async move {
+                keys.key(&http, &url, Some(&format!("forged-{n}")), Algorithm::ES256, "idp")
+                    .await
+                    .is_err()
+            }));
+        }
+        for t in tasks {
+            assert!(t.await.unwrap(), "a forged kid is refused");
+        }
+        assert_eq!(idp.counters().jwks, 2, "one refetch for the whole wave");
+    }
 
     #[test]
     fn jwt_shape_is_recognised() {
