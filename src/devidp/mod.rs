@@ -11,6 +11,7 @@
 //! documents in `oauth`, the grants and issuing in `grants`, injected faults in `faults`.
 
 mod faults;
+pub mod fixture;
 mod grants;
 mod http;
 mod oauth;
