@@ -408,14 +408,7 @@ mod tests {
         idp.rotate_key();
         let new_kid = idp.current_kid();
         assert_ne!(old_kid, new_kid);
-        let jwks: Value = http
-            .get(format!("{}/jwks", idp.issuer()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let jwks = get_json(&http, &idp, "/jwks").await;
         let kids: Vec<&str> = jwks["keys"]
             .as_array()
             .unwrap()

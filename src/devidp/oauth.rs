@@ -304,14 +304,7 @@ mod tests {
         let idp = DevIdp::start(DevIdpConfig::default()).await.unwrap();
         let http = http(&idp);
         assert!(idp.issuer().starts_with("https://127.0.0.1:"));
-        let d: Value = http
-            .get(format!("{}/.well-known/openid-configuration", idp.issuer()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let d = get_json(&http, &idp, "/.well-known/openid-configuration").await;
         assert_eq!(d["issuer"], idp.issuer());
         assert_eq!(d["token_endpoint"], format!("{}/token", idp.issuer()));
         assert_eq!(d["jwks_uri"], format!("{}/jwks", idp.issuer()));
@@ -323,14 +316,7 @@ mod tests {
         );
         assert_eq!(d["token_endpoint_auth_methods_supported"].as_array().unwrap().len(), 4);
 
-        let jwks: Value = http
-            .get(format!("{}/jwks", idp.issuer()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let jwks = get_json(&http, &idp, "/jwks").await;
         let keys = jwks["keys"].as_array().unwrap();
         assert_eq!(keys.len(), 1);
         assert_eq!(keys[0]["kid"], idp.current_kid().as_str());
@@ -433,37 +419,22 @@ mod tests {
                 .unwrap()
         };
         let a1 = assertion("one");
-        let jwt_form = |a: &str| {
-            vec![
-                ("grant_type".to_string(), GRANT_CLIENT_CREDENTIALS.to_string()),
-                (
-                    "client_assertion_type".to_string(),
-                    CLIENT_ASSERTION_TYPE_JWT_BEARER.to_string(),
-                ),
-                ("client_assertion".to_string(), a.to_string()),
+        let jwt_form = |a| {
+            [
+                cc[0],
+                ("client_assertion_type", CLIENT_ASSERTION_TYPE_JWT_BEARER),
+                ("client_assertion", a),
             ]
         };
-        let resp = http
-            .post(idp.token_endpoint())
-            .form(&jwt_form(&a1))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 200);
-        let body: Value = resp.json().await.unwrap();
+        let (st, body) = post(&http, &idp, &jwt_form(&a1)).await;
+        assert_eq!(st, 200);
         assert_eq!(
             verify_at(&http, &idp, body["access_token"].as_str().unwrap(), "api").await["sub"],
             "jwt"
         );
         // Replayed jti.
-        let resp = http
-            .post(idp.token_endpoint())
-            .form(&jwt_form(&a1))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 401);
-        let body: Value = resp.json().await.unwrap();
+        let (st, body) = post(&http, &idp, &jwt_form(&a1)).await;
+        assert_eq!(st, 401);
         assert!(
             body["error_description"].as_str().unwrap().contains("already used"),
             "{body}"
@@ -473,24 +444,14 @@ mod tests {
         let forged = other
             .sign(&json!({"iss": "jwt", "sub": "jwt", "aud": idp.issuer(), "jti": "two", "exp": exp()}))
             .unwrap();
-        let resp = http
-            .post(idp.token_endpoint())
-            .form(&jwt_form(&forged))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 401);
+        let (st, _) = post(&http, &idp, &jwt_form(&forged)).await;
+        assert_eq!(st, 401);
         // Wrong audience.
         let bad_aud = jwt_key
             .sign(&json!({"iss": "jwt", "sub": "jwt", "aud": "https://elsewhere", "jti": "three", "exp": exp()}))
             .unwrap();
-        let resp = http
-            .post(idp.token_endpoint())
-            .form(&jwt_form(&bad_aud))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 401);
+        let (st, _) = post(&http, &idp, &jwt_form(&bad_aud)).await;
+        assert_eq!(st, 401);
 
         // none.
         let (st, body) = post(&http, &idp, &[cc[0], ("client_id", "public")]).await;

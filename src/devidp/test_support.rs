@@ -34,16 +34,20 @@ pub(super) async fn post_with(req: reqwest::RequestBuilder, form: &[(&str, &str)
     (status, resp.json().await.unwrap())
 }
 
-/// Verify an issued access token against the published JWKS and return its claims.
-pub(super) async fn verify_at(http: &reqwest::Client, idp: &DevIdp, token: &str, aud: &str) -> Value {
-    let jwks: Value = http
-        .get(format!("{}/jwks", idp.issuer()))
+/// GET a JSON document from the provider (`path` starts with `/`).
+pub(super) async fn get_json(http: &reqwest::Client, idp: &DevIdp, path: &str) -> Value {
+    http.get(format!("{}{path}", idp.issuer()))
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Verify an issued access token against the published JWKS and return its claims.
+pub(super) async fn verify_at(http: &reqwest::Client, idp: &DevIdp, token: &str, aud: &str) -> Value {
+    let jwks = get_json(http, idp, "/jwks").await;
     let header = decode_header(token).unwrap();
     assert_eq!(header.typ.as_deref(), Some("at+jwt"));
     let kid = header.kid.unwrap();
