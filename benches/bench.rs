@@ -23,7 +23,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cortexid::devidp::{DevClient, DevClientAuth, DevIdp, DevIdpConfig};
+use cortexid::config::AuditTarget;
+use cortexid::devidp::fixture::{ConfigFile, Fixture, Identity, Role};
+use cortexid::devidp::{DevClient, DevClientAuth};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Bytes;
 use hyper::{Request, Response};
@@ -69,104 +71,70 @@ fn token_path(aud: usize, scopes: usize) -> String {
     format!("/v1/token?{q}")
 }
 
-fn write_secret(path: &Path, contents: &str) {
-    std::fs::write(path, contents).expect("write secret");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod secret");
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Set-up: provider, configs, agent processes
 // ---------------------------------------------------------------------------------------------
 
-async fn start_idp(lifetime: Duration) -> DevIdp {
+/// The development provider with the benchmark's client, its CA, the client secret and a
+/// service-account credential written into `dir`.
+async fn start_fixture(dir: &Path, lifetime: Duration) -> Fixture {
     let auds: Vec<String> = (0..AUDIENCES).map(audience).collect();
-    DevIdp::start(DevIdpConfig {
-        token_lifetime: lifetime,
-        clients: vec![
-            DevClient::new(CLIENT_ID, DevClientAuth::SecretBasic(SECRET.into()))
-                .with_audiences(&auds)
-                .with_scopes(&SCOPES),
-        ],
-    })
-    .await
-    .expect("start the development provider")
+    let client = DevClient::new(CLIENT_ID, DevClientAuth::SecretBasic(SECRET.into()))
+        .with_audiences(&auds)
+        .with_scopes(&SCOPES);
+    let fx = Fixture::start(dir, lifetime, client)
+        .await
+        .expect("start the development provider");
+    write_sa(&fx);
+    fx
 }
 
-/// Writes the provider's CA, the client secret and a service-account credential into `dir`.
-fn provision(idp: &DevIdp, dir: &Path) {
-    std::fs::create_dir_all(dir).expect("mkdir");
-    std::fs::write(dir.join("ca.pem"), idp.ca_pem()).expect("write ca");
-    write_secret(&dir.join("secret"), SECRET);
-    let now = unix_now();
-    let sa = idp.mint(serde_json::json!({
-        "sub": "system:serviceaccount:prod:payments", "aud": idp.issuer(), "iat": now, "exp": now + 86400,
-    }));
-    write_secret(&dir.join("sa.jwt"), &sa);
+/// The same provider for an agent in `dir`: its CA, the client secret and a credential there.
+fn provision(fx: &Fixture, dir: &Path) -> Fixture {
+    let fx = fx.provision(dir).expect("provision");
+    write_sa(&fx);
+    fx
 }
 
-/// A config with `identities` identities (the first is `payments`, with every audience and scope),
-/// one role for this uid, and `agent_extra` added to `[agent]`.
-fn config_text(idp: &DevIdp, dir: &Path, audit: &str, agent_extra: &str, identities: usize) -> String {
-    let d = dir.display();
-    let auds = (0..AUDIENCES)
-        .map(|i| format!("\"{}\"", audience(i)))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let scopes = SCOPES.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
-    let mut s = format!(
-        r#"[agent]
-socket = "{d}/agent.sock"
-audit_log = "{audit}"
-upstream_timeout = "5s"
-{agent_extra}
+fn write_sa(fx: &Fixture) -> PathBuf {
+    let sa = fx
+        .service_account("system:serviceaccount:prod:payments", Duration::from_secs(86400))
+        .expect("mint a credential");
+    fx.write_credential("sa.jwt", &sa).expect("write the credential")
+}
 
-[[provider]]
-name = "corp"
-issuer = "{issuer}"
-ca_file = "{d}/ca.pem"
-client_id = "{CLIENT_ID}"
-client_auth = "client_secret_basic"
-client_secret_file = "{d}/secret"
-
-[[identity]]
-name = "payments"
-provider = "corp"
-subject_token_file = "{d}/sa.jwt"
-audiences = [{auds}]
-scopes = [{scopes}]
-"#,
-        issuer = idp.issuer(),
-    );
-    let mut names = vec!["\"payments\"".to_string()];
+/// Writes a config with `identities` identities (the first is `payments`, with every audience and
+/// scope), one role for the burst uids, the audit log to `audit` and `refresh_at` if given;
+/// returns its path.
+fn write_config(fx: &Fixture, audit: AuditTarget, refresh_at: Option<f64>, identities: usize) -> PathBuf {
+    let sa = fx.dir().join("sa.jwt");
+    let auds: Vec<String> = (0..AUDIENCES).map(audience).collect();
+    let mut ids = vec![
+        Identity::exchange("payments", "corp", &sa)
+            .audiences(&auds)
+            .scopes(&SCOPES),
+    ];
     for i in 1..identities {
-        let _ = write!(
-            s,
-            r#"
-[[identity]]
-name = "id-{i:03}"
-provider = "corp"
-subject_token_file = "{d}/sa.jwt"
-audiences = ["{aud}"]
-scopes = [{scopes}]
-"#,
-            aud = audience(i % AUDIENCES)
+        ids.push(
+            Identity::exchange(&format!("id-{i:03}"), "corp", &sa)
+                .audiences(&[audience(i % AUDIENCES)])
+                .scopes(&SCOPES),
         );
-        names.push(format!("\"id-{i:03}\""));
     }
-    let _ = write!(
-        s,
-        "\n[[role]]\nname = \"bench\"\nuids = [{uids}]\nidentities = [{ids}]\n",
-        uids = burst_uids().iter().map(u32::to_string).collect::<Vec<_>>().join(", "),
-        ids = names.join(", ")
-    );
-    s
+    let names: Vec<&str> = ids.iter().map(|i| i.name.as_str()).collect();
+    let roles = vec![Role::new("bench", &names).uids(&burst_uids())];
+    let mut agent = fx.agent();
+    agent.audit_log = Some(audit);
+    agent.upstream_timeout = Some(Duration::from_secs(5));
+    agent.refresh_at = refresh_at;
+    let config = ConfigFile {
+        agent,
+        providers: vec![fx.provider("corp")],
+        identities: ids,
+        roles,
+        ..ConfigFile::default()
+    };
+    fx.write_config(&config).expect("config")
 }
 
 /// The uids the cold-burst clients run as: this one and, when root, `nobody` too, so that no
@@ -669,16 +637,13 @@ async fn run() {
     println!("machine: {}", machine());
 
     // ---- The main agent: 300 s tokens, audit log on tmpfs ---------------------------------------
-    let idp = start_idp(Duration::from_secs(300)).await;
-    let dir = root.path().join("main");
-    provision(&idp, &dir);
-    let cfg = dir.join("cortexid.toml");
-    let audit = dir.join("audit.jsonl");
-    std::fs::write(&cfg, config_text(&idp, &dir, &audit.display().to_string(), "", 1)).expect("config");
+    let fx = start_fixture(&root.path().join("main"), Duration::from_secs(300)).await;
+    let idp = fx.idp();
+    let cfg = write_config(&fx, AuditTarget::File(fx.audit_log()), None, 1);
     let agent = spawn_agent(
         &cfg,
-        &dir.join("agent.sock"),
-        Stdio::from(std::fs::File::create(dir.join("agent.log")).expect("log")),
+        &fx.socket(),
+        Stdio::from(std::fs::File::create(fx.dir().join("agent.log")).expect("log")),
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_idle = agent.rss_kib();
@@ -693,19 +658,18 @@ async fn run() {
     let baseline = spawn_baseline(&root.path().join("baseline.sock"), body_len);
 
     // Extra agents for the audit-target comparison (same provider, same key).
-    let mk_variant = |name: &str, base: &Path, audit: &str| {
-        let d = base.join(name);
-        provision(&idp, &d);
-        let c = d.join("cortexid.toml");
-        std::fs::write(&c, config_text(&idp, &d, audit, "", 1)).expect("config");
-        (d, c)
+    let mk_variant = |name: &str, base: &Path, to_stderr: bool| {
+        let v = provision(&fx, &base.join(name));
+        let audit = if to_stderr {
+            AuditTarget::Stderr
+        } else {
+            AuditTarget::File(v.audit_log())
+        };
+        let c = write_config(&v, audit, None, 1);
+        (v.dir().to_path_buf(), c)
     };
-    let (disk_dir, disk_cfg) = mk_variant(
-        "disk",
-        disk.path(),
-        &disk.path().join("disk/audit.jsonl").display().to_string(),
-    );
-    let (err_dir, err_cfg) = mk_variant("stderr", root.path(), "stderr");
+    let (disk_dir, disk_cfg) = mk_variant("disk", disk.path(), false);
+    let (err_dir, err_cfg) = mk_variant("stderr", root.path(), true);
 
     println!(
         "\n## Cached-token throughput (body {body_len} bytes; {}s per point after {}ms warm-up)",
@@ -794,7 +758,7 @@ async fn run() {
         );
     }
     drop(baseline);
-    let _ = std::fs::remove_file(&audit); // tmpfs space; the agent keeps its fd, lines go nowhere visible.
+    let _ = std::fs::remove_file(fx.audit_log()); // tmpfs space; the agent keeps its fd, lines go nowhere visible.
     if let Some((ratio, p99)) = at16 {
         v.add(
             "cached throughput, 16 connections, vs baseline",
@@ -976,22 +940,10 @@ async fn run() {
     // ---- Upstream economy: 100 keys kept warm for 10 lifetimes of 3 s --------------------------
     {
         let lifetime = Duration::from_secs(3);
-        let idp3 = start_idp(lifetime).await;
-        let d = root.path().join("economy");
-        provision(&idp3, &d);
-        let c = d.join("cortexid.toml");
-        std::fs::write(
-            &c,
-            config_text(
-                &idp3,
-                &d,
-                &d.join("audit.jsonl").display().to_string(),
-                "refresh_at = 0.8",
-                1,
-            ),
-        )
-        .expect("config");
-        let a = spawn_agent(&c, &d.join("agent.sock"), Stdio::null());
+        let fx3 = start_fixture(&root.path().join("economy"), lifetime).await;
+        let idp3 = fx3.idp();
+        let c = write_config(&fx3, AuditTarget::File(fx3.audit_log()), Some(0.8), 1);
+        let a = spawn_agent(&c, &fx3.socket(), Stdio::null());
         let keys: Vec<(usize, usize)> = (0..100).map(|a| (a, 1)).collect();
         let bad = fill(&a.socket, keys.clone(), 4).await;
         assert_eq!(bad, 0, "warming the economy keys");
@@ -1046,15 +998,9 @@ async fn run() {
 
     // ---- Start-up with 100 identities --------------------------------------------------------
     {
-        let d = root.path().join("startup");
-        provision(&idp, &d);
-        let c = d.join("cortexid.toml");
-        std::fs::write(
-            &c,
-            config_text(&idp, &d, &d.join("audit.jsonl").display().to_string(), "", 100),
-        )
-        .expect("config");
-        let socket = d.join("agent.sock");
+        let startup = provision(&fx, &root.path().join("startup"));
+        let c = write_config(&startup, AuditTarget::File(startup.audit_log()), None, 100);
+        let socket = startup.socket();
         let (mut answer, mut ready, rss) = tokio::task::spawn_blocking(move || {
             let mut answer = Vec::new();
             let mut ready = Vec::new();

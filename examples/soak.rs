@@ -10,15 +10,14 @@
 //! any request failed. Tokens are never printed.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use cortexid::cmd::client::SocketClient;
-use cortexid::devidp::{DevClient, DevClientAuth, DevIdp, DevIdpConfig};
+use cortexid::devidp::fixture::{ConfigFile, Fixture, Identity, Role};
+use cortexid::devidp::{DevClient, DevClientAuth};
 
 const CLIENT_ID: &str = "soak-node";
 const SECRET: &str = "soak secret, never printed";
@@ -69,12 +68,6 @@ fn jwt_exp(token: &str) -> Option<i64> {
     serde_json::from_slice::<serde_json::Value>(&bytes).ok()?["exp"].as_i64()
 }
 
-fn write_private(path: &std::path::Path, contents: &str) {
-    let mut f = std::fs::File::create(path).expect("create file");
-    f.write_all(contents.as_bytes()).expect("write file");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-}
-
 #[derive(Default)]
 struct Stats {
     served: AtomicU64,
@@ -98,72 +91,40 @@ impl Stats {
 #[tokio::main]
 async fn main() {
     let args = parse_args();
-    let idp = DevIdp::start(DevIdpConfig {
-        token_lifetime: args.lifetime,
-        clients: vec![
-            DevClient::new(CLIENT_ID, DevClientAuth::SecretBasic(SECRET.into()))
-                .with_audiences(&AUDIENCES)
-                .with_scopes(&["read", "write"]),
-        ],
-    })
-    .await
-    .expect("start the development provider");
     let dir = tempfile::tempdir().expect("temp dir");
-    let d = dir.path();
-    std::fs::write(d.join("ca.pem"), idp.ca_pem()).expect("write CA");
-    write_private(&d.join("secret"), SECRET);
-    let now = now_ms() / 1000;
-    let sa = idp.mint(
-        serde_json::json!({"sub": "system:serviceaccount:soak", "aud": idp.issuer(), "iat": now, "exp": now + 86_400}),
-    );
-    write_private(&d.join("sa.jwt"), &sa);
-    let config = format!(
-        r#"
-[agent]
-socket = "{d}/agent.sock"
-audit_log = "{d}/audit.jsonl"
-upstream_timeout = "5s"
-
-[[provider]]
-name = "corp"
-issuer = "{issuer}"
-ca_file = "{d}/ca.pem"
-client_id = "{CLIENT_ID}"
-client_auth = "client_secret_basic"
-client_secret_file = "{d}/secret"
-
-[[identity]]
-name = "payments"
-provider = "corp"
-subject_token_file = "{d}/sa.jwt"
-audiences = ["{a0}", "{a1}"]
-scopes = ["read", "write"]
-
-[[identity]]
-name = "batch"
-provider = "corp"
-grant = "client_credentials"
-audiences = ["{a1}"]
-scopes = ["read"]
-
-[[role]]
-name = "soak"
-uids = [{uid}]
-identities = ["payments", "batch"]
-"#,
-        d = d.display(),
-        issuer = idp.issuer(),
-        a0 = AUDIENCES[0],
-        a1 = AUDIENCES[1],
-        uid = nix::unistd::getuid().as_raw(),
-    );
-    let config_path = d.join("cortexid.toml");
-    std::fs::write(&config_path, config).expect("write config");
+    let client = DevClient::new(CLIENT_ID, DevClientAuth::SecretBasic(SECRET.into()))
+        .with_audiences(&AUDIENCES)
+        .with_scopes(&["read", "write"]);
+    let fx = Fixture::start(dir.path(), args.lifetime, client)
+        .await
+        .expect("start the development provider");
+    let idp = fx.idp();
+    let sa = fx
+        .service_account("system:serviceaccount:soak", Duration::from_secs(86_400))
+        .expect("mint a credential");
+    let sa_file = fx.write_credential("sa.jwt", &sa).expect("write the credential");
+    let mut agent = fx.agent();
+    agent.upstream_timeout = Some(Duration::from_secs(5));
+    let config = ConfigFile {
+        agent,
+        providers: vec![fx.provider("corp")],
+        identities: vec![
+            Identity::exchange("payments", "corp", sa_file)
+                .audiences(&AUDIENCES)
+                .scopes(&["read", "write"]),
+            Identity::client_credentials("batch", "corp")
+                .audiences(&[AUDIENCES[1]])
+                .scopes(&["read"]),
+        ],
+        roles: vec![Role::new("soak", &["payments", "batch"]).uids(&[nix::unistd::getuid().as_raw()])],
+        ..ConfigFile::default()
+    };
+    let config_path = fx.write_config(&config).expect("write config");
     let config = cortexid::agent::load_config(&config_path).unwrap_or_else(|e| panic!("{e}"));
     let agent = cortexid::run::daemon::start(config, cortexid::run::systemd::Notifier::disabled())
         .await
         .expect("start the agent");
-    let client = SocketClient::new(d.join("agent.sock"));
+    let client = SocketClient::new(fx.socket());
 
     // Six keys: two identities, audiences and scope sets, so renewals of several keys interleave.
     let keys: Vec<String> = [

@@ -118,7 +118,7 @@ async fn short_lived_tokens_are_renewed_in_the_background_and_never_handed_out_t
 async fn a_provider_outage_is_bridged_by_the_cache_then_reported_then_recovered() {
     // Renew at half the lifetime, so the cache bridges the outage for a while before the floor.
     let setup = Setup {
-        agent_extra: "refresh_at = 0.5".into(),
+        refresh_at: Some(0.5),
         ..Setup::default()
     };
     let h = Harness::new(Duration::from_secs(8), setup).await;

@@ -6,6 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
+use cortexid::config::Rate;
+use cortexid::devidp::fixture::Role;
 
 const BOT: &str = "bot:deploy-agent";
 
@@ -14,16 +16,15 @@ const BOT: &str = "bot:deploy-agent";
 fn setup() -> Setup {
     Setup {
         role_uids: vec![4242],
-        extra: r#"
-[[role]]
-name = "deploy-agent"
-uids = [0]
-identities = ["payments"]
-scopes = ["payments.read"]
-agent = true
-rate = "2/m"
-"#
-        .into(),
+        roles: vec![
+            Role::new("deploy-agent", &["payments"])
+                .uids(&[0])
+                .scopes(&["payments.read"])
+                .agent(Rate {
+                    count: 2,
+                    per: Duration::from_secs(60),
+                }),
+        ],
         ..Setup::default()
     }
 }

@@ -8,7 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use cortexid::devidp::DevIdp;
+use cortexid::config::{AuditTarget, TrustedIssuer};
+use cortexid::devidp::fixture::{Identity, Role};
+use cortexid::devidp::{DevIdp, DevIdpConfig};
 
 const NOBODY: u32 = 64999;
 
@@ -60,10 +62,7 @@ async fn a_role_by_executable_admits_the_binary_and_not_a_copy_of_it() {
     let exe = Path::new(env!("CARGO_BIN_EXE_cortexid"));
     let setup = Setup {
         role_uids: vec![NOBODY],
-        extra: format!(
-            "\n[[role]]\nname = \"by-binary\"\nexecutables = [\"{}\"]\nidentities = [\"payments\"]\n",
-            exe.display()
-        ),
+        roles: vec![Role::new("by-binary", &["payments"]).executables(&[exe])],
         ..Setup::default()
     };
     let h = Harness::new(Duration::from_secs(300), setup).await;
@@ -87,7 +86,7 @@ struct Presented {
 /// An agent with an identity that takes the subject from the caller, trusting a second
 /// provider (standing in for a Kubernetes service-account issuer) whose tokens carry `team`.
 async fn presented() -> Presented {
-    let k8s = start_idp(Duration::from_secs(300)).await;
+    let k8s = DevIdp::start(DevIdpConfig::default()).await.unwrap();
     // The names are only known once the issuer runs; the config is written after.
     let mut h = Harness::new(
         Duration::from_secs(300),
@@ -98,29 +97,26 @@ async fn presented() -> Presented {
     )
     .await;
     h.stop().await;
-    std::fs::write(h.dir.path().join("k8s-ca.pem"), k8s.ca_pem()).unwrap();
+    let k8s_ca = h.dir.path().join("k8s-ca.pem");
+    std::fs::write(&k8s_ca, k8s.ca_pem()).unwrap();
     h.idp.trust_key(k8s.jwks()["keys"][0].clone());
-    let extra = format!(
-        r#"
-[[identity]]
-name = "delegated"
-provider = "corp"
-subject = "caller"
-trusted_issuers = [{{ issuer = "{iss}", jwks_uri = "{iss}/jwks", audience = "cortexid", ca_file = "{dir}/k8s-ca.pem" }}]
-audiences = ["{payments}"]
-scopes = ["payments.read"]
-
-[[role]]
-name = "payments-team"
-claims = {{ team = "payments", "tenant.id" = ["t1", "t2"] }}
-identities = ["delegated"]
-"#,
-        iss = k8s.issuer(),
-        dir = h.dir.path().display(),
-        payments = PAYMENTS
+    let k8s_issuer = TrustedIssuer {
+        issuer: k8s.issuer().to_string(),
+        jwks_uri: format!("{}/jwks", k8s.issuer()),
+        audience: "cortexid".into(),
+        ca_file: Some(k8s_ca),
+    };
+    h.config.identities.push(
+        Identity::presented("delegated", "corp", vec![k8s_issuer])
+            .audiences(&[PAYMENTS])
+            .scopes(&["payments.read"]),
     );
-    let text = std::fs::read_to_string(&h.config_path).unwrap() + &extra;
-    std::fs::write(&h.config_path, text).unwrap();
+    h.config.roles.push(
+        Role::new("payments-team", &["delegated"])
+            .claim("team", &["payments"])
+            .claim("tenant.id", &["t1", "t2"]),
+    );
+    h.write_config();
     h.start().await;
     Presented { h, k8s }
 }
@@ -224,11 +220,8 @@ async fn an_unwritable_audit_log_stops_tokens_until_fixed_and_reloaded() {
     let mut h = Harness::new(Duration::from_secs(300), Setup::default()).await;
     h.stop().await;
     let audit_dir = h.dir.path().join("audit");
-    let text = std::fs::read_to_string(&h.config_path).unwrap().replace(
-        &format!("{}/audit.jsonl", h.dir.path().display()),
-        &format!("{}/audit.jsonl", audit_dir.display()),
-    );
-    std::fs::write(&h.config_path, text).unwrap();
+    h.config.agent.audit_log = Some(AuditTarget::File(audit_dir.join("audit.jsonl")));
+    h.write_config();
     let agent = AgentProcess::spawn(&h.config_path, &h.socket, h.dir.path().join("agent.log"), &[]).await;
     let (status, body) = h.get(&token_path("payments", PAYMENTS, "")).await;
     assert_eq!(status, 503, "{body}");

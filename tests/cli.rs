@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use cortexid::devidp::fixture::ProviderAuth;
 use cortexid::devidp::{DevClient, DevClientAuth};
 
 fn cortexid() -> Command {
@@ -130,35 +131,27 @@ async fn private_key_jwt_works_with_a_key_from_keygen_and_cortexid_token_prints_
     let again = cortexid().args(["keygen", "--out"]).arg(&key).output().unwrap();
     assert!(!again.status.success(), "keygen never overwrites a key");
 
-    let setup = Setup {
-        provider_auth: format!(
-            "client_auth = \"private_key_jwt\"\nprivate_key_file = \"{}\"",
-            key.display()
-        ),
-        ..Setup::default()
-    };
-    // The harness registers the client with a secret; register the key-based client instead.
-    let idp = start_idp(Duration::from_secs(300)).await;
+    // The fixture registers the client with a secret; register the key-based client too and
+    // configure the agent for it.
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let fx = start_fixture(cfg_dir.path(), Duration::from_secs(300)).await;
+    let idp = fx.idp();
     idp.add_client(
         DevClient::new("node-pkjwt", DevClientAuth::PrivateKeyJwt(jwk))
             .with_audiences(&[PAYMENTS])
             .with_scopes(&["payments.read"]),
     );
-    let cfg_dir = tempfile::tempdir().unwrap();
-    std::fs::write(cfg_dir.path().join("ca.pem"), idp.ca_pem()).unwrap();
-    let text = Harness::config_text(&idp, cfg_dir.path(), &setup)
-        .replace(&format!("client_id = \"{CLIENT_ID}\""), "client_id = \"node-pkjwt\"");
-    let config_path = cfg_dir.path().join("cortexid.toml");
-    std::fs::write(&config_path, text).unwrap();
-    let now = unix_now();
-    let sa = idp.mint(serde_json::json!({"sub": "system:serviceaccount:prod:payments", "iat": now, "exp": now + 3600}));
-    write_secret(&cfg_dir.path().join("payments-sa.jwt"), &sa);
+    write_sa(&fx);
+    let mut config = config(&fx, &Setup::default());
+    config.providers[0].client_id = "node-pkjwt".into();
+    config.providers[0].auth = ProviderAuth::PrivateKeyJwt(key.clone());
+    let config_path = fx.write_config(&config).unwrap();
     let config = cortexid::agent::load_config(&config_path).unwrap();
     let running = cortexid::run::daemon::start(config, cortexid::run::systemd::Notifier::disabled())
         .await
         .unwrap();
 
-    let socket = cfg_dir.path().join("agent.sock");
+    let socket = fx.socket();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cortexid"))
         .args([
             "token",

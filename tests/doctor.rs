@@ -3,10 +3,11 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
+use cortexid::devidp::fixture::{Agent, ConfigFile, Fixture, Identity, ProviderAuth, Role};
 use cortexid::devidp::{DevIdp, Fault};
 
 struct Doc {
@@ -17,8 +18,9 @@ struct Doc {
 /// Knobs of a doctor test: what to break.
 struct Case {
     ca_file: bool,
-    auth: &'static str,
-    audiences: &'static str,
+    /// How the agent authenticates, given the secret file (the provider expects basic).
+    auth: fn(PathBuf) -> ProviderAuth,
+    audiences: &'static [&'static str],
     sa_exp_offset: i64,
 }
 
@@ -26,67 +28,43 @@ impl Default for Case {
     fn default() -> Self {
         Case {
             ca_file: true,
-            auth: "client_secret_basic",
-            audiences: "\"https://payments.internal\", \"https://ledger.internal\"",
+            auth: ProviderAuth::SecretBasic,
+            audiences: &["https://payments.internal", "https://ledger.internal"],
             sa_exp_offset: 3600,
         }
     }
 }
 
-fn write_config(idp: &DevIdp, dir: &Path, case: &Case) -> std::path::PathBuf {
-    std::fs::write(dir.join("ca.pem"), idp.ca_pem()).unwrap();
-    write_secret(&dir.join("secret"), SECRET);
+fn write_config(fx: &Fixture, case: &Case) -> PathBuf {
+    let idp = fx.idp();
     let now = unix_now() as i64;
     let sa = idp.mint(serde_json::json!({
         "sub": "system:serviceaccount:prod:payments", "aud": idp.issuer(),
         "iat": now - 7200, "exp": now + case.sa_exp_offset,
     }));
-    write_secret(&dir.join("sa.jwt"), &sa);
-    let d = dir.display();
-    let ca = if case.ca_file {
-        format!("ca_file = \"{d}/ca.pem\"")
-    } else {
-        String::new()
+    let sa_file = fx.write_credential("sa.jwt", &sa).unwrap();
+    let mut provider = fx.provider("corp");
+    if !case.ca_file {
+        provider.ca_file = None;
+    }
+    provider.auth = (case.auth)(fx.secret_file());
+    let config = ConfigFile {
+        agent: Agent {
+            socket: fx.socket(),
+            upstream_timeout: Some(Duration::from_secs(5)),
+            ..Agent::default()
+        },
+        providers: vec![provider],
+        identities: vec![
+            Identity::exchange("payments", "corp", sa_file)
+                .audiences(case.audiences)
+                .scopes(&["payments.read"]),
+            Identity::client_credentials("batch", "corp").audiences(&[LEDGER]),
+        ],
+        roles: vec![Role::new("r", &["payments", "batch"]).uids(&[0])],
+        ..ConfigFile::default()
     };
-    let text = format!(
-        r#"
-[agent]
-socket = "{d}/agent.sock"
-upstream_timeout = "5s"
-
-[[provider]]
-name = "corp"
-issuer = "{issuer}"
-{ca}
-client_id = "{CLIENT_ID}"
-client_auth = "{auth}"
-client_secret_file = "{d}/secret"
-
-[[identity]]
-name = "payments"
-provider = "corp"
-subject_token_file = "{d}/sa.jwt"
-audiences = [{audiences}]
-scopes = ["payments.read"]
-
-[[identity]]
-name = "batch"
-provider = "corp"
-grant = "client_credentials"
-audiences = ["{LEDGER}"]
-
-[[role]]
-name = "r"
-uids = [0]
-identities = ["payments", "batch"]
-"#,
-        issuer = idp.issuer(),
-        auth = case.auth,
-        audiences = case.audiences,
-    );
-    let path = dir.join("cortexid.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    fx.write_config(&config).unwrap()
 }
 
 async fn doctor(config: &Path, extra: &[&str]) -> Doc {
@@ -111,12 +89,12 @@ async fn doctor(config: &Path, extra: &[&str]) -> Doc {
 }
 
 async fn run_case(case: Case, fault: Fault, extra: &[&str]) -> (Doc, DevIdp) {
-    let idp = start_idp(Duration::from_secs(300)).await;
-    idp.set_fault(fault);
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(&idp, dir.path(), &case);
+    let fx = start_fixture(dir.path(), Duration::from_secs(300)).await;
+    fx.idp().set_fault(fault);
+    let config = write_config(&fx, &case);
     let doc = doctor(&config, extra).await;
-    (doc, idp)
+    (doc, fx.idp().clone())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,7 +135,7 @@ async fn a_good_config_passes_and_shows_the_claims_of_each_identity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_audience_the_provider_does_not_know_is_named_with_the_fix() {
     let case = Case {
-        audiences: "\"https://unregistered.internal\", \"https://payments.internal\"",
+        audiences: &["https://unregistered.internal", "https://payments.internal"],
         ..Case::default()
     };
     let (d, _) = run_case(case, Fault::None, &[]).await;
@@ -176,7 +154,7 @@ async fn an_audience_the_provider_does_not_know_is_named_with_the_fix() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_client_authentication_method_is_named_with_the_fix() {
     let case = Case {
-        auth: "client_secret_post",
+        auth: ProviderAuth::SecretPost,
         ..Case::default()
     };
     let (d, _) = run_case(case, Fault::None, &[]).await;
@@ -235,10 +213,10 @@ async fn an_expired_subject_token_is_caught_before_exchanging() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_subject_token_is_named() {
-    let idp = start_idp(Duration::from_secs(300)).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(&idp, dir.path(), &Case::default());
-    write_secret(&dir.path().join("sa.jwt"), "eyJhbGciOiJFUzI1NiJ9.!!!.x");
+    let fx = start_fixture(dir.path(), Duration::from_secs(300)).await;
+    let config = write_config(&fx, &Case::default());
+    write_secret(&fx.dir().join("sa.jwt"), "eyJhbGciOiJFUzI1NiJ9.!!!.x");
     let d = doctor(&config, &["--identity", "payments"]).await;
     assert_eq!(d.code, 1, "{}", d.out);
     assert!(d.out.contains("is not a readable JWT"), "{}", d.out);

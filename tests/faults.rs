@@ -257,7 +257,7 @@ async fn with_the_provider_hung_the_cached_token_is_served_then_health_recovers_
     // 24 s tokens renewed at half their lifetime (12 s ± 1.2 s): the renewal hangs until the 2 s
     // upstream timeout, well before the hand-out floor (6 s left) is reached at 18 s.
     let setup = Setup {
-        agent_extra: "refresh_at = 0.5".into(),
+        refresh_at: Some(0.5),
         ..Setup::default()
     };
     let h = Harness::new(Duration::from_secs(24), setup).await;

@@ -15,7 +15,7 @@ async fn a_secret_readable_by_other_is_refused_at_reload_and_the_running_config_
     assert_eq!(status, 200);
     let cached = body["access_token"].as_str().unwrap().to_string();
 
-    let secret = h.dir.path().join("secret");
+    let secret = h.fx.secret_file();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
     let err = h
         .agent
@@ -75,14 +75,11 @@ async fn the_agent_process_is_not_dumpable() {
     // a non-dumpable one's belong to root, and same-uid processes cannot ptrace it or
     // read its memory.
     const UID: u32 = 4343;
-    let idp = start_idp(Duration::from_secs(300)).await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("ca.pem"), idp.ca_pem()).unwrap();
-    write_secret(&d.join("secret"), SECRET);
-    write_secret(&d.join("payments-sa.jwt"), "eyJhbGciOiJub25lIn0.e30.");
-    let config = d.join("cortexid.toml");
-    std::fs::write(&config, Harness::config_text(&idp, d, &Setup::default())).unwrap();
+    let fx = start_fixture(d, Duration::from_secs(300)).await;
+    write_secret(&d.join(SA_FILE), "eyJhbGciOiJub25lIn0.e30.");
+    let config = fx.write_config(&config(&fx, &Setup::default())).unwrap();
     for entry in std::fs::read_dir(d).unwrap() {
         nix::unistd::chown(&entry.unwrap().path(), Some(UID.into()), Some(UID.into())).unwrap();
     }

@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use common::*;
 use cortexid::cmd::client::SocketClient;
+use cortexid::config::AuditTarget;
+use cortexid::devidp::fixture::{Agent, ConfigFile, Identity, Provider, ProviderAuth, Role};
 use cortexid::run::daemon::RunningAgent;
 use cortexid::upstream::keys::{KeyAlg, SigningKey};
 use tokio::io::AsyncBufReadExt;
@@ -158,82 +160,53 @@ impl Interop {
             .unwrap();
         write_secret(&d.join("bot.jwt"), &bot);
 
-        let dd = d.display();
-        let mut config = format!(
-            r#"
-[agent]
-socket = "{dd}/agent.sock"
-audit_log = "{dd}/audit.jsonl"
-upstream_timeout = "10s"
-"#
-        );
-        let mut identities = Vec::new();
-        for (name, auth) in [
+        let mut config = ConfigFile {
+            agent: Agent {
+                socket: d.join("agent.sock"),
+                audit_log: Some(AuditTarget::File(d.join("audit.jsonl"))),
+                upstream_timeout: Some(Duration::from_secs(10)),
+                ..Agent::default()
+            },
+            ..ConfigFile::default()
+        };
+        let scopes = ["payments.read", "payments.write"];
+        for (name, client_id, auth) in [
             (
                 "basic",
-                format!(
-                    "client_id = \"basic-client\"\nclient_auth = \"client_secret_basic\"\nclient_secret_file = \"{dd}/basic-secret\""
-                ),
+                "basic-client",
+                ProviderAuth::SecretBasic(d.join("basic-secret")),
             ),
-            (
-                "post",
-                format!(
-                    "client_id = \"post-client\"\nclient_auth = \"client_secret_post\"\nclient_secret_file = \"{dd}/post-secret\""
-                ),
-            ),
-            (
-                "jwt",
-                format!(
-                    "client_id = \"jwt-client\"\nclient_auth = \"private_key_jwt\"\nprivate_key_file = \"{dd}/node.key\""
-                ),
-            ),
+            ("post", "post-client", ProviderAuth::SecretPost(d.join("post-secret"))),
+            ("jwt", "jwt-client", ProviderAuth::PrivateKeyJwt(d.join("node.key"))),
         ] {
-            config.push_str(&format!(
-                r#"
-[[provider]]
-name = "{name}"
-issuer = "{issuer}"
-ca_file = "{ca}"
-{auth}
-
-[[identity]]
-name = "{name}-exchange"
-provider = "{name}"
-subject_token_file = "{dd}/sa.jwt"
-audiences = ["{PAYMENTS}", "{LEDGER}", "{UNREGISTERED}"]
-scopes = ["payments.read", "payments.write"]
-
-[[identity]]
-name = "{name}-cc"
-provider = "{name}"
-grant = "client_credentials"
-audiences = ["{PAYMENTS}", "{UNREGISTERED}"]
-scopes = ["payments.read", "payments.write"]
-"#,
-                ca = ca.display()
-            ));
-            identities.push(format!("\"{name}-exchange\", \"{name}-cc\""));
+            config.providers.push(Provider {
+                name: name.into(),
+                issuer: issuer.clone(),
+                ca_file: Some(ca.clone()),
+                client_id: client_id.into(),
+                auth,
+            });
+            config.identities.extend([
+                Identity::exchange(&format!("{name}-exchange"), name, d.join("sa.jwt"))
+                    .audiences(&[PAYMENTS, LEDGER, UNREGISTERED])
+                    .scopes(&scopes),
+                Identity::client_credentials(&format!("{name}-cc"), name)
+                    .audiences(&[PAYMENTS, UNREGISTERED])
+                    .scopes(&scopes),
+            ]);
         }
-        config.push_str(&format!(
-            r#"
-[[identity]]
-name = "delegated"
-provider = "basic"
-subject_token_file = "{dd}/sa.jwt"
-actor_token_file = "{dd}/bot.jwt"
-audiences = ["{PAYMENTS}"]
-scopes = ["payments.read"]
-
-[[role]]
-name = "interop"
-uids = [{uid}]
-identities = [{ids}, "delegated"]
-"#,
-            uid = nix::unistd::getuid().as_raw(),
-            ids = identities.join(", ")
-        ));
+        config.identities.push(
+            Identity::exchange("delegated", "basic", d.join("sa.jwt"))
+                .actor(d.join("bot.jwt"))
+                .audiences(&[PAYMENTS])
+                .scopes(&["payments.read"]),
+        );
+        let names: Vec<&str> = config.identities.iter().map(|i| i.name.as_str()).collect();
+        config
+            .roles
+            .push(Role::new("interop", &names).uids(&[nix::unistd::getuid().as_raw()]));
         let config_path = d.join("cortexid.toml");
-        std::fs::write(&config_path, config).unwrap();
+        config.write(&config_path).unwrap();
         let agent = cortexid::run::daemon::start(
             cortexid::agent::load_config(&config_path).unwrap(),
             cortexid::run::systemd::Notifier::disabled(),

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
+use cortexid::devidp::fixture::{Role, Sink};
 
 fn recv(sock: UnixDatagram) -> (UnixDatagram, String) {
     let mut buf = vec![0u8; 4096];
@@ -165,12 +166,11 @@ fn raw_get(stream: &mut BufReader<UnixStream>, path: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_rejects_a_broken_config_and_applies_a_good_one_without_dropping_connections() {
-    let payments_only = "\n[[role]]\nname = \"payments-only\"\nuids = [0]\nidentities = [\"payments\"]\n";
     let mut h = Harness::new(
         Duration::from_secs(300),
         Setup {
             role_uids: vec![64999],
-            extra: payments_only.into(),
+            roles: vec![Role::new("payments-only", &["payments"]).uids(&[0])],
             ..Setup::default()
         },
     )
@@ -198,8 +198,8 @@ async fn sighup_rejects_a_broken_config_and_applies_a_good_one_without_dropping_
         .expect("audited");
     assert!(rejected["reason"].as_str().unwrap().contains("rol"), "{rejected}");
 
-    let with_batch = good + "\n[[role]]\nname = \"batch-too\"\nuids = [0]\nidentities = [\"batch\"]\n";
-    std::fs::write(&h.config_path, with_batch).unwrap();
+    h.config.roles.push(Role::new("batch-too", &["batch"]).uids(&[0]));
+    h.write_config();
     agent.signal(nix::sys::signal::Signal::SIGHUP);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (status, body) = tokio::task::block_in_place(|| raw_get(&mut conn, &batch));
@@ -214,12 +214,14 @@ async fn a_token_file_is_written_whole_with_its_mode_and_owner_and_follows_renew
     let tokens = h.dir.path().join("tokens");
     std::fs::create_dir(&tokens).unwrap();
     let sink = tokens.join("payments.jwt");
-    let text = std::fs::read_to_string(&h.config_path).unwrap()
-        + &format!(
-            "\n[[sink]]\nidentity = \"payments\"\naudience = \"{PAYMENTS}\"\npath = \"{}\"\nmode = \"0640\"\nowner = \"nobody\"\n",
-            sink.display()
-        );
-    std::fs::write(&h.config_path, text).unwrap();
+    h.config.sinks.push(Sink {
+        identity: "payments".into(),
+        audience: PAYMENTS.into(),
+        path: sink.clone(),
+        mode: Some(0o640),
+        owner: Some("nobody".into()),
+    });
+    h.write_config();
     h.start().await;
     for _ in 0..100 {
         if sink.exists() {

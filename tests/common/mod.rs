@@ -1,14 +1,15 @@
-//! Shared set-up for integration tests: the development provider over HTTPS, a config written to
-//! a temp dir, the real agent serving a real Unix socket, and a socket client.
+//! Shared set-up for integration tests: the development provider over HTTPS with its files and a
+//! config written to a temp dir (through `cortexid::devidp::fixture`), the real agent serving a
+//! real Unix socket, and a socket client.
 #![allow(dead_code)]
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cortexid::cmd::client::SocketClient;
-use cortexid::devidp::{DevClient, DevClientAuth, DevIdp, DevIdpConfig};
+use cortexid::devidp::fixture::{ConfigFile, Fixture, Identity, Role};
+use cortexid::devidp::{DevClient, DevClientAuth, DevIdp};
 use cortexid::run::daemon::RunningAgent;
 
 pub const CLIENT_ID: &str = "node-17";
@@ -17,30 +18,36 @@ pub const PAYMENTS: &str = "https://payments.internal";
 pub const LEDGER: &str = "https://ledger.internal";
 /// Allowed by the agent's config but not registered for the client at the provider.
 pub const UNREGISTERED: &str = "https://unregistered.internal";
+/// The service-account credential of the `payments` identity, in the fixture's directory.
+pub const SA_FILE: &str = "payments-sa.jwt";
 
 pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
+/// Writes a secret or a credential: mode 0600, replaced at once.
 pub fn write_secret(path: &Path, contents: &str) {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).unwrap();
-    f.write_all(contents.as_bytes()).unwrap();
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
+    cortexid::devidp::fixture::write_private(path, contents).unwrap();
 }
 
-pub async fn start_idp(lifetime: Duration) -> DevIdp {
-    DevIdp::start(DevIdpConfig {
-        token_lifetime: lifetime,
-        clients: vec![
-            DevClient::new(CLIENT_ID, DevClientAuth::SecretBasic(SECRET.into()))
-                .with_audiences(&[PAYMENTS, LEDGER])
-                .with_scopes(&["payments.read", "payments.write"]),
-        ],
-    })
-    .await
-    .unwrap()
+/// The development provider with the node's client registered (`node-17`, client_secret_basic,
+/// payments and ledger), its CA and the client secret written into `dir`.
+pub async fn start_fixture(dir: &Path, lifetime: Duration) -> Fixture {
+    let client = DevClient::new(CLIENT_ID, DevClientAuth::SecretBasic(SECRET.into()))
+        .with_audiences(&[PAYMENTS, LEDGER])
+        .with_scopes(&["payments.read", "payments.write"]);
+    Fixture::start(dir, lifetime, client).await.unwrap()
+}
+
+/// A service-account JWT for `sub` from the provider, valid for an hour.
+pub fn mint_sa(fx: &Fixture, sub: &str) -> String {
+    fx.service_account(sub, Duration::from_secs(3600)).unwrap()
+}
+
+/// Writes the `payments` identity's credential ([`SA_FILE`]) and returns its path.
+pub fn write_sa(fx: &Fixture) -> PathBuf {
+    fx.write_credential(SA_FILE, &mint_sa(fx, "system:serviceaccount:prod:payments"))
+        .unwrap()
 }
 
 /// Decodes a JWT's claims without verifying (the tests check what the agent verified).
@@ -57,25 +64,55 @@ pub fn claims(token: &str) -> serde_json::Value {
 
 /// Knobs of the generated configuration.
 pub struct Setup {
-    pub agent_extra: String,
-    pub provider_auth: String,
+    /// `refresh_at` of the agent (its default when `None`).
+    pub refresh_at: Option<f64>,
+    /// Who the `payments-service` role (both identities) is for.
     pub role_uids: Vec<u32>,
-    pub extra: String,
+    /// More roles, after that one.
+    pub roles: Vec<Role>,
 }
 
 impl Default for Setup {
     fn default() -> Self {
         Setup {
-            agent_extra: String::new(),
-            provider_auth: String::new(),
+            refresh_at: None,
             role_uids: vec![nix::unistd::getuid().as_raw()],
-            extra: String::new(),
+            roles: Vec::new(),
         }
+    }
+}
+
+/// The tests' configuration: provider `corp` (the fixture's), identity `payments` (token
+/// exchange of [`SA_FILE`]; payments, ledger and an audience the provider does not know) and
+/// `batch` (client credentials; ledger), the role `payments-service` for both, a 2 s upstream
+/// timeout, the audit log in the fixture's directory.
+pub fn config(fx: &Fixture, s: &Setup) -> ConfigFile {
+    let mut agent = fx.agent();
+    agent.upstream_timeout = Some(Duration::from_secs(2));
+    agent.refresh_at = s.refresh_at;
+    let mut roles = vec![Role::new("payments-service", &["payments", "batch"]).uids(&s.role_uids)];
+    roles.extend(s.roles.iter().cloned());
+    ConfigFile {
+        agent,
+        providers: vec![fx.provider("corp")],
+        identities: vec![
+            Identity::exchange("payments", "corp", fx.dir().join(SA_FILE))
+                .audiences(&[PAYMENTS, LEDGER, UNREGISTERED])
+                .scopes(&["payments.read", "payments.write"]),
+            Identity::client_credentials("batch", "corp")
+                .audiences(&[LEDGER])
+                .scopes(&["payments.read"]),
+        ],
+        roles,
+        ..ConfigFile::default()
     }
 }
 
 pub struct Harness {
     pub idp: DevIdp,
+    pub fx: Fixture,
+    /// What `config_path` says; change it and call [`Harness::write_config`].
+    pub config: ConfigFile,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub socket: PathBuf,
@@ -87,90 +124,36 @@ pub struct Harness {
 
 impl Harness {
     pub fn mint_sa(&self, sub: &str) -> String {
-        let now = unix_now();
-        self.idp
-            .mint(serde_json::json!({"sub": sub, "aud": self.idp.issuer(), "iat": now, "exp": now + 3600}))
+        mint_sa(&self.fx, sub)
     }
 
-    pub fn config_text(idp: &DevIdp, dir: &Path, s: &Setup) -> String {
-        let auth = if s.provider_auth.is_empty() {
-            format!(
-                "client_auth = \"client_secret_basic\"\nclient_secret_file = \"{}/secret\"",
-                dir.display()
-            )
-        } else {
-            s.provider_auth.clone()
-        };
-        let uids = s.role_uids.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(", ");
-        format!(
-            r#"
-[agent]
-socket = "{dir}/agent.sock"
-audit_log = "{dir}/audit.jsonl"
-upstream_timeout = "2s"
-{agent_extra}
-
-[[provider]]
-name = "corp"
-issuer = "{issuer}"
-ca_file = "{dir}/ca.pem"
-client_id = "{client}"
-{auth}
-
-[[identity]]
-name = "payments"
-provider = "corp"
-subject_token_file = "{dir}/payments-sa.jwt"
-audiences = ["{payments}", "{ledger}", "{unregistered}"]
-scopes = ["payments.read", "payments.write"]
-
-[[identity]]
-name = "batch"
-provider = "corp"
-grant = "client_credentials"
-audiences = ["{ledger}"]
-scopes = ["payments.read"]
-
-[[role]]
-name = "payments-service"
-uids = [{uids}]
-identities = ["payments", "batch"]
-{extra}
-"#,
-            dir = dir.display(),
-            agent_extra = s.agent_extra,
-            issuer = idp.issuer(),
-            client = CLIENT_ID,
-            payments = PAYMENTS,
-            ledger = LEDGER,
-            unregistered = UNREGISTERED,
-            extra = s.extra,
-        )
-    }
-
-    /// Writes the provider's CA, the client secret, a service-account credential and the config.
+    /// Starts the provider, writes its CA, the client secret, a service-account credential and
+    /// the config, and starts the agent.
     pub async fn new(lifetime: Duration, setup: Setup) -> Harness {
-        let idp = start_idp(lifetime).await;
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.pem"), idp.ca_pem()).unwrap();
-        write_secret(&dir.path().join("secret"), SECRET);
-        let config_path = dir.path().join("cortexid.toml");
-        std::fs::write(&config_path, Self::config_text(&idp, dir.path(), &setup)).unwrap();
-        let socket = dir.path().join("agent.sock");
+        let fx = start_fixture(dir.path(), lifetime).await;
+        let sa_path = write_sa(&fx);
+        let config = config(&fx, &setup);
+        let config_path = fx.write_config(&config).unwrap();
         let mut h = Harness {
-            audit: dir.path().join("audit.jsonl"),
-            sa_path: dir.path().join("payments-sa.jwt"),
-            client: SocketClient::new(&socket),
-            socket,
+            idp: fx.idp().clone(),
+            audit: fx.audit_log(),
+            client: SocketClient::new(fx.socket()),
+            socket: fx.socket(),
+            sa_path,
             config_path,
-            idp,
+            config,
+            fx,
             dir,
             agent: None,
         };
-        let sa = h.mint_sa("system:serviceaccount:prod:payments");
-        write_secret(&h.sa_path, &sa);
         h.start().await;
         h
+    }
+
+    /// Writes `self.config` to `config_path` again.
+    pub fn write_config(&self) {
+        self.fx.write_config(&self.config).unwrap();
     }
 
     pub async fn start(&mut self) {
