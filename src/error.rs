@@ -112,7 +112,7 @@ impl ApiError {
     pub fn invalid_scope(d: impl Into<String>) -> Self {
         Self::new(ErrorKind::InvalidScope, d)
     }
-    pub fn with_retry_after(mut self, secs: u64) -> Self {
+    pub(crate) fn with_retry_after(mut self, secs: u64) -> Self {
         self.retry_after = Some(secs);
         self
     }
@@ -123,7 +123,7 @@ impl ApiError {
         self.kind.code()
     }
     /// The JSON error body of the socket API: `{"error":CODE,"error_description":TEXT}`.
-    pub fn to_json(&self) -> serde_json::Value {
+    pub(crate) fn to_json(&self) -> serde_json::Value {
         serde_json::json!({"error": self.code(), "error_description": self.description})
     }
 }
@@ -154,14 +154,14 @@ pub struct ProviderError {
 }
 
 impl ProviderError {
-    pub fn unreachable(message: impl Into<String>) -> Self {
+    pub(crate) fn unreachable(message: impl Into<String>) -> Self {
         ProviderError {
             kind: ProviderErrorKind::Unreachable,
             message: message.into(),
             retry_after: None,
         }
     }
-    pub fn bad_response(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_response(message: impl Into<String>) -> Self {
         ProviderError {
             kind: ProviderErrorKind::BadResponse,
             message: message.into(),
@@ -191,7 +191,7 @@ impl ProviderError {
     }
 
     /// The RFC 6749 error code the provider sent, if it sent one.
-    pub fn provider_code(&self) -> Option<&str> {
+    pub(crate) fn provider_code(&self) -> Option<&str> {
         match &self.kind {
             ProviderErrorKind::Rejected { error } => Some(error),
             _ => None,
@@ -201,7 +201,7 @@ impl ProviderError {
     /// Whether retrying the same exchange later can succeed. Errors that are the caller's or the
     /// configuration's fault (`invalid_target`, `invalid_scope`, `invalid_grant`, a bad client) are
     /// not retried in a loop.
-    pub fn is_retryable(&self) -> bool {
+    pub(crate) fn is_retryable(&self) -> bool {
         match &self.kind {
             ProviderErrorKind::Unreachable => true,
             ProviderErrorKind::Rejected { error } => {
@@ -215,7 +215,7 @@ impl ProviderError {
     }
 
     /// How the caller sees this failure.
-    pub fn to_api(&self) -> ApiError {
+    pub(crate) fn to_api(&self) -> ApiError {
         let kind = match &self.kind {
             ProviderErrorKind::Unreachable => ErrorKind::UpstreamUnavailable,
             ProviderErrorKind::Rejected { error } => match error.as_str() {

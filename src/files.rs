@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// Why a path is not safe for the agent to write.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum UnsafePath {
+pub(crate) enum UnsafePath {
     /// The directory can be written by users other than root and the agent.
     #[error(
         "the directory {} can be written by {who} (mode {mode:04o}), who could replace the file with a link to another; use a directory only root or the agent can write (e.g. /var/log/cortexid, systemd LogsDirectory=), or run: chmod go-w {}",
@@ -60,7 +60,7 @@ fn euid() -> u32 {
 /// Checks that only root and the agent can add, remove or rename entries in `dir`: it belongs
 /// to one of them and is not writable by group or other. A directory that does not exist yet
 /// passes (nothing can be planted in it either).
-pub fn check_private_dir(dir: &Path) -> Result<(), UnsafePath> {
+pub(crate) fn check_private_dir(dir: &Path) -> Result<(), UnsafePath> {
     let meta = match std::fs::metadata(dir) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -94,7 +94,7 @@ pub fn check_private_dir(dir: &Path) -> Result<(), UnsafePath> {
 
 /// Opens `path` for appending (created 0640 if missing) without following a link, and only if it
 /// is a regular file with one name that the agent owns.
-pub fn open_append_owned(path: &Path) -> Result<File, UnsafePath> {
+pub(crate) fn open_append_owned(path: &Path) -> Result<File, UnsafePath> {
     let io = |error: std::io::Error| UnsafePath::Io {
         path: path.to_path_buf(),
         error,

@@ -4,26 +4,26 @@
 use jsonwebtoken::Algorithm;
 
 /// `grant_type` of RFC 8693 token exchange.
-pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub(crate) const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 /// `grant_type` of the client credentials grant (RFC 6749 section 4.4).
-pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
+pub(crate) const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
 
 /// RFC 8693 token type of a JWT (the default subject and actor token type).
-pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub(crate) const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 /// RFC 8693 token type of an access token (the default requested token type).
-pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+pub(crate) const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
 /// RFC 8693 token type of an ID token.
-pub const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
+pub(crate) const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
 
 /// RFC 7523 `client_assertion_type` of `private_key_jwt` client authentication.
-pub const CLIENT_ASSERTION_TYPE_JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+pub(crate) const CLIENT_ASSERTION_TYPE_JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// The `token_type` of every token cortexid hands out.
-pub const TOKEN_TYPE_BEARER: &str = "Bearer";
+pub(crate) const TOKEN_TYPE_BEARER: &str = "Bearer";
 
 /// Signature algorithms accepted on JWTs (issued tokens and presented credentials): the
 /// asymmetric ones only, so a public key can never be used as an HMAC secret.
-pub const ALLOWED_ALGS: &[Algorithm] = &[
+pub(crate) const ALLOWED_ALGS: &[Algorithm] = &[
     Algorithm::ES256,
     Algorithm::ES384,
     Algorithm::RS256,

@@ -71,7 +71,7 @@ impl SecretFile {
 
     /// Cheap identity of the file's current content (device, inode, size, mtime, ctime): used to
     /// notice a rotated credential without re-reading it on every request.
-    pub fn stamp(&self) -> Option<FileStamp> {
+    pub(crate) fn stamp(&self) -> Option<FileStamp> {
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::metadata(&self.path).ok()?;
         Some(FileStamp {
@@ -87,7 +87,7 @@ impl SecretFile {
 /// What [`SecretFile::stamp`] saw of a file: equal stamps mean (for every practical purpose) the
 /// same content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FileStamp {
+pub(crate) struct FileStamp {
     dev: u64,
     ino: u64,
     size: u64,

@@ -101,7 +101,7 @@ impl TokenClaims {
 
 /// How audit lines name a token: claims and fingerprint, never the value.
 #[derive(Debug, Serialize)]
-pub struct TokenAuditView<'a> {
+pub(crate) struct TokenAuditView<'a> {
     pub sub: Option<&'a str>,
     pub iss: Option<&'a str>,
     pub jti: Option<&'a str>,
@@ -174,7 +174,7 @@ impl IssuedToken {
     }
 
     /// `expires_at` as seconds since the epoch.
-    pub fn expires_unix(&self) -> u64 {
+    pub(crate) fn expires_unix(&self) -> u64 {
         self.expires_at_system
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -182,7 +182,7 @@ impl IssuedToken {
     }
 
     /// The `token` object of an audit event: never the token itself.
-    pub fn audit_ref(&self) -> TokenAuditView<'_> {
+    pub(crate) fn audit_ref(&self) -> TokenAuditView<'_> {
         let c = self.claims.as_ref();
         TokenAuditView {
             sub: c.and_then(|c| c.sub.as_deref()),
@@ -212,23 +212,23 @@ impl IssuedToken {
     }
 
     /// The `/v1/token` answer's fields that depend only on the token, as JSON object members.
-    pub fn response_fields(&self) -> &str {
+    pub(crate) fn response_fields(&self) -> &str {
         &self.rendered().response
     }
 
     /// The `token` object of audit lines, rendered once.
-    pub fn audit_json(&self) -> &serde_json::value::RawValue {
+    pub(crate) fn audit_json(&self) -> &serde_json::value::RawValue {
         &self.rendered().audit
     }
 
     /// [`audit_ref`](Self::audit_ref) as a JSON value.
-    pub fn audit_view(&self) -> serde_json::Value {
+    pub(crate) fn audit_view(&self) -> serde_json::Value {
         serde_json::to_value(self.audit_ref()).unwrap_or_default()
     }
 }
 
 /// Appends `s` as a JSON string literal.
-pub fn push_json_str(out: &mut String, s: &str) {
+pub(crate) fn push_json_str(out: &mut String, s: &str) {
     // serde_json's escaping is exact; writing into a String cannot fail.
     if let Ok(quoted) = serde_json::to_string(s) {
         out.push_str(&quoted);
@@ -236,12 +236,12 @@ pub fn push_json_str(out: &mut String, s: &str) {
 }
 
 /// RFC 3339 with seconds, UTC: `2026-11-28T12:00:00Z`.
-pub fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// RFC 3339 with milliseconds, UTC, for audit timestamps.
-pub fn rfc3339_millis(t: SystemTime) -> String {
+pub(crate) fn rfc3339_millis(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 

@@ -22,7 +22,8 @@ use crate::upstream::{ProviderSetupError, Providers};
 
 use crate::secrets::CredentialFiles;
 
-pub use request::{Granted, TokenAsk};
+pub use request::Granted;
+pub use request::TokenAsk;
 
 /// One configuration and the provider clients made for it.
 pub struct State {
@@ -59,7 +60,6 @@ pub struct Agent {
     presented: crate::policy::trust::PresentedVerifier,
     limiter: crate::policy::ratelimit::RateLimiter,
     sinks: Arc<SinkBoard>,
-    cancel: CancellationToken,
     ready: std::sync::atomic::AtomicBool,
 }
 
@@ -80,7 +80,7 @@ impl Agent {
         let cache = Cache::new(
             settings,
             Arc::new(exchanger::AgentExchanger { shared: shared.clone() }),
-            cancel.clone(),
+            cancel,
         );
         Ok(Arc::new(Agent {
             shared,
@@ -89,7 +89,6 @@ impl Agent {
             presented,
             limiter: Default::default(),
             sinks: Default::default(),
-            cancel,
             ready: Default::default(),
         }))
     }
@@ -106,21 +105,17 @@ impl Agent {
         &self.cache
     }
 
-    pub fn cancel_token(&self) -> &CancellationToken {
-        &self.cancel
-    }
-
-    pub fn audit_best_effort(&self, event: &str, fields: serde_json::Value) {
+    pub(crate) fn audit_best_effort(&self, event: &str, fields: serde_json::Value) {
         self.shared.audit_best_effort(event, fields)
     }
 
     /// Marks start-up as done (health leaves `starting`).
-    pub fn set_ready(&self) {
+    pub(crate) fn set_ready(&self) {
         self.ready.store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Looks up every provider's discovery document once, so health shows reachability early.
-    pub async fn warm_up(&self) {
+    pub(crate) async fn warm_up(&self) {
         let state = self.state();
         let mut tasks = Vec::new();
         for p in state.providers.values() {
@@ -138,7 +133,7 @@ impl Agent {
 
     /// Replaces the configuration. The caller has validated it; keys whose identity changed are
     /// dropped from the cache, provider clients whose settings are unchanged are kept.
-    pub fn apply(&self, config: Config) -> Result<(), ProviderSetupError> {
+    pub(crate) fn apply(&self, config: Config) -> Result<(), ProviderSetupError> {
         let old = self.state();
         let providers = exchanger::providers_for(&config, Some(&old.providers))?;
         let config = Arc::new(config);
@@ -168,12 +163,12 @@ impl Agent {
     }
 
     /// The sinks' state, which the sink tasks publish and health reads.
-    pub fn sink_board(&self) -> &Arc<SinkBoard> {
+    pub(crate) fn sink_board(&self) -> &Arc<SinkBoard> {
         &self.sinks
     }
 
     /// Reopens the audit file (SIGHUP, after log rotation).
-    pub fn reopen_audit(&self) {
+    pub(crate) fn reopen_audit(&self) {
         if let Err(e) = self.shared.audit().reopen() {
             tracing::error!(error = %e, "cannot reopen the audit log");
         }

@@ -47,7 +47,7 @@ impl Agent {
     }
 
     /// `/metrics` in the Prometheus text format.
-    pub fn metrics_text(&self) -> String {
+    pub(crate) fn metrics_text(&self) -> String {
         use std::sync::atomic::Ordering::Relaxed;
         let state = self.state();
         let mut providers_up: Vec<(String, bool)> = state

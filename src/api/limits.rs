@@ -18,14 +18,14 @@ use super::routes::MAX_HEADERS;
 /// Connections one process (the `SO_PEERCRED` pid, i.e. all its threads) may hold open at once.
 pub const MAX_CONNECTIONS_PER_PROCESS: usize = 256;
 /// Connections one uid may hold open at once, over all its processes.
-pub const MAX_CONNECTIONS_PER_UID: usize = 512;
+pub(crate) const MAX_CONNECTIONS_PER_UID: usize = 512;
 /// Connections the agent holds open at once (lowered to fit `RLIMIT_NOFILE`).
-pub const MAX_CONNECTIONS: usize = 2048;
+pub(crate) const MAX_CONNECTIONS: usize = 2048;
 
 /// Open connections by process and by uid, and in all; each admitted connection holds a
 /// [`ConnGuard`] that gives its place back when the connection ends.
 #[derive(Debug)]
-pub struct ConnLimits {
+pub(crate) struct ConnLimits {
     per_process: usize,
     per_uid: usize,
     total: usize,
@@ -42,13 +42,13 @@ struct OpenConns {
 
 /// Why a connection was not admitted: the response to write before closing it.
 #[derive(Debug)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     pub error: ApiError,
 }
 
 /// One admitted connection; dropping it frees its place.
 #[derive(Debug)]
-pub struct ConnGuard {
+pub(crate) struct ConnGuard {
     limits: Arc<ConnLimits>,
     uid: u32,
     pid: i32,
@@ -93,7 +93,7 @@ impl ConnLimits {
 
     /// The default limits, lowered so that the connections fit in the file descriptor limit
     /// (with room left for the provider connections, the audit log and the sinks).
-    pub fn for_this_process() -> Arc<ConnLimits> {
+    pub(crate) fn for_this_process() -> Arc<ConnLimits> {
         let total = open_files_limit().map_or(MAX_CONNECTIONS, |n| n.saturating_sub(64).clamp(16, MAX_CONNECTIONS));
         ConnLimits::new(
             MAX_CONNECTIONS_PER_PROCESS.min(total / 4),
@@ -103,7 +103,7 @@ impl ConnLimits {
     }
 
     /// Takes a place for a connection from `uid`/`pid`, or says why there is none.
-    pub fn admit(self: &Arc<Self>, uid: u32, pid: Option<i32>) -> Result<ConnGuard, Refusal> {
+    pub(crate) fn admit(self: &Arc<Self>, uid: u32, pid: Option<i32>) -> Result<ConnGuard, Refusal> {
         let pid = pid.unwrap_or(0);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let by_pid = open.by_pid.get(&pid).copied().unwrap_or(0);
@@ -151,6 +151,7 @@ impl ConnLimits {
     }
 
     /// Connections open now.
+    #[cfg(test)]
     pub fn open(&self) -> usize {
         self.open.lock().unwrap_or_else(|p| p.into_inner()).total
     }
@@ -158,7 +159,7 @@ impl ConnLimits {
 
 /// Refused connections being answered at once; past this, excess connections are closed
 /// without an answer (a flood of them must not cost more than this many tasks and descriptors).
-pub const MAX_REFUSING: usize = 64;
+pub(crate) const MAX_REFUSING: usize = 64;
 /// A refused connection must send its request head within this time.
 const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(1);
 

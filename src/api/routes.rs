@@ -20,9 +20,9 @@ use crate::upstream::PresentedToken;
 use super::responses::{Body, error_response, json_response, token_response};
 
 /// Largest request body (413 above it).
-pub const MAX_BODY: usize = 64 * 1024;
+pub(crate) const MAX_BODY: usize = 64 * 1024;
 /// Largest request head (431 above it).
-pub const MAX_HEADERS: usize = 16 * 1024;
+pub(crate) const MAX_HEADERS: usize = 16 * 1024;
 
 /// Size of the request head as received (request line and headers).
 fn head_size(req: &Request<Incoming>) -> usize {

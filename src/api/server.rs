@@ -22,9 +22,9 @@ use super::responses::{error_response, json_response};
 use super::routes::{MAX_HEADERS, handle};
 
 /// A client must send its request head within this time.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// In-flight requests get this long to finish at shutdown.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Serves connections from `listener` until `cancel` fires, then lets in-flight requests finish
 /// for up to [`SHUTDOWN_GRACE`].
@@ -89,7 +89,7 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>, cancel: Cancellati
 }
 
 /// Serves `GET /metrics` on a TCP listener (`metrics_listen`) until `cancel` fires.
-pub async fn serve_metrics(listener: tokio::net::TcpListener, agent: Arc<Agent>, cancel: CancellationToken) {
+pub(crate) async fn serve_metrics(listener: tokio::net::TcpListener, agent: Arc<Agent>, cancel: CancellationToken) {
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {

@@ -86,7 +86,7 @@ impl FetchReason {
     }
 }
 
-pub type ExchangeFuture = Pin<Box<dyn Future<Output = Result<IssuedToken, ProviderError>> + Send>>;
+pub(crate) type ExchangeFuture = Pin<Box<dyn Future<Output = Result<IssuedToken, ProviderError>> + Send>>;
 
 /// Performs exchanges for the cache (the agent: provider lookup, credential re-reading, audit).
 pub trait Exchanger: Send + Sync + 'static {

@@ -22,8 +22,14 @@ use crate::token::IssuedToken;
 mod key;
 mod schedule;
 
-pub use key::{CacheKey, Credential, ExchangeFuture, Exchanger, FetchReason, Source, Spec};
-pub use schedule::{RefreshSettings, backoff, hand_out_floor, refresh_in};
+pub use key::CacheKey;
+pub use key::Credential;
+pub use key::FetchReason;
+pub use key::Source;
+pub use key::Spec;
+pub(crate) use key::{ExchangeFuture, Exchanger};
+pub use schedule::RefreshSettings;
+pub(crate) use schedule::{backoff, hand_out_floor, refresh_in};
 
 use schedule::jitter_unit;
 
@@ -67,7 +73,7 @@ pub struct CacheCounters {
 
 /// What `status` shows of one key: never the token.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct EntryView {
+pub(crate) struct EntryView {
     pub identity: String,
     pub audience: String,
     pub scope: String,
@@ -104,11 +110,11 @@ impl Cache {
         cache
     }
 
-    pub fn settings(&self) -> RefreshSettings {
+    pub(crate) fn settings(&self) -> RefreshSettings {
         *self.settings.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn set_settings(&self, s: RefreshSettings) {
+    pub(crate) fn set_settings(&self, s: RefreshSettings) {
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = s;
     }
 
@@ -141,7 +147,7 @@ impl Cache {
     }
 
     /// Like [`get`](Self::get), and keeps the key renewed for as long as the agent runs (sinks).
-    pub async fn get_pinned(self: &Arc<Self>, spec: Spec) -> Result<(Arc<IssuedToken>, Source), ApiError> {
+    pub(crate) async fn get_pinned(self: &Arc<Self>, spec: Spec) -> Result<(Arc<IssuedToken>, Source), ApiError> {
         self.get_entry(spec, Duration::ZERO, true).await
     }
 
@@ -290,7 +296,7 @@ impl Cache {
     }
 
     /// The keys, for `status` (never token values).
-    pub fn snapshot(&self) -> Vec<EntryView> {
+    pub(crate) fn snapshot(&self) -> Vec<EntryView> {
         let now = Instant::now();
         let mut entries: Vec<(CacheKey, Arc<Entry>)> =
             self.entries().iter().map(|(k, e)| (k.clone(), e.clone())).collect();
@@ -319,7 +325,7 @@ impl Cache {
     }
 
     /// Drops keys for which `keep` says no (after a reload changed their identity).
-    pub fn retain(&self, keep: impl Fn(&Spec) -> bool) {
+    pub(crate) fn retain(&self, keep: impl Fn(&Spec) -> bool) {
         self.entries().retain(|_, e| keep(&e.spec));
     }
 

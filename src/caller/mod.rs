@@ -29,7 +29,7 @@ pub struct Caller {
 
 impl Caller {
     /// A caller known only by its credentials (for tests and for callers whose `/proc` is gone).
-    pub fn from_ids(uid: u32, gid: u32, pid: Option<i32>) -> Caller {
+    pub(crate) fn from_ids(uid: u32, gid: u32, pid: Option<i32>) -> Caller {
         Caller {
             uid,
             gid,
@@ -43,12 +43,12 @@ impl Caller {
     }
 
     /// Whether the caller is in group `gid`, as primary or supplementary group.
-    pub fn in_group(&self, gid: u32) -> bool {
+    pub(crate) fn in_group(&self, gid: u32) -> bool {
         self.gid == gid || self.groups.contains(&gid)
     }
 
     /// "uid 1001 (payments), pid 4242, unit payments.service, exe /usr/bin/x": what the agent saw.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let mut s = format!("uid {}", self.uid);
         if let Some(user) = &self.user {
             s.push_str(&format!(" ({user})"));
@@ -71,7 +71,7 @@ impl Caller {
 
 /// Attests a caller from its peer credentials. `accepted_ticks` is the boot-time clock, in
 /// clock ticks, when the connection was accepted (see [`boot_ticks_now`]).
-pub fn attest(uid: u32, gid: u32, pid: Option<i32>, accepted_ticks: Option<u64>) -> Caller {
+pub(crate) fn attest(uid: u32, gid: u32, pid: Option<i32>, accepted_ticks: Option<u64>) -> Caller {
     attest_at(Path::new("/proc"), uid, gid, pid, accepted_ticks)
 }
 
@@ -176,7 +176,7 @@ fn parse_start_ticks(stat: &str) -> Option<u64> {
 }
 
 /// The boot-time clock now, in the clock ticks `/proc/<pid>/stat` uses.
-pub fn boot_ticks_now() -> Option<u64> {
+pub(crate) fn boot_ticks_now() -> Option<u64> {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten()? as u64;
     // Round up: a process that started in the same tick as the accept still counts as earlier.
@@ -204,7 +204,7 @@ const UNIT_SUFFIXES: &[&str] = &[".service", ".scope", ".socket", ".mount", ".sw
 /// `0::/system.slice/payments.service` → `payments.service`,
 /// `0::/user.slice/user-1000.slice/user@1000.service/app.slice/app-x.scope` → `app-x.scope`,
 /// `0::/system.slice/runner.service/payload` (a delegated subtree) → `runner.service`.
-pub fn unit_from_cgroup(contents: &str) -> Option<String> {
+pub(crate) fn unit_from_cgroup(contents: &str) -> Option<String> {
     let path = contents
         .lines()
         .find_map(|l| l.strip_prefix("0::"))

@@ -7,10 +7,10 @@ use std::time::Duration;
 use crate::devidp::fixture::{ConfigFile, Fixture, FixtureError, Identity, Role};
 use crate::devidp::{DevClient, DevClientAuth, DevIdp};
 
-pub const DEV_CLIENT_ID: &str = "cortexid-dev-node";
-pub const PAYMENTS_AUDIENCE: &str = "https://payments.example";
-pub const LEDGER_AUDIENCE: &str = "https://ledger.example";
-pub const BATCH_AUDIENCE: &str = "https://batch.example";
+pub(crate) const DEV_CLIENT_ID: &str = "cortexid-dev-node";
+pub(crate) const PAYMENTS_AUDIENCE: &str = "https://payments.example";
+pub(crate) const LEDGER_AUDIENCE: &str = "https://ledger.example";
+pub(crate) const BATCH_AUDIENCE: &str = "https://batch.example";
 
 /// What `cortexid dev` set up.
 pub struct DevSetup {

@@ -30,16 +30,22 @@ use locate::{Locator, Seg, render_path, segments, toml_problem};
 use raw::RawConfig;
 use validate::Validator;
 
-pub use model::{
-    AgentSettings, AuditFailure, AuditTarget, ClientAuth, Config, Grant, IdentitySettings, LogFormat, ProviderSettings,
-    Rate, RateError, Role, SinkSettings, SubjectSource, TargetParameter, TrustedIssuer,
-};
-pub use validate::{ModeError, parse_mode};
+pub use model::AgentSettings;
+pub use model::AuditFailure;
+pub use model::ClientAuth;
+pub use model::Grant;
+pub use model::IdentitySettings;
+pub use model::LogFormat;
+pub use model::ProviderSettings;
+pub use model::SinkSettings;
+pub use model::SubjectSource;
+pub use model::TargetParameter;
+pub use model::{AuditTarget, Config, Rate, Role, TrustedIssuer};
 
 /// Where the agent and the command line look for the configuration unless told otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/cortexid/cortexid.toml";
 /// The agent's socket when `[agent] socket` is not set.
-pub const DEFAULT_SOCKET: &str = "/run/cortexid/agent.sock";
+pub(crate) const DEFAULT_SOCKET: &str = "/run/cortexid/agent.sock";
 
 /// Facts from outside the file that loading needs.
 pub trait LoadContext {

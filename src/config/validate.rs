@@ -188,10 +188,10 @@ pub(super) fn list_or_none(names: &[&str]) -> String {
 /// A file mode that is not one to four octal digits (optionally after `0o`); holds what was written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0:?} is not an octal file mode like \"0640\"")]
-pub struct ModeError(pub String);
+pub(crate) struct ModeError(pub String);
 
 /// Parses an octal mode string such as `"0640"`.
-pub fn parse_mode(s: &str) -> Result<u32, ModeError> {
+pub(crate) fn parse_mode(s: &str) -> Result<u32, ModeError> {
     let bad = || ModeError(s.to_string());
     let digits = s.strip_prefix("0o").unwrap_or(s);
     if digits.is_empty() || digits.len() > 4 || !digits.chars().all(|c| ('0'..='7').contains(&c)) {

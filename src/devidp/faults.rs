@@ -119,8 +119,9 @@ fn raw_json_response(status: StatusCode, body: &'static str) -> Resp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devidp::Counters;
     use crate::devidp::test_support::*;
-    use crate::devidp::{Counters, GRANT_CLIENT_CREDENTIALS};
+    use crate::oauth::GRANT_CLIENT_CREDENTIALS;
     use serde_json::Value;
 
     #[tokio::test]

@@ -32,10 +32,6 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::upstream::keys::{self, KeyAlg, SigningKey};
 
-pub use crate::oauth::{
-    CLIENT_ASSERTION_TYPE_JWT_BEARER, GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN,
-    TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT,
-};
 pub use faults::{Fault, WRONG_AUDIENCE, WRONG_ISSUER};
 
 /// Why the development provider could not start.
@@ -308,6 +304,7 @@ impl DevIdp {
         }
     }
 
+    /// Sets every counter back to zero.
     pub fn reset_counters(&self) {
         for c in self.shared.counters.all() {
             c.store(0, Ordering::Relaxed);

@@ -82,7 +82,7 @@ impl Audit {
     }
 
     /// Reopens a file target (SIGHUP, log rotation).
-    pub fn reopen(&self) -> std::io::Result<()> {
+    pub(crate) fn reopen(&self) -> std::io::Result<()> {
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         if let Writer::File {
             path,
@@ -115,7 +115,7 @@ impl Audit {
 
     /// Like [`write`](Self::write) for any value that serialises as a JSON object (a typed event
     /// struct on the hot path, so no intermediate map is built).
-    pub fn write_event<T: serde::Serialize + ?Sized>(&self, event: &str, fields: &T) -> std::io::Result<()> {
+    pub(crate) fn write_event<T: serde::Serialize + ?Sized>(&self, event: &str, fields: &T) -> std::io::Result<()> {
         let mut line = Vec::with_capacity(512);
         line.extend_from_slice(b"{\"ts\":\"");
         line.extend_from_slice(crate::token::rfc3339_millis(SystemTime::now()).as_bytes());

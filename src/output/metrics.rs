@@ -40,7 +40,7 @@ pub struct Metrics {
 }
 
 /// Endpoint label for a request path: a fixed set.
-pub fn endpoint_label(path: &str) -> &'static str {
+pub(crate) fn endpoint_label(path: &str) -> &'static str {
     match path {
         "/v1/token" => "token",
         "/v1/identities" => "identities",
@@ -51,7 +51,7 @@ pub fn endpoint_label(path: &str) -> &'static str {
 }
 
 /// What the exporter needs from the rest of the agent at render time.
-pub struct Gauges {
+pub(crate) struct Gauges {
     pub cache_entries: usize,
     pub cache_hits: u64,
     pub cache_misses: u64,
@@ -84,7 +84,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition format (version 0.0.4).
-    pub fn render(&self, g: &Gauges) -> String {
+    pub(crate) fn render(&self, g: &Gauges) -> String {
         let mut out = String::with_capacity(2048);
         let _ = self.render_into(&mut out, g);
         out

@@ -23,11 +23,11 @@ use crate::error::ApiError;
 use crate::token::IssuedToken;
 
 /// How often a sink checks whether its token was renewed.
-pub const SINK_POLL: Duration = Duration::from_millis(500);
+pub(crate) const SINK_POLL: Duration = Duration::from_millis(500);
 
 /// What `status` shows of a sink.
 #[derive(Debug, Clone, Serialize)]
-pub struct SinkStatus {
+pub(crate) struct SinkStatus {
     pub path: PathBuf,
     pub identity: String,
     pub audience: String,
@@ -37,7 +37,7 @@ pub struct SinkStatus {
 }
 
 /// Writes `contents` to `path` atomically with `mode`, `owner` and `group`.
-pub fn write_atomic(
+pub(crate) fn write_atomic(
     path: &Path,
     contents: &[u8],
     mode: u32,
@@ -78,7 +78,7 @@ pub fn write_atomic(
 
 /// Where sinks get their tokens, and whom they tell that one was written. The agent implements
 /// it; sinks know nothing else of the agent.
-pub trait SinkSource: Send + Sync + 'static {
+pub(crate) trait SinkSource: Send + Sync + 'static {
     /// The token for `sink` (its cache key stays pinned: renewed for as long as the agent runs).
     fn sink_token(&self, sink: &SinkSettings) -> impl Future<Output = Result<Arc<IssuedToken>, ApiError>> + Send;
     /// `token` was written to `sink.path`: record it (the `token.issued` audit event).
@@ -88,7 +88,7 @@ pub trait SinkSource: Send + Sync + 'static {
 /// The sinks' own state, written by the sink tasks and read as a snapshot for `/v1/health`,
 /// `status` and `/metrics`.
 #[derive(Default)]
-pub struct SinkBoard {
+pub(crate) struct SinkBoard {
     statuses: RwLock<BTreeMap<PathBuf, SinkStatus>>,
     writes: AtomicU64,
     failures: AtomicU64,
@@ -96,7 +96,7 @@ pub struct SinkBoard {
 
 impl SinkBoard {
     /// Every configured sink's status, by path.
-    pub fn snapshot(&self) -> Vec<SinkStatus> {
+    pub(crate) fn snapshot(&self) -> Vec<SinkStatus> {
         self.statuses
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -155,7 +155,7 @@ impl SinkBoard {
 }
 
 /// Runs every sink in `sinks` until `cancel`, publishing their state on `board`.
-pub fn spawn_all<S: SinkSource>(
+pub(crate) fn spawn_all<S: SinkSource>(
     source: &Arc<S>,
     board: &Arc<SinkBoard>,
     sinks: &[SinkSettings],

@@ -2,8 +2,10 @@
 //! identities, audiences, scopes), per-process request rates ([`ratelimit`]), and the issuers
 //! whose presented credentials are trusted ([`trust`]).
 
-pub mod ratelimit;
+pub(crate) mod ratelimit;
 mod roles;
 pub mod trust;
 
-pub use roles::{Ask, Grant, IdentityView, authorize, identities_for, matching_roles, parse_scopes};
+pub use roles::Ask;
+pub use roles::IdentityView;
+pub(crate) use roles::{authorize, identities_for, parse_scopes};

@@ -18,7 +18,7 @@ struct Bucket {
 }
 
 #[derive(Default)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     buckets: Mutex<HashMap<(String, i64), Bucket>>,
 }
 

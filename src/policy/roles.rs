@@ -150,7 +150,7 @@ fn claim_matches(claims: &serde_json::Value, path: &str, accepted: &[String]) ->
 }
 
 /// The roles that match a caller, in file order.
-pub fn matching_roles<'c>(
+pub(crate) fn matching_roles<'c>(
     config: &'c Config,
     caller: &Caller,
     claims: Option<&serde_json::Value>,
@@ -180,7 +180,11 @@ fn role_scopes<'a>(role: &'a Role, identity: &'a IdentitySettings) -> impl Itera
 }
 
 /// What `/v1/identities` shows this caller.
-pub fn identities_for(config: &Config, caller: &Caller, claims: Option<&serde_json::Value>) -> Vec<IdentityView> {
+pub(crate) fn identities_for(
+    config: &Config,
+    caller: &Caller,
+    claims: Option<&serde_json::Value>,
+) -> Vec<IdentityView> {
     let roles = matching_roles(config, caller, claims);
     let mut out: Vec<IdentityView> = Vec::new();
     for identity in &config.identities {
@@ -213,7 +217,7 @@ pub fn identities_for(config: &Config, caller: &Caller, claims: Option<&serde_js
 }
 
 /// Decides a token request. Default deny: no matching role, no token.
-pub fn authorize(
+pub(crate) fn authorize(
     config: &Config,
     caller: &Caller,
     claims: Option<&serde_json::Value>,
@@ -355,7 +359,7 @@ fn join(items: &[&String]) -> String {
 }
 
 /// Parses a space-separated scope string into a sorted set.
-pub fn parse_scopes(s: &str) -> BTreeSet<String> {
+pub(crate) fn parse_scopes(s: &str) -> BTreeSet<String> {
     s.split_whitespace().map(str::to_string).collect()
 }
 

@@ -15,10 +15,10 @@ use crate::error::{ApiError, ErrorKind, ProviderErrorKind};
 use crate::upstream::{KeySet, decode_unverified, http_client, looks_like_jwt};
 
 /// Clock leeway for presented credentials' `exp` and `nbf`.
-pub const PRESENTED_LEEWAY: Duration = Duration::from_secs(30);
+pub(crate) const PRESENTED_LEEWAY: Duration = Duration::from_secs(30);
 
 /// Verifies presented credentials; keeps one JWKS per issuer URL and one HTTPS client per CA.
-pub struct PresentedVerifier {
+pub(crate) struct PresentedVerifier {
     timeout: Duration,
     clients: Mutex<HashMap<Option<PathBuf>, reqwest::Client>>,
     keys: Mutex<HashMap<String, Arc<KeySet>>>,

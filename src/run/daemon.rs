@@ -32,7 +32,7 @@ pub struct RunningAgent {
 /// The socket is bound, given its mode and group inside a fresh private directory (0700, next to
 /// the final path), then renamed into place: nothing another user does to the path while the
 /// socket is being prepared can redirect the `chmod` or `chown` to another file.
-pub fn bind_socket(config: &Config) -> Result<UnixListener, StartError> {
+pub(crate) fn bind_socket(config: &Config) -> Result<UnixListener, StartError> {
     let a = &config.agent;
     let path = &a.socket;
     let dir = path
@@ -113,7 +113,7 @@ pub async fn start(config: Config, notifier: Notifier) -> Result<RunningAgent, S
 
 /// Starts an agent; `activated` is a listening socket passed by systemd (`LISTEN_FDS`), served
 /// instead of binding `agent.socket`.
-pub async fn start_with(
+pub(crate) async fn start_with(
     config: Config,
     notifier: Notifier,
     activated: Option<std::os::unix::net::UnixListener>,
@@ -249,7 +249,7 @@ impl RunningAgent {
 /// Keeps tokens and secrets out of core dumps and away from same-uid `ptrace`/`/proc/<pid>/mem`:
 /// marks the process not dumpable (`PR_SET_DUMPABLE` 0). Its `/proc/<pid>` files then belong to
 /// root. Called first thing by `cortexid agent`.
-pub fn disable_core_dumps() -> Result<(), StartError> {
+pub(crate) fn disable_core_dumps() -> Result<(), StartError> {
     nix::sys::prctl::set_dumpable(false).map_err(StartError::CoreDumps)
 }
 

@@ -12,7 +12,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use crate::config::LogFormat;
 
 /// Whether stderr is connected to the journal: `$JOURNAL_STREAM` is `DEVICE:INODE` of it.
-pub fn stderr_is_journal() -> bool {
+pub(crate) fn stderr_is_journal() -> bool {
     use std::os::unix::fs::MetadataExt;
     let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
         return false;
@@ -32,7 +32,7 @@ pub fn stderr_is_journal() -> bool {
 }
 
 /// Installs the global subscriber once; later calls do nothing.
-pub fn init(format: LogFormat, journal: bool) {
+pub(crate) fn init(format: LogFormat, journal: bool) {
     let filter = || {
         tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))

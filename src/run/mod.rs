@@ -3,8 +3,9 @@
 
 pub mod daemon;
 mod error;
-pub mod logging;
+pub(crate) mod logging;
 pub mod systemd;
 mod watchdog;
 
-pub use error::{ReloadError, StartError};
+pub use error::ReloadError;
+pub use error::StartError;

@@ -45,12 +45,8 @@ impl Notifier {
     }
 
     /// `WatchdogSec=` as systemd passed it (`WATCHDOG_USEC`), when it is meant for this process.
-    pub fn watchdog(&self) -> Option<std::time::Duration> {
+    pub(crate) fn watchdog(&self) -> Option<std::time::Duration> {
         self.watchdog.filter(|_| self.socket.is_some())
-    }
-
-    pub fn enabled(&self) -> bool {
-        self.socket.is_some()
     }
 
     /// Sends `state` (newline-separated `KEY=VALUE` lines). Failures are logged, not fatal.
@@ -144,7 +140,7 @@ fn adopt_fd3() -> Result<std::os::unix::net::UnixListener, ActivationError> {
 }
 
 /// `CLOCK_MONOTONIC` in microseconds, for `MONOTONIC_USEC=` with `RELOADING=1`.
-pub fn monotonic_usec() -> u64 {
+pub(crate) fn monotonic_usec() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000)
         .unwrap_or(0)

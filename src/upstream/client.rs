@@ -65,7 +65,7 @@ impl ProviderClient {
         &self.settings.name
     }
 
-    pub fn settings(&self) -> &Arc<ProviderSettings> {
+    pub(crate) fn settings(&self) -> &Arc<ProviderSettings> {
         &self.settings
     }
 
@@ -103,4 +103,4 @@ impl ProviderClient {
 }
 
 /// Keys by name, for the agent to look providers up.
-pub type Providers = HashMap<String, Arc<ProviderClient>>;
+pub(crate) type Providers = HashMap<String, Arc<ProviderClient>>;

@@ -36,7 +36,10 @@ pub enum HttpClientError {
 }
 
 /// Builds an HTTPS client that trusts the system roots plus `extra_ca` (PEM file).
-pub fn http_client(extra_ca: Option<&std::path::Path>, timeout: Duration) -> Result<reqwest::Client, HttpClientError> {
+pub(crate) fn http_client(
+    extra_ca: Option<&std::path::Path>,
+    timeout: Duration,
+) -> Result<reqwest::Client, HttpClientError> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {

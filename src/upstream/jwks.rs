@@ -22,7 +22,7 @@ use super::http::chain;
 /// Re-fetch the JWKS for an unknown `kid` at most this often.
 const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(1);
 /// Leeway for `exp`/`nbf`/`iat` checks against this host's clock.
-pub const CLOCK_LEEWAY: Duration = Duration::from_secs(60);
+pub(crate) const CLOCK_LEEWAY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default)]
 struct Jwks {
@@ -112,7 +112,7 @@ impl ProviderClient {
 /// before a refetch finished uses that one instead of asking again. A flood of forged `kid`s
 /// costs at most one JWKS request per interval and slows down no one else.
 #[derive(Default)]
-pub struct KeySet {
+pub(crate) struct KeySet {
     /// The keys as last fetched; replaced whole, never held across an await.
     current: std::sync::RwLock<Arc<Jwks>>,
     /// Held while a refetch is decided and made.

@@ -62,7 +62,7 @@ pub enum KeyAlg {
 
 impl KeyAlg {
     /// The jsonwebtoken algorithm.
-    pub fn jwt_alg(self) -> Algorithm {
+    pub(crate) fn jwt_alg(self) -> Algorithm {
         match self {
             KeyAlg::ES256 => Algorithm::ES256,
             KeyAlg::EdDSA => Algorithm::EdDSA,
@@ -136,7 +136,7 @@ impl SigningKey {
     /// Read a private key from PEM: PKCS#8 (`PRIVATE KEY`) with a P-256, Ed25519 or RSA key;
     /// SEC1 (`EC PRIVATE KEY`) and PKCS#1 (`RSA PRIVATE KEY`) are accepted and converted to
     /// PKCS#8. `kid` defaults to the RFC 7638 thumbprint of the public JWK.
-    pub fn from_pem(pem: &str, kid: Option<&str>) -> Result<SigningKey, KeyError> {
+    pub(crate) fn from_pem(pem: &str, kid: Option<&str>) -> Result<SigningKey, KeyError> {
         let parsed = PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| {
             KeyError::InvalidKey(format!(
                 "no PEM private key found ({e}); expected a PKCS#8 \"PRIVATE KEY\" block"
@@ -254,7 +254,7 @@ impl SigningKey {
     }
 
     /// The private key as PKCS#8 PEM, for writing key files (see [`write_key_file`]).
-    pub fn private_pem(&self) -> &str {
+    pub(crate) fn private_pem(&self) -> &str {
         &self.pem
     }
 
@@ -264,7 +264,7 @@ impl SigningKey {
     }
 
     /// Sign `claims` as a JWT with header `{alg, kid, typ}` (for example `typ: "at+jwt"`).
-    pub fn sign_typed<T: serde::Serialize>(&self, typ: &str, claims: &T) -> Result<String, KeyError> {
+    pub(crate) fn sign_typed<T: serde::Serialize>(&self, typ: &str, claims: &T) -> Result<String, KeyError> {
         let mut header = Header::new(self.alg.jwt_alg());
         header.typ = Some(typ.to_string());
         header.kid = Some(self.kid.clone());
@@ -306,7 +306,7 @@ fn pkcs8_pem(der: &[u8]) -> Zeroizing<String> {
 }
 
 /// Write `key`'s private PEM to a new file with mode 0600. An existing file is never overwritten.
-pub fn write_key_file(path: &Path, key: &SigningKey) -> Result<(), KeyError> {
+pub(crate) fn write_key_file(path: &Path, key: &SigningKey) -> Result<(), KeyError> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let io_err = |source| KeyError::Io {
         path: path.to_path_buf(),
@@ -330,7 +330,7 @@ pub fn write_key_file(path: &Path, key: &SigningKey) -> Result<(), KeyError> {
 }
 
 /// The RFC 7638 thumbprint of a public JWK: base64url(SHA-256(canonical required members)).
-pub fn jwk_thumbprint(jwk: &Value) -> Result<String, KeyError> {
+pub(crate) fn jwk_thumbprint(jwk: &Value) -> Result<String, KeyError> {
     let obj = jwk
         .as_object()
         .ok_or_else(|| KeyError::InvalidJwk("a JWK must be a JSON object".into()))?;
@@ -366,7 +366,7 @@ pub fn jwk_thumbprint(jwk: &Value) -> Result<String, KeyError> {
 
 /// The signature algorithm a public JWK is for: its `alg` member if present, else derived from
 /// `kty`/`crv` (EC P-256 → ES256, P-384 → ES384, OKP Ed25519 → EdDSA, RSA → RS256).
-pub fn jwk_algorithm(jwk: &Value) -> Result<Algorithm, KeyError> {
+pub(crate) fn jwk_algorithm(jwk: &Value) -> Result<Algorithm, KeyError> {
     if let Some(alg) = jwk.get("alg").and_then(Value::as_str) {
         return Algorithm::from_str(alg).map_err(|_| KeyError::InvalidJwk(format!("unsupported alg {alg:?}")));
     }
@@ -384,7 +384,7 @@ pub fn jwk_algorithm(jwk: &Value) -> Result<Algorithm, KeyError> {
 }
 
 /// A verification key and its algorithm from a public JWK.
-pub fn decoding_key(jwk: &Value) -> Result<(DecodingKey, Algorithm), KeyError> {
+pub(crate) fn decoding_key(jwk: &Value) -> Result<(DecodingKey, Algorithm), KeyError> {
     let alg = jwk_algorithm(jwk)?;
     let parsed: jsonwebtoken::jwk::Jwk =
         serde_json::from_value(jwk.clone()).map_err(|e| KeyError::InvalidJwk(e.to_string()))?;

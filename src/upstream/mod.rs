@@ -18,11 +18,16 @@ mod http;
 mod jwks;
 pub mod keys;
 
-pub use client::{ProviderClient, ProviderHealth, ProviderSetupError, Providers};
-pub use discovery::{Discovery, Metadata, parse_discovery};
-pub use grants::{ExchangeRequest, PresentedToken, TokenAnswer, parse_token_answer};
-pub use http::{HttpClientError, http_client};
-pub use jwks::{CLOCK_LEEWAY, KeySet, decode_unverified, find_key, looks_like_jwt, parse_jwks};
+pub use client::ProviderClient;
+pub use client::ProviderSetupError;
+pub(crate) use client::Providers;
+pub use discovery::parse_discovery;
+pub(crate) use grants::ExchangeRequest;
+pub use grants::PresentedToken;
+pub use grants::parse_token_answer;
+pub(crate) use http::http_client;
+pub(crate) use jwks::KeySet;
+pub use jwks::{decode_unverified, find_key, looks_like_jwt, parse_jwks};
 
 /// A provider's answer that cannot be used. The message completes "provider X …" or names the
 /// document it is about.

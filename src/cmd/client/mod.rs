@@ -149,7 +149,8 @@ impl SocketClient {
 
     /// Gives up on a request (connect, send, and reading the whole answer) after `timeout`.
     /// Without it a request waits as long as the agent takes.
-    pub fn with_timeout(mut self, timeout: Duration) -> SocketClient {
+    #[cfg(test)]
+    pub(crate) fn with_timeout(mut self, timeout: Duration) -> SocketClient {
         self.timeout = Some(timeout);
         self
     }
