@@ -13,6 +13,8 @@ use std::time::Duration;
 pub enum ErrorKind {
     /// 400 `invalid_request`: malformed query or body, missing audience, unknown parameter.
     InvalidRequest,
+    /// 408 `invalid_request`: the request body did not arrive in time.
+    RequestTimeout,
     /// 413 `invalid_request`: a body over 64 KiB.
     PayloadTooLarge,
     /// 431 `invalid_request`: a request head over 16 KiB.
@@ -48,6 +50,7 @@ impl ErrorKind {
     pub fn status(self) -> u16 {
         match self {
             ErrorKind::InvalidRequest => 400,
+            ErrorKind::RequestTimeout => 408,
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::HeadersTooLarge => 431,
             ErrorKind::NotFound | ErrorKind::UnknownIdentity => 404,
@@ -63,7 +66,10 @@ impl ErrorKind {
     /// The RFC 6749-style `error` code of this kind.
     pub fn code(self) -> &'static str {
         match self {
-            ErrorKind::InvalidRequest | ErrorKind::PayloadTooLarge | ErrorKind::HeadersTooLarge => "invalid_request",
+            ErrorKind::InvalidRequest
+            | ErrorKind::RequestTimeout
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::HeadersTooLarge => "invalid_request",
             ErrorKind::NotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::AccessDenied => "access_denied",
@@ -282,6 +288,7 @@ mod tests {
     fn every_kind_has_the_documented_status_and_code() {
         let table = [
             (ErrorKind::InvalidRequest, 400, "invalid_request"),
+            (ErrorKind::RequestTimeout, 408, "invalid_request"),
             (ErrorKind::PayloadTooLarge, 413, "invalid_request"),
             (ErrorKind::HeadersTooLarge, 431, "invalid_request"),
             (ErrorKind::NotFound, 404, "not_found"),

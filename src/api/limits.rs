@@ -1,6 +1,8 @@
 //! Connection caps: per process, per uid, and in all (lowered to fit `RLIMIT_NOFILE`), so one
 //! local user cannot exhaust the agent; connections over a cap get a JSON refusal, and a flood
-//! of them costs at most [`MAX_REFUSING`] tasks.
+//! of them costs at most [`MAX_REFUSING`] tasks. The last quarter of the total is kept for uids
+//! that hold few connections (fewer than a 32nd of the total, at least 4), so no small set of
+//! uids can take every place: a caller with one connection still gets in.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -131,6 +133,17 @@ impl ConnLimits {
                 ),
             );
         }
+        let reserve_from = self.total - self.total / 4;
+        let light = (self.total / 32).max(4);
+        if open.total >= reserve_from && by_uid >= light && open.total < self.total {
+            return refusal(
+                ErrorKind::SlowDown,
+                format!(
+                    "uid {uid} already holds {by_uid} connections, and the agent keeps its last {} places for callers that hold fewer than {light}; close idle ones or reuse them",
+                    self.total - reserve_from
+                ),
+            );
+        }
         if open.total >= self.total {
             return refusal(
                 ErrorKind::SlowDown,
@@ -192,6 +205,40 @@ pub(super) fn refuse(stream: tokio::net::UnixStream, refusal: Refusal, limits: &
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_few_uids_cannot_take_the_last_places_from_a_light_caller() {
+        // 64 in all: the last 16 are kept for uids holding fewer than 4.
+        let limits = ConnLimits::new(64, 64, 64);
+        let mut held = Vec::new();
+        let mut pid = 1000;
+        for uid in [5001, 5002] {
+            loop {
+                pid += 1;
+                match limits.admit(uid, Some(pid)) {
+                    Ok(g) => held.push(g),
+                    Err(r) => {
+                        assert!(
+                            r.error.description.contains("keeps its last 16 places"),
+                            "{}",
+                            r.error.description
+                        );
+                        break;
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            held.len(),
+            48 + 4,
+            "a heavy uid stops at three quarters; the next one gets the light share (4) and no more"
+        );
+        let light: Vec<_> = (0..3).map(|n| limits.admit(6000, Some(9000 + n)).unwrap()).collect();
+        assert_eq!(light.len(), 3, "a uid holding few still gets in");
+        drop(held);
+        drop(light);
+        assert_eq!(limits.open(), 0);
+    }
 
     #[test]
     fn connection_caps_are_per_process_then_per_uid_then_global() {

@@ -104,8 +104,22 @@ fn audit_malformed(agent: &Agent, caller: &Caller, e: &ApiError) {
     );
 }
 
+/// A request body must arrive whole within this time after its head (408 otherwise), so a
+/// caller that promises a body and never sends it cannot hold a connection.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
-    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+    let collect = Limited::new(req.into_body(), MAX_BODY).collect();
+    let Ok(result) = tokio::time::timeout(BODY_READ_TIMEOUT, collect).await else {
+        return Err(ApiError::new(
+            ErrorKind::RequestTimeout,
+            format!(
+                "the request body did not arrive within {} s; send it whole with the request",
+                BODY_READ_TIMEOUT.as_secs()
+            ),
+        ));
+    };
+    match result {
         Ok(b) => Ok(b.to_bytes()),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::new(
             ErrorKind::PayloadTooLarge,
