@@ -116,3 +116,65 @@ async fn a_body_that_never_comes_is_answered_408_and_the_connection_freed() {
     assert!(text.contains("\"error\":\"invalid_request\""), "{text}");
     assert!(text.contains("did not arrive within 10 s"), "{text}");
 }
+
+/// Sends N requests, each on its own connection, with the JSON body argv[3]; prints the status
+/// codes seen, space-separated, then the longest answer's length.
+const REPEAT_POST: &str = r#"
+import socket, sys
+path, n, body = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
+codes, longest = set(), 0
+for i in range(n):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    s.sendall(b"POST /v1/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    answer = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        answer += chunk
+    s.close()
+    codes.add(answer.split(b" ")[1].decode())
+    longest = max(longest, len(answer))
+print(" ".join(sorted(codes)), longest, flush=True)
+"#;
+
+#[tokio::test]
+async fn a_caller_without_a_role_cannot_fill_the_disk_through_the_audit_log() {
+    let h = Harness::new(Duration::from_secs(300), Setup::default()).await;
+    open_dir(h.dir.path());
+    let audit_size = || std::fs::metadata(&h.audit).map(|m| m.len()).unwrap_or(0);
+    let before = audit_size();
+
+    // 200 requests naming a 65 KB identity: refused before they reach the policy.
+    let huge = serde_json::json!({"identity": "x".repeat(65_000), "audience": PAYMENTS}).to_string();
+    let mut attacker = python_as(4401, REPEAT_POST, &h.socket, &["200", &huge]);
+    let seen = first_line(&mut attacker).await;
+    assert!(seen.starts_with("400 "), "{seen}");
+    let longest: usize = seen.split(' ').nth(1).unwrap().parse().unwrap();
+    assert!(
+        longest < 1024,
+        "the answer does not echo the identity back: {longest} bytes"
+    );
+
+    // 200 requests for a real identity this uid has no role for: one line, then a count.
+    let denied = serde_json::json!({"identity": "payments", "audience": PAYMENTS}).to_string();
+    let mut attacker = python_as(4401, REPEAT_POST, &h.socket, &["200", &denied]);
+    assert!(first_line(&mut attacker).await.starts_with("403 "));
+
+    let grown = audit_size() - before;
+    let lines: Vec<_> = h
+        .audit_lines()
+        .into_iter()
+        .filter(|l| l["event"] == "token.denied" && l["caller"]["uid"] == 4401)
+        .collect();
+    println!("400 refused requests left {grown} bytes in {} audit lines", lines.len());
+    assert_eq!(lines.len(), 2, "one line per kind of denial in the window");
+    assert!(
+        grown < 4096,
+        "the audit log grew by {grown} bytes for 400 refused requests"
+    );
+    for l in &lines {
+        assert!(l.to_string().len() < 2048, "{l}");
+    }
+}

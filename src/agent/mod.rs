@@ -60,6 +60,7 @@ pub struct Agent {
     presented: crate::policy::trust::PresentedVerifier,
     limiter: crate::policy::ratelimit::RateLimiter,
     sinks: Arc<SinkBoard>,
+    denials: crate::output::denials::Denials,
     ready: std::sync::atomic::AtomicBool,
 }
 
@@ -89,6 +90,7 @@ impl Agent {
             presented,
             limiter: Default::default(),
             sinks: Default::default(),
+            denials: Default::default(),
             ready: Default::default(),
         }))
     }
@@ -107,6 +109,47 @@ impl Agent {
 
     pub(crate) fn audit_best_effort(&self, event: &str, fields: serde_json::Value) {
         self.shared.audit_best_effort(event, fields)
+    }
+
+    /// Audits a refused request (`token.denied`): caller-supplied text is clipped, and identical
+    /// denials of one uid are written once per window with their count (`output/denials.rs`).
+    pub(crate) fn audit_denial(&self, caller: &crate::caller::Caller, mut fields: serde_json::Value) {
+        use crate::output::audit::clip;
+        use crate::output::denials::Verdict;
+        for (key, max) in [
+            ("identity", 256),
+            ("audience", 2048),
+            ("scope", 4096),
+            ("error_description", 1024),
+        ] {
+            if let Some(serde_json::Value::String(s)) = fields.get(key)
+                && s.len() > max
+            {
+                fields[key] = clip(s, max).into_owned().into();
+            }
+        }
+        match self.denials.admit(caller.uid, &fields) {
+            Verdict::LeaveOut => {}
+            Verdict::Write { repeated } => {
+                if repeated > 0 {
+                    fields["repeated"] = repeated.into();
+                }
+                self.shared.audit_best_effort("token.denied", fields);
+            }
+        }
+    }
+
+    /// Writes the denials left out whose window has passed (called periodically), or all of
+    /// them (`all`, at shutdown).
+    pub(crate) fn flush_denials(&self, all: bool) {
+        let due = if all {
+            self.denials.flush_all()
+        } else {
+            self.denials.flush()
+        };
+        for fields in due {
+            self.shared.audit_best_effort("token.denied", fields);
+        }
     }
 
     /// Marks start-up as done (health leaves `starting`).

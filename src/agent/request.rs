@@ -128,8 +128,8 @@ impl Agent {
         let state = self.state();
         let config = &state.config;
         let denied = |e: &ApiError, role: Option<&str>| {
-            self.audit_best_effort(
-                "token.denied",
+            self.audit_denial(
+                caller,
                 serde_json::json!({
                     "outcome": "denied", "caller": caller, "role": role,
                     "identity": ask.identity, "audience": ask.audience,

@@ -98,8 +98,8 @@ pub(super) async fn handle(agent: &Agent, caller: &Caller, req: Request<Incoming
 
 /// A request too malformed to reach the policy is still a denial worth recording.
 fn audit_malformed(agent: &Agent, caller: &Caller, e: &ApiError) {
-    agent.audit_best_effort(
-        "token.denied",
+    agent.audit_denial(
+        caller,
         serde_json::json!({"outcome": "denied", "caller": caller, "reason": e.code(), "error_description": e.description}),
     );
 }
@@ -131,6 +131,39 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
     }
 }
 
+/// Longest `identity` a request may name (identity names in a configuration are short).
+pub const MAX_IDENTITY_LEN: usize = 256;
+/// Longest `audience` a request may ask for.
+pub const MAX_AUDIENCE_LEN: usize = 2048;
+/// Longest `scope` (all scopes, space-separated) a request may ask for.
+pub const MAX_SCOPE_LEN: usize = 4096;
+
+/// Refuses a request whose names are longer than any configuration could allow, before they
+/// reach the policy, the cache or the audit log.
+fn check_lengths(ask: TokenAsk) -> Result<TokenAsk, ApiError> {
+    let scope_len = ask.scopes.iter().map(|s| s.len() + 1).sum::<usize>();
+    for (what, len, max) in [
+        (
+            "identity",
+            ask.identity.as_deref().map_or(0, str::len),
+            MAX_IDENTITY_LEN,
+        ),
+        (
+            "audience",
+            ask.audience.as_deref().map_or(0, str::len),
+            MAX_AUDIENCE_LEN,
+        ),
+        ("scope", scope_len, MAX_SCOPE_LEN),
+    ] {
+        if len > max {
+            return Err(ApiError::invalid_request(format!(
+                "{what} is {len} bytes long; at most {max} are accepted"
+            )));
+        }
+    }
+    Ok(ask)
+}
+
 fn parse_min_valid(v: &str) -> Result<u64, ApiError> {
     v.parse::<u64>()
         .map_err(|_| ApiError::invalid_request(format!("min_valid={v:?} is not a whole number of seconds")))
@@ -158,7 +191,8 @@ pub fn parse_query(query: Option<&str>) -> Result<TokenAsk, ApiError> {
             }
             other => {
                 return Err(ApiError::invalid_request(format!(
-                    "unknown parameter {other:?}; /v1/token takes audience, scope, identity and min_valid"
+                    "unknown parameter {:?}; /v1/token takes audience, scope, identity and min_valid",
+                    crate::output::audit::clip(other, 64)
                 )));
             }
         }
@@ -166,7 +200,7 @@ pub fn parse_query(query: Option<&str>) -> Result<TokenAsk, ApiError> {
     if ask.audience.as_deref() == Some("") {
         return Err(ApiError::invalid_request("audience is empty"));
     }
-    Ok(ask)
+    check_lengths(ask)
 }
 
 #[derive(Deserialize)]
@@ -185,7 +219,8 @@ struct TokenBody {
 pub fn parse_body(body: &[u8]) -> Result<TokenAsk, ApiError> {
     let b: TokenBody = serde_json::from_slice(body).map_err(|e| {
         ApiError::invalid_request(format!(
-            "the body is not a valid token request ({e}); send JSON with identity, audience, scope, min_valid, subject_token, subject_token_type, actor_token, actor_token_type"
+            "the body is not a valid token request ({}); send JSON with identity, audience, scope, min_valid, subject_token, subject_token_type, actor_token, actor_token_type",
+            crate::output::audit::clip(&e.to_string(), 256)
         ))
     })?;
     let presented = |t: Option<String>, ty: Option<String>, what: &str| -> Result<Option<PresentedToken>, ApiError> {
@@ -201,7 +236,7 @@ pub fn parse_body(body: &[u8]) -> Result<TokenAsk, ApiError> {
             None => Ok(None),
         }
     };
-    Ok(TokenAsk {
+    check_lengths(TokenAsk {
         identity: b.identity,
         audience: b.audience.filter(|a| !a.is_empty()),
         scopes: b.scope.as_deref().map(crate::policy::parse_scopes).unwrap_or_default(),

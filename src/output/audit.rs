@@ -29,6 +29,19 @@ enum Writer {
     Journal(Option<UnixDatagram>),
 }
 
+/// `s` whole when it has at most `max` bytes; otherwise its first `max` bytes (on a character
+/// boundary) and how long it was, so a caller's input cannot make an audit line arbitrarily long.
+pub(crate) fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}… ({} bytes)", &s[..end], s.len()))
+}
+
 /// The audit log.
 pub struct Audit {
     writer: Mutex<Writer>,

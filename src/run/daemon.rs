@@ -161,6 +161,7 @@ pub(crate) async fn start_with(
             agent.set_ready();
         });
     }
+    tokio::spawn(flush_denials(agent.clone(), cancel.clone()));
     // The listener is bound and the accept loop runs: the socket answers.
     notifier.notify(&format!("READY=1\nSTATUS={status}"));
     tracing::info!(socket = %socket.display(), "{status}");
@@ -236,12 +237,23 @@ impl RunningAgent {
     /// Stops accepting, lets in-flight requests finish (at most 10 s), removes the socket.
     pub async fn shutdown(self) {
         self.notifier.notify("STOPPING=1");
+        self.agent.flush_denials(true);
         self.agent
             .audit_best_effort("agent.stopping", serde_json::json!({"pid": std::process::id()}));
         self.cancel.cancel();
         let _ = self.server.await;
         if !self.activated {
             let _ = std::fs::remove_file(&self.socket);
+        }
+    }
+}
+
+/// Writes the collapsed denials whose window has passed, until `cancel`.
+async fn flush_denials(agent: Arc<Agent>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(crate::output::denials::DENIAL_WINDOW) => agent.flush_denials(false),
+            _ = cancel.cancelled() => return,
         }
     }
 }
