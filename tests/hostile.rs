@@ -178,3 +178,33 @@ async fn a_caller_without_a_role_cannot_fill_the_disk_through_the_audit_log() {
         assert!(l.to_string().len() < 2048, "{l}");
     }
 }
+
+#[tokio::test]
+async fn actor_tokens_from_a_role_that_is_not_an_agent_make_no_exchange_and_no_key() {
+    let h = Harness::new(Duration::from_secs(300), Setup::default()).await;
+    let before = h.idp.counters().exchanges + h.idp.counters().client_credentials;
+    for n in 0..50 {
+        let actor = h.mint_sa(&format!("bot:flood-{n}"));
+        let r = h
+            .client
+            .post_json(
+                "/v1/token",
+                &serde_json::json!({"identity": "payments", "audience": PAYMENTS, "actor_token": actor}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400);
+        let body = r.json().unwrap();
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("not an agent role"),
+            "{body}"
+        );
+    }
+    let after = h.idp.counters().exchanges + h.idp.counters().client_credentials;
+    assert_eq!(after, before, "no exchange for a refused actor token");
+    let (_, health) = h.get("/v1/health").await;
+    assert_eq!(health["cache"]["entries"], 0, "no cache key either: {health}");
+}

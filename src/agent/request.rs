@@ -201,6 +201,13 @@ impl Agent {
                 return Err(e);
             }
         }
+        if ask.actor_token.is_some() && !grant.role.agent {
+            let e = ApiError::invalid_request(format!(
+                "role {role:?} is not an agent role; actor_token is accepted only for roles with agent = true"
+            ));
+            denied(&e, Some(role));
+            return Err(e);
+        }
         let actor = match (&identity.actor_token_file, &ask.actor_token) {
             (_, Some(t)) => Credential::Presented(t.clone()),
             (Some(file), None) => self
@@ -226,7 +233,7 @@ impl Agent {
         let min_valid = Duration::from_secs(ask.min_valid.unwrap_or(0));
         let (token, source) = self
             .cache
-            .get(spec, min_valid)
+            .get_for(caller.uid, spec, min_valid)
             .await
             .map_err(|e| refusal_of_presented(e, caller_presented))
             .inspect_err(|e| denied(e, Some(role)))?;

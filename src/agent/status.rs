@@ -62,6 +62,7 @@ impl Agent {
             cache_hits: c.hits.load(Relaxed),
             cache_misses: c.misses.load(Relaxed),
             renewals: c.renewals.load(Relaxed),
+            cache_evictions: c.evictions.load(Relaxed),
             sink_writes: self.sinks.writes(),
             sink_failures: self.sinks.failures(),
             providers_up,

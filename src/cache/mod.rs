@@ -37,6 +37,13 @@ use schedule::jitter_unit;
 /// error instead of another request to a provider that is down (or that just refused it).
 const FAILURE_HOLD: Duration = Duration::from_millis(500);
 
+/// Keys the cache holds at most; at the ceiling, the least recently used idle key is evicted.
+pub const MAX_KEYS: usize = 16_384;
+/// Keys one uid (other than root) may have made and still in the cache: a caller cannot fill
+/// the cache (and the provider's log) with keys of its own, for example by presenting a new
+/// credential each time.
+pub const MAX_KEYS_PER_UID: usize = 512;
+
 type FetchResult = Result<Arc<IssuedToken>, ProviderError>;
 
 struct State {
@@ -48,10 +55,14 @@ struct State {
     failures: u32,
     last_error: Option<(Instant, ProviderError)>,
     next_refresh: Option<Instant>,
+    /// Removed from the cache (evicted, or its identity changed at reload): its refresher stops.
+    removed: bool,
 }
 
 struct Entry {
     spec: Arc<Spec>,
+    /// The uid whose request made the key (`None`: a sink).
+    owner: Option<u32>,
     state: Mutex<State>,
 }
 
@@ -69,6 +80,8 @@ pub struct CacheCounters {
     pub exchanges: std::sync::atomic::AtomicU64,
     pub renewals: std::sync::atomic::AtomicU64,
     pub failures: std::sync::atomic::AtomicU64,
+    /// Idle keys evicted at the [`MAX_KEYS`] ceiling.
+    pub evictions: std::sync::atomic::AtomicU64,
 }
 
 /// What `status` shows of one key: never the token.
@@ -90,21 +103,97 @@ pub(crate) struct EntryView {
 }
 
 pub struct Cache {
-    entries: Mutex<HashMap<CacheKey, Arc<Entry>>>,
+    entries: Mutex<Entries>,
     settings: RwLock<RefreshSettings>,
     exchanger: Arc<dyn Exchanger>,
     cancel: CancellationToken,
     pub counters: CacheCounters,
+    /// [`MAX_KEYS`] and [`MAX_KEYS_PER_UID`] (smaller in unit tests).
+    max_keys: usize,
+    max_keys_per_uid: usize,
+}
+
+/// The keys, and how many each uid made.
+#[derive(Default)]
+struct Entries {
+    map: HashMap<CacheKey, Arc<Entry>>,
+    by_owner: HashMap<u32, usize>,
+}
+
+impl Entries {
+    fn insert(&mut self, key: CacheKey, entry: Arc<Entry>) {
+        if let Some(uid) = entry.owner {
+            *self.by_owner.entry(uid).or_default() += 1;
+        }
+        self.map.insert(key, entry);
+    }
+
+    /// Keeps the entries `keep` says yes to; the others are marked removed.
+    fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) {
+        let by_owner = &mut self.by_owner;
+        self.map.retain(|_, e| {
+            if keep(e) {
+                return true;
+            }
+            forget(by_owner, e);
+            false
+        });
+    }
+
+    /// Evicts the least recently used key that is idle (no exchange running, not a sink's).
+    fn evict_one(&mut self) -> bool {
+        let victim = self
+            .map
+            .iter()
+            .filter_map(|(k, e)| {
+                let st = e.lock();
+                (st.inflight.is_none() && !st.pinned).then(|| (st.last_used, k.clone()))
+            })
+            .min_by_key(|(used, _)| *used)
+            .map(|(_, k)| k);
+        match victim.and_then(|k| self.map.remove(&k)) {
+            Some(e) => {
+                forget(&mut self.by_owner, &e);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Marks a key taken out of the cache as removed (its refresher stops) and uncounts it.
+fn forget(by_owner: &mut HashMap<u32, usize>, e: &Entry) {
+    e.lock().removed = true;
+    if let Some(uid) = e.owner
+        && let Some(n) = by_owner.get_mut(&uid)
+    {
+        *n -= 1;
+        if *n == 0 {
+            by_owner.remove(&uid);
+        }
+    }
 }
 
 impl Cache {
     pub fn new(settings: RefreshSettings, exchanger: Arc<dyn Exchanger>, cancel: CancellationToken) -> Arc<Cache> {
+        Cache::with_limits(settings, exchanger, cancel, MAX_KEYS, MAX_KEYS_PER_UID)
+    }
+
+    fn with_limits(
+        settings: RefreshSettings,
+        exchanger: Arc<dyn Exchanger>,
+        cancel: CancellationToken,
+        max_keys: usize,
+        max_keys_per_uid: usize,
+    ) -> Arc<Cache> {
         let cache = Arc::new(Cache {
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Entries::default()),
             settings: RwLock::new(settings),
             exchanger,
             cancel,
             counters: CacheCounters::default(),
+            max_keys,
+            max_keys_per_uid,
         });
         tokio::spawn(sweeper(Arc::downgrade(&cache), cache.cancel.clone()));
         cache
@@ -118,12 +207,12 @@ impl Cache {
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = s;
     }
 
-    fn entries(&self) -> MutexGuard<'_, HashMap<CacheKey, Arc<Entry>>> {
+    fn entries(&self) -> MutexGuard<'_, Entries> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn len(&self) -> usize {
-        self.entries().len()
+        self.entries().map.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -143,12 +232,23 @@ impl Cache {
         spec: Spec,
         min_valid: Duration,
     ) -> Result<(Arc<IssuedToken>, Source), ApiError> {
-        self.get_entry(spec, min_valid, false).await
+        self.get_entry(spec, min_valid, false, None).await
+    }
+
+    /// Like [`get`](Self::get) for a caller: a key it makes counts against
+    /// [`MAX_KEYS_PER_UID`] (root excepted).
+    pub(crate) async fn get_for(
+        self: &Arc<Self>,
+        uid: u32,
+        spec: Spec,
+        min_valid: Duration,
+    ) -> Result<(Arc<IssuedToken>, Source), ApiError> {
+        self.get_entry(spec, min_valid, false, Some(uid)).await
     }
 
     /// Like [`get`](Self::get), and keeps the key renewed for as long as the agent runs (sinks).
     pub(crate) async fn get_pinned(self: &Arc<Self>, spec: Spec) -> Result<(Arc<IssuedToken>, Source), ApiError> {
-        self.get_entry(spec, Duration::ZERO, true).await
+        self.get_entry(spec, Duration::ZERO, true, None).await
     }
 
     async fn get_entry(
@@ -156,15 +256,44 @@ impl Cache {
         spec: Spec,
         min_valid: Duration,
         pin: bool,
+        owner: Option<u32>,
     ) -> Result<(Arc<IssuedToken>, Source), ApiError> {
         use std::sync::atomic::Ordering::Relaxed;
         let key = spec.key();
         let entry = {
-            let mut map = self.entries();
-            match map.get(&key) {
+            let mut entries = self.entries();
+            match entries.map.get(&key) {
                 Some(e) => e.clone(),
                 None => {
+                    if let Some(uid) = owner.filter(|u| *u != 0) {
+                        let made = entries.by_owner.get(&uid).copied().unwrap_or(0);
+                        if made >= self.max_keys_per_uid {
+                            return Err(ApiError::new(
+                                ErrorKind::SlowDown,
+                                format!(
+                                    "uid {uid} already has {made} tokens cached for its own requests (at most {}); reuse the same identity, audience, scopes and credentials instead of new ones",
+                                    self.max_keys_per_uid
+                                ),
+                            )
+                            .with_retry_after(60));
+                        }
+                    }
+                    if entries.map.len() >= self.max_keys {
+                        if entries.evict_one() {
+                            self.counters.evictions.fetch_add(1, Relaxed);
+                        } else {
+                            return Err(ApiError::new(
+                                ErrorKind::UpstreamUnavailable,
+                                format!(
+                                    "the agent holds its maximum of {} tokens, all in use; retry shortly",
+                                    self.max_keys
+                                ),
+                            )
+                            .with_retry_after(1));
+                        }
+                    }
                     let e = Arc::new(Entry {
+                        owner,
                         spec: Arc::new(spec),
                         state: Mutex::new(State {
                             token: None,
@@ -175,9 +304,10 @@ impl Cache {
                             failures: 0,
                             last_error: None,
                             next_refresh: None,
+                            removed: false,
                         }),
                     });
-                    map.insert(key, e.clone());
+                    entries.insert(key, e.clone());
                     e
                 }
             }
@@ -196,6 +326,13 @@ impl Cache {
                 return Ok((t, Source::Cache));
             }
             self.counters.misses.fetch_add(1, Relaxed);
+            // The provider's tokens for this key live shorter than min_valid asks: a new one
+            // would not do either, so no exchange is made for it.
+            if let Some(t) = &st.token
+                && min_valid > t.lifetime
+            {
+                return Err(too_short(t, min_valid));
+            }
             if st.inflight.is_none()
                 && let Some((at, e)) = &st.last_error
                 && now.duration_since(*at) < FAILURE_HOLD
@@ -212,11 +349,7 @@ impl Cache {
                 if self.servable(&t, Instant::now(), min_valid) {
                     Ok((t, Source::Exchange))
                 } else {
-                    Err(ApiError::invalid_request(format!(
-                        "the provider grants tokens of {}s for this key, less than min_valid={}s asks for; ask for less",
-                        t.lifetime.as_secs(),
-                        min_valid.as_secs()
-                    )))
+                    Err(too_short(&t, min_valid))
                 }
             }
             Err(e) => Err(self.unavailable(&e, &st)),
@@ -288,7 +421,7 @@ impl Cache {
 
     /// Whether any key's renewal is failing right now.
     pub fn degraded(&self) -> bool {
-        let entries: Vec<Arc<Entry>> = self.entries().values().cloned().collect();
+        let entries: Vec<Arc<Entry>> = self.entries().map.values().cloned().collect();
         entries.iter().any(|e| {
             let st = e.lock();
             st.failures > 0 && st.refresher
@@ -299,7 +432,7 @@ impl Cache {
     pub(crate) fn snapshot(&self) -> Vec<EntryView> {
         let now = Instant::now();
         let mut entries: Vec<(CacheKey, Arc<Entry>)> =
-            self.entries().iter().map(|(k, e)| (k.clone(), e.clone())).collect();
+            self.entries().map.iter().map(|(k, e)| (k.clone(), e.clone())).collect();
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         entries
             .into_iter()
@@ -326,19 +459,28 @@ impl Cache {
 
     /// Drops keys for which `keep` says no (after a reload changed their identity).
     pub(crate) fn retain(&self, keep: impl Fn(&Spec) -> bool) {
-        self.entries().retain(|_, e| keep(&e.spec));
+        self.entries().retain(|e| keep(&e.spec));
     }
 
     /// Removes keys that hold no valid token, are idle, and have nothing running.
     fn sweep(&self) {
         let now = Instant::now();
         let idle = self.settings().idle_expiry;
-        self.entries().retain(|_, e| {
+        self.entries().retain(|e| {
             let st = e.lock();
             let valid = st.token.as_ref().is_some_and(|t| !t.remaining(now).is_zero());
             valid || st.inflight.is_some() || st.refresher || st.pinned || now.duration_since(st.last_used) < idle
         });
     }
+}
+
+/// The answer to a `min_valid` longer than the tokens the provider issues for a key.
+fn too_short(t: &IssuedToken, min_valid: Duration) -> ApiError {
+    ApiError::invalid_request(format!(
+        "the provider grants tokens of {}s for this key, less than min_valid={}s asks for; ask for less",
+        t.lifetime.as_secs(),
+        min_valid.as_secs()
+    ))
 }
 
 async fn wait(mut rx: watch::Receiver<Option<FetchResult>>) -> FetchResult {
@@ -410,7 +552,7 @@ async fn refresher(cache: Arc<Cache>, entry: Arc<Entry>) {
             let idle = now.duration_since(st.last_used) >= settings.idle_expiry;
             let expired = st.token.as_ref().is_none_or(|t| t.remaining(now).is_zero());
             // Keys no one asked for lately are left to expire; after expiry only sinks keep trying.
-            if (idle || expired) && !st.pinned {
+            if st.removed || ((idle || expired) && !st.pinned) {
                 st.refresher = false;
                 st.next_refresh = None;
                 return;
@@ -508,6 +650,50 @@ mod tests {
             lifetime: Duration::from_secs(lifetime),
             delay: Duration::from_millis(50),
         })
+    }
+
+    fn spec_for(audience: &str) -> Spec {
+        Spec {
+            audience: audience.into(),
+            ..spec()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_uid_cannot_fill_the_cache_and_a_full_cache_evicts_the_least_recently_used() {
+        let f = fake(300);
+        let cache = Cache::with_limits(settings(), f.clone(), CancellationToken::new(), 4, 2);
+        cache.get_for(4242, spec_for("a"), Duration::ZERO).await.unwrap();
+        cache.get_for(4242, spec_for("b"), Duration::ZERO).await.unwrap();
+        let e = cache.get_for(4242, spec_for("c"), Duration::ZERO).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::SlowDown, "{e}");
+        assert!(e.description.contains("uid 4242 already has 2"), "{e}");
+        assert_eq!(f.calls.load(Ordering::SeqCst), 2, "the refused key cost no exchange");
+        // Its existing keys are still served, and root is not limited.
+        cache.get_for(4242, spec_for("a"), Duration::ZERO).await.unwrap();
+        cache.get_for(0, spec_for("c"), Duration::ZERO).await.unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        cache.get_for(0, spec_for("d"), Duration::ZERO).await.unwrap();
+        assert_eq!(cache.len(), 4);
+        // Full: a new key evicts the least recently used one ("b"), which frees a place of 4242.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        cache.get_for(0, spec_for("e"), Duration::ZERO).await.unwrap();
+        assert_eq!(cache.len(), 4);
+        assert_eq!(cache.counters.evictions.load(Ordering::SeqCst), 1);
+        let keys: Vec<String> = cache.snapshot().into_iter().map(|v| v.audience).collect();
+        assert_eq!(keys, ["a", "c", "d", "e"]);
+        cache.get_for(4242, spec_for("f"), Duration::ZERO).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn min_valid_beyond_the_tokens_lifetime_costs_one_exchange_not_one_per_request() {
+        let f = fake(60);
+        let cache = Cache::new(settings(), f.clone(), CancellationToken::new());
+        for _ in 0..100 {
+            let e = cache.get(spec(), Duration::from_secs(120)).await.unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidRequest, "{e}");
+        }
+        assert_eq!(f.calls.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test(start_paused = true)]

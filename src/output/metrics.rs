@@ -56,6 +56,7 @@ pub(crate) struct Gauges {
     pub cache_hits: u64,
     pub cache_misses: u64,
     pub renewals: u64,
+    pub cache_evictions: u64,
     pub sink_writes: u64,
     pub sink_failures: u64,
     pub providers_up: Vec<(String, bool)>,
@@ -144,7 +145,7 @@ impl Metrics {
                 h.count
             )?;
         }
-        let simple: [(&str, &str, &str, u64); 6] = [
+        let simple: [(&str, &str, &str, u64); 7] = [
             (
                 "cortexid_cache_entries",
                 "gauge",
@@ -168,6 +169,12 @@ impl Metrics {
                 "counter",
                 "Background renewals that succeeded.",
                 g.renewals,
+            ),
+            (
+                "cortexid_cache_evictions_total",
+                "counter",
+                "Idle cached tokens evicted because the cache was full.",
+                g.cache_evictions,
             ),
             (
                 "cortexid_sink_writes_total",
@@ -222,6 +229,7 @@ mod tests {
             cache_hits: 1,
             cache_misses: 2,
             renewals: 0,
+            cache_evictions: 0,
             sink_writes: 0,
             sink_failures: 0,
             providers_up: vec![("corp".into(), true)],
