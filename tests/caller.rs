@@ -14,6 +14,21 @@ use cortexid::devidp::{DevIdp, DevIdpConfig};
 
 const NOBODY: u32 = 64999;
 
+/// The reasons of a refusal: the `error_description` of the audit line whose `reference` the
+/// refusal's text names (callers that are not operators get only the reference).
+fn reasons(h: &Harness, err: &str) -> String {
+    let reference = err
+        .split("under reference ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no reference in {err}"));
+    h.audit_lines()
+        .into_iter()
+        .find(|l| l["reference"] == reference)
+        .and_then(|l| l["error_description"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("no audit line with reference {reference}"))
+}
+
 #[tokio::test]
 async fn only_the_uid_a_role_names_gets_the_token() {
     let h = Harness::new(
@@ -34,7 +49,14 @@ async fn only_the_uid_a_role_names_gets_the_token() {
     assert_eq!(code, 1);
     assert!(out.is_empty());
     assert!(err.contains("access_denied") && err.contains("uid 4343"), "{err}");
-    assert!(err.contains("needs uid in {4242}"), "the near miss is named: {err}");
+    assert!(
+        !err.contains("needs uid"),
+        "a caller that is not an operator learns no role's conditions: {err}"
+    );
+    assert!(
+        reasons(&h, &err).contains("needs uid in {4242}"),
+        "the near miss is named in the audit line the answer refers to"
+    );
 
     let lines = h.audit_lines();
     let issued: Vec<_> = lines.iter().filter(|l| l["event"] == "token.issued").collect();
@@ -75,7 +97,7 @@ async fn a_role_by_executable_admits_the_binary_and_not_a_copy_of_it() {
     let (code, _, err) = token_as(4242, &copy, &h.socket, &args).await;
     assert_eq!(code, 1);
     assert!(err.contains(&format!("exe {}", copy.display())), "{err}");
-    assert!(err.contains("needs executable in"), "{err}");
+    assert!(reasons(&h, &err).contains("needs executable in"), "{err}");
 }
 
 struct Presented {

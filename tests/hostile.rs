@@ -208,3 +208,104 @@ async fn actor_tokens_from_a_role_that_is_not_an_agent_make_no_exchange_and_no_k
     let (_, health) = h.get("/v1/health").await;
     assert_eq!(health["cache"]["entries"], 0, "no cache key either: {health}");
 }
+
+/// GETs each path in argv[2:] on its own connection; prints one JSON line per answer:
+/// {"status": N, "body": "..."}.
+const GET_PATHS: &str = r#"
+import json, socket, sys
+for path in sys.argv[2:]:
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path).encode())
+    answer = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    print(json.dumps({"status": int(head.split(b" ")[1]), "body": body.decode()}), flush=True)
+"#;
+
+/// Runs [`GET_PATHS`] as `uid` and returns (status, body) per path.
+async fn get_as(uid: u32, socket: &Path, paths: &[&str]) -> Vec<(u16, String)> {
+    let child = python_as(uid, GET_PATHS, socket, paths);
+    let out = child.wait_with_output().await.unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["status"].as_u64().unwrap() as u16,
+                v["body"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_caller_without_a_role_learns_nothing_of_other_callers_or_of_the_roles() {
+    let h = Harness::new(Duration::from_secs(300), Setup::default()).await;
+    open_dir(h.dir.path());
+    // Root (the role's caller, and an operator) makes a key and sees the details.
+    let (status, granted) = h.get(&token_path("payments", PAYMENTS, "")).await;
+    assert_eq!(status, 200);
+    let fingerprint = cortexid::token::fingerprint(granted["access_token"].as_str().unwrap().as_bytes());
+    let (_, health) = h.get("/v1/health").await;
+    assert_eq!(
+        health["cache"]["keys"][0]["fingerprint"],
+        fingerprint.as_str(),
+        "{health}"
+    );
+
+    let answers = get_as(
+        4501,
+        &h.socket,
+        &[
+            "/v1/health",
+            &token_path("payments", PAYMENTS, ""),
+            &token_path("no-such-identity", PAYMENTS, ""),
+        ],
+    )
+    .await;
+    let (status, health) = &answers[0];
+    assert_eq!(*status, 200);
+    let health: serde_json::Value = serde_json::from_str(health).unwrap();
+    assert_eq!(health["cache"]["entries"], 1, "counts are shown: {health}");
+    for hidden in [fingerprint.as_str(), "keys", PAYMENTS, "last_error"] {
+        assert!(
+            !health.to_string().contains(hidden),
+            "{hidden:?} shown to a non-operator: {health}"
+        );
+    }
+    let (existing, missing) = (&answers[1], &answers[2]);
+    assert_eq!(
+        (existing.0, missing.0),
+        (403, 403),
+        "an identity's existence is not revealed"
+    );
+    for (_, body) in [existing, missing] {
+        assert!(body.contains("uid 4501"), "the caller as seen is named: {body}");
+        assert!(body.contains("under reference"), "{body}");
+        for hidden in ["payments-service", "needs uid", "not configured", "{0}"] {
+            assert!(!body.contains(hidden), "{hidden:?} told to a non-operator: {body}");
+        }
+    }
+    let denied: Vec<_> = h
+        .audit_lines()
+        .into_iter()
+        .filter(|l| l["event"] == "token.denied" && l["caller"]["uid"] == 4501)
+        .collect();
+    assert_eq!(denied.len(), 2);
+    assert!(
+        denied.iter().all(|l| l["reference"].is_string()),
+        "the audit line carries the reference and the reasons: {denied:?}"
+    );
+    assert!(
+        denied[1]["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-identity")
+    );
+}

@@ -12,6 +12,7 @@ use crate::cache::{Credential, Spec};
 use crate::caller::Caller;
 use crate::config::{AuditFailure, Config, IdentitySettings, SubjectSource};
 use crate::error::{ApiError, ErrorKind};
+use crate::output::audit::clip;
 use crate::policy::{self, Ask};
 use crate::secrets::SecretFile;
 use crate::token::IssuedToken;
@@ -124,19 +125,48 @@ impl Agent {
     }
 
     /// Serves one token request for a verified caller; every outcome is audited.
+    ///
+    /// A caller that is not an operator and is refused access learns who it was seen as and
+    /// what it asked for, not why: the reasons (which roles exist, what they require, whether
+    /// the identity exists) go to the audit line, under a reference the answer names.
     pub async fn token(&self, caller: &Caller, ask: TokenAsk) -> Result<Granted, ApiError> {
+        let operator = policy::is_operator(&self.config(), caller);
+        let reference = std::sync::OnceLock::new();
+        let (identity, audience) = (ask.identity.clone(), ask.audience.clone());
+        self.decide(caller, ask, operator, &reference).await.map_err(|e| {
+            if operator || !hides_reasons(&e) {
+                return e;
+            }
+            ApiError::access_denied(format!(
+                "the caller ({}) may not have identity {} for audience {} with what it presented; an operator finds the reasons in the audit log under reference {}",
+                caller.describe(),
+                identity.as_deref().map_or("(default)".to_string(), |i| format!("{:?}", clip(i, 64))),
+                audience.as_deref().map_or("(default)".to_string(), |a| format!("{:?}", clip(a, 128))),
+                reference.get().map_or("-", String::as_str),
+            ))
+        })
+    }
+
+    async fn decide(
+        &self,
+        caller: &Caller,
+        ask: TokenAsk,
+        operator: bool,
+        reference: &std::sync::OnceLock<String>,
+    ) -> Result<Granted, ApiError> {
         let state = self.state();
         let config = &state.config;
         let denied = |e: &ApiError, role: Option<&str>| {
-            self.audit_denial(
-                caller,
-                serde_json::json!({
-                    "outcome": "denied", "caller": caller, "role": role,
-                    "identity": ask.identity, "audience": ask.audience,
-                    "scope": ask.scopes.iter().cloned().collect::<Vec<_>>().join(" "),
-                    "reason": e.code(), "error_description": e.description,
-                }),
-            );
+            let mut fields = serde_json::json!({
+                "outcome": "denied", "caller": caller, "role": role,
+                "identity": ask.identity, "audience": ask.audience,
+                "scope": ask.scopes.iter().cloned().collect::<Vec<_>>().join(" "),
+                "reason": e.code(), "error_description": e.description,
+            });
+            if !operator && hides_reasons(e) {
+                fields["reference"] = reference.get_or_init(new_reference).clone().into();
+            }
+            self.audit_denial(caller, fields);
         };
         // A presented credential is verified first: its claims decide which roles match.
         let mut identity_name = ask.identity.clone();
@@ -280,6 +310,17 @@ impl Agent {
             scope: scope_str,
         })
     }
+}
+
+/// Refusals whose text tells more than the caller needs (other roles' conditions, which
+/// identities exist): for callers that are not operators, only a reference to the audit line.
+fn hides_reasons(e: &ApiError) -> bool {
+    matches!(e.kind, ErrorKind::AccessDenied | ErrorKind::UnknownIdentity)
+}
+
+/// A short id that ties a refusal's answer to its audit line.
+fn new_reference() -> String {
+    format!("{:012x}", fastrand::u64(..) >> 16)
 }
 
 /// A provider's `invalid_grant` about a credential the caller presented is the caller's fault.

@@ -11,18 +11,21 @@ impl Agent {
         policy::identities_for(&self.config(), caller, None)
     }
 
-    /// `/v1/health`: status, providers, cache.
-    pub fn health(&self) -> (u16, serde_json::Value) {
+    /// `/v1/health`: status, providers, cache. With `details` (operators) also the providers'
+    /// last errors, the cache keys and the sinks; others see the status and counts only, since
+    /// those details come from other callers' requests.
+    pub fn health(&self, details: bool) -> (u16, serde_json::Value) {
         let state = self.state();
         let mut providers = serde_json::Map::new();
         let mut unreachable = false;
         for (name, p) in &state.providers {
             let h = p.health();
             unreachable |= h.reachable == Some(false);
-            providers.insert(
-                name.clone(),
-                serde_json::json!({"reachable": h.reachable.unwrap_or(false), "last_error": h.last_error}),
-            );
+            let mut view = serde_json::json!({"reachable": h.reachable.unwrap_or(false)});
+            if details {
+                view["last_error"] = h.last_error.into();
+            }
+            providers.insert(name.clone(), view);
         }
         let ready = self.ready.load(std::sync::atomic::Ordering::Acquire);
         let status = if !ready {
@@ -32,13 +35,21 @@ impl Agent {
         } else {
             "ok"
         };
-        let sinks = self.sinks.snapshot();
-        let body = serde_json::json!({
-            "status": status,
-            "providers": providers,
-            "cache": {"entries": self.cache.len(), "keys": self.cache.snapshot()},
-            "sinks": sinks,
-        });
+        let body = if details {
+            serde_json::json!({
+                "status": status,
+                "providers": providers,
+                "cache": {"entries": self.cache.len(), "keys": self.cache.snapshot()},
+                "sinks": self.sinks.snapshot(),
+            })
+        } else {
+            serde_json::json!({
+                "status": status,
+                "providers": providers,
+                "cache": {"entries": self.cache.len()},
+                "sinks": {"count": self.sinks.snapshot().len()},
+            })
+        };
         (if ready { 200 } else { 503 }, body)
     }
 

@@ -68,7 +68,8 @@ pub(super) async fn handle(agent: &Agent, caller: &Caller, req: Request<Incoming
             Ok(resp)
         }
         (&Method::GET, "/v1/health") => {
-            let (status, body) = agent.health();
+            let details = crate::policy::is_operator(&agent.config(), caller);
+            let (status, body) = agent.health(details);
             Ok(json_response(status, body.to_string().into_bytes()))
         }
         (_, "/v1/token" | "/v1/identities" | "/v1/health" | "/metrics") => Err(ApiError::new(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::DEFAULT_SOCKET;
 use super::locate::key;
-use super::model::{AgentSettings, AuditFailure, AuditTarget, LogFormat};
+use super::model::{AgentSettings, AuditFailure, AuditTarget, LogFormat, Operators};
 use super::raw::RawAgent;
 use super::validate::Validator;
 
@@ -109,7 +109,25 @@ impl Validator<'_> {
                 None
             }
         });
+        let operators = match &a.operators {
+            None => Operators::default(),
+            Some(names) => {
+                let mut ops = Operators {
+                    uids: Default::default(),
+                    gids: Default::default(),
+                };
+                let path = key(&["agent", "operators"]);
+                for name in names {
+                    match name.strip_prefix('@') {
+                        Some(group) => ops.gids.extend(self.gid(&path, group)),
+                        None => ops.uids.extend(self.uid(&path, name)),
+                    }
+                }
+                ops
+            }
+        };
         AgentSettings {
+            operators,
             socket,
             socket_mode,
             socket_group,
@@ -139,6 +157,36 @@ mod tests {
             .iter()
             .map(|p| format!("{}: {}", p.key, p.message))
             .collect()
+    }
+
+    #[test]
+    fn operators_are_users_and_groups_that_exist_and_default_to_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = parse(&good(dir.path()), Path::new("t.toml"), &TestContext { creds: None }).unwrap();
+        assert_eq!(cfg.agent.operators.uids, [0].into());
+        assert!(cfg.agent.operators.gids.is_empty());
+        let text = good(dir.path()).replace(
+            "refresh_at = 0.8",
+            "refresh_at = 0.8\noperators = [\"payments\", \"@root\"]",
+        );
+        let cfg = parse(&text, Path::new("t.toml"), &TestContext { creds: None }).unwrap();
+        assert_eq!(
+            cfg.agent.operators.uids,
+            [1001].into(),
+            "root is an operator only if listed"
+        );
+        assert_eq!(cfg.agent.operators.gids, [0].into());
+        let text = good(dir.path()).replace(
+            "refresh_at = 0.8",
+            "refresh_at = 0.8\noperators = [\"mallory\", \"@nogroup\"]",
+        );
+        assert_eq!(
+            problems(&text),
+            vec![
+                "agent.operators: no user named \"mallory\" on this host; create it or use uids = [...]",
+                "agent.operators: no group named \"nogroup\" on this host; create it or use gids = [...]",
+            ]
+        );
     }
 
     #[test]

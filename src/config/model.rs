@@ -70,6 +70,27 @@ pub struct AgentSettings {
     pub log_format: LogFormat,
     /// The TCP address that serves `GET /metrics`; none means no metrics listener.
     pub metrics_listen: Option<SocketAddr>,
+    /// Who sees details (cache keys, sinks, provider errors, the reasons of denials); others see
+    /// status and counts (default: root).
+    pub operators: Operators,
+}
+
+/// Users and groups that see the agent's details.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operators {
+    /// By uid.
+    pub uids: std::collections::BTreeSet<u32>,
+    /// By group (primary or supplementary).
+    pub gids: std::collections::BTreeSet<u32>,
+}
+
+impl Default for Operators {
+    fn default() -> Self {
+        Operators {
+            uids: [0].into(),
+            gids: Default::default(),
+        }
+    }
 }
 
 /// Where audit events are written.

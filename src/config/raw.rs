@@ -40,6 +40,7 @@ pub(super) struct RawAgent {
     pub(super) audit_failure: Option<String>,
     pub(super) log_format: Option<String>,
     pub(super) metrics_listen: Option<String>,
+    pub(super) operators: Option<Vec<String>>,
 }
 
 /// One `[[provider]]`.

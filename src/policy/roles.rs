@@ -216,6 +216,12 @@ pub(crate) fn identities_for(
     out
 }
 
+/// Whether the caller is one of `[agent] operators`, who see the agent's details.
+pub(crate) fn is_operator(config: &Config, caller: &Caller) -> bool {
+    let ops = &config.agent.operators;
+    ops.uids.contains(&caller.uid) || ops.gids.iter().any(|g| caller.in_group(*g))
+}
+
 /// Decides a token request. Default deny: no matching role, no token.
 pub(crate) fn authorize(
     config: &Config,
