@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// Why a path is not safe for the agent to write.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub(crate) enum UnsafePath {
+pub enum UnsafePath {
     /// The directory can be written by users other than root and the agent.
     #[error(
         "the directory {} can be written by {who} (mode {mode:04o}), who could replace the file with a link to another; use a directory only root or the agent can write (e.g. /var/log/cortexid, systemd LogsDirectory=), or run: chmod go-w {}",

@@ -31,6 +31,11 @@ pub enum SecretFileError {
     /// "Other" may read the file; `mode` is its permission bits.
     #[error("secret file {path} is readable by other (mode {mode:04o}); run: chmod o-rwx {path}")]
     ReadableByOther { path: PathBuf, mode: u32 },
+    /// The file belongs to a user other than root and the agent, who could change it at will.
+    #[error(
+        "secret file {path} belongs to uid {owner}, not to root or the agent (uid {agent}); run: chown root {path}"
+    )]
+    ForeignOwner { path: PathBuf, owner: u32, agent: u32 },
     /// The permissions are right but reading the content failed.
     #[error("cannot read {path}: {error}")]
     Unreadable { path: PathBuf, error: std::io::Error },
@@ -95,7 +100,8 @@ pub(crate) struct FileStamp {
     ctime_ns: i128,
 }
 
-/// Refuses a secret file that is missing, not a regular file, or readable by "other".
+/// Refuses a secret file that is missing, not a regular file, readable by "other", or owned by
+/// a user other than root and the agent.
 pub(crate) fn check_secret_permissions(path: &Path) -> Result<(), SecretFileError> {
     let meta = std::fs::metadata(path).map_err(|error| match error.kind() {
         std::io::ErrorKind::NotFound => SecretFileError::NotFound { path: path.into() },
@@ -112,6 +118,15 @@ pub(crate) fn check_secret_permissions(path: &Path) -> Result<(), SecretFileErro
         return Err(SecretFileError::ReadableByOther {
             path: path.into(),
             mode: mode & 0o7777,
+        });
+    }
+    let agent = nix::unistd::geteuid().as_raw();
+    let owner = std::os::unix::fs::MetadataExt::uid(&meta);
+    if owner != 0 && owner != agent {
+        return Err(SecretFileError::ForeignOwner {
+            path: path.into(),
+            owner,
+            agent,
         });
     }
     Ok(())
@@ -190,6 +205,23 @@ mod tests {
         assert_eq!(
             binary.read().unwrap_err().to_string(),
             format!("{d}/binary is not UTF-8 text")
+        );
+    }
+
+    #[test]
+    fn a_secret_another_user_owns_is_refused_even_when_private() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let planted = file(dir.path(), "planted", b"s3cret", 0o600);
+        std::os::unix::fs::chown(&planted.path, Some(4242), None).unwrap();
+        assert_eq!(
+            planted.read().unwrap_err().to_string(),
+            format!(
+                "secret file {d}/planted belongs to uid 4242, not to root or the agent (uid 0); run: chown root {d}/planted"
+            )
         );
     }
 

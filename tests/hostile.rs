@@ -309,3 +309,80 @@ async fn a_caller_without_a_role_learns_nothing_of_other_callers_or_of_the_roles
             .contains("no-such-identity")
     );
 }
+
+/// A file root owns, that an attacker would like root to append to.
+fn victim(dir: &Path) -> std::path::PathBuf {
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "untouched\n").unwrap();
+    std::fs::set_permissions(&victim, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    victim
+}
+
+fn assert_untouched(victim: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::read_to_string(victim).unwrap(), "untouched\n");
+    assert_eq!(std::fs::metadata(victim).unwrap().permissions().mode() & 0o7777, 0o600);
+}
+
+#[tokio::test]
+async fn an_audit_log_where_others_can_plant_a_link_is_refused_before_start() {
+    let mut h = Harness::new(Duration::from_secs(300), Setup::default()).await;
+    h.stop().await;
+    let victim = victim(h.dir.path());
+    // A shared directory like /tmp: everyone may create files (sticky bit set).
+    let shared = h.dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    let planted = shared.join("audit.jsonl");
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+    std::os::unix::fs::lchown(&planted, Some(4601), Some(4601)).unwrap();
+    h.config.agent.audit_log = Some(cortexid::config::AuditTarget::File(planted));
+    h.write_config();
+
+    let exe = Path::new(env!("CARGO_BIN_EXE_cortexid"));
+    let out = std::process::Command::new(exe)
+        .args(["check-config", "--config"])
+        .arg(&h.config_path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("agent.audit_log") && err.contains("can be written by every user"),
+        "{err}"
+    );
+    let mut agent = tokio::process::Command::new(exe);
+    agent.args(["agent", "--config"]).arg(&h.config_path).kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(30), agent.output())
+        .await
+        .expect("the agent must refuse to start, not run")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_untouched(&victim);
+}
+
+#[tokio::test]
+async fn cortexid_dev_refuses_a_directory_another_user_owns() {
+    let base = tempfile::tempdir().unwrap();
+    let victim = victim(base.path());
+    let theirs = base.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(4602), Some(4602)).unwrap();
+    std::os::unix::fs::symlink(&victim, theirs.join("audit.jsonl")).unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_cortexid"));
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args(["dev", "--dir"]).arg(&theirs).kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("cortexid dev must refuse at once, not start")
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("belongs to uid 4602"), "{err}");
+    let written: Vec<_> = std::fs::read_dir(&theirs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(written, ["audit.jsonl"], "nothing is written into their directory");
+    assert_untouched(&victim);
+}

@@ -71,6 +71,11 @@ pub async fn setup(dir: &Path, uids: &[u32]) -> Result<DevSetup, FixtureError> {
 
 /// `cortexid dev [--dir DIR]`. Returns the exit code.
 pub async fn run(dir: Option<PathBuf>, uids: Vec<u32>, notifier: crate::run::systemd::Notifier) -> i32 {
+    // The development agent holds tokens and a client secret like the real one.
+    if let Err(e) = crate::run::daemon::disable_core_dumps() {
+        eprintln!("cortexid dev: {e}");
+        return 1;
+    }
     let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("cortexid-dev-{}", random_hex(8))));
     let setup = match setup(&dir, &uids).await {
         Ok(s) => s,
