@@ -90,18 +90,67 @@ pub(crate) fn emit(text: &str) -> bool {
     }
 }
 
-/// The stderr line for an error code and its description.
+/// The stderr line for an error code and its description (escaped: see [`printable`]).
 pub(crate) fn error_line(code: &str, description: &str) -> String {
     if description.is_empty() {
-        format!("cortexid: {code}")
+        format!("cortexid: {}", printable(code))
     } else {
-        format!("cortexid: {code}: {description}")
+        format!("cortexid: {}: {}", printable(code), printable(description))
+    }
+}
+
+/// Text from the agent made safe for a terminal: control characters (C0, DEL, C1, newlines
+/// included) are written as `\u{..}`, so a provider's error text or a caller-chosen name can
+/// neither add lines nor send escape sequences.
+pub(crate) fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// A JSON answer with every string (and key) made [`printable`], before it is formatted for a
+/// terminal.
+pub(crate) fn printable_json(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => Value::String(printable(s).into_owned()),
+        Value::Array(items) => Value::Array(items.iter().map(printable_json).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (printable(k).into_owned(), printable_json(v)))
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_from_the_agent_cannot_drive_the_terminal() {
+        let forged = "timeout\u{1b}]0;owned\u{7}\ncortexid: ok\u{9b}2J";
+        let line = error_line("upstream_error", forged);
+        assert_eq!(
+            line,
+            "cortexid: upstream_error: timeout\\u{1b}]0;owned\\u{7}\\u{a}cortexid: ok\\u{9b}2J"
+        );
+        assert!(!line.chars().any(char::is_control));
+        let health = serde_json::json!({"status": "ok", "providers": {"corp\u{1b}[2J": {"reachable": false, "last_error": forged}}});
+        let shown = crate::cmd::status::format_status(&health);
+        assert_eq!(shown.lines().count(), 3, "{shown}");
+        assert!(!shown.replace('\n', "").chars().any(char::is_control), "{shown}");
+    }
 
     use std::path::Path;
 

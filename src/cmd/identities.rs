@@ -68,6 +68,7 @@ fn table(rows: &[Vec<String>]) -> String {
 
 /// A readable table of `/v1/identities`: name, agent, audiences, scopes.
 pub(crate) fn format_identities(body: &serde_json::Value) -> String {
+    let body = &crate::cmd::common::printable_json(body);
     let list = body["identities"].as_array().map(Vec::as_slice).unwrap_or_default();
     if list.is_empty() {
         return "no identities: no role of this agent lets this caller ask for a token\n".to_string();

@@ -73,6 +73,7 @@ fn format_entry(k: &serde_json::Value) -> String {
 
 /// A readable summary of `/v1/health`. Never shows a token.
 pub(crate) fn format_status(h: &serde_json::Value) -> String {
+    let h = &crate::cmd::common::printable_json(h);
     let mut out = format!("status: {}\n", h["status"].as_str().unwrap_or("unknown"));
     if let Some(obj) = h.as_object() {
         for (k, v) in obj {

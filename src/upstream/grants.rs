@@ -58,11 +58,16 @@ pub struct TokenAnswer {
 /// a string or missing. The error completes "provider X …".
 pub fn parse_token_answer(body: &[u8]) -> Result<TokenAnswer, ParseError> {
     let r: TokenResponse = serde_json::from_slice(body).map_err(ParseError::TokenAnswer)?;
-    let access_token = Secret::new(
-        r.access_token
-            .filter(|t| !t.is_empty())
-            .ok_or(ParseError::NoAccessToken)?,
-    );
+    let access_token = r
+        .access_token
+        .filter(|t| !t.is_empty())
+        .ok_or(ParseError::NoAccessToken)?;
+    // RFC 6749 appendix A.12: an access token is visible ASCII; anything else (control
+    // characters among them) would reach the callers' terminals and headers.
+    if !access_token.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+        return Err(ParseError::TokenCharacters);
+    }
+    let access_token = Secret::new(access_token);
     let token_type = r.token_type.unwrap_or_default();
     if !token_type.eq_ignore_ascii_case("bearer") && !token_type.eq_ignore_ascii_case("n_a") {
         return Err(ParseError::NotBearer(token_type));
@@ -421,6 +426,12 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("unusable JSON")
+        );
+        assert!(
+            parse_token_answer(br#"{"access_token":"eyJ\u001b[2J","token_type":"Bearer"}"#)
+                .unwrap_err()
+                .to_string()
+                .contains("outside visible ASCII")
         );
         // A lifetime under a second, negative or absurd is no lifetime: exp must then say.
         for e in ["1e-12", "-5", "1e300", "\"soon\""] {

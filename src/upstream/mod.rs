@@ -40,6 +40,9 @@ pub enum ParseError {
     /// The token endpoint answered 200 without a token.
     #[error("answered 200 without an access_token")]
     NoAccessToken,
+    /// The token holds characters outside visible ASCII (RFC 6749 appendix A.12).
+    #[error("issued an access_token with characters outside visible ASCII; it is not served")]
+    TokenCharacters,
     /// The token is not a Bearer token (for example a DPoP-bound one).
     #[error("issued a token of type {0:?}; only Bearer tokens can be served")]
     NotBearer(String),
