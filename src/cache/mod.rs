@@ -96,6 +96,7 @@ pub(crate) struct EntryView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
     pub next_refresh_in: Option<u64>,
+    /// An exchange for this key is in flight right now.
     pub renewing: bool,
     pub failures: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -449,7 +450,7 @@ impl Cache {
                         .next_refresh
                         .filter(|_| st.refresher)
                         .map(|n| n.saturating_duration_since(now).as_secs()),
-                    renewing: st.refresher,
+                    renewing: st.inflight.is_some(),
                     failures: st.failures,
                     last_error: st.last_error.as_ref().map(|(_, e)| e.message.clone()),
                 }
@@ -683,6 +684,22 @@ mod tests {
         let keys: Vec<String> = cache.snapshot().into_iter().map(|v| v.audience).collect();
         assert_eq!(keys, ["a", "c", "d", "e"]);
         cache.get_for(4242, spec_for("f"), Duration::ZERO).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn status_says_renewing_only_while_an_exchange_is_in_flight() {
+        let f = fake(300);
+        let cache = Cache::new(settings(), f.clone(), CancellationToken::new());
+        let first = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.get(spec(), Duration::ZERO).await.map(|_| ()) }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(cache.snapshot()[0].renewing, "the first exchange is in flight");
+        first.await.unwrap().unwrap();
+        let view = &cache.snapshot()[0];
+        assert!(!view.renewing, "a scheduled renewal is not a renewal in progress");
+        assert!(view.next_refresh_in.is_some());
     }
 
     #[tokio::test(start_paused = true)]
