@@ -23,6 +23,11 @@ use super::{DevIdpError, Shared, bump, faults};
 
 /// The largest `/token` request body read.
 const MAX_BODY: usize = 64 * 1024;
+/// Connections served at once; more are closed at accept, so idle connections cannot take the
+/// descriptors of the process (which, under `cortexid dev`, is the agent's too).
+pub(super) const MAX_CONNECTIONS: usize = 256;
+/// A client must finish its TLS handshake, and send each request head, within this time.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A fresh CA and a server certificate it signs for 127.0.0.1 and localhost: the CA's PEM and the
 /// TLS configuration that serves the certificate.
@@ -77,6 +82,7 @@ pub(super) async fn accept_loop(
     shared: Arc<Shared>,
     mut rx: watch::Receiver<bool>,
 ) {
+    let places = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let tcp = tokio::select! {
             _ = stopped(&mut rx) => return,
@@ -89,16 +95,24 @@ pub(super) async fn accept_loop(
                 }
             },
         };
-        tokio::spawn(serve_connection(tcp, acceptor.clone(), shared.clone(), rx.clone()));
+        let Ok(place) = places.clone().try_acquire_owned() else {
+            drop(tcp);
+            continue;
+        };
+        let (acceptor, shared, rx) = (acceptor.clone(), shared.clone(), rx.clone());
+        tokio::spawn(async move {
+            serve_connection(tcp, acceptor, shared, rx).await;
+            drop(place);
+        });
     }
 }
 
 async fn serve_connection(tcp: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>, mut rx: watch::Receiver<bool>) {
     let tls = tokio::select! {
         _ = stopped(&mut rx) => return,
-        r = acceptor.accept(tcp) => match r {
-            Ok(s) => s,
-            Err(_) => return,
+        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => match r {
+            Ok(Ok(s)) => s,
+            _ => return,
         },
     };
     let close = Arc::new(Notify::new());
@@ -109,6 +123,8 @@ async fn serve_connection(tcp: TcpStream, acceptor: TlsAcceptor, shared: Arc<Sha
         async move { Ok::<_, Infallible>(handle(shared, close, req).await) }
     });
     let conn = http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
         .keep_alive(true)
         .serve_connection(TokioIo::new(tls), service);
     // Dropping the connection future closes the socket without writing anything more.

@@ -398,6 +398,37 @@ mod tests {
     use serde_json::json;
 
     #[tokio::test]
+    async fn idle_connections_beyond_the_cap_are_closed_and_the_provider_keeps_serving() {
+        use tokio::io::AsyncReadExt;
+        let (idp, http) = exchange_idp().await;
+        let addr = idp.issuer().trim_start_matches("https://").to_string();
+        let mut idle = Vec::new();
+        for _ in 0..http::MAX_CONNECTIONS {
+            idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+        }
+        // One more: closed at once, without a handshake.
+        let mut extra = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let mut buf = [0u8; 1];
+        // (Under the handshake deadline of 10 s: only the cap closes it sooner.)
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), extra.read(&mut buf))
+            .await
+            .expect("a connection over the cap is closed, not kept")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        // Once the idle ones go, the provider serves again.
+        drop(idle);
+        let mut served = false;
+        for _ in 0..100 {
+            if http.get(format!("{}/jwks", idp.issuer())).send().await.is_ok() {
+                served = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(served);
+    }
+
+    #[tokio::test]
     async fn rotation_publishes_old_and_new_keys() {
         let (idp, http) = exchange_idp().await;
         let old_kid = idp.current_kid();
