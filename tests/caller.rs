@@ -315,3 +315,48 @@ async fn no_token_or_secret_ever_reaches_a_log_or_audit_line() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_caller_no_role_could_admit_gets_no_signature_check_and_no_jwks_request() {
+    use base64::Engine;
+    let mut p = presented().await;
+    // The team's role is for root only: uid 4701 can never be admitted, whatever it presents.
+    p.h.stop().await;
+    let role = p.h.config.roles.pop().unwrap();
+    p.h.config.roles.push(role.uids(&[0]));
+    p.h.write_config();
+    p.h.start().await;
+    open_dir(p.h.dir.path());
+    p.k8s.reset_counters();
+
+    let enc = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let claims = sa_claims(&p.k8s, "payments", "cortexid", 600);
+    let exe = Path::new(env!("CARGO_BIN_EXE_cortexid"));
+    for n in 0..5 {
+        // A trusted issuer, an unknown kid, a signature that cannot verify.
+        let forged = format!(
+            "{}.{}.c2lnbmF0dXJl",
+            enc(serde_json::json!({"alg": "ES256", "kid": format!("forged-{n}")})),
+            enc(claims.clone())
+        );
+        let file = p.h.dir.path().join(format!("forged-{n}.jwt"));
+        std::fs::write(&file, &forged).unwrap();
+        let args = [
+            "--identity",
+            "delegated",
+            "--audience",
+            PAYMENTS,
+            "--subject-token-file",
+            file.to_str().unwrap(),
+        ];
+        let (code, _, err) = token_as(4701, exe, &p.h.socket, &args).await;
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("access_denied"), "{err}");
+    }
+    assert_eq!(p.k8s.counters().jwks, 0, "the issuer's JWKS was never asked for");
+    // The caller the role admits is still served.
+    let good = p.k8s.mint(sa_claims(&p.k8s, "payments", "cortexid", 600));
+    let body = serde_json::json!({"identity": "delegated", "audience": PAYMENTS, "subject_token": good});
+    let r = p.h.client.post_json("/v1/token", &body).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+}

@@ -175,6 +175,17 @@ impl Agent {
             let identity = self
                 .presented_identity(config, ask.identity.as_deref())
                 .inspect_err(|e| denied(e, None))?;
+            // What can be decided without the credential is decided first: a caller no role
+            // could admit costs no signature check and no JWKS request.
+            if !policy::could_admit(config, caller, &identity.name) {
+                let e = ApiError::access_denied(format!(
+                    "no role could let the caller ({}) use identity {:?}, whatever credential it presents",
+                    caller.describe(),
+                    identity.name
+                ));
+                denied(&e, None);
+                return Err(e);
+            }
             let verified = self
                 .presented
                 .verify(subject.token.expose(), &identity.trusted_issuers)

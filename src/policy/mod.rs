@@ -8,4 +8,4 @@ pub mod trust;
 
 pub use roles::Ask;
 pub use roles::IdentityView;
-pub(crate) use roles::{authorize, identities_for, is_operator, parse_scopes};
+pub(crate) use roles::{authorize, could_admit, identities_for, is_operator, parse_scopes};

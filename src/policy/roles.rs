@@ -216,6 +216,28 @@ pub(crate) fn identities_for(
     out
 }
 
+/// Whether some role for `identity` admits the caller on everything but the claims of a
+/// presented credential (which are not verified yet): if none does, the credential need not be
+/// checked at all.
+pub(crate) fn could_admit(config: &Config, caller: &Caller, identity: &str) -> bool {
+    config
+        .roles
+        .iter()
+        .filter(|r| r.identities.iter().any(|i| i == identity))
+        .any(|r| {
+            // Claims that satisfy the role's own claim conditions.
+            let satisfied = r.claims.as_ref().map(|conds| {
+                serde_json::Value::Object(
+                    conds
+                        .iter()
+                        .filter_map(|(path, accepted)| Some((path.clone(), accepted.first()?.clone().into())))
+                        .collect(),
+                )
+            });
+            mismatch(r, caller, satisfied.as_ref()).is_none()
+        })
+}
+
 /// Whether the caller is one of `[agent] operators`, who see the agent's details.
 pub(crate) fn is_operator(config: &Config, caller: &Caller) -> bool {
     let ops = &config.agent.operators;
