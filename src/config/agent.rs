@@ -148,16 +148,8 @@ impl Validator<'_> {
 mod tests {
     use std::path::Path;
 
-    use crate::config::test_support::{TestContext, good};
+    use crate::config::test_support::{TestContext, good, problems};
     use crate::config::{AuditFailure, ConfigError, LogFormat, parse};
-
-    fn problems(text: &str) -> Vec<String> {
-        let err: ConfigError = parse(text, Path::new("t.toml"), &TestContext { creds: None }).unwrap_err();
-        err.problems
-            .iter()
-            .map(|p| format!("{}: {}", p.key, p.message))
-            .collect()
-    }
 
     #[test]
     fn operators_are_users_and_groups_that_exist_and_default_to_root() {

@@ -160,17 +160,9 @@ impl Validator<'_> {
 mod tests {
     use std::path::Path;
 
-    use crate::config::test_support::{TestContext, good};
+    use crate::config::test_support::{TestContext, good, problems};
     use crate::config::{ConfigError, parse};
     use crate::oauth::{TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
-
-    fn problems(text: &str) -> Vec<String> {
-        let err: ConfigError = parse(text, Path::new("t.toml"), &TestContext { creds: None }).unwrap_err();
-        err.problems
-            .iter()
-            .map(|p| format!("{}: {}", p.key, p.message))
-            .collect()
-    }
 
     #[test]
     fn token_types_default_to_a_jwt_for_an_access_token() {

@@ -105,17 +105,9 @@ impl Validator<'_> {
 mod tests {
     use std::path::Path;
 
-    use crate::config::test_support::{TestContext, good};
+    use crate::config::test_support::{TestContext, good, problems};
     use crate::config::{ConfigError, parse};
     use std::path::PathBuf;
-
-    fn problems(text: &str) -> Vec<String> {
-        let err: ConfigError = parse(text, Path::new("t.toml"), &TestContext { creds: None }).unwrap_err();
-        err.problems
-            .iter()
-            .map(|p| format!("{}: {}", p.key, p.message))
-            .collect()
-    }
 
     fn with_sinks(dir: &Path, sinks: &str) -> String {
         format!("{}\n{sinks}", good(dir))

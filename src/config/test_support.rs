@@ -86,3 +86,12 @@ scopes = ["payments.read"]
         sa = sa.display()
     )
 }
+
+/// Every problem `text` has, as `key: message`.
+pub(super) fn problems(text: &str) -> Vec<String> {
+    let err = super::parse(text, Path::new("t.toml"), &TestContext { creds: None }).unwrap_err();
+    err.problems
+        .iter()
+        .map(|p| format!("{}: {}", p.key, p.message))
+        .collect()
+}
