@@ -149,7 +149,7 @@ mod tests {
     use std::path::Path;
 
     use crate::config::test_support::{TestContext, good, problems};
-    use crate::config::{AuditFailure, ConfigError, LogFormat, parse};
+    use crate::config::{AuditFailure, LogFormat, parse};
 
     #[test]
     fn operators_are_users_and_groups_that_exist_and_default_to_root() {

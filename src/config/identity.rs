@@ -160,8 +160,8 @@ impl Validator<'_> {
 mod tests {
     use std::path::Path;
 
+    use crate::config::parse;
     use crate::config::test_support::{TestContext, good, problems};
-    use crate::config::{ConfigError, parse};
     use crate::oauth::{TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
 
     #[test]

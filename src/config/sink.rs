@@ -105,8 +105,8 @@ impl Validator<'_> {
 mod tests {
     use std::path::Path;
 
+    use crate::config::parse;
     use crate::config::test_support::{TestContext, good, problems};
-    use crate::config::{ConfigError, parse};
     use std::path::PathBuf;
 
     fn with_sinks(dir: &Path, sinks: &str) -> String {
