@@ -132,16 +132,15 @@ impl Agent {
     pub async fn token(&self, caller: &Caller, ask: TokenAsk) -> Result<Granted, ApiError> {
         let operator = policy::is_operator(&self.config(), caller);
         let reference = std::sync::OnceLock::new();
-        let (identity, audience) = (ask.identity.clone(), ask.audience.clone());
-        self.decide(caller, ask, operator, &reference).await.map_err(|e| {
+        self.decide(caller, &ask, operator, &reference).await.map_err(|e| {
             if operator || !hides_reasons(&e) {
                 return e;
             }
             ApiError::access_denied(format!(
                 "the caller ({}) may not have identity {} for audience {} with what it presented; an operator finds the reasons in the audit log under reference {}",
                 caller.describe(),
-                identity.as_deref().map_or("(default)".to_string(), |i| format!("{:?}", clip(i, 64))),
-                audience.as_deref().map_or("(default)".to_string(), |a| format!("{:?}", clip(a, 128))),
+                ask.identity.as_deref().map_or("(default)".to_string(), |i| format!("{:?}", clip(i, 64))),
+                ask.audience.as_deref().map_or("(default)".to_string(), |a| format!("{:?}", clip(a, 128))),
                 reference.get().map_or("-", String::as_str),
             ))
         })
@@ -150,7 +149,7 @@ impl Agent {
     async fn decide(
         &self,
         caller: &Caller,
-        ask: TokenAsk,
+        ask: &TokenAsk,
         operator: bool,
         reference: &std::sync::OnceLock<String>,
     ) -> Result<Granted, ApiError> {
