@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::executable::executables_mismatch;
 use crate::caller::Caller;
 use crate::config::{Config, IdentitySettings, Role};
 use crate::error::{ApiError, ErrorKind};
@@ -84,24 +85,10 @@ fn mismatch(role: &Role, caller: &Caller, claims: Option<&serde_json::Value>) ->
             }
         }
     }
-    if let Some(exes) = &role.executables {
-        match &caller.exe {
-            Some(exe) if exes.iter().any(|e| e == exe) => {}
-            Some(exe) => {
-                return Some(format!(
-                    "role {:?} needs executable in {:?}, caller runs {}",
-                    role.name,
-                    exes,
-                    exe.display()
-                ));
-            }
-            None => {
-                return Some(format!(
-                    "role {:?} needs an executable check, and the caller's executable could not be read",
-                    role.name
-                ));
-            }
-        }
+    if let Some(exes) = &role.executables
+        && let Some(why) = executables_mismatch(role, exes, caller)
+    {
+        return Some(why);
     }
     if let Some(conds) = &role.claims {
         let Some(claims) = claims else {
