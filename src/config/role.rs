@@ -51,6 +51,12 @@ impl Validator<'_> {
                     .map(|e| self.absolute(&at("role", i, "executables"), e))
                     .collect::<Vec<_>>()
             });
+            if r.executables_any_namespace && r.executables.is_none() {
+                self.problem(
+                    &at("role", i, "executables_any_namespace"),
+                    "applies to executables, and this role has none; remove it".into(),
+                );
+            }
             let claims = r.claims.as_ref().map(|m| {
                 m.iter()
                     .map(|(k, v)| {
@@ -152,6 +158,7 @@ impl Validator<'_> {
                 gids,
                 units: r.units.clone(),
                 executables,
+                executables_any_namespace: r.executables_any_namespace,
                 claims,
                 identities: r.identities.clone(),
                 audiences: r.audiences.clone(),
@@ -183,6 +190,26 @@ mod tests {
         let all = err.to_string();
         assert!(all.contains("must say who it is for"), "{all}");
         assert!(all.contains("payments.admin"), "{all}");
+    }
+
+    #[test]
+    fn any_namespace_without_executables_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = good(dir.path()).replace("uids = [0]\n", "uids = [0]\nexecutables_any_namespace = true\n");
+        let err = parse(&text, Path::new("t.toml"), &TestContext { creds: None }).unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        assert_eq!(err.problems[0].key, "role[0].executables_any_namespace");
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("executables_any_namespace"))
+            .unwrap()
+            + 1;
+        assert_eq!(err.problems[0].line, Some(line));
+        assert!(err.problems[0].message.contains("applies to executables"), "{err}");
+        let text = good(dir.path()).replace("uids = [0]\n", "uids = [0]\nexecutables_any_namespace = \"yes\"\n");
+        let err = parse(&text, Path::new("t.toml"), &TestContext { creds: None }).unwrap_err();
+        assert_eq!(err.problems[0].line, Some(line), "{err}");
+        assert!(err.problems[0].message.contains("expected a boolean"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! A role's condition on the caller's executable, `executables`: the caller runs the very file a
-//! configured path leads to, and it shares the agent's mount and user namespaces.
+//! configured path leads to, and, unless `executables_any_namespace`, it shares the agent's mount
+//! and user namespaces.
 //!
 //! It does not use the path the caller's own namespace gives its executable: that name only
 //! appears in messages. The configured paths are `stat`-ed by the agent at each match (one system call per
@@ -17,16 +18,18 @@ pub(super) fn executables_mismatch(role: &Role, exes: &[PathBuf], caller: &Calle
     let Some(executable) = &caller.executable else {
         return Some(format!("{needs}, and the caller's executable could not be read"));
     };
-    let namespaces = [
-        (caller.namespaces.mount, "mount", "mnt"),
-        (caller.namespaces.user, "user", "user"),
-    ];
-    for (ns, kind, tag) in namespaces {
-        if ns != Namespace::Agent {
-            return Some(format!(
-                "{needs}, and the caller runs in {}, where a path can name any file",
-                ns.describe(kind, tag)
-            ));
+    if !role.executables_any_namespace {
+        let namespaces = [
+            (caller.namespaces.mount, "mount", "mnt"),
+            (caller.namespaces.user, "user", "user"),
+        ];
+        for (ns, kind, tag) in namespaces {
+            if ns != Namespace::Agent {
+                return Some(format!(
+                    "{needs}, and the caller runs in {}, where a path can name any file (executables_any_namespace = true would match it by file)",
+                    ns.describe(kind, tag)
+                ));
+            }
         }
     }
     let mut files = Vec::new();
@@ -74,6 +77,7 @@ mod tests {
             gids: None,
             units: None,
             executables: Some(exes.iter().map(|p| p.to_path_buf()).collect()),
+            executables_any_namespace: false,
             claims: None,
             identities: vec!["payments".into()],
             audiences: None,
@@ -149,14 +153,15 @@ mod tests {
     }
 
     #[test]
-    fn another_mount_or_user_namespace_does_not_match() {
+    fn another_mount_or_user_namespace_needs_the_role_to_say_so() {
         let dir = tempfile::tempdir().unwrap();
         let tool = program(dir.path(), "tool", "#!/bin/sh\n");
-        let r = role(&[&tool]);
+        let mut r = role(&[&tool]);
         let mut elsewhere = running(&tool);
         elsewhere.namespaces.mount = Namespace::Other { caller: 7, agent: 8 };
         let why = check(&r, &elsewhere).unwrap();
         assert!(why.contains("another mount namespace (mnt:[7])"), "{why}");
+        assert!(why.contains("executables_any_namespace"), "{why}");
         let mut other_user = running(&tool);
         other_user.namespaces.user = Namespace::Other { caller: 9, agent: 10 };
         let why = check(&r, &other_user).unwrap();
@@ -165,6 +170,15 @@ mod tests {
         unknown.namespaces = Namespaces::UNKNOWN;
         let why = check(&r, &unknown).unwrap();
         assert!(why.contains("could not be read"), "{why}");
+
+        r.executables_any_namespace = true;
+        assert_eq!(check(&r, &elsewhere), None);
+        assert_eq!(check(&r, &other_user), None);
+        let copy = program(dir.path(), "copy", "#!/bin/sh\n");
+        let mut impostor = running(&copy);
+        impostor.namespaces.mount = Namespace::Other { caller: 7, agent: 8 };
+        let why = check(&r, &impostor).unwrap();
+        assert!(why.contains("is not the file at"), "still by file: {why}");
     }
 
     #[test]

@@ -380,6 +380,7 @@ mod tests {
             gids: None,
             units: None,
             executables: None,
+            executables_any_namespace: false,
             claims: None,
             identities: ids.iter().map(|s| s.to_string()).collect(),
             audiences: None,
