@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-pub use exe::{ExeName, Executable, FileId};
+pub(crate) use exe::hex;
+pub use exe::{ExeName, Executable, FileId, HashError, Sha256};
 pub use namespaces::{Namespace, Namespaces};
 
 /// A verified caller.
@@ -60,6 +61,15 @@ impl Caller {
             executable: None,
             namespaces: Namespaces::UNKNOWN,
             unreadable: None,
+        }
+    }
+
+    /// The SHA-256 of the caller's executable, read through `/proc/<pid>/exe` and checked to be
+    /// the file attested at accept; cached per file version.
+    pub(crate) fn executable_sha256(&self) -> Result<Sha256, HashError> {
+        match (self.pid, &self.executable) {
+            (Some(pid), Some(exe)) => exe::sha256(Path::new("/proc"), pid, exe),
+            _ => Err(HashError::Unknown),
         }
     }
 

@@ -300,6 +300,8 @@ pub struct Role {
     /// `executables` also match callers in another mount or user namespace than the agent's
     /// (still by file); without it, such callers never match `executables`.
     pub executables_any_namespace: bool,
+    /// The caller's executable, read through `/proc/<pid>/exe`, has one of these SHA-256 digests.
+    pub executable_sha256: Option<Vec<[u8; 32]>>,
     /// The caller presented a credential whose claims match: each key is a claim (dots reach
     /// into nested objects), which must equal one of the values or be a list holding one.
     pub claims: Option<BTreeMap<String, Vec<String>>>,

@@ -1,15 +1,15 @@
-//! A role's condition on the caller's executable, `executables`: the caller runs the very file a
+//! A role's conditions on the caller's executable: `executables` (the caller runs the very file a
 //! configured path leads to, and, unless `executables_any_namespace`, it shares the agent's mount
-//! and user namespaces.
+//! and user namespaces) and `executable_sha256` (the content of the file it runs).
 //!
-//! It does not use the path the caller's own namespace gives its executable: that name only
-//! appears in messages. The configured paths are `stat`-ed by the agent at each match (one system call per
+//! Neither uses the path the caller's own namespace gives its executable: that name only appears
+//! in messages. The configured paths are `stat`-ed by the agent at each match (one system call per
 //! path, no cache to go stale), so a binary replaced at its path, as by a package upgrade, is the
 //! one that matches from then on; a process still running the replaced file no longer does.
 
 use std::path::PathBuf;
 
-use crate::caller::{Caller, FileId, Namespace};
+use crate::caller::{Caller, FileId, Namespace, Sha256, hex};
 use crate::config::Role;
 
 /// Why the caller does not satisfy `executables` (the role's `exes`), or `None` when it does.
@@ -62,6 +62,25 @@ pub(super) fn executables_mismatch(role: &Role, exes: &[PathBuf], caller: &Calle
     ))
 }
 
+/// Why the caller's executable has none of the role's `digests`, or `None` when it has one.
+pub(super) fn sha256_mismatch(role: &Role, digests: &[Sha256], caller: &Caller) -> Option<String> {
+    let wanted = || digests.iter().map(hex).collect::<Vec<_>>().join(", ");
+    match caller.executable_sha256() {
+        Ok(digest) if digests.contains(&digest) => None,
+        Ok(digest) => Some(format!(
+            "role {:?} needs an executable with SHA-256 in [{}], and the caller's has {}",
+            role.name,
+            wanted(),
+            hex(&digest)
+        )),
+        Err(e) => Some(format!(
+            "role {:?} needs an executable with SHA-256 in [{}], and the caller's could not be hashed: {e}",
+            role.name,
+            wanted()
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
@@ -78,6 +97,7 @@ mod tests {
             units: None,
             executables: Some(exes.iter().map(|p| p.to_path_buf()).collect()),
             executables_any_namespace: false,
+            executable_sha256: None,
             claims: None,
             identities: vec!["payments".into()],
             audiences: None,
@@ -187,5 +207,24 @@ mod tests {
         let tool = PathBuf::from("/usr/bin/true");
         let why = check(&role(&[&tool]), &unread).unwrap();
         assert!(why.contains("could not be read"), "{why}");
+        let why = sha256_mismatch(&role(&[]), &[[0; 32]], &unread).unwrap();
+        assert!(why.contains("could not be hashed"), "{why}");
+    }
+
+    #[test]
+    fn the_digest_is_that_of_the_file_the_caller_runs() {
+        let me = crate::caller::attest(
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+            Some(std::process::id() as i32),
+            crate::caller::boot_ticks_now(),
+        );
+        let bytes = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes).as_ref());
+        assert_eq!(sha256_mismatch(&role(&[]), &[[1; 32], digest], &me), None);
+        let why = sha256_mismatch(&role(&[]), &[[1; 32]], &me).unwrap();
+        assert!(why.contains(&format!("the caller's has {}", hex(&digest))), "{why}");
+        assert!(why.contains(&"01".repeat(32)), "{why}");
     }
 }

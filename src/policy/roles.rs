@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::executable::executables_mismatch;
+use super::executable::{executables_mismatch, sha256_mismatch};
 use crate::caller::Caller;
 use crate::config::{Config, IdentitySettings, Role};
 use crate::error::{ApiError, ErrorKind};
@@ -108,6 +108,10 @@ fn mismatch(role: &Role, caller: &Caller, claims: Option<&serde_json::Value>) ->
                 ));
             }
         }
+    }
+    // Last: the only condition that may read a file (once per version of it).
+    if let Some(digests) = &role.executable_sha256 {
+        return sha256_mismatch(role, digests, caller);
     }
     None
 }
@@ -381,6 +385,7 @@ mod tests {
             units: None,
             executables: None,
             executables_any_namespace: false,
+            executable_sha256: None,
             claims: None,
             identities: ids.iter().map(|s| s.to_string()).collect(),
             audiences: None,
