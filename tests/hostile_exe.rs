@@ -278,6 +278,17 @@ async fn a_role_by_digest_admits_the_binary_and_copies_of_it_but_not_one_changed
         )),
         "{err}"
     );
+    // The admitted copy, changed in place (same inode): its digest was cached, and the change
+    // of content is a new version of the file, hashed again.
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&copy).unwrap());
+    write_program(&copy, &changed);
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&copy).unwrap()),
+        inode
+    );
+    let (code, _, err) = token_as(ATTACKER, &copy, &h.socket, &ARGS).await;
+    assert_eq!(code, 1, "a stale digest admitted the changed file");
+    assert!(err.contains(&sha256_hex(&changed)), "{err}");
     let issued = h
         .audit_lines()
         .into_iter()
