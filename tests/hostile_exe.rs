@@ -141,6 +141,18 @@ fn elsewhere() -> Vec<(Place, &'static str)> {
     places
 }
 
+/// The last `token.denied` line, and the reasons it gives (all the roles' near misses).
+fn denied(h: &Harness) -> (serde_json::Value, String) {
+    let line = h
+        .audit_lines()
+        .into_iter()
+        .rev()
+        .find(|l| l["event"] == "token.denied")
+        .expect("a token.denied line");
+    let why = line["error_description"].as_str().unwrap_or_default().to_string();
+    (line, why)
+}
+
 #[tokio::test]
 async fn a_program_bind_mounted_over_the_allowed_path_in_a_namespace_of_its_own_is_refused() {
     let place = if unprivileged_userns() {
@@ -151,66 +163,66 @@ async fn a_program_bind_mounted_over_the_allowed_path_in_a_namespace_of_its_own_
         );
         Place::OtherMount
     };
-    // The second role takes callers from any namespace: only the file can refuse the impostor.
-    // The third wants the genuine binary's digest: only the content of what runs can refuse it.
     let digest = sha256_hex(&std::fs::read(cortexid()).unwrap());
-    let h = harness(vec![
-        Role::new("cortexid-only", &["payments"]).executables(&[cortexid()]),
-        Role::new("cortexid-anywhere", &["payments"])
-            .executables(&[cortexid()])
-            .executables_any_namespace(),
-        Role::new("cortexid-digest", &["payments"]).executable_sha256(&[&digest]),
-    ])
-    .await;
-    let fake = impostor(h.dir.path());
-
-    let (code, out, err) = token_in(place, ATTACKER, Some((&fake, cortexid())), cortexid(), &h.socket).await;
-    assert_eq!(code, 1, "the impostor got a token (exit {code}): {err}");
-    assert!(out.is_empty());
-    assert!(err.contains("access_denied"), "{err}");
-    assert!(
-        err.contains(r#"role "cortexid-only" needs executable in"#) && err.contains("another mount namespace"),
-        "{err}"
-    );
-    assert!(
-        err.contains(&format!(
-            r#"role "cortexid-anywhere" needs executable in ["{}"], and the caller's executable is not the file at {}"#,
-            cortexid().display(),
-            cortexid().display()
-        )),
-        "{err}"
-    );
-    assert!(
-        err.contains(r#"role "cortexid-digest" needs an executable with SHA-256 in"#),
-        "{err}"
-    );
-    let lines = h.audit_lines();
-    assert!(
-        lines.iter().all(|l| l["event"] != "token.issued"),
-        "no token was issued"
-    );
-    let denied = lines.last().unwrap();
-    assert_eq!(denied["event"], "token.denied", "{denied}");
-    assert_eq!(denied["role"], serde_json::Value::Null, "{denied}");
-    assert_eq!(denied["caller"]["uid"], ATTACKER);
-    // The name is what the caller's namespace calls the impostor; the line says so.
-    assert_eq!(denied["caller"]["exe"], cortexid().to_str().unwrap());
-    let why = denied["error_description"].as_str().unwrap();
-    assert!(why.contains("(a path in the caller's own mount namespace)"), "{why}");
-    assert!(why.contains("is not the file at"), "{why}");
+    let roles = [
+        (
+            Role::new("cortexid-only", &["payments"]).executables(&[cortexid()]),
+            "another mount namespace".to_string(),
+        ),
+        // From any namespace: only the file can refuse the impostor.
+        (
+            Role::new("cortexid-anywhere", &["payments"])
+                .executables(&[cortexid()])
+                .executables_any_namespace(),
+            format!(
+                r#"role "cortexid-anywhere" needs executable in ["{}"], and the caller's executable is not the file at {}"#,
+                cortexid().display(),
+                cortexid().display()
+            ),
+        ),
+        // By the genuine binary's digest: only the content of what runs can refuse it.
+        (
+            Role::new("cortexid-digest", &["payments"]).executable_sha256(&[&digest]),
+            r#"role "cortexid-digest" needs an executable with SHA-256 in"#.to_string(),
+        ),
+    ];
+    for (role, reason) in roles {
+        let name = role.name.clone();
+        let h = harness(vec![role]).await;
+        let fake = impostor(h.dir.path());
+        let (code, out, err) = token_in(place, ATTACKER, Some((&fake, cortexid())), cortexid(), &h.socket).await;
+        assert_eq!(code, 1, "{name}: the impostor got a token (exit {code}): {err}");
+        assert!(out.is_empty());
+        assert!(err.contains("access_denied"), "{name}: {err}");
+        assert!(
+            h.audit_lines().iter().all(|l| l["event"] != "token.issued"),
+            "{name}: no token was issued"
+        );
+        let (line, why) = denied(&h);
+        assert_eq!(line["role"], serde_json::Value::Null, "{line}");
+        assert_eq!(line["caller"]["uid"], ATTACKER);
+        // The name is what the caller's namespace calls the impostor, and the reasons say so.
+        assert_eq!(line["caller"]["exe"], cortexid().to_str().unwrap());
+        assert!(why.contains("(a path in the caller's own mount namespace)"), "{why}");
+        assert!(why.contains(&reason), "{name}: {why}");
+    }
 }
 
 #[tokio::test]
 async fn the_genuine_binary_in_another_namespace_is_refused_unless_the_role_says_so() {
     let mut h = harness(vec![Role::new("by-file", &["payments"]).executables(&[cortexid()])]).await;
-    for (place, why) in elsewhere() {
-        let (code, _, err) = token_in(place, ATTACKER, None, cortexid(), &h.socket).await;
+    // One uid per refusal: each has its own audit line.
+    for (i, (place, reason)) in elsewhere().into_iter().enumerate() {
+        let uid = ATTACKER + 1 + i as u32;
+        let (code, _, err) = token_in(place, uid, None, cortexid(), &h.socket).await;
         assert_eq!(code, 1, "{place:?} was admitted: {err}");
+        let (line, why) = denied(&h);
+        assert_eq!(line["caller"]["uid"], uid, "{line}");
         assert!(
-            err.contains(r#"role "by-file" needs executable in"#),
-            "{place:?}: {err}"
+            why.contains(r#"role "by-file" needs executable in"#),
+            "{place:?}: {why}"
         );
-        assert!(err.contains(why), "{place:?}: {err}");
+        assert!(why.contains(reason), "{place:?}: {why}");
     }
     // In the agent's namespaces, the same binary is admitted.
     let (code, _, err) = token_as(ATTACKER, cortexid(), &h.socket, &ARGS).await;
@@ -231,9 +243,12 @@ async fn the_genuine_binary_in_another_namespace_is_refused_unless_the_role_says
     // Still by file: a copy run from another namespace is refused.
     let copy = h.dir.path().join("cortexid-copy");
     write_program(&copy, &std::fs::read(cortexid()).unwrap());
-    let (code, _, err) = token_in(Place::OtherMount, ATTACKER, None, &copy, &h.socket).await;
+    let uid = ATTACKER + 10;
+    let (code, _, err) = token_in(Place::OtherMount, uid, None, &copy, &h.socket).await;
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("is not the file at"), "{err}");
+    let (line, why) = denied(&h);
+    assert_eq!(line["caller"]["uid"], uid, "{line}");
+    assert!(why.contains("is not the file at"), "{why}");
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -268,15 +283,18 @@ async fn a_role_by_digest_admits_the_binary_and_copies_of_it_but_not_one_changed
     changed[at] = b'R';
     let tampered = h.dir.path().join("tampered");
     write_program(&tampered, &changed);
-    let (code, out, err) = token_as(ATTACKER, &tampered, &h.socket, &ARGS).await;
-    assert_eq!(code, 1, "the changed binary was admitted");
+    let uid = ATTACKER + 1;
+    let (code, out, err) = token_as(uid, &tampered, &h.socket, &ARGS).await;
+    assert_eq!(code, 1, "the changed binary was admitted: {err}");
     assert!(out.is_empty());
+    let (line, why) = denied(&h);
+    assert_eq!(line["caller"]["uid"], uid, "{line}");
     assert!(
-        err.contains(&format!(
+        why.contains(&format!(
             r#"role "by-digest" needs an executable with SHA-256 in [{digest}], and the caller's has {}"#,
             sha256_hex(&changed)
         )),
-        "{err}"
+        "{why}"
     );
     // The admitted copy, changed in place (same inode): its digest was cached, and the change
     // of content is a new version of the file, hashed again.
@@ -286,9 +304,12 @@ async fn a_role_by_digest_admits_the_binary_and_copies_of_it_but_not_one_changed
         std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&copy).unwrap()),
         inode
     );
-    let (code, _, err) = token_as(ATTACKER, &copy, &h.socket, &ARGS).await;
-    assert_eq!(code, 1, "a stale digest admitted the changed file");
-    assert!(err.contains(&sha256_hex(&changed)), "{err}");
+    let uid = ATTACKER + 2;
+    let (code, _, err) = token_as(uid, &copy, &h.socket, &ARGS).await;
+    assert_eq!(code, 1, "a stale digest admitted the changed file: {err}");
+    let (line, why) = denied(&h);
+    assert_eq!(line["caller"]["uid"], uid, "{line}");
+    assert!(why.contains(&sha256_hex(&changed)), "{why}");
     let issued = h
         .audit_lines()
         .into_iter()
