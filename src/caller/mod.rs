@@ -5,10 +5,22 @@
 //! says is trusted only if the process there started no later than the moment the connection was
 //! accepted and still has the same start time after everything was read; otherwise those
 //! attributes are left unknown, and only roles that do not need them can match.
+//!
+//! The executable is recorded twice: as the file the kernel runs ([`Executable`], a `stat` of
+//! `/proc/<pid>/exe` followed to the file), which roles match, and as the path the caller's own
+//! mount namespace calls it ([`ExeName`]), which only describes the caller. The caller's mount and
+//! user namespaces are recorded relative to the agent's ([`Namespaces`]).
+
+mod exe;
+mod namespaces;
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+
+pub(crate) use exe::hex;
+pub use exe::{ExeName, Executable, FileId, HashError, Sha256};
+pub use namespaces::{Namespace, Namespaces};
 
 /// A verified caller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -20,8 +32,16 @@ pub struct Caller {
     pub user: Option<String>,
     #[serde(skip)]
     pub groups: Vec<u32>,
-    pub exe: Option<PathBuf>,
+    /// What the caller's mount namespace calls its executable: for audit lines and messages,
+    /// never to authorize.
+    pub exe: Option<ExeName>,
     pub unit: Option<String>,
+    /// The file the caller runs, as the kernel knows it: what roles by executable match.
+    #[serde(skip)]
+    pub executable: Option<Executable>,
+    /// The caller's mount and user namespaces, relative to the agent's.
+    #[serde(skip)]
+    pub namespaces: Namespaces,
     /// Why `/proc` attributes are missing, when they are.
     #[serde(skip)]
     pub unreadable: Option<String>,
@@ -38,7 +58,18 @@ impl Caller {
             groups: Vec::new(),
             exe: None,
             unit: None,
+            executable: None,
+            namespaces: Namespaces::UNKNOWN,
             unreadable: None,
+        }
+    }
+
+    /// The SHA-256 of the caller's executable, read through `/proc/<pid>/exe` and checked to be
+    /// the file attested at accept; cached per file version.
+    pub(crate) fn executable_sha256(&self) -> Result<Sha256, HashError> {
+        match (self.pid, &self.executable) {
+            (Some(pid), Some(exe)) => exe::sha256(Path::new("/proc"), pid, exe),
+            _ => Err(HashError::Unknown),
         }
     }
 
@@ -59,8 +90,11 @@ impl Caller {
         }
         s.push_str(&format!(", unit {}", self.unit.as_deref().unwrap_or("unknown")));
         match &self.exe {
-            Some(exe) => s.push_str(&format!(", exe {}", exe.display())),
+            Some(exe) => s.push_str(&format!(", exe {exe}")),
             None => s.push_str(", exe unknown"),
+        }
+        if let Namespace::Other { .. } = self.namespaces.mount {
+            s.push_str(" (a path in the caller's own mount namespace)");
         }
         if let Some(why) = &self.unreadable {
             s.push_str(&format!(" (process attributes unreadable: {why})"));
@@ -89,6 +123,8 @@ fn attest_at(proc_root: &Path, uid: u32, gid: u32, pid: Option<i32>, accepted_ti
         Ok(p) => {
             caller.groups = p.groups;
             caller.exe = p.exe;
+            caller.executable = p.executable;
+            caller.namespaces = p.namespaces;
             caller.unit = p.unit;
         }
         Err(why) => caller.unreadable = Some(why.to_string()),
@@ -98,7 +134,9 @@ fn attest_at(proc_root: &Path, uid: u32, gid: u32, pid: Option<i32>, accepted_ti
 
 struct ProcessFacts {
     groups: Vec<u32>,
-    exe: Option<PathBuf>,
+    exe: Option<ExeName>,
+    executable: Option<Executable>,
+    namespaces: Namespaces,
     unit: Option<String>,
 }
 
@@ -143,7 +181,12 @@ fn read_process(
     if real_uid != Some(uid) {
         return Err(ProcessError::OtherUser(pid));
     }
-    let exe = std::fs::read_link(dir.join("exe")).ok().map(strip_deleted);
+    let exe = std::fs::read_link(dir.join("exe"))
+        .ok()
+        .map(|p| ExeName::new(strip_deleted(p)));
+    // Followed, the link reaches the file itself, whatever the caller's namespace calls it.
+    let executable = std::fs::metadata(dir.join("exe")).ok().map(|m| Executable::of(&m));
+    let namespaces = Namespaces::read(proc_root, &dir);
     let unit = std::fs::read_to_string(dir.join("cgroup"))
         .ok()
         .and_then(|c| unit_from_cgroup(&c));
@@ -151,10 +194,16 @@ fn read_process(
     if after != before {
         return Err(ProcessError::ReusedWhileRead(pid));
     }
-    Ok(ProcessFacts { groups, exe, unit })
+    Ok(ProcessFacts {
+        groups,
+        exe,
+        executable,
+        namespaces,
+        unit,
+    })
 }
 
-/// `/proc/<pid>/exe` of a replaced binary reads "/path (deleted)": the path is still what ran.
+/// `/proc/<pid>/exe` of a replaced binary reads "/path (deleted)"; [`Executable::deleted`] says so.
 fn strip_deleted(p: PathBuf) -> PathBuf {
     match p.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
         Some(s) => PathBuf::from(s),
@@ -273,7 +322,13 @@ mod tests {
         let gid = nix::unistd::getgid().as_raw();
         let caller = attest(uid, gid, Some(me), boot_ticks_now());
         assert_eq!(caller.unreadable, None);
-        assert_eq!(caller.exe.as_deref(), Some(std::env::current_exe().unwrap().as_path()));
+        let current = std::env::current_exe().unwrap();
+        assert_eq!(caller.exe.unwrap().to_string(), current.display().to_string());
+        let executable = caller.executable.unwrap();
+        assert_eq!(executable.file, FileId::at(&current).unwrap());
+        assert!(!executable.deleted);
+        assert_eq!(caller.namespaces.mount, Namespace::Agent);
+        assert_eq!(caller.namespaces.user, Namespace::Agent);
         let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap();
         assert_eq!(caller.unit, unit_from_cgroup(&cgroup));
     }
@@ -283,6 +338,8 @@ mod tests {
         let me = std::process::id() as i32;
         let caller = attest(nix::unistd::getuid().as_raw(), 0, Some(me), Some(0));
         assert!(caller.exe.is_none());
+        assert!(caller.executable.is_none());
+        assert_eq!(caller.namespaces, Namespaces::UNKNOWN);
         assert!(
             caller.unreadable.as_deref().unwrap_or("").contains("reused"),
             "{caller:?}"
@@ -295,6 +352,7 @@ mod tests {
         let me = std::process::id() as i32;
         let caller = attest(nix::unistd::getuid().as_raw() + 4242, 0, Some(me), boot_ticks_now());
         assert!(caller.exe.is_none());
+        assert!(caller.executable.is_none());
         assert!(caller.unreadable.is_some());
     }
 }

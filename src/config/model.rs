@@ -314,8 +314,15 @@ pub struct Role {
     pub gids: Option<BTreeSet<u32>>,
     /// The caller runs in one of these systemd units.
     pub units: Option<Vec<String>>,
-    /// The caller runs one of these executables (absolute paths).
+    /// The caller runs one of the files at these paths (absolute): its executable is the file
+    /// (device and inode) a path leads to in the agent's mount namespace when the caller is
+    /// matched, whatever the caller's own namespace calls its executable.
     pub executables: Option<Vec<PathBuf>>,
+    /// `executables` also match callers in another mount or user namespace than the agent's
+    /// (still by file); without it, such callers never match `executables`.
+    pub executables_any_namespace: bool,
+    /// The caller's executable, read through `/proc/<pid>/exe`, has one of these SHA-256 digests.
+    pub executable_sha256: Option<Vec<[u8; 32]>>,
     /// The caller presented a credential whose claims match: each key is a claim (dots reach
     /// into nested objects), which must equal one of the values or be a list holding one.
     pub claims: Option<BTreeMap<String, Vec<String>>>,

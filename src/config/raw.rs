@@ -107,6 +107,9 @@ pub(super) struct RawRole {
     pub(super) gids: Option<Vec<u32>>,
     pub(super) units: Option<Vec<String>>,
     pub(super) executables: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) executables_any_namespace: bool,
+    pub(super) executable_sha256: Option<Vec<String>>,
     pub(super) claims: Option<BTreeMap<String, RawClaimValues>>,
     #[serde(default)]
     pub(super) identities: Vec<String>,

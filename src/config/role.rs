@@ -51,6 +51,30 @@ impl Validator<'_> {
                     .map(|e| self.absolute(&at("role", i, "executables"), e))
                     .collect::<Vec<_>>()
             });
+            if r.executables_any_namespace && r.executables.is_none() {
+                self.problem(
+                    &at("role", i, "executables_any_namespace"),
+                    "applies to executables, and this role has none; remove it (executable_sha256 matches in any namespace)".into(),
+                );
+            }
+            let executable_sha256 = r.executable_sha256.as_ref().map(|list| {
+                list.iter()
+                    .enumerate()
+                    .filter_map(|(j, hex)| match parse_sha256(hex) {
+                        Ok(digest) => Some(digest),
+                        Err(e) => {
+                            let path = vec![
+                                Seg::Key("role".into()),
+                                Seg::Index(i),
+                                Seg::Key("executable_sha256".into()),
+                                Seg::Index(j),
+                            ];
+                            self.problem(&path, e.to_string());
+                            None
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            });
             let claims = r.claims.as_ref().map(|m| {
                 m.iter()
                     .map(|(k, v)| {
@@ -69,17 +93,27 @@ impl Validator<'_> {
                 r.gids.as_ref().map(Vec::len),
                 r.units.as_ref().map(Vec::len),
                 r.executables.as_ref().map(Vec::len),
+                r.executable_sha256.as_ref().map(Vec::len),
                 r.claims.as_ref().map(BTreeMap::len),
             ];
             if conditions.iter().all(|c| c.is_none()) {
                 self.problem(
                     &at("role", i, "name"),
-                    "a role must say who it is for (users, uids, groups, gids, units, executables or claims); a role for everyone is never the default".into(),
+                    "a role must say who it is for (users, uids, groups, gids, units, executables, executable_sha256 or claims); a role for everyone is never the default".into(),
                 );
             }
-            for (field, n) in ["users", "uids", "groups", "gids", "units", "executables", "claims"]
-                .iter()
-                .zip(conditions)
+            for (field, n) in [
+                "users",
+                "uids",
+                "groups",
+                "gids",
+                "units",
+                "executables",
+                "executable_sha256",
+                "claims",
+            ]
+            .iter()
+            .zip(conditions)
             {
                 if n == Some(0) {
                     self.problem(
@@ -152,6 +186,8 @@ impl Validator<'_> {
                 gids,
                 units: r.units.clone(),
                 executables,
+                executables_any_namespace: r.executables_any_namespace,
+                executable_sha256,
                 claims,
                 identities: r.identities.clone(),
                 audiences: r.audiences.clone(),
@@ -164,10 +200,36 @@ impl Validator<'_> {
     }
 }
 
+/// A digest in `executable_sha256` that is not 64 hexadecimal digits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum DigestError {
+    #[error("{0:?} has {1} characters; a SHA-256 digest is 64 hexadecimal digits, as `sha256sum FILE` prints it")]
+    Length(String, usize),
+    #[error("{0:?} is not hexadecimal; a SHA-256 digest is 64 digits 0-9 and a-f, as `sha256sum FILE` prints it")]
+    NotHex(String),
+}
+
+/// A SHA-256 digest written as 64 hexadecimal digits (either case).
+pub(super) fn parse_sha256(s: &str) -> Result<[u8; 32], DigestError> {
+    if !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(DigestError::NotHex(s.to_string()));
+    }
+    if s.len() != 64 {
+        return Err(DigestError::Length(s.to_string(), s.len()));
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(s.as_bytes().chunks(2)) {
+        let digit = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
+        *byte = (digit(pair[0]) << 4) | digit(pair[1]);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
 
+    use super::{DigestError, parse_sha256};
     use crate::config::Rate;
     use crate::config::parse;
     use crate::config::test_support::{TestContext, good};
@@ -183,6 +245,107 @@ mod tests {
         let all = err.to_string();
         assert!(all.contains("must say who it is for"), "{all}");
         assert!(all.contains("payments.admin"), "{all}");
+    }
+
+    #[test]
+    fn executable_digests_are_64_hex_digits_and_located_by_line_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let good_digest = "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08";
+        let text = good(dir.path()).replace(
+            "uids = [0]\n",
+            &format!(
+                "uids = [0]\nexecutable_sha256 = [\n  \"{good_digest}\",\n  \"abc\",\n  \"{}\",\n]\n",
+                "z".repeat(64)
+            ),
+        );
+        let err = parse(&text, Path::new("t.toml"), &TestContext { creds: None }).unwrap_err();
+        let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+        assert_eq!(err.problems.len(), 2, "{err}");
+        assert_eq!(err.problems[0].key, "role[0].executable_sha256[1]");
+        assert_eq!(err.problems[0].line, Some(line_of("\"abc\"")));
+        assert_eq!(
+            err.problems[0].message,
+            "\"abc\" has 3 characters; a SHA-256 digest is 64 hexadecimal digits, as `sha256sum FILE` prints it"
+        );
+        assert_eq!(err.problems[1].key, "role[0].executable_sha256[2]");
+        assert_eq!(err.problems[1].line, Some(line_of("zzzz")));
+        assert!(err.problems[1].message.contains("is not hexadecimal"), "{err}");
+
+        let text = good(dir.path()).replace(
+            "uids = [0]\n",
+            &format!("uids = [0]\nexecutable_sha256 = [\"{good_digest}\"]\n"),
+        );
+        let cfg = parse(&text, Path::new("t.toml"), &TestContext { creds: None }).unwrap();
+        let digest = cfg.roles[0].executable_sha256.as_ref().unwrap()[0];
+        assert_eq!(&digest[..4], &[0x9f, 0x86, 0xd0, 0x81]);
+        assert_eq!(digest[31], 0x08);
+        assert!(!cfg.roles[0].executables_any_namespace);
+    }
+
+    #[test]
+    fn digests_parse_in_either_case_and_refuse_what_is_not_one() {
+        let lower = "00ff".repeat(16);
+        assert_eq!(parse_sha256(&lower).unwrap()[..2], [0x00, 0xff]);
+        assert_eq!(parse_sha256(&lower.to_uppercase()), parse_sha256(&lower));
+        assert_eq!(parse_sha256(""), Err(DigestError::Length(String::new(), 0)));
+        assert_eq!(
+            parse_sha256(&"a".repeat(65)),
+            Err(DigestError::Length("a".repeat(65), 65))
+        );
+        let prefixed = format!("sha256:{}", &lower[7..]);
+        assert_eq!(parse_sha256(&prefixed), Err(DigestError::NotHex(prefixed.clone())));
+        let wide = format!("{}é", &lower[..62]);
+        assert!(matches!(parse_sha256(&wide), Err(DigestError::NotHex(_))));
+    }
+
+    #[test]
+    fn executable_conditions_alone_say_who_a_role_is_for_but_not_when_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let only = |keys: &str| good(dir.path()).replace("users = [\"payments\"]\nuids = [0]\n", keys);
+        let digest = "0".repeat(64);
+        let cfg = parse(
+            &only(&format!("executable_sha256 = [\"{digest}\"]\n")),
+            Path::new("t.toml"),
+            &TestContext { creds: None },
+        )
+        .unwrap();
+        assert_eq!(cfg.roles[0].executable_sha256, Some(vec![[0; 32]]));
+        let cfg = parse(
+            &only("executables = [\"/usr/bin/curl\"]\nexecutables_any_namespace = true\n"),
+            Path::new("t.toml"),
+            &TestContext { creds: None },
+        )
+        .unwrap();
+        assert!(cfg.roles[0].executables_any_namespace);
+
+        let err = parse(
+            &only("executable_sha256 = []\n"),
+            Path::new("t.toml"),
+            &TestContext { creds: None },
+        )
+        .unwrap_err();
+        assert_eq!(err.problems[0].key, "role[0].executable_sha256");
+        assert!(err.problems[0].message.contains("matches nobody"), "{err}");
+    }
+
+    #[test]
+    fn any_namespace_without_executables_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = good(dir.path()).replace("uids = [0]\n", "uids = [0]\nexecutables_any_namespace = true\n");
+        let err = parse(&text, Path::new("t.toml"), &TestContext { creds: None }).unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        assert_eq!(err.problems[0].key, "role[0].executables_any_namespace");
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("executables_any_namespace"))
+            .unwrap()
+            + 1;
+        assert_eq!(err.problems[0].line, Some(line));
+        assert!(err.problems[0].message.contains("applies to executables"), "{err}");
+        let text = good(dir.path()).replace("uids = [0]\n", "uids = [0]\nexecutables_any_namespace = \"yes\"\n");
+        let err = parse(&text, Path::new("t.toml"), &TestContext { creds: None }).unwrap_err();
+        assert_eq!(err.problems[0].line, Some(line), "{err}");
+        assert!(err.problems[0].message.contains("expected a boolean"), "{err}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! identities, audiences, scopes), per-process request rates ([`ratelimit`]), and the issuers
 //! whose presented credentials are trusted ([`trust`]).
 
+mod executable;
 pub(crate) mod ratelimit;
 mod roles;
 pub mod trust;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::executable::{executables_mismatch, sha256_mismatch};
 use crate::caller::Caller;
 use crate::config::{Config, IdentitySettings, Role};
 use crate::error::{ApiError, ErrorKind};
@@ -84,24 +85,10 @@ fn mismatch(role: &Role, caller: &Caller, claims: Option<&serde_json::Value>) ->
             }
         }
     }
-    if let Some(exes) = &role.executables {
-        match &caller.exe {
-            Some(exe) if exes.iter().any(|e| e == exe) => {}
-            Some(exe) => {
-                return Some(format!(
-                    "role {:?} needs executable in {:?}, caller runs {}",
-                    role.name,
-                    exes,
-                    exe.display()
-                ));
-            }
-            None => {
-                return Some(format!(
-                    "role {:?} needs an executable check, and the caller's executable could not be read",
-                    role.name
-                ));
-            }
-        }
+    if let Some(exes) = &role.executables
+        && let Some(why) = executables_mismatch(role, exes, caller)
+    {
+        return Some(why);
     }
     if let Some(conds) = &role.claims {
         let Some(claims) = claims else {
@@ -121,6 +108,10 @@ fn mismatch(role: &Role, caller: &Caller, claims: Option<&serde_json::Value>) ->
                 ));
             }
         }
+    }
+    // Last: the only condition that may read a file (once per version of it).
+    if let Some(digests) = &role.executable_sha256 {
+        return sha256_mismatch(role, digests, caller);
     }
     None
 }
@@ -421,6 +412,8 @@ mod tests {
             gids: None,
             units: None,
             executables: None,
+            executables_any_namespace: false,
+            executable_sha256: None,
             claims: None,
             identities: ids.iter().map(|s| s.to_string()).collect(),
             audiences: None,
