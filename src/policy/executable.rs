@@ -1,6 +1,12 @@
 //! A role's conditions on the caller's executable: `executables` (the caller runs the very file a
-//! configured path leads to, and, unless `executables_any_namespace`, it shares the agent's mount
-//! and user namespaces) and `executable_sha256` (the content of the file it runs).
+//! configured path leads to, and, unless `executables_any_namespace`, it shares the agent's user
+//! namespace) and `executable_sha256` (the content of the file it runs).
+//!
+//! Another mount namespace alone does not refuse a caller: only root makes one outside a user
+//! namespace of its own (systemd does, for every sandboxed service, and for the agent itself),
+//! and the file a path names there is still compared by device and inode with the file it names
+//! for the agent. An unprivileged user gets a mount namespace where it may bind-mount anything
+//! only inside a user namespace of its own, which is refused unless the role says otherwise.
 //!
 //! Neither uses the path the caller's own namespace gives its executable: that name only appears
 //! in messages. The configured paths are `stat`-ed by the agent at each match (one system call per
@@ -19,10 +25,7 @@ pub(super) fn executables_mismatch(role: &Role, exes: &[PathBuf], caller: &Calle
         return Some(format!("{needs}, and the caller's executable could not be read"));
     };
     if !role.executables_any_namespace {
-        let namespaces = [
-            (caller.namespaces.mount, "mount", "mnt"),
-            (caller.namespaces.user, "user", "user"),
-        ];
+        let namespaces = [(caller.namespaces.user, "user", "user")];
         for (ns, kind, tag) in namespaces {
             if ns != Namespace::Agent {
                 return Some(format!(
@@ -179,13 +182,16 @@ mod tests {
         let mut r = role(&[&tool]);
         let mut elsewhere = running(&tool);
         elsewhere.namespaces.mount = Namespace::Other { caller: 7, agent: 8 };
-        let why = check(&r, &elsewhere).unwrap();
-        assert!(why.contains("another mount namespace (mnt:[7])"), "{why}");
-        assert!(why.contains("executables_any_namespace"), "{why}");
+        assert_eq!(
+            check(&r, &elsewhere),
+            None,
+            "another mount namespace alone is matched by file"
+        );
         let mut other_user = running(&tool);
         other_user.namespaces.user = Namespace::Other { caller: 9, agent: 10 };
         let why = check(&r, &other_user).unwrap();
         assert!(why.contains("another user namespace (user:[9])"), "{why}");
+        assert!(why.contains("executables_any_namespace"), "{why}");
         let mut unknown = running(&tool);
         unknown.namespaces = Namespaces::UNKNOWN;
         let why = check(&r, &unknown).unwrap();
