@@ -580,6 +580,62 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_short_token_is_handed_out_until_a_quarter_of_its_lifetime_is_left() {
+        // 4 s tokens: the floor is min(min_remaining = 30 s, 4 s / 4) = 1 s.
+        let f = fake(4);
+        let cache = Cache::new(settings(), f.clone(), CancellationToken::new());
+        let (first, _) = cache.get(spec(), Duration::ZERO).await.unwrap();
+        f.mode.store(1, Ordering::SeqCst); // every renewal fails from now on
+        tokio::time::sleep_until(first.issued_at + Duration::from_millis(2990)).await;
+        let (t, source) = cache.get(spec(), Duration::ZERO).await.unwrap();
+        assert_eq!(
+            (t.fingerprint.as_str(), source),
+            (first.fingerprint.as_str(), Source::Cache),
+            "1.01 s left: still handed out"
+        );
+        tokio::time::sleep_until(first.issued_at + Duration::from_millis(3010)).await;
+        let err = cache.get(spec(), Duration::ZERO).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::UpstreamUnavailable, "0.99 s left: not handed out");
+        assert!(err.description.contains("too close to expiry"), "{}", err.description);
+        // A caller's min_valid raises the floor for that request only.
+        f.mode.store(0, Ordering::SeqCst);
+        tokio::time::sleep(FAILURE_HOLD).await;
+        let (fresh, _) = cache.get(spec(), Duration::ZERO).await.unwrap();
+        tokio::time::sleep_until(fresh.issued_at + Duration::from_millis(1500)).await;
+        let (t, _) = cache.get(spec(), Duration::from_secs(2)).await.unwrap();
+        assert_eq!(t.fingerprint, fresh.fingerprint, "2.5 s left, 2 s asked for");
+        let (t, source) = cache.get(spec(), Duration::from_secs(3)).await.unwrap();
+        assert_eq!(source, Source::Exchange, "2.5 s left, 3 s asked for: a new token");
+        assert_ne!(t.fingerprint, fresh.fingerprint);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn short_tokens_are_renewed_before_their_floor_so_no_request_waits() {
+        // 4 s tokens are renewed 2.8 s after receipt (refresh_at 0.8 ± 0.05 is later than
+        // lifetime − floor − margin = 4 − 1 − 0.2 s), while 1.2 s are left, above the 1 s floor.
+        let f = fake(4);
+        let cache = Cache::new(settings(), f.clone(), CancellationToken::new());
+        let (mut last, _) = cache.get(spec(), Duration::ZERO).await.unwrap();
+        let mut tokens = 1;
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let (t, source) = cache.get(spec(), Duration::ZERO).await.unwrap();
+            assert_eq!(source, Source::Cache, "a request never waits for an exchange");
+            assert!(
+                t.remaining(Instant::now()) >= t.lifetime / 4,
+                "handed out with {:?} left",
+                t.remaining(Instant::now())
+            );
+            if t.fingerprint != last.fingerprint {
+                tokens += 1;
+                last = t;
+            }
+        }
+        // 20 s of requests, one renewal every 2.85 s (2.8 s + the exchange's 50 ms).
+        assert_eq!(tokens, 8, "{} exchanges", f.calls.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn min_valid_beyond_the_lifetime_is_the_callers_error() {
         let cache = Cache::new(settings(), fake(60), CancellationToken::new());
         let err = cache.get(spec(), Duration::from_secs(120)).await.unwrap_err();
