@@ -71,29 +71,105 @@ async fn ready_is_sent_once_the_socket_answers_and_stopping_on_sigterm() {
     assert!(!h.socket.exists(), "the agent removes the socket it created");
 }
 
-#[tokio::test]
-async fn the_watchdog_is_fed_while_the_socket_answers() {
+/// Reads every notification already waiting on `sock`.
+fn drain(sock: &UnixDatagram) -> Vec<String> {
+    sock.set_nonblocking(true).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut out = Vec::new();
+    while let Ok(n) = sock.recv(&mut buf) {
+        out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    sock.set_nonblocking(false).unwrap();
+    out
+}
+
+const WITHHELD: &str = "withholding the watchdog ping";
+
+/// Waits until the agent has logged one more withheld ping (than `before`), for `reason`; then
+/// asserts that no `WATCHDOG=1` comes for a second (five ping intervals). Pings sent before the
+/// withheld one are dropped first: the watchdog probes, then pings or logs, one probe at a time.
+async fn pings_stop(sock: UnixDatagram, agent: &AgentProcess, before: usize, reason: &str) -> UnixDatagram {
+    let mut logged = false;
+    for _ in 0..500 {
+        let logs = agent.logs();
+        if logs.matches(WITHHELD).count() > before && logs.contains(reason) {
+            logged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        logged,
+        "the agent logged no withheld ping ({reason}):\n{}",
+        agent.logs()
+    );
+    tokio::task::spawn_blocking(move || {
+        drain(&sock);
+        sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut buf = vec![0u8; 4096];
+        match sock.recv(&mut buf) {
+            Ok(n) => panic!(
+                "sent while its socket did not answer: {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(e) => assert!(
+                matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+                "{e}"
+            ),
+        }
+        sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        sock
+    })
+    .await
+    .unwrap()
+}
+
+/// The watchdog probes the socket the way a caller does, by its path, so a socket that does
+/// not answer is simulated at that path: the agent's socket is moved aside and a listener that
+/// never accepts takes its place (a wedged accept loop, as the probe sees it: the connection is
+/// made, no answer comes), then nothing is there at all; then the agent's socket comes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_watchdog_is_fed_while_the_socket_answers_and_withheld_while_it_does_not() {
     let mut h = Harness::new(Duration::from_secs(300), Setup::default()).await;
     h.stop().await;
     let notify_path = h.dir.path().join("notify");
     let sock = UnixDatagram::bind(&notify_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cortexid"))
-        .args(["agent", "--config"])
-        .arg(&h.config_path)
-        .env("NOTIFY_SOCKET", &notify_path)
-        .env("WATCHDOG_USEC", "400000")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let agent = AgentProcess::spawn(
+        &h.config_path,
+        &h.socket,
+        h.dir.path().join("agent.log"),
+        &[
+            ("NOTIFY_SOCKET", notify_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    )
+    .await;
     let (sock, ready) = recv_async(sock).await;
-    assert!(ready.starts_with("READY=1"));
+    assert!(ready.starts_with("READY=1"), "{ready}");
     let (sock, ping) = recv_async(sock).await;
     assert_eq!(ping, "WATCHDOG=1");
+    let (sock, ping) = recv_async(sock).await;
+    assert_eq!(ping, "WATCHDOG=1");
+    assert_eq!(agent.logs().matches(WITHHELD).count(), 0, "{}", agent.logs());
+
+    // A listener that never accepts: the probe connects and waits for an answer in vain.
+    let aside = h.dir.path().join("agent.sock.aside");
+    std::fs::rename(&h.socket, &aside).unwrap();
+    let silent = std::os::unix::net::UnixListener::bind(&h.socket).unwrap();
+    let sock = pings_stop(sock, &agent, 0, "did not answer in time").await;
+
+    // Nothing at the path: the probe cannot even connect.
+    drop(silent);
+    std::fs::remove_file(&h.socket).unwrap();
+    let before = agent.logs().matches(WITHHELD).count();
+    let sock = pings_stop(sock, &agent, before, "the socket does not answer").await;
+
+    // The agent's socket is back: the pings resume.
+    std::fs::rename(&aside, &h.socket).unwrap();
     let (_, ping) = recv_async(sock).await;
     assert_eq!(ping, "WATCHDOG=1");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    assert_eq!(agent.stop(), 0);
 }
 
 #[tokio::test]
@@ -164,6 +240,22 @@ fn raw_get(stream: &mut BufReader<UnixStream>, path: &str) -> (u16, String) {
     (status, String::from_utf8(body).unwrap())
 }
 
+/// How many audit events named `event` the log holds.
+fn audit_count(h: &Harness, event: &str) -> usize {
+    h.audit_lines().iter().filter(|l| l["event"] == event).count()
+}
+
+/// The next audit event named `event` after the first `seen` ones, waiting for it (at most 10 s).
+async fn next_audit_event(h: &Harness, event: &str, seen: usize) -> serde_json::Value {
+    for _ in 0..500 {
+        if let Some(line) = h.audit_lines().into_iter().filter(|l| l["event"] == event).nth(seen) {
+            return line;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no new {event} event in the audit log: {:?}", h.audit_lines());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_rejects_a_broken_config_and_applies_a_good_one_without_dropping_connections() {
     let mut h = Harness::new(
@@ -186,22 +278,22 @@ async fn sighup_rejects_a_broken_config_and_applies_a_good_one_without_dropping_
     assert_eq!(status, 403);
 
     std::fs::write(&h.config_path, good.replace("[[role]]", "[[rol]]")).unwrap();
+    let seen = audit_count(&h, "config.rejected");
     agent.signal(nix::sys::signal::Signal::SIGHUP);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The evidence that the reload ran: its audit event.
+    let rejected = next_audit_event(&h, "config.rejected", seen).await;
+    assert!(rejected["reason"].as_str().unwrap().contains("rol"), "{rejected}");
+    assert!(agent.logs().contains("configuration rejected"), "{}", agent.logs());
     let (status, body) = tokio::task::block_in_place(|| raw_get(&mut conn, &token_path("payments", PAYMENTS, "")));
     assert_eq!(status, 200, "the old config keeps serving: {body}");
-    assert!(agent.logs().contains("configuration rejected"), "{}", agent.logs());
-    let rejected = h
-        .audit_lines()
-        .into_iter()
-        .find(|l| l["event"] == "config.rejected")
-        .expect("audited");
-    assert!(rejected["reason"].as_str().unwrap().contains("rol"), "{rejected}");
+    let (status, _) = tokio::task::block_in_place(|| raw_get(&mut conn, &batch));
+    assert_eq!(status, 403, "and only the old config");
 
     h.config.roles.push(Role::new("batch-too", &["batch"]).uids(&[0]));
     h.write_config();
+    let seen = audit_count(&h, "config.loaded");
     agent.signal(nix::sys::signal::Signal::SIGHUP);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    next_audit_event(&h, "config.loaded", seen).await;
     let (status, body) = tokio::task::block_in_place(|| raw_get(&mut conn, &batch));
     assert_eq!(status, 200, "the new role applies on the same connection: {body}");
     assert_eq!(agent.stop(), 0);
