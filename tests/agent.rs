@@ -319,6 +319,13 @@ async fn request_limits_are_enforced_with_json_errors() {
     let long = "a".repeat(20 * 1024);
     let r = h.client.get(&format!("/v1/token?audience={long}")).await.unwrap();
     assert_eq!(r.status, 431);
+    assert_eq!(r.headers.get("content-type").unwrap(), "application/json");
+    let body = r.json().unwrap();
+    assert_eq!(body["error"], "invalid_request", "{body}");
+    assert!(
+        body["error_description"].as_str().unwrap().contains("16384 bytes"),
+        "says the limit: {body}"
+    );
     let r = h
         .client
         .post_json("/v1/token", &serde_json::json!({"audience": PAYMENTS, "colour": 1}))
