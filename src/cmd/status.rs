@@ -51,9 +51,6 @@ fn format_entry(k: &serde_json::Value) -> String {
         (None, Some(s)) => notes.push(format!("renews in {}", seconds(s))),
         (None, None) => {}
     }
-    if k["renewing"] == true {
-        notes.push("renewing now".to_string());
-    }
     if let Some(fp) = text("fingerprint") {
         notes.push(format!("fingerprint {fp}"));
     }
