@@ -1,10 +1,11 @@
-//! Knowing the caller: roles by uid and executable, caller-presented credentials and claims,
-//! and an audit trail that names every caller and leaks nothing. Tests run as root, so they start
+//! Knowing the caller: roles by uid, groups, systemd unit and executable, caller-presented
+//! credentials (their claims, and the signature algorithms accepted), and an audit trail that
+//! names every caller and leaks nothing. Tests run as root, so they start
 //! callers as other users.
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
@@ -76,6 +77,217 @@ async fn a_role_by_executable_admits_the_binary_and_not_a_copy_of_it() {
     assert_eq!(code, 1);
     assert!(err.contains(&format!("exe {}", copy.display())), "{err}");
     assert!(err.contains("needs executable in"), "{err}");
+}
+
+#[tokio::test]
+async fn roles_by_group_name_and_by_gid_admit_primary_and_supplementary_groups() {
+    // A group every Linux host has (gid 1: daemon or bin), named in the config; and a bare gid.
+    let named = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(1))
+        .unwrap()
+        .expect("a group with gid 1 on this host");
+    let mut h = Harness::new(
+        Duration::from_secs(300),
+        Setup {
+            role_uids: vec![NOBODY],
+            roles: vec![
+                Role::new("by-group", &["payments"]).uids(&[NOBODY]),
+                Role::new("by-gid", &["batch"]).uids(&[NOBODY]),
+            ],
+            ..Setup::default()
+        },
+    )
+    .await;
+    h.stop().await;
+    // The fixture has no groups/gids: swap the placeholder uid conditions for them.
+    edit_config(&h.config_path, |c| {
+        let r = role_table(c, "by-group");
+        r.remove("uids");
+        r.insert("groups".into(), toml::Value::Array(vec![named.name.clone().into()]));
+        let r = role_table(c, "by-gid");
+        r.remove("uids");
+        r.insert("gids".into(), toml::Value::Array(vec![5151.into()]));
+    });
+    h.start().await;
+    open_dir(h.dir.path());
+    let exe = Path::new(env!("CARGO_BIN_EXE_cortexid"));
+    let payments = ["--identity", "payments", "--audience", PAYMENTS];
+    let batch = ["--identity", "batch", "--audience", LEDGER];
+    let ask = |who: As, args: [&'static str; 4]| {
+        let socket = h.socket.clone();
+        async move { token_with(who, exe, &socket, &args).await }
+    };
+
+    // A supplementary group, by name.
+    let (code, out, err) = ask(As::user(4242).groups(&[1]), payments).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(claims(out.trim())["aud"], PAYMENTS);
+    let (code, _, err) = ask(As::user(4242).groups(&[1]), batch).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("role \"by-gid\" needs one of the groups {5151}, caller is in gid 4242 and [1]"),
+        "{err}"
+    );
+    // A supplementary group, by id.
+    let (code, out, err) = ask(As::user(4242).groups(&[5151]), batch).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(claims(out.trim())["aud"], LEDGER);
+    // The primary group counts too.
+    let (code, _, err) = ask(As::user(4242).gid(5151), batch).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = ask(As::user(4242).gid(1), payments).await;
+    assert_eq!(code, 0, "{err}");
+    // In neither group: nothing.
+    let (code, _, err) = ask(As::user(4242).groups(&[4343]), payments).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("access_denied") && err.contains("role \"by-group\" needs one of the groups {1}"),
+        "{err}"
+    );
+}
+
+/// The v2 cgroup hierarchy's mount point, from /proc/self/mountinfo.
+fn cgroup2_root() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let mount_point = left.split_whitespace().nth(4)?;
+        (right.split_whitespace().next() == Some("cgroup2")).then(|| PathBuf::from(mount_point))
+    })
+}
+
+/// A cgroup named like a systemd scope (`cortexid-test-PID.scope`), made directly in the v2
+/// hierarchy: a process moved into it runs "in" that unit as `/proc/<pid>/cgroup` tells it.
+struct Scope {
+    dir: PathBuf,
+    name: String,
+}
+
+impl Scope {
+    fn create() -> Result<Scope, String> {
+        let root = cgroup2_root().ok_or("no cgroup2 hierarchy is mounted")?;
+        let name = format!("cortexid-test-{}.scope", std::process::id());
+        let dir = root.join(&name);
+        std::fs::create_dir(&dir).map_err(|e| format!("cannot create the cgroup {}: {e}", dir.display()))?;
+        Ok(Scope { dir, name })
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        // Removable once its processes are gone, which takes a moment after they are reaped.
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// The unit this test process runs in, the way the agent reads it (`0::` line, else systemd's
+/// named hierarchy; the innermost `.service`, `.scope`, … that is not a slice).
+fn own_unit() -> Option<String> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::")).or_else(|| {
+        cgroup
+            .lines()
+            .find_map(|l| l.split_once(":name=systemd:").map(|(_, p)| p))
+    })?;
+    path.split('/')
+        .rev()
+        .find(|c| {
+            [".service", ".scope", ".socket", ".mount", ".swap", ".timer"]
+                .iter()
+                .any(|s| c.ends_with(s) && c.len() > s.len())
+        })
+        .map(str::to_string)
+}
+
+#[tokio::test]
+async fn a_role_by_unit_admits_callers_running_in_that_unit_only() {
+    // The unit callers run in: a scope made for this test when this host lets root make a
+    // cgroup (callers are moved into it), else the unit this test runs in (callers inherit it).
+    let scope = Scope::create();
+    let (unit, scope) = match scope {
+        Ok(s) => (s.name.clone(), Some(s)),
+        Err(why) => match own_unit() {
+            Some(u) => (u, None),
+            None => {
+                skip_or_fail(
+                    "caller::a_role_by_unit_admits_callers_running_in_that_unit_only",
+                    &format!("{why}, and this test runs in no systemd unit"),
+                );
+                return;
+            }
+        },
+    };
+    let mut h = Harness::new(
+        Duration::from_secs(300),
+        Setup {
+            role_uids: vec![NOBODY],
+            roles: vec![
+                Role::new("by-unit", &["payments"]).uids(&[NOBODY]),
+                Role::new("elsewhere", &["batch"]).uids(&[NOBODY]),
+            ],
+            ..Setup::default()
+        },
+    )
+    .await;
+    h.stop().await;
+    edit_config(&h.config_path, |c| {
+        for (role, units) in [("by-unit", unit.as_str()), ("elsewhere", "elsewhere.service")] {
+            let r = role_table(c, role);
+            r.remove("uids");
+            r.insert("units".into(), toml::Value::Array(vec![units.into()]));
+        }
+    });
+    h.start().await;
+    // `cortexid token` in the unit: moved into the scope by the shell that then becomes it.
+    let ask = |args: [&str; 4]| {
+        let mut cmd = match &scope {
+            Some(s) => {
+                let mut c = tokio::process::Command::new("sh");
+                c.arg("-c")
+                    .arg("echo $$ > \"$0\" && exec \"$@\"")
+                    .arg(s.dir.join("cgroup.procs"))
+                    .arg(env!("CARGO_BIN_EXE_cortexid"));
+                c
+            }
+            None => tokio::process::Command::new(env!("CARGO_BIN_EXE_cortexid")),
+        };
+        cmd.arg("token").args(args).env("CORTEXID_SOCKET", &h.socket);
+        async move {
+            let out = cmd.output().await.unwrap();
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let (code, out, err) = ask(["--identity", "payments", "--audience", PAYMENTS]).await;
+    assert_eq!(code, 0, "a caller in {unit}: {err}");
+    assert_eq!(claims(out.trim())["aud"], PAYMENTS);
+    let (code, _, err) = ask(["--identity", "batch", "--audience", LEDGER]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!(
+            "role \"elsewhere\" needs unit in [\"elsewhere.service\"], caller runs in {unit}"
+        )),
+        "{err}"
+    );
+    let issued = h
+        .audit_lines()
+        .into_iter()
+        .find(|l| l["event"] == "token.issued")
+        .unwrap();
+    assert_eq!(issued["caller"]["unit"], unit.as_str());
+    assert_eq!(issued["role"], "by-unit");
+    if scope.is_some() {
+        // This test process is not in the scope: not admitted.
+        let (status, body) = h.get(&token_path("payments", PAYMENTS, "")).await;
+        assert_eq!(status, 403, "{body}");
+    }
 }
 
 struct Presented {
