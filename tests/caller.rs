@@ -427,6 +427,115 @@ async fn a_presented_jwt_is_refused_with_the_reason() {
     );
 }
 
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The issuer's P-256 public key (its JWKS entry) as the PEM an attacker would use as an HMAC
+/// secret: SubjectPublicKeyInfo, DER, base64.
+fn public_key_pem(jwk: &serde_json::Value) -> String {
+    use base64::Engine;
+    let coordinate = |c: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(jwk[c].as_str().unwrap())
+            .unwrap()
+    };
+    // SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING { 04 || x || y } }
+    let mut der = vec![
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
+        0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00, 0x04,
+    ];
+    der.extend(coordinate("x"));
+    der.extend(coordinate("y"));
+    let body = base64::engine::general_purpose::STANDARD.encode(&der);
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        lines.join("\n")
+    )
+}
+
+#[tokio::test]
+async fn presented_jwts_with_alg_none_hmac_or_another_key_family_are_refused() {
+    let p = presented().await;
+    let jwk = p.k8s.jwks()["keys"][0].clone();
+    let kid = jwk["kid"].as_str().unwrap().to_string();
+    let claims = sa_claims(&p.k8s, "payments", "cortexid", 600);
+    let payload = b64(claims.to_string().as_bytes());
+    let hs256 = |secret: &[u8]| {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some(kid.clone());
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret).unwrap(),
+        )
+        .unwrap()
+    };
+    // EdDSA, from a key of the attacker's, naming the issuer's EC key.
+    let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some(kid.clone());
+    let eddsa = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ed_pem(ed.serialize_pem().as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let cases = [
+        (
+            "alg none, no signature",
+            format!(
+                "{}.{payload}.",
+                b64(format!(r#"{{"alg":"none","typ":"JWT","kid":"{kid}"}}"#).as_bytes())
+            ),
+            "unreadable header",
+        ),
+        (
+            "HS256 keyed with the issuer's public key (PEM)",
+            hs256(public_key_pem(&jwk).as_bytes()),
+            "algorithm HS256 is not accepted",
+        ),
+        (
+            "HS256 keyed with the issuer's JWK",
+            hs256(jwk.to_string().as_bytes()),
+            "algorithm HS256 is not accepted",
+        ),
+        (
+            "EdDSA naming the issuer's P-256 key",
+            eddsa,
+            "does not publish for EdDSA",
+        ),
+    ];
+    let ask = |t: &str| serde_json::json!({"identity": "delegated", "audience": PAYMENTS, "subject_token": t});
+    for (what, token, why) in &cases {
+        let r = p.h.client.post_json("/v1/token", &ask(token)).await.unwrap();
+        let body = r.json().unwrap();
+        assert_eq!(r.status, 403, "{what}: {body}");
+        assert_eq!(body["error"], "access_denied", "{what}: {body}");
+        let text = body["error_description"].as_str().unwrap();
+        assert!(
+            text.contains("the presented subject_token is refused"),
+            "{what}: {text}"
+        );
+        assert!(text.contains(why), "{what}: expected {why:?} in {text}");
+    }
+    assert_eq!(
+        p.h.idp.counters().token_requests,
+        0,
+        "nothing refused reached the provider"
+    );
+    // The same claims, signed by the issuer's key with its algorithm, are accepted.
+    let good = p.k8s.mint(claims.clone());
+    let r = p.h.client.post_json("/v1/token", &ask(&good)).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
 #[tokio::test]
 async fn an_unwritable_audit_log_stops_tokens_until_fixed_and_reloaded() {
     let mut h = Harness::new(Duration::from_secs(300), Setup::default()).await;
