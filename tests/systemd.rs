@@ -173,9 +173,126 @@ async fn the_watchdog_is_fed_while_the_socket_answers_and_withheld_while_it_does
 }
 
 #[tokio::test]
+async fn a_stale_socket_file_is_replaced_but_an_agent_that_answers_is_not() {
+    let mut h = Harness::new(Duration::from_secs(300), Setup::default()).await;
+    h.stop().await;
+    // A socket file nobody listens on (an agent that was killed): removed at start.
+    drop(std::os::unix::net::UnixListener::bind(&h.socket).unwrap());
+    assert!(UnixStream::connect(&h.socket).is_err(), "stale: nobody answers");
+    h.start().await;
+    let (status, body) = h.get(&token_path("payments", PAYMENTS, "")).await;
+    assert_eq!(status, 200, "{body}");
+
+    // A second agent with the same socket refuses to start (exit 1), and the first keeps it.
+    let second = tokio::process::Command::new(env!("CARGO_BIN_EXE_cortexid"))
+        .args(["agent", "--config"])
+        .arg(&h.config_path)
+        .env_remove("JOURNAL_STREAM")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(20), second)
+        .await
+        .expect("the second agent exits instead of serving")
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("another agent is already serving {}", h.socket.display())),
+        "{err}"
+    );
+    let (status, body) = h.get(&token_path("payments", PAYMENTS, "")).await;
+    assert_eq!(status, 200, "the first agent still serves its socket: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_a_request_in_flight_finish_then_exits() {
+    let mut h = Harness::new(Duration::from_secs(300), Setup::default()).await;
+    h.stop().await;
+    let mut agent = AgentProcess::spawn(&h.config_path, &h.socket, h.dir.path().join("agent.log"), &[]).await;
+    // The exchange behind this request takes 1 s at the provider (the agent waits up to 2 s).
+    h.idp.set_fault(cortexid::devidp::Fault::Delay(Duration::from_secs(1)));
+    let client = h.client.clone();
+    let request = tokio::spawn(async move { client.get(&token_path("payments", PAYMENTS, "")).await });
+    let mut in_flight = false;
+    for _ in 0..500 {
+        if h.idp.counters().token_requests == 1 {
+            in_flight = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(in_flight, "the request reached the provider");
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    let r = request
+        .await
+        .unwrap()
+        .expect("the request in flight is answered, not cut off");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json().unwrap()["access_token"].as_str().is_some());
+    let code = tokio::task::spawn_blocking(move || agent.child.wait().unwrap().code())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+    assert!(!h.socket.exists(), "the socket is removed at stop");
+    let events: Vec<String> = h
+        .audit_lines()
+        .iter()
+        .map(|l| l["event"].as_str().unwrap().to_string())
+        .collect();
+    let stopping = events.iter().rposition(|e| e == "agent.stopping").unwrap();
+    let issued = events.iter().rposition(|e| e == "token.issued").unwrap();
+    assert!(
+        issued > stopping,
+        "the token was issued after the stop began: {events:?}"
+    );
+}
+
+#[tokio::test]
+async fn log_format_json_writes_json_lines_to_stderr() {
+    let mut h = Harness::new(Duration::from_secs(300), Setup::default()).await;
+    h.stop().await;
+    edit_config(&h.config_path, |c| {
+        c["agent"]
+            .as_table_mut()
+            .unwrap()
+            .insert("log_format".into(), "json".into());
+    });
+    let agent = AgentProcess::spawn(
+        &h.config_path,
+        &h.socket,
+        h.dir.path().join("agent.log"),
+        &[("RUST_LOG", "info")],
+    )
+    .await;
+    let (status, body) = h.get(&token_path("payments", PAYMENTS, "")).await;
+    assert_eq!(status, 200, "{body}");
+    let logs = agent.logs();
+    assert_eq!(agent.stop(), 0);
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    assert!(lines.len() >= 2, "{logs}");
+    for l in &lines {
+        assert!(l["level"].is_string() && l["timestamp"].is_string(), "{l}");
+    }
+    assert!(
+        lines.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("serving 2 identities"))),
+        "{logs}"
+    );
+}
+
+#[tokio::test]
 async fn under_socket_activation_the_passed_socket_is_served_and_kept() {
     let Ok(activate) = which("systemd-socket-activate") else {
-        eprintln!("systemd-socket-activate is not installed; skipping");
+        skip_or_fail(
+            "systemd::under_socket_activation_the_passed_socket_is_served_and_kept",
+            "systemd-socket-activate is not installed (package systemd)",
+        );
         return;
     };
     let mut h = Harness::new(Duration::from_secs(300), Setup::default()).await;
@@ -428,7 +545,10 @@ async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
 #[test]
 fn the_service_unit_is_hardened_and_verifies() {
     let Ok(analyze) = which("systemd-analyze") else {
-        eprintln!("systemd-analyze is not installed; skipping");
+        skip_or_fail(
+            "systemd::the_service_unit_is_hardened_and_verifies",
+            "systemd-analyze is not installed (package systemd)",
+        );
         return;
     };
     let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
