@@ -212,6 +212,59 @@ async fn a_provider_outage_is_bridged_by_the_cache_then_reported_then_recovered(
 }
 
 #[tokio::test]
+async fn min_valid_asks_for_a_token_with_at_least_that_long_left() {
+    let h = Harness::new(Duration::from_secs(300), Setup::default()).await;
+    let path = token_path("payments", PAYMENTS, "");
+    // Compared by fingerprint: a failed assertion prints no token.
+    let token =
+        |body: &serde_json::Value| cortexid::token::fingerprint(body["access_token"].as_str().unwrap().as_bytes());
+    let (status, body) = h.get(&path).await;
+    assert_eq!(status, 200, "{}", redacted(&body));
+    let first = token(&body);
+
+    // The cached token has about 300 s left: enough for min_valid=200.
+    let (status, body) = h.get(&format!("{path}&min_valid=200")).await;
+    assert_eq!(status, 200, "{}", redacted(&body));
+    assert_eq!(token(&body), first);
+    assert_eq!(h.idp.counters().exchanges, 1);
+
+    // Not enough for min_valid=400: a new exchange (the provider now grants 600 s), and the new
+    // token replaces the cached one for everybody.
+    h.idp.set_token_lifetime(Duration::from_secs(600));
+    let (status, body) = h.get(&format!("{path}&min_valid=400")).await;
+    assert_eq!(status, 200, "{}", redacted(&body));
+    let second = token(&body);
+    assert_ne!(second, first);
+    assert!(body["expires_in"].as_u64().unwrap() >= 400, "{}", redacted(&body));
+    assert_eq!(h.idp.counters().exchanges, 2);
+    let (_, body) = h.get(&path).await;
+    assert_eq!(token(&body), second);
+
+    // More than the provider grants: the caller's error, saying how long tokens last; the
+    // fresh token stays cached.
+    let (status, body) = h.get(&format!("{path}&min_valid=1000")).await;
+    assert_eq!(status, 400, "{}", redacted(&body));
+    assert_eq!(body["error"], "invalid_request");
+    let text = body["error_description"].as_str().unwrap();
+    assert!(
+        text.contains("min_valid=1000") && text.contains("grants tokens of"),
+        "{text}"
+    );
+    assert_eq!(h.idp.counters().exchanges, 3);
+    let (_, body) = h.get(&path).await;
+    assert_ne!(token(&body), second, "served the token fetched for min_valid=1000");
+    assert_eq!(h.idp.counters().exchanges, 3);
+
+    let (status, body) = h.get(&format!("{path}&min_valid=soon")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request")),
+        "{}",
+        redacted(&body)
+    );
+}
+
+#[tokio::test]
 async fn refusals_name_the_audience_or_the_caller() {
     let h = Harness::new(Duration::from_secs(300), Setup::default()).await;
     let (status, body) = h.get(&token_path("payments", UNREGISTERED, "")).await;

@@ -1,5 +1,6 @@
-//! Running as a systemd service: readiness notification, socket activation, reload, token files,
-//! metrics, and the unit's hardening.
+//! Running as a service: start (a stale socket, a socket another agent serves), readiness
+//! notification, the watchdog, socket activation, reload, stop with a request in flight, token
+//! files, metrics, JSON logs, and the unit's hardening.
 
 mod common;
 

@@ -62,6 +62,17 @@ pub fn claims(token: &str) -> serde_json::Value {
     .unwrap()
 }
 
+/// An answer of the agent as a failing assertion may show it: `access_token` replaced by its
+/// fingerprint (a test never prints a token).
+pub fn redacted(body: &serde_json::Value) -> serde_json::Value {
+    let mut shown = body.clone();
+    if let Some(t) = shown.get_mut("access_token") {
+        let print = cortexid::token::fingerprint(t.as_str().unwrap_or_default().as_bytes());
+        *t = format!("(a token, fingerprint {print})").into();
+    }
+    shown
+}
+
 /// Knobs of the generated configuration.
 pub struct Setup {
     /// `refresh_at` of the agent (its default when `None`).
