@@ -85,7 +85,7 @@ async fn five_hundred_idle_connections_from_one_process_do_not_lock_out_another(
     // were closed (with or without a 429). Asking on each one also keeps the kept ones alive
     // (an idle connection is closed after 10 s without a request head).
     let (served, idle) = tokio::task::spawn_blocking(move || {
-        let served = idle.iter().filter(|s| health_on(s) == Some(200)).count();
+        let served = idle.iter().filter(|s| identities_on(s) == Some(200)).count();
         (served, idle)
     })
     .await
@@ -133,11 +133,12 @@ async fn five_hundred_idle_connections_from_one_process_do_not_lock_out_another(
     assert!(served, "this process is served again once it closed its connections");
 }
 
-/// The status of `GET /v1/health` on an open connection, or `None` if the agent closed it.
-fn health_on(s: &UnixStream) -> Option<u16> {
+/// The status of `GET /v1/identities` (200 for any caller the agent serves) on an open
+/// connection, or `None` if the agent closed it.
+fn identities_on(s: &UnixStream) -> Option<u16> {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut w = s;
-    w.write_all(b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    w.write_all(b"GET /v1/identities HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .ok()?;
     let mut r = BufReader::new(s);
     let mut status_line = String::new();
