@@ -597,10 +597,14 @@ mod tests {
         let err = cache.get(spec(), Duration::ZERO).await.unwrap_err();
         assert_eq!(err.kind, ErrorKind::UpstreamUnavailable, "0.99 s left: not handed out");
         assert!(err.description.contains("too close to expiry"), "{}", err.description);
-        // A caller's min_valid raises the floor for that request only.
-        f.mode.store(0, Ordering::SeqCst);
-        tokio::time::sleep(FAILURE_HOLD).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn min_valid_raises_the_floor_for_one_request() {
+        let f = fake(4);
+        let cache = Cache::new(settings(), f.clone(), CancellationToken::new());
         let (fresh, _) = cache.get(spec(), Duration::ZERO).await.unwrap();
+        // Before its renewal (2.8 s after receipt), with 2.5 s left.
         tokio::time::sleep_until(fresh.issued_at + Duration::from_millis(1500)).await;
         let (t, _) = cache.get(spec(), Duration::from_secs(2)).await.unwrap();
         assert_eq!(t.fingerprint, fresh.fingerprint, "2.5 s left, 2 s asked for");
