@@ -71,27 +71,63 @@ async fn two_hundred_concurrent_misses_cause_one_exchange() {
     assert_eq!(h.idp.counters().exchanges, 1, "exactly one exchange");
 }
 
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// Checks every token handed out against the hand-out floor of docs/lifecycle.md,
+/// `max(min_valid, min(min_remaining, lifetime / 4))`, here a quarter of the lifetime (no
+/// `min_valid`; `min_remaining` is 30 s, longer than these tokens live).
+///
+/// The provider's `exp` is in whole seconds, so a token's lifetime as the agent counts it is
+/// known only from outside: it is at least the time from when this test first received the
+/// token to its `exp` (less a few ms of the exchange's round trip, which the agent subtracts from
+/// `expires_in`: 10 ms of floor are allowed for it). And the time a token had left when the
+/// agent decided to hand it out is at most its `exp` minus when the request was sent.
+#[derive(Default)]
+struct FloorCheck {
+    first_seen_ms: std::collections::HashMap<String, i64>,
+    /// The least (time left when asked − floor) over every token handed out, in ms.
+    least_margin_ms: Option<i64>,
+}
+
+impl FloorCheck {
+    /// A token handed out for a request sent at `sent_ms` and answered at `received_ms`.
+    fn served(&mut self, token: &str, sent_ms: i64, received_ms: i64) {
+        let exp_ms = claims(token)["exp"].as_i64().unwrap() * 1000;
+        let first = *self.first_seen_ms.entry(token.to_string()).or_insert(received_ms);
+        let floor_ms = (exp_ms - first) / 4 - 10;
+        let margin = exp_ms - sent_ms - floor_ms;
+        self.least_margin_ms = Some(self.least_margin_ms.map_or(margin, |m| m.min(margin)));
+    }
+
+    fn assert_never_below(&self) {
+        let least = self.least_margin_ms.expect("tokens were handed out");
+        assert!(
+            least >= 0,
+            "a token was handed out {} ms below its floor (a quarter of its lifetime)",
+            -least
+        );
+    }
+}
+
 #[tokio::test]
 async fn short_lived_tokens_are_renewed_in_the_background_and_never_handed_out_too_late() {
+    // The provider's "4 s" tokens live 3 to 4 s on arrival (whole-second exp): floors of 750 to
+    // 1000 ms, renewals about 2.1 to 2.8 s after receipt.
     let h = Harness::new(Duration::from_secs(4), Setup::default()).await;
-    // min_remaining is 30 s, so the floor for 4 s tokens is lifetime/4 = 1 s.
-    let floor_ms: i64 = 1000;
+    let mut floor = FloorCheck::default();
     let mut seen = BTreeSet::new();
-    let mut least_ms = i64::MAX;
     for _ in 0..200 {
+        let sent = now_ms();
         let (status, body) = h.get(&token_path("payments", PAYMENTS, "payments.read")).await;
         assert_eq!(status, 200, "{body}");
         let token = body["access_token"].as_str().unwrap().to_string();
-        let exp_ms = claims(&token)["exp"].as_i64().unwrap() * 1000;
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
-        least_ms = least_ms.min(exp_ms - now_ms);
+        floor.served(&token, sent, now_ms());
         seen.insert(token);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(
-        least_ms >= floor_ms - 100,
-        "a token was handed out with only {least_ms} ms left"
-    );
+    floor.assert_never_below();
     assert!(
         seen.len() >= 3,
         "renewed at least twice in ~10 s, saw {} tokens",
@@ -123,18 +159,24 @@ async fn a_provider_outage_is_bridged_by_the_cache_then_reported_then_recovered(
     };
     let h = Harness::new(Duration::from_secs(8), setup).await;
     let path = token_path("payments", PAYMENTS, "");
+    let mut floor = FloorCheck::default();
+    let sent = now_ms();
     let (status, first) = h.get(&path).await;
     assert_eq!(status, 200, "{first}");
     let first = first["access_token"].as_str().unwrap().to_string();
+    floor.served(&first, sent, now_ms());
     h.idp.set_fault(Fault::Close);
 
-    // The cached token keeps being served while it has more than the floor (2 s) left.
+    // The cached token keeps being served while it has more than the floor (a quarter of its
+    // 7 to 8 s) left, and not below it.
     let mut degraded = false;
     let mut outage = None;
     for _ in 0..80 {
+        let sent = now_ms();
         let (status, body) = h.get(&path).await;
         if status == 200 {
             assert_eq!(body["access_token"].as_str().unwrap(), first);
+            floor.served(&first, sent, now_ms());
             let (_, health) = h.get("/v1/health").await;
             degraded |= health["status"] == "degraded";
         } else {
@@ -144,10 +186,16 @@ async fn a_provider_outage_is_bridged_by_the_cache_then_reported_then_recovered(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(degraded, "health said degraded while the renewal failed");
+    floor.assert_never_below();
     let (status, body) = outage.expect("the cached token stops being served near expiry");
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"], "upstream_unavailable");
-    assert!(body["error_description"].as_str().unwrap().contains("corp"), "{body}");
+    let text = body["error_description"].as_str().unwrap();
+    assert!(text.contains("corp"), "{body}");
+    assert!(
+        text.contains("too close to expiry"),
+        "refused while the token was still valid: {body}"
+    );
 
     h.idp.set_fault(Fault::None);
     let mut recovered = None;
@@ -161,6 +209,59 @@ async fn a_provider_outage_is_bridged_by_the_cache_then_reported_then_recovered(
     }
     let body = recovered.unwrap_or_else(|| panic!("service resumes without a restart: {:?}", futures_last(&h, &path)));
     assert_ne!(body["access_token"].as_str().unwrap(), first);
+}
+
+#[tokio::test]
+async fn min_valid_asks_for_a_token_with_at_least_that_long_left() {
+    let h = Harness::new(Duration::from_secs(300), Setup::default()).await;
+    let path = token_path("payments", PAYMENTS, "");
+    // Compared by fingerprint: a failed assertion prints no token.
+    let token =
+        |body: &serde_json::Value| cortexid::token::fingerprint(body["access_token"].as_str().unwrap().as_bytes());
+    let (status, body) = h.get(&path).await;
+    assert_eq!(status, 200, "{}", redacted(&body));
+    let first = token(&body);
+
+    // The cached token has about 300 s left: enough for min_valid=200.
+    let (status, body) = h.get(&format!("{path}&min_valid=200")).await;
+    assert_eq!(status, 200, "{}", redacted(&body));
+    assert_eq!(token(&body), first);
+    assert_eq!(h.idp.counters().exchanges, 1);
+
+    // Not enough for min_valid=400: a new exchange (the provider now grants 600 s), and the new
+    // token replaces the cached one for everybody.
+    h.idp.set_token_lifetime(Duration::from_secs(600));
+    let (status, body) = h.get(&format!("{path}&min_valid=400")).await;
+    assert_eq!(status, 200, "{}", redacted(&body));
+    let second = token(&body);
+    assert_ne!(second, first);
+    assert!(body["expires_in"].as_u64().unwrap() >= 400, "{}", redacted(&body));
+    assert_eq!(h.idp.counters().exchanges, 2);
+    let (_, body) = h.get(&path).await;
+    assert_eq!(token(&body), second);
+
+    // More than the provider grants: the caller's error, saying how long tokens last; the
+    // fresh token stays cached.
+    let (status, body) = h.get(&format!("{path}&min_valid=1000")).await;
+    assert_eq!(status, 400, "{}", redacted(&body));
+    assert_eq!(body["error"], "invalid_request");
+    let text = body["error_description"].as_str().unwrap();
+    assert!(
+        text.contains("min_valid=1000") && text.contains("grants tokens of"),
+        "{text}"
+    );
+    assert_eq!(h.idp.counters().exchanges, 3);
+    let (_, body) = h.get(&path).await;
+    assert_ne!(token(&body), second, "served the token fetched for min_valid=1000");
+    assert_eq!(h.idp.counters().exchanges, 3);
+
+    let (status, body) = h.get(&format!("{path}&min_valid=soon")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request")),
+        "{}",
+        redacted(&body)
+    );
 }
 
 #[tokio::test]
@@ -271,6 +372,13 @@ async fn request_limits_are_enforced_with_json_errors() {
     let long = "a".repeat(20 * 1024);
     let r = h.client.get(&format!("/v1/token?audience={long}")).await.unwrap();
     assert_eq!(r.status, 431);
+    assert_eq!(r.headers.get("content-type").unwrap(), "application/json");
+    let body = r.json().unwrap();
+    assert_eq!(body["error"], "invalid_request", "{body}");
+    assert!(
+        body["error_description"].as_str().unwrap().contains("16384 bytes"),
+        "says the limit: {body}"
+    );
     let r = h
         .client
         .post_json("/v1/token", &serde_json::json!({"audience": PAYMENTS, "colour": 1}))

@@ -107,7 +107,7 @@ async fn an_agent_gets_only_its_roles_scopes_while_a_service_keeps_the_ceiling()
 }
 
 #[tokio::test]
-async fn an_agent_over_its_rate_is_slowed_and_others_are_not() {
+async fn an_agent_process_over_its_rate_is_slowed_and_other_processes_are_not() {
     let mut h = Harness::new(Duration::from_secs(300), setup()).await;
     let body = ask(&h, "payments.read");
     let mut statuses = Vec::new();
@@ -123,7 +123,46 @@ async fn an_agent_over_its_rate_is_slowed_and_others_are_not() {
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 2, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 10, "{statuses:?}");
     assert!(retry_after.is_some_and(|v| v.parse::<u64>().unwrap() >= 1));
-    // Another caller is not slowed by it.
+
+    // The rate is per calling process: two other processes under the same agent role (same
+    // uid, same role, same identity and scope) each get their tokens meanwhile.
+    let bot = h.dir.path().join("bot.jwt");
+    write_secret(&bot, &bot_jwt(&h));
+    let mut pids = Vec::new();
+    for _ in 0..2 {
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cortexid"))
+            .args(["token", "--identity", "payments", "--audience", PAYMENTS])
+            .args(["--scope", "payments.read", "--actor-token-file"])
+            .arg(&bot)
+            .env("CORTEXID_SOCKET", &h.socket)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        pids.push(u64::from(child.id().unwrap()));
+        let out = child.wait_with_output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "another process of the agent role is not slowed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(claims(String::from_utf8(out.stdout).unwrap().trim())["act"]["sub"], BOT);
+    }
+    let issued: Vec<serde_json::Value> = h
+        .audit_lines()
+        .into_iter()
+        .filter(|l| l["event"] == "token.issued")
+        .collect();
+    for pid in &pids {
+        let line = issued
+            .iter()
+            .find(|l| l["caller"]["pid"] == *pid)
+            .unwrap_or_else(|| panic!("no token.issued for pid {pid}"));
+        assert_eq!(line["role"], "deploy-agent", "{line}");
+        assert_eq!(line["caller"]["uid"], 0);
+    }
+
+    // A caller of another role is not slowed by it either.
     open_dir(h.dir.path());
     let exe = Path::new(env!("CARGO_BIN_EXE_cortexid"));
     for _ in 0..3 {

@@ -1,10 +1,11 @@
-//! Knowing the caller: roles by uid and executable, caller-presented credentials and claims,
-//! and an audit trail that names every caller and leaks nothing. Tests run as root, so they start
+//! Knowing the caller: roles by uid, groups, systemd unit and executable, caller-presented
+//! credentials (their claims, and the signature algorithms accepted), and an audit trail that
+//! names every caller and leaks nothing. Tests run as root, so they start
 //! callers as other users.
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
@@ -98,6 +99,217 @@ async fn a_role_by_executable_admits_the_binary_and_not_a_copy_of_it() {
     assert_eq!(code, 1);
     assert!(err.contains(&format!("exe {}", copy.display())), "{err}");
     assert!(reasons(&h, &err).contains("needs executable in"), "{err}");
+}
+
+#[tokio::test]
+async fn roles_by_group_name_and_by_gid_admit_primary_and_supplementary_groups() {
+    // A group every Linux host has (gid 1: daemon or bin), named in the config; and a bare gid.
+    let named = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(1))
+        .unwrap()
+        .expect("a group with gid 1 on this host");
+    let mut h = Harness::new(
+        Duration::from_secs(300),
+        Setup {
+            role_uids: vec![NOBODY],
+            roles: vec![
+                Role::new("by-group", &["payments"]).uids(&[NOBODY]),
+                Role::new("by-gid", &["batch"]).uids(&[NOBODY]),
+            ],
+            ..Setup::default()
+        },
+    )
+    .await;
+    h.stop().await;
+    // The fixture has no groups/gids: swap the placeholder uid conditions for them.
+    edit_config(&h.config_path, |c| {
+        let r = role_table(c, "by-group");
+        r.remove("uids");
+        r.insert("groups".into(), toml::Value::Array(vec![named.name.clone().into()]));
+        let r = role_table(c, "by-gid");
+        r.remove("uids");
+        r.insert("gids".into(), toml::Value::Array(vec![5151.into()]));
+    });
+    h.start().await;
+    open_dir(h.dir.path());
+    let exe = Path::new(env!("CARGO_BIN_EXE_cortexid"));
+    let payments = ["--identity", "payments", "--audience", PAYMENTS];
+    let batch = ["--identity", "batch", "--audience", LEDGER];
+    let ask = |who: As, args: [&'static str; 4]| {
+        let socket = h.socket.clone();
+        async move { token_with(who, exe, &socket, &args).await }
+    };
+
+    // A supplementary group, by name.
+    let (code, out, err) = ask(As::user(4242).groups(&[1]), payments).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(claims(out.trim())["aud"], PAYMENTS);
+    let (code, _, err) = ask(As::user(4242).groups(&[1]), batch).await;
+    assert_eq!(code, 1);
+    assert!(
+        reasons(&h, &err).contains("role \"by-gid\" needs one of the groups {5151}, caller is in gid 4242 and [1]"),
+        "{err}"
+    );
+    // A supplementary group, by id.
+    let (code, out, err) = ask(As::user(4242).groups(&[5151]), batch).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(claims(out.trim())["aud"], LEDGER);
+    // The primary group counts too.
+    let (code, _, err) = ask(As::user(4242).gid(5151), batch).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = ask(As::user(4242).gid(1), payments).await;
+    assert_eq!(code, 0, "{err}");
+    // In neither group: nothing.
+    let (code, _, err) = ask(As::user(4242).groups(&[4343]), payments).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("access_denied") && reasons(&h, &err).contains("role \"by-group\" needs one of the groups {1}"),
+        "{err}"
+    );
+}
+
+/// The v2 cgroup hierarchy's mount point, from /proc/self/mountinfo.
+fn cgroup2_root() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let mount_point = left.split_whitespace().nth(4)?;
+        (right.split_whitespace().next() == Some("cgroup2")).then(|| PathBuf::from(mount_point))
+    })
+}
+
+/// A cgroup named like a systemd scope (`cortexid-test-PID.scope`), made directly in the v2
+/// hierarchy: a process moved into it runs "in" that unit as `/proc/<pid>/cgroup` tells it.
+struct Scope {
+    dir: PathBuf,
+    name: String,
+}
+
+impl Scope {
+    fn create() -> Result<Scope, String> {
+        let root = cgroup2_root().ok_or("no cgroup2 hierarchy is mounted")?;
+        let name = format!("cortexid-test-{}.scope", std::process::id());
+        let dir = root.join(&name);
+        std::fs::create_dir(&dir).map_err(|e| format!("cannot create the cgroup {}: {e}", dir.display()))?;
+        Ok(Scope { dir, name })
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        // Removable once its processes are gone, which takes a moment after they are reaped.
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// The unit this test process runs in, the way the agent reads it (`0::` line, else systemd's
+/// named hierarchy; the innermost `.service`, `.scope`, … that is not a slice).
+fn own_unit() -> Option<String> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::")).or_else(|| {
+        cgroup
+            .lines()
+            .find_map(|l| l.split_once(":name=systemd:").map(|(_, p)| p))
+    })?;
+    path.split('/')
+        .rev()
+        .find(|c| {
+            [".service", ".scope", ".socket", ".mount", ".swap", ".timer"]
+                .iter()
+                .any(|s| c.ends_with(s) && c.len() > s.len())
+        })
+        .map(str::to_string)
+}
+
+#[tokio::test]
+async fn a_role_by_unit_admits_callers_running_in_that_unit_only() {
+    // The unit callers run in: a scope made for this test when this host lets root make a
+    // cgroup (callers are moved into it), else the unit this test runs in (callers inherit it).
+    let scope = Scope::create();
+    let (unit, scope) = match scope {
+        Ok(s) => (s.name.clone(), Some(s)),
+        Err(why) => match own_unit() {
+            Some(u) => (u, None),
+            None => {
+                skip_or_fail(
+                    "caller::a_role_by_unit_admits_callers_running_in_that_unit_only",
+                    &format!("{why}, and this test runs in no systemd unit"),
+                );
+                return;
+            }
+        },
+    };
+    let mut h = Harness::new(
+        Duration::from_secs(300),
+        Setup {
+            role_uids: vec![NOBODY],
+            roles: vec![
+                Role::new("by-unit", &["payments"]).uids(&[NOBODY]),
+                Role::new("elsewhere", &["batch"]).uids(&[NOBODY]),
+            ],
+            ..Setup::default()
+        },
+    )
+    .await;
+    h.stop().await;
+    edit_config(&h.config_path, |c| {
+        for (role, units) in [("by-unit", unit.as_str()), ("elsewhere", "elsewhere.service")] {
+            let r = role_table(c, role);
+            r.remove("uids");
+            r.insert("units".into(), toml::Value::Array(vec![units.into()]));
+        }
+    });
+    h.start().await;
+    // `cortexid token` in the unit: moved into the scope by the shell that then becomes it.
+    let ask = |args: [&str; 4]| {
+        let mut cmd = match &scope {
+            Some(s) => {
+                let mut c = tokio::process::Command::new("sh");
+                c.arg("-c")
+                    .arg("echo $$ > \"$0\" && exec \"$@\"")
+                    .arg(s.dir.join("cgroup.procs"))
+                    .arg(env!("CARGO_BIN_EXE_cortexid"));
+                c
+            }
+            None => tokio::process::Command::new(env!("CARGO_BIN_EXE_cortexid")),
+        };
+        cmd.arg("token").args(args).env("CORTEXID_SOCKET", &h.socket);
+        async move {
+            let out = cmd.output().await.unwrap();
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let (code, out, err) = ask(["--identity", "payments", "--audience", PAYMENTS]).await;
+    assert_eq!(code, 0, "a caller in {unit}: {err}");
+    assert_eq!(claims(out.trim())["aud"], PAYMENTS);
+    let (code, _, err) = ask(["--identity", "batch", "--audience", LEDGER]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!(
+            "role \"elsewhere\" needs unit in [\"elsewhere.service\"], caller runs in {unit}"
+        )),
+        "{err}"
+    );
+    let issued = h
+        .audit_lines()
+        .into_iter()
+        .find(|l| l["event"] == "token.issued")
+        .unwrap();
+    assert_eq!(issued["caller"]["unit"], unit.as_str());
+    assert_eq!(issued["role"], "by-unit");
+    if scope.is_some() {
+        // This test process is not in the scope: not admitted.
+        let (status, body) = h.get(&token_path("payments", PAYMENTS, "")).await;
+        assert_eq!(status, 403, "{body}");
+    }
 }
 
 struct Presented {
@@ -235,6 +447,115 @@ async fn a_presented_jwt_is_refused_with_the_reason() {
         0,
         "nothing refused reached the provider"
     );
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The issuer's P-256 public key (its JWKS entry) as the PEM an attacker would use as an HMAC
+/// secret: SubjectPublicKeyInfo, DER, base64.
+fn public_key_pem(jwk: &serde_json::Value) -> String {
+    use base64::Engine;
+    let coordinate = |c: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(jwk[c].as_str().unwrap())
+            .unwrap()
+    };
+    // SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING { 04 || x || y } }
+    let mut der = vec![
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
+        0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00, 0x04,
+    ];
+    der.extend(coordinate("x"));
+    der.extend(coordinate("y"));
+    let body = base64::engine::general_purpose::STANDARD.encode(&der);
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        lines.join("\n")
+    )
+}
+
+#[tokio::test]
+async fn presented_jwts_with_alg_none_hmac_or_another_key_family_are_refused() {
+    let p = presented().await;
+    let jwk = p.k8s.jwks()["keys"][0].clone();
+    let kid = jwk["kid"].as_str().unwrap().to_string();
+    let claims = sa_claims(&p.k8s, "payments", "cortexid", 600);
+    let payload = b64(claims.to_string().as_bytes());
+    let hs256 = |secret: &[u8]| {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some(kid.clone());
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret).unwrap(),
+        )
+        .unwrap()
+    };
+    // EdDSA, from a key of the attacker's, naming the issuer's EC key.
+    let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some(kid.clone());
+    let eddsa = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ed_pem(ed.serialize_pem().as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let cases = [
+        (
+            "alg none, no signature",
+            format!(
+                "{}.{payload}.",
+                b64(format!(r#"{{"alg":"none","typ":"JWT","kid":"{kid}"}}"#).as_bytes())
+            ),
+            "unreadable header",
+        ),
+        (
+            "HS256 keyed with the issuer's public key (PEM)",
+            hs256(public_key_pem(&jwk).as_bytes()),
+            "algorithm HS256 is not accepted",
+        ),
+        (
+            "HS256 keyed with the issuer's JWK",
+            hs256(jwk.to_string().as_bytes()),
+            "algorithm HS256 is not accepted",
+        ),
+        (
+            "EdDSA naming the issuer's P-256 key",
+            eddsa,
+            "does not publish for EdDSA",
+        ),
+    ];
+    let ask = |t: &str| serde_json::json!({"identity": "delegated", "audience": PAYMENTS, "subject_token": t});
+    for (what, token, why) in &cases {
+        let r = p.h.client.post_json("/v1/token", &ask(token)).await.unwrap();
+        let body = redacted(&r.json().unwrap());
+        assert_eq!(r.status, 403, "{what}: {body}");
+        assert_eq!(body["error"], "access_denied", "{what}: {body}");
+        let text = body["error_description"].as_str().unwrap();
+        assert!(
+            text.contains("the presented subject_token is refused"),
+            "{what}: {text}"
+        );
+        assert!(text.contains(why), "{what}: expected {why:?} in {text}");
+    }
+    assert_eq!(
+        p.h.idp.counters().token_requests,
+        0,
+        "nothing refused reached the provider"
+    );
+    // The same claims, signed by the issuer's key with its algorithm, are accepted.
+    let good = p.k8s.mint(claims.clone());
+    let r = p.h.client.post_json("/v1/token", &ask(&good)).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
 }
 
 #[tokio::test]

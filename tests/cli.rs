@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use cortexid::devidp::fixture::ProviderAuth;
+use cortexid::devidp::fixture::{ProviderAuth, Sink};
 use cortexid::devidp::{DevClient, DevClientAuth};
 
 fn cortexid() -> Command {
@@ -262,4 +262,81 @@ async fn cortexid_dev_runs_a_provider_and_an_agent_and_its_printed_commands_work
         .unwrap();
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
     child.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn cortexid_status_summarises_a_real_agents_health() {
+    let mut h = Harness::new(Duration::from_secs(300), Setup::default()).await;
+    h.stop().await;
+    let sink = h.dir.path().join("ledger.jwt");
+    h.config.sinks.push(Sink {
+        identity: "batch".into(),
+        audience: LEDGER.into(),
+        path: sink.clone(),
+        mode: None,
+        owner: None,
+    });
+    h.write_config();
+    h.start().await;
+    let (status, body) = h.get(&token_path("payments", PAYMENTS, "payments.read")).await;
+    assert_eq!(status, 200, "{body}");
+    let mut health = serde_json::Value::Null;
+    for _ in 0..100 {
+        health = h.get("/v1/health").await.1;
+        if health["status"] == "ok" && health["sinks"][0]["state"] == "ok" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(health["status"], "ok", "{health}");
+
+    let socket = h.socket.clone();
+    let status = move |json: bool| {
+        let mut cmd = cortexid();
+        cmd.args(["status", "--socket"]).arg(&socket);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = tokio::task::spawn_blocking(move || (status(false), status(true)));
+    let (text, json) = text.await.unwrap();
+    assert!(text.starts_with("status: ok\n"), "{text}");
+    assert!(text.contains("providers:\n  corp: reachable\n"), "{text}");
+    assert!(text.contains("cache: 2 entries\n"), "{text}");
+    let keys = health["cache"]["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2, "{health}");
+    for k in keys {
+        let scope = k["scope"].as_str().filter(|s| !s.is_empty()).unwrap_or("-");
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "  {} {} [{scope}]: ",
+                    k["identity"].as_str().unwrap(),
+                    k["audience"].as_str().unwrap()
+                ))
+            })
+            .unwrap_or_else(|| panic!("no line for {k} in:\n{text}"));
+        // "  ID AUD [SCOPE]: expires AT (in D), renews in D, fingerprint FP"
+        let parts: Vec<&str> = line.split(", ").collect();
+        assert_eq!(parts.len(), 3, "{line}");
+        let expires = format!("expires {} (in ", k["expires_at"].as_str().unwrap());
+        assert!(parts[0].contains(&expires), "{line}");
+        assert!(parts[1].starts_with("renews in "), "{line}");
+        assert_eq!(
+            parts[2],
+            format!("fingerprint {}", k["fingerprint"].as_str().unwrap()),
+            "{line}"
+        );
+    }
+    assert!(text.contains(&format!("sink {}: ok\n", sink.display())), "{text}");
+    assert!(!text.contains("eyJ"), "status never shows a token");
+    // --json prints the agent's own answer.
+    let printed: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(printed["status"], "ok");
+    assert_eq!(printed["cache"]["keys"].as_array().unwrap().len(), 2);
+    assert_eq!(printed["sinks"][0]["path"], sink.to_str().unwrap());
 }

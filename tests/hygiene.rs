@@ -41,7 +41,10 @@ async fn a_secret_readable_by_other_is_refused_at_reload_and_the_running_config_
     // ...and does not send the exposed secret to the provider either (it is re-read at each use).
     let before = h.idp.counters().token_requests;
     let (status, body) = h.get(&token_path("payments", PAYMENTS, "")).await;
+    // docs/api.md: 500 server_error when the agent cannot read one of its own secret files
+    // (missing, empty, not UTF-8, readable by other).
     assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error"], "server_error", "{body}");
     assert!(
         body["error_description"]
             .as_str()

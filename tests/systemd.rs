@@ -1,5 +1,6 @@
-//! Running as a systemd service: readiness notification, socket activation, reload, token files,
-//! metrics, and the unit's hardening.
+//! Running as a service: start (a stale socket, a socket another agent serves), readiness
+//! notification, the watchdog, socket activation, reload, stop with a request in flight, token
+//! files, metrics, JSON logs, and the unit's hardening.
 
 mod common;
 
@@ -35,13 +36,22 @@ async fn ready_is_sent_once_the_socket_answers_and_stopping_on_sigterm() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let (sock, ready) = recv_async(sock).await;
+    // A reload sent the moment READY=1 arrives (as `systemctl reload` right after start may)
+    // is a reload, not the end of the agent.
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (sock, ready) = tokio::task::spawn_blocking(move || {
+        let (sock, ready) = recv(sock);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+        (sock, ready)
+    })
+    .await
+    .unwrap();
     // The moment READY=1 arrives, the socket must already answer.
     let r = h
         .client
         .get("/v1/health")
         .await
-        .expect("the socket answers when READY=1 arrives");
+        .expect("the socket answers when READY=1 arrives (and the SIGHUP right after it did not end the agent)");
     assert!(r.status == 200 || r.status == 503);
     assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
     assert!(
@@ -49,8 +59,6 @@ async fn ready_is_sent_once_the_socket_answers_and_stopping_on_sigterm() {
         "{ready}"
     );
 
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
     let (sock, reloading) = recv_async(sock).await;
     assert!(reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{reloading}");
     let usec: u64 = reloading
@@ -71,35 +79,228 @@ async fn ready_is_sent_once_the_socket_answers_and_stopping_on_sigterm() {
     assert!(!h.socket.exists(), "the agent removes the socket it created");
 }
 
-#[tokio::test]
-async fn the_watchdog_is_fed_while_the_socket_answers() {
+/// Reads every notification already waiting on `sock`.
+fn drain(sock: &UnixDatagram) -> Vec<String> {
+    sock.set_nonblocking(true).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut out = Vec::new();
+    while let Ok(n) = sock.recv(&mut buf) {
+        out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    sock.set_nonblocking(false).unwrap();
+    out
+}
+
+const WITHHELD: &str = "withholding the watchdog ping";
+
+/// Waits until the agent has logged one more withheld ping (than `before`), for `reason`; then
+/// asserts that no `WATCHDOG=1` comes for a second (five ping intervals). Pings sent before the
+/// withheld one are dropped first: the watchdog probes, then pings or logs, one probe at a time.
+async fn pings_stop(sock: UnixDatagram, agent: &AgentProcess, before: usize, reason: &str) -> UnixDatagram {
+    let mut logged = false;
+    for _ in 0..500 {
+        let logs = agent.logs();
+        if logs.matches(WITHHELD).count() > before && logs.contains(reason) {
+            logged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        logged,
+        "the agent logged no withheld ping ({reason}):\n{}",
+        agent.logs()
+    );
+    tokio::task::spawn_blocking(move || {
+        drain(&sock);
+        sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut buf = vec![0u8; 4096];
+        match sock.recv(&mut buf) {
+            Ok(n) => panic!(
+                "sent while its socket did not answer: {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(e) => assert!(
+                matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+                "{e}"
+            ),
+        }
+        sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        sock
+    })
+    .await
+    .unwrap()
+}
+
+/// The watchdog probes the socket the way a caller does, by its path, so a socket that does
+/// not answer is simulated at that path: the agent's socket is moved aside and a listener that
+/// never accepts takes its place (a wedged accept loop, as the probe sees it: the connection is
+/// made, no answer comes), then nothing is there at all; then the agent's socket comes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_watchdog_is_fed_while_the_socket_answers_and_withheld_while_it_does_not() {
     let mut h = Harness::new(Duration::from_secs(300), Setup::default()).await;
     h.stop().await;
     let notify_path = h.dir.path().join("notify");
     let sock = UnixDatagram::bind(&notify_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cortexid"))
-        .args(["agent", "--config"])
-        .arg(&h.config_path)
-        .env("NOTIFY_SOCKET", &notify_path)
-        .env("WATCHDOG_USEC", "400000")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let agent = AgentProcess::spawn(
+        &h.config_path,
+        &h.socket,
+        h.dir.path().join("agent.log"),
+        &[
+            ("NOTIFY_SOCKET", notify_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    )
+    .await;
     let (sock, ready) = recv_async(sock).await;
-    assert!(ready.starts_with("READY=1"));
+    assert!(ready.starts_with("READY=1"), "{ready}");
     let (sock, ping) = recv_async(sock).await;
     assert_eq!(ping, "WATCHDOG=1");
+    let (sock, ping) = recv_async(sock).await;
+    assert_eq!(ping, "WATCHDOG=1");
+    assert_eq!(agent.logs().matches(WITHHELD).count(), 0, "{}", agent.logs());
+
+    // A listener that never accepts: the probe connects and waits for an answer in vain.
+    let aside = h.dir.path().join("agent.sock.aside");
+    std::fs::rename(&h.socket, &aside).unwrap();
+    let silent = std::os::unix::net::UnixListener::bind(&h.socket).unwrap();
+    let sock = pings_stop(sock, &agent, 0, "did not answer in time").await;
+
+    // Nothing at the path: the probe cannot even connect.
+    drop(silent);
+    std::fs::remove_file(&h.socket).unwrap();
+    let before = agent.logs().matches(WITHHELD).count();
+    let sock = pings_stop(sock, &agent, before, "the socket does not answer").await;
+
+    // The agent's socket is back: the pings resume.
+    std::fs::rename(&aside, &h.socket).unwrap();
     let (_, ping) = recv_async(sock).await;
     assert_eq!(ping, "WATCHDOG=1");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    assert_eq!(agent.stop(), 0);
+}
+
+#[tokio::test]
+async fn a_stale_socket_file_is_replaced_but_an_agent_that_answers_is_not() {
+    let mut h = Harness::new(Duration::from_secs(300), Setup::default()).await;
+    h.stop().await;
+    // A socket file nobody listens on (an agent that was killed): removed at start.
+    drop(std::os::unix::net::UnixListener::bind(&h.socket).unwrap());
+    assert!(UnixStream::connect(&h.socket).is_err(), "stale: nobody answers");
+    h.start().await;
+    let (status, body) = h.get(&token_path("payments", PAYMENTS, "")).await;
+    assert_eq!(status, 200, "{body}");
+
+    // A second agent with the same socket refuses to start (exit 1), and the first keeps it.
+    let second = tokio::process::Command::new(env!("CARGO_BIN_EXE_cortexid"))
+        .args(["agent", "--config"])
+        .arg(&h.config_path)
+        .env_remove("JOURNAL_STREAM")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(20), second)
+        .await
+        .expect("the second agent exits instead of serving")
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("another agent is already serving {}", h.socket.display())),
+        "{err}"
+    );
+    let (status, body) = h.get(&token_path("payments", PAYMENTS, "")).await;
+    assert_eq!(status, 200, "the first agent still serves its socket: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_a_request_in_flight_finish_then_exits() {
+    let mut h = Harness::new(Duration::from_secs(300), Setup::default()).await;
+    h.stop().await;
+    let mut agent = AgentProcess::spawn(&h.config_path, &h.socket, h.dir.path().join("agent.log"), &[]).await;
+    // The exchange behind this request takes 1 s at the provider (the agent waits up to 2 s).
+    h.idp.set_fault(cortexid::devidp::Fault::Delay(Duration::from_secs(1)));
+    let client = h.client.clone();
+    let request = tokio::spawn(async move { client.get(&token_path("payments", PAYMENTS, "")).await });
+    let mut in_flight = false;
+    for _ in 0..500 {
+        if h.idp.counters().token_requests == 1 {
+            in_flight = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(in_flight, "the request reached the provider");
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    let r = request
+        .await
+        .unwrap()
+        .expect("the request in flight is answered, not cut off");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json().unwrap()["access_token"].as_str().is_some());
+    let code = tokio::task::spawn_blocking(move || agent.child.wait().unwrap().code())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+    assert!(!h.socket.exists(), "the socket is removed at stop");
+    let events: Vec<String> = h
+        .audit_lines()
+        .iter()
+        .map(|l| l["event"].as_str().unwrap().to_string())
+        .collect();
+    let stopping = events.iter().rposition(|e| e == "agent.stopping").unwrap();
+    let issued = events.iter().rposition(|e| e == "token.issued").unwrap();
+    assert!(
+        issued > stopping,
+        "the token was issued after the stop began: {events:?}"
+    );
+}
+
+#[tokio::test]
+async fn log_format_json_writes_json_lines_to_stderr() {
+    let mut h = Harness::new(Duration::from_secs(300), Setup::default()).await;
+    h.stop().await;
+    edit_config(&h.config_path, |c| {
+        c["agent"]
+            .as_table_mut()
+            .unwrap()
+            .insert("log_format".into(), "json".into());
+    });
+    let agent = AgentProcess::spawn(
+        &h.config_path,
+        &h.socket,
+        h.dir.path().join("agent.log"),
+        &[("RUST_LOG", "info")],
+    )
+    .await;
+    let (status, body) = h.get(&token_path("payments", PAYMENTS, "")).await;
+    assert_eq!(status, 200, "{body}");
+    let logs = agent.logs();
+    assert_eq!(agent.stop(), 0);
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    assert!(lines.len() >= 2, "{logs}");
+    for l in &lines {
+        assert!(l["level"].is_string() && l["timestamp"].is_string(), "{l}");
+    }
+    assert!(
+        lines.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("serving 2 identities"))),
+        "{logs}"
+    );
 }
 
 #[tokio::test]
 async fn under_socket_activation_the_passed_socket_is_served_and_kept() {
     let Ok(activate) = which("systemd-socket-activate") else {
-        eprintln!("systemd-socket-activate is not installed; skipping");
+        skip_or_fail(
+            "systemd::under_socket_activation_the_passed_socket_is_served_and_kept",
+            "systemd-socket-activate is not installed (package systemd)",
+        );
         return;
     };
     let mut h = Harness::new(Duration::from_secs(300), Setup::default()).await;
@@ -164,6 +365,22 @@ fn raw_get(stream: &mut BufReader<UnixStream>, path: &str) -> (u16, String) {
     (status, String::from_utf8(body).unwrap())
 }
 
+/// How many audit events named `event` the log holds.
+fn audit_count(h: &Harness, event: &str) -> usize {
+    h.audit_lines().iter().filter(|l| l["event"] == event).count()
+}
+
+/// The next audit event named `event` after the first `seen` ones, waiting for it (at most 10 s).
+async fn next_audit_event(h: &Harness, event: &str, seen: usize) -> serde_json::Value {
+    for _ in 0..500 {
+        if let Some(line) = h.audit_lines().into_iter().filter(|l| l["event"] == event).nth(seen) {
+            return line;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no new {event} event in the audit log: {:?}", h.audit_lines());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_rejects_a_broken_config_and_applies_a_good_one_without_dropping_connections() {
     let mut h = Harness::new(
@@ -186,22 +403,22 @@ async fn sighup_rejects_a_broken_config_and_applies_a_good_one_without_dropping_
     assert_eq!(status, 403);
 
     std::fs::write(&h.config_path, good.replace("[[role]]", "[[rol]]")).unwrap();
+    let seen = audit_count(&h, "config.rejected");
     agent.signal(nix::sys::signal::Signal::SIGHUP);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The evidence that the reload ran: its audit event.
+    let rejected = next_audit_event(&h, "config.rejected", seen).await;
+    assert!(rejected["reason"].as_str().unwrap().contains("rol"), "{rejected}");
+    assert!(agent.logs().contains("configuration rejected"), "{}", agent.logs());
     let (status, body) = tokio::task::block_in_place(|| raw_get(&mut conn, &token_path("payments", PAYMENTS, "")));
     assert_eq!(status, 200, "the old config keeps serving: {body}");
-    assert!(agent.logs().contains("configuration rejected"), "{}", agent.logs());
-    let rejected = h
-        .audit_lines()
-        .into_iter()
-        .find(|l| l["event"] == "config.rejected")
-        .expect("audited");
-    assert!(rejected["reason"].as_str().unwrap().contains("rol"), "{rejected}");
+    let (status, _) = tokio::task::block_in_place(|| raw_get(&mut conn, &batch));
+    assert_eq!(status, 403, "and only the old config");
 
     h.config.roles.push(Role::new("batch-too", &["batch"]).uids(&[0]));
     h.write_config();
+    let seen = audit_count(&h, "config.loaded");
     agent.signal(nix::sys::signal::Signal::SIGHUP);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    next_audit_event(&h, "config.loaded", seen).await;
     let (status, body) = tokio::task::block_in_place(|| raw_get(&mut conn, &batch));
     assert_eq!(status, 200, "the new role applies on the same connection: {body}");
     assert_eq!(agent.stop(), 0);
@@ -336,7 +553,10 @@ async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
 #[test]
 fn the_service_unit_is_hardened_and_verifies() {
     let Ok(analyze) = which("systemd-analyze") else {
-        eprintln!("systemd-analyze is not installed; skipping");
+        skip_or_fail(
+            "systemd::the_service_unit_is_hardened_and_verifies",
+            "systemd-analyze is not installed (package systemd)",
+        );
         return;
     };
     let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");

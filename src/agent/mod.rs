@@ -113,7 +113,8 @@ impl Agent {
 
     /// Audits a refused request (`token.denied`): caller-supplied text is clipped, and identical
     /// denials of one uid are written once per window with their count (`output/denials.rs`).
-    pub(crate) fn audit_denial(&self, caller: &crate::caller::Caller, mut fields: serde_json::Value) {
+    /// Returns the `reference` the denial is recorded under (for an answer that names it).
+    pub(crate) fn audit_denial(&self, caller: &crate::caller::Caller, mut fields: serde_json::Value) -> Option<String> {
         use crate::output::audit::clip;
         use crate::output::denials::Verdict;
         for (key, max) in [
@@ -128,15 +129,15 @@ impl Agent {
                 fields[key] = clip(s, max).into_owned().into();
             }
         }
-        match self.denials.admit(caller.uid, &fields) {
-            Verdict::LeaveOut => {}
-            Verdict::Write { repeated } => {
-                if repeated > 0 {
-                    fields["repeated"] = repeated.into();
-                }
-                self.shared.audit_best_effort("token.denied", fields);
+        let verdict = self.denials.admit(caller.uid, &mut fields);
+        let reference = fields.get("reference").and_then(|r| r.as_str()).map(str::to_string);
+        if let Verdict::Write { repeated } = verdict {
+            if repeated > 0 {
+                fields["repeated"] = repeated.into();
             }
+            self.shared.audit_best_effort("token.denied", fields);
         }
+        reference
     }
 
     /// Writes the denials left out whose window has passed (called periodically), or all of

@@ -131,7 +131,7 @@ impl Agent {
     /// the identity exists) go to the audit line, under a reference the answer names.
     pub async fn token(&self, caller: &Caller, ask: TokenAsk) -> Result<Granted, ApiError> {
         let operator = policy::is_operator(&self.config(), caller);
-        let reference = std::sync::OnceLock::new();
+        let reference = std::sync::Mutex::new(None::<String>);
         self.decide(caller, &ask, operator, &reference).await.map_err(|e| {
             if operator || !hides_reasons(&e) {
                 return e;
@@ -141,7 +141,11 @@ impl Agent {
                 caller.describe(),
                 ask.identity.as_deref().map_or("(default)".to_string(), |i| format!("{:?}", clip(i, 64))),
                 ask.audience.as_deref().map_or("(default)".to_string(), |a| format!("{:?}", clip(a, 128))),
-                reference.get().map_or("-", String::as_str),
+                reference
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_deref()
+                    .unwrap_or("-"),
             ))
         })
     }
@@ -151,7 +155,7 @@ impl Agent {
         caller: &Caller,
         ask: &TokenAsk,
         operator: bool,
-        reference: &std::sync::OnceLock<String>,
+        reference: &std::sync::Mutex<Option<String>>,
     ) -> Result<Granted, ApiError> {
         let state = self.state();
         let config = &state.config;
@@ -163,9 +167,11 @@ impl Agent {
                 "reason": e.code(), "error_description": e.description,
             });
             if !operator && hides_reasons(e) {
-                fields["reference"] = reference.get_or_init(new_reference).clone().into();
+                fields["reference"] = new_reference().into();
             }
-            self.audit_denial(caller, fields);
+            if let Some(recorded) = self.audit_denial(caller, fields) {
+                *reference.lock().unwrap_or_else(|p| p.into_inner()) = Some(recorded);
+            }
         };
         // A presented credential is verified first: its claims decide which roles match.
         let mut identity_name = ask.identity.clone();

@@ -268,8 +268,12 @@ mod tests {
         let l = ConnLimits::for_this_process();
         assert!(l.per_process <= l.per_uid && l.per_uid <= l.total);
         assert!(l.total <= MAX_CONNECTIONS);
-        if let Some(n) = open_files_limit() {
-            assert!(l.total < n, "{} connections would not fit in {n} descriptors", l.total);
-        }
+        let n = open_files_limit().expect("the soft open-file limit, from /proc/self/limits");
+        assert!(l.total < n, "{} connections would not fit in {n} descriptors", l.total);
+        assert_eq!(
+            l.total,
+            n.saturating_sub(64).clamp(16, MAX_CONNECTIONS),
+            "in all: the limit less 64"
+        );
     }
 }

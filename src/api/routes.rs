@@ -99,7 +99,7 @@ pub(super) async fn handle(agent: &Agent, caller: &Caller, req: Request<Incoming
 
 /// A request too malformed to reach the policy is still a denial worth recording.
 fn audit_malformed(agent: &Agent, caller: &Caller, e: &ApiError) {
-    agent.audit_denial(
+    let _ = agent.audit_denial(
         caller,
         serde_json::json!({"outcome": "denied", "caller": caller, "reason": e.code(), "error_description": e.description}),
     );

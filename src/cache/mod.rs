@@ -57,6 +57,10 @@ struct State {
     next_refresh: Option<Instant>,
     /// Removed from the cache (evicted, or its identity changed at reload): its refresher stops.
     removed: bool,
+    /// The token was fetched for a `min_valid` longer than its lifetime: the provider's tokens
+    /// for this key are that short, so longer `min_valid`s are refused without another exchange
+    /// until the token is renewed.
+    known_short: bool,
 }
 
 struct Entry {
@@ -306,6 +310,7 @@ impl Cache {
                             last_error: None,
                             next_refresh: None,
                             removed: false,
+                            known_short: false,
                         }),
                     });
                     entries.insert(key, e.clone());
@@ -327,9 +332,10 @@ impl Cache {
                 return Ok((t, Source::Cache));
             }
             self.counters.misses.fetch_add(1, Relaxed);
-            // The provider's tokens for this key live shorter than min_valid asks: a new one
-            // would not do either, so no exchange is made for it.
+            // The provider's tokens for this key live shorter than min_valid asks (a fresh one
+            // was just as short): no exchange is made for it until the next renewal.
             if let Some(t) = &st.token
+                && st.known_short
                 && min_valid > t.lifetime
             {
                 return Err(too_short(t, min_valid));
@@ -350,6 +356,7 @@ impl Cache {
                 if self.servable(&t, Instant::now(), min_valid) {
                     Ok((t, Source::Exchange))
                 } else {
+                    st.known_short = st.token.as_ref().is_some_and(|cached| Arc::ptr_eq(cached, &t));
                     Err(too_short(&t, min_valid))
                 }
             }
@@ -398,6 +405,7 @@ impl Cache {
                 match &result {
                     Ok(t) => {
                         st.token = Some(t.clone());
+                        st.known_short = false;
                         st.failures = 0;
                         st.last_error = None;
                     }
@@ -780,6 +788,66 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let (t, _) = cache.get(spec(), Duration::ZERO).await.unwrap();
         assert_ne!(t.fingerprint, first.fingerprint, "service resumes without a restart");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_token_is_handed_out_until_a_quarter_of_its_lifetime_is_left() {
+        // 4 s tokens: the floor is min(min_remaining = 30 s, 4 s / 4) = 1 s.
+        let f = fake(4);
+        let cache = Cache::new(settings(), f.clone(), CancellationToken::new());
+        let (first, _) = cache.get(spec(), Duration::ZERO).await.unwrap();
+        f.mode.store(1, Ordering::SeqCst); // every renewal fails from now on
+        tokio::time::sleep_until(first.issued_at + Duration::from_millis(2990)).await;
+        let (t, source) = cache.get(spec(), Duration::ZERO).await.unwrap();
+        assert_eq!(
+            (t.fingerprint.as_str(), source),
+            (first.fingerprint.as_str(), Source::Cache),
+            "1.01 s left: still handed out"
+        );
+        tokio::time::sleep_until(first.issued_at + Duration::from_millis(3010)).await;
+        let err = cache.get(spec(), Duration::ZERO).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::UpstreamUnavailable, "0.99 s left: not handed out");
+        assert!(err.description.contains("too close to expiry"), "{}", err.description);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn min_valid_raises_the_floor_for_one_request() {
+        let f = fake(4);
+        let cache = Cache::new(settings(), f.clone(), CancellationToken::new());
+        let (fresh, _) = cache.get(spec(), Duration::ZERO).await.unwrap();
+        // Before its renewal (2.8 s after receipt), with 2.5 s left.
+        tokio::time::sleep_until(fresh.issued_at + Duration::from_millis(1500)).await;
+        let (t, _) = cache.get(spec(), Duration::from_secs(2)).await.unwrap();
+        assert_eq!(t.fingerprint, fresh.fingerprint, "2.5 s left, 2 s asked for");
+        let (t, source) = cache.get(spec(), Duration::from_secs(3)).await.unwrap();
+        assert_eq!(source, Source::Exchange, "2.5 s left, 3 s asked for: a new token");
+        assert_ne!(t.fingerprint, fresh.fingerprint);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn short_tokens_are_renewed_before_their_floor_so_no_request_waits() {
+        // 4 s tokens are renewed 2.8 s after receipt (refresh_at 0.8 ± 0.05 is later than
+        // lifetime − floor − margin = 4 − 1 − 0.2 s), while 1.2 s are left, above the 1 s floor.
+        let f = fake(4);
+        let cache = Cache::new(settings(), f.clone(), CancellationToken::new());
+        let (mut last, _) = cache.get(spec(), Duration::ZERO).await.unwrap();
+        let mut tokens = 1;
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let (t, source) = cache.get(spec(), Duration::ZERO).await.unwrap();
+            assert_eq!(source, Source::Cache, "a request never waits for an exchange");
+            assert!(
+                t.remaining(Instant::now()) >= t.lifetime / 4,
+                "handed out with {:?} left",
+                t.remaining(Instant::now())
+            );
+            if t.fingerprint != last.fingerprint {
+                tokens += 1;
+                last = t;
+            }
+        }
+        // 20 s of requests, one renewal every 2.85 s (2.8 s + the exchange's 50 ms).
+        assert_eq!(tokens, 8, "{} exchanges", f.calls.load(Ordering::SeqCst));
     }
 
     #[tokio::test(start_paused = true)]

@@ -331,6 +331,44 @@ mod tests {
         assert_eq!(caller.namespaces.user, Namespace::Agent);
         let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap();
         assert_eq!(caller.unit, unit_from_cgroup(&cgroup));
+        let mut groups: Vec<u32> = nix::unistd::getgroups().unwrap().iter().map(|g| g.as_raw()).collect();
+        let mut seen = caller.groups.clone();
+        groups.sort_unstable();
+        seen.sort_unstable();
+        assert_eq!(seen, groups, "the supplementary groups of this process");
+    }
+
+    /// A process with supplementary groups (a root test process may have none): `sleep`, given
+    /// `groups` between fork and exec.
+    #[allow(unsafe_code)]
+    fn sleeper_in_groups(groups: &[u32]) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        let groups: Vec<nix::unistd::Gid> = groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("30");
+        // SAFETY: only a system call between fork and exec, on a list built before the fork.
+        unsafe {
+            cmd.pre_exec(move || Ok(nix::unistd::setgroups(&groups)?));
+        }
+        cmd.spawn().unwrap()
+    }
+
+    #[test]
+    fn supplementary_groups_are_read_from_the_process() {
+        let mut child = sleeper_in_groups(&[4242, 4343]);
+        let pid = child.id() as i32;
+        let caller = attest(
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+            Some(pid),
+            boot_ticks_now(),
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(caller.unreadable, None);
+        assert_eq!(caller.groups, [4242, 4343]);
+        assert!(caller.in_group(4343) && caller.in_group(nix::unistd::getgid().as_raw()));
+        assert!(!caller.in_group(4444));
     }
 
     #[test]

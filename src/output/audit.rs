@@ -215,6 +215,34 @@ mod tests {
     }
 
     #[test]
+    fn a_file_moved_away_by_log_rotation_is_noticed_without_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let rotated = dir.path().join("audit.jsonl.1");
+        let audit = Audit::open(&AuditTarget::File(path.clone()));
+        audit.write("agent.started", serde_json::json!({})).unwrap();
+        // logrotate without copytruncate or a SIGHUP: the file is renamed, nothing is reopened.
+        std::fs::rename(&path, &rotated).unwrap();
+        // The agent looks for a moved file about once a second, when it writes.
+        std::thread::sleep(ROTATION_CHECK + Duration::from_millis(100));
+        audit.write("token.issued", serde_json::json!({"n": 1})).unwrap();
+        audit.write("token.issued", serde_json::json!({"n": 2})).unwrap();
+        let events = |p: &Path| -> Vec<String> {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].to_string())
+                .collect()
+        };
+        assert_eq!(events(&rotated), ["\"agent.started\""]);
+        assert_eq!(
+            events(&path),
+            ["\"token.issued\"", "\"token.issued\""],
+            "events after the check go to a new file at the configured path"
+        );
+    }
+
+    #[test]
     fn an_unwritable_path_fails_and_recovers_once_fixed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("missing-dir").join("audit.jsonl");

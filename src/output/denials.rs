@@ -32,6 +32,9 @@ struct Seen {
     left_out: u64,
     /// The fields of the last denial left out, for the line that reports them.
     last: Option<serde_json::Value>,
+    /// The `reference` of the written line: denials left out are answered with it, so the
+    /// reference a caller is given always leads to a line.
+    reference: Option<serde_json::Value>,
 }
 
 /// The denials seen recently.
@@ -51,8 +54,9 @@ pub enum Verdict {
 
 impl Denials {
     /// Decides about one denial of `uid` whose `token.denied` fields are `fields` (their
-    /// `reason`, `identity`, `audience` and `scope` make it identical to another or not).
-    pub fn admit(&self, uid: u32, fields: &serde_json::Value) -> Verdict {
+    /// `reason`, `identity`, `audience` and `scope` make it identical to another or not). A
+    /// denial left out takes the `reference` of the line written for it.
+    pub fn admit(&self, uid: u32, fields: &mut serde_json::Value) -> Verdict {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         for k in ["reason", "identity", "audience", "scope"] {
             fields.get(k).map(|v| v.to_string()).hash(&mut h);
@@ -63,12 +67,16 @@ impl Denials {
         if let Some(s) = seen.get_mut(&key) {
             if now.duration_since(s.written) < DENIAL_WINDOW {
                 s.left_out += 1;
+                if let Some(r) = &s.reference {
+                    fields["reference"] = r.clone();
+                }
                 s.last = Some(fields.clone());
                 return Verdict::LeaveOut;
             }
             let repeated = std::mem::take(&mut s.left_out);
             s.written = now;
             s.last = None;
+            s.reference = fields.get("reference").cloned();
             return Verdict::Write { repeated };
         }
         if seen.len() >= MAX_TRACKED {
@@ -81,6 +89,7 @@ impl Denials {
                     written: now,
                     left_out: 0,
                     last: None,
+                    reference: fields.get("reference").cloned(),
                 },
             );
         }
@@ -126,29 +135,40 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn identical_denials_of_one_uid_are_written_once_per_window_with_their_count() {
         let d = Denials::default();
-        let ask = serde_json::json!({"reason": "access_denied", "identity": "payments", "pid": 1});
-        assert_eq!(d.admit(4242, &ask), Verdict::Write { repeated: 0 });
+        let mut ask =
+            serde_json::json!({"reason": "access_denied", "identity": "payments", "pid": 1, "reference": "r1"});
+        assert_eq!(d.admit(4242, &mut ask), Verdict::Write { repeated: 0 });
         for _ in 0..99 {
-            assert_eq!(d.admit(4242, &ask), Verdict::LeaveOut);
+            assert_eq!(d.admit(4242, &mut ask), Verdict::LeaveOut);
         }
         // Another uid, or another identity, is another denial.
-        assert_eq!(d.admit(4343, &ask), Verdict::Write { repeated: 0 });
-        let other = serde_json::json!({"reason": "access_denied", "identity": "ledger"});
-        assert_eq!(d.admit(4242, &other), Verdict::Write { repeated: 0 });
+        assert_eq!(d.admit(4343, &mut ask), Verdict::Write { repeated: 0 });
+        let mut other = serde_json::json!({"reason": "access_denied", "identity": "ledger"});
+        assert_eq!(d.admit(4242, &mut other), Verdict::Write { repeated: 0 });
         assert!(d.flush().is_empty(), "nothing is due inside the window");
 
         tokio::time::advance(DENIAL_WINDOW).await;
-        assert_eq!(d.admit(4242, &ask), Verdict::Write { repeated: 99 });
-        assert_eq!(d.admit(4242, &ask), Verdict::LeaveOut);
+        assert_eq!(d.admit(4242, &mut ask), Verdict::Write { repeated: 99 });
+        assert_eq!(d.admit(4242, &mut ask), Verdict::LeaveOut);
         tokio::time::advance(DENIAL_WINDOW).await;
         let flushed = d.flush();
         assert_eq!(flushed.len(), 1, "{flushed:?}");
         assert_eq!(flushed[0].get("repeated"), None, "one left out: the line is that one");
         assert_eq!(flushed[0]["identity"], "payments");
+        let mut again = serde_json::json!({"reason": "access_denied", "identity": "payments", "reference": "r2"});
+        assert_eq!(d.admit(4242, &mut again), Verdict::Write { repeated: 0 });
+        let mut left_out = serde_json::json!({"reason": "access_denied", "identity": "payments", "reference": "r3"});
+        assert_eq!(d.admit(4242, &mut left_out), Verdict::LeaveOut);
+        assert_eq!(
+            left_out["reference"], "r2",
+            "a denial left out is answered with the written line's reference"
+        );
+        tokio::time::advance(DENIAL_WINDOW).await;
+        assert_eq!(d.flush()[0]["reference"], "r2", "and reported under it");
 
-        assert_eq!(d.admit(4242, &ask), Verdict::Write { repeated: 0 });
-        assert_eq!(d.admit(4242, &ask), Verdict::LeaveOut);
-        assert_eq!(d.admit(4242, &ask), Verdict::LeaveOut);
+        assert_eq!(d.admit(4242, &mut ask), Verdict::Write { repeated: 0 });
+        assert_eq!(d.admit(4242, &mut ask), Verdict::LeaveOut);
+        assert_eq!(d.admit(4242, &mut ask), Verdict::LeaveOut);
         assert!(d.flush().is_empty());
         assert_eq!(
             d.flush_all()[0]["repeated"],

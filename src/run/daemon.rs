@@ -279,14 +279,8 @@ pub async fn run(config_path: PathBuf, notifier: Notifier, activated: Option<std
         }
     };
     crate::run::logging::init(config.agent.log_format, crate::run::logging::stderr_is_journal());
-    let running = match start_with(config, notifier, activated).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!("cannot start: {e}");
-            eprintln!("cortexid: cannot start: {e}");
-            return 1;
-        }
-    };
+    // Before READY=1: a reload or stop sent the moment systemd hears READY=1 must not meet the
+    // signals' default action (which ends the process).
     use tokio::signal::unix::{SignalKind, signal};
     let (mut hup, mut term, mut int) = match (
         signal(SignalKind::hangup()),
@@ -296,6 +290,14 @@ pub async fn run(config_path: PathBuf, notifier: Notifier, activated: Option<std
         (Ok(h), Ok(t), Ok(i)) => (h, t, i),
         _ => {
             eprintln!("cortexid: cannot install signal handlers");
+            return 1;
+        }
+    };
+    let running = match start_with(config, notifier, activated).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            eprintln!("cortexid: cannot start: {e}");
             return 1;
         }
     };

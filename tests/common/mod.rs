@@ -62,6 +62,17 @@ pub fn claims(token: &str) -> serde_json::Value {
     .unwrap()
 }
 
+/// An answer of the agent as a failing assertion may show it: `access_token` replaced by its
+/// fingerprint (a test never prints a token).
+pub fn redacted(body: &serde_json::Value) -> serde_json::Value {
+    let mut shown = body.clone();
+    if let Some(t) = shown.get_mut("access_token") {
+        let print = cortexid::token::fingerprint(t.as_str().unwrap_or_default().as_bytes());
+        *t = format!("(a token, fingerprint {print})").into();
+    }
+    shown
+}
+
 /// Knobs of the generated configuration.
 pub struct Setup {
     /// `refresh_at` of the agent (its default when `None`).
@@ -202,19 +213,103 @@ pub fn open_dir(dir: &Path) {
 
 /// Runs `cortexid token` as another user (tests run as root) and returns (exit code, stdout, stderr).
 pub async fn token_as(uid: u32, exe: &Path, socket: &Path, args: &[&str]) -> (i32, String, String) {
+    token_with(As::user(uid), exe, socket, args).await
+}
+
+/// The credentials a caller process runs with: uid, primary gid and supplementary groups.
+#[derive(Clone, Debug)]
+pub struct As {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+impl As {
+    /// `uid`, with the group of the same number and no supplementary groups.
+    pub fn user(uid: u32) -> As {
+        As {
+            uid,
+            gid: uid,
+            groups: Vec::new(),
+        }
+    }
+
+    pub fn gid(mut self, gid: u32) -> As {
+        self.gid = gid;
+        self
+    }
+
+    pub fn groups(mut self, groups: &[u32]) -> As {
+        self.groups = groups.to_vec();
+        self
+    }
+}
+
+/// Runs `cortexid token` with the credentials `who` (supplementary groups included) and returns
+/// (exit code, stdout, stderr).
+pub async fn token_with(who: As, exe: &Path, socket: &Path, args: &[&str]) -> (i32, String, String) {
+    use nix::unistd::{Gid, Uid, setgid, setgroups, setuid};
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("token")
-        .args(args)
-        .env("CORTEXID_SOCKET", socket)
-        .uid(uid)
-        .gid(uid);
+    cmd.arg("token").args(args).env("CORTEXID_SOCKET", socket);
+    let groups: Vec<Gid> = who.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    let (uid, gid) = (Uid::from_raw(who.uid), Gid::from_raw(who.gid));
+    // SAFETY: between fork and exec only system calls are made (no allocation: the group list
+    // is built before the fork).
+    unsafe {
+        cmd.pre_exec(move || {
+            setgroups(&groups)?;
+            setgid(gid)?;
+            setuid(uid)?;
+            Ok(())
+        });
+    }
     let out = tokio::process::Command::from(cmd).output().await.unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Whether this run is CI (`CI=true`, read at run time): there, a missing test dependency is a
+/// failure, never a skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// A test cannot run here because `why` (a dependency is missing). Under CI this fails the test;
+/// elsewhere it says so on the terminal, past the test harness's output capture, and the caller
+/// returns without checking anything.
+pub fn skip_or_fail(test: &str, why: &str) {
+    if in_ci() {
+        panic!("{test}: {why}. CI=true: a missing test dependency is a failure, not a skip");
+    }
+    use std::io::Write;
+    let banner = format!(
+        "\n!!!!!! SKIPPED, NOTHING CHECKED: {test}\n!!!!!! {why}\n!!!!!! (under CI=true this is a failure)\n\n"
+    );
+    // Straight to the file descriptor: `eprint!` output of a passing test is swallowed.
+    let _ = std::io::stderr().write_all(banner.as_bytes());
+}
+
+/// Rewrites the configuration file at `path` through `edit`, for keys the fixture's typed
+/// config does not model (role `groups`/`gids`/`units`, `log_format`).
+pub fn edit_config(path: &Path, edit: impl FnOnce(&mut toml::Table)) {
+    let mut table: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    edit(&mut table);
+    std::fs::write(path, toml::to_string(&table).unwrap()).unwrap();
+}
+
+/// The `[[role]]` table named `name` in a parsed configuration.
+pub fn role_table<'t>(config: &'t mut toml::Table, name: &str) -> &'t mut toml::Table {
+    config["role"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .filter_map(|r| r.as_table_mut())
+        .find(|r| r["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("no role {name:?}"))
 }
 
 /// The real `cortexid agent` as a child process, with its stderr (the logs) in a file.
@@ -229,8 +324,9 @@ impl AgentProcess {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_cortexid"))
             .args(["agent", "--config"])
             .arg(config)
-            .envs(env.iter().copied())
+            .env_remove("JOURNAL_STREAM")
             .env("RUST_LOG", "debug")
+            .envs(env.iter().copied())
             .stderr(err)
             .stdout(std::process::Stdio::null())
             .spawn()
