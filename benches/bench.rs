@@ -12,7 +12,8 @@
 //!   multi-thread runtime and are driven by the same load generator, in the same run.
 //!
 //! Settings (environment): `BENCH_SECS` seconds measured per throughput point (default 3, after
-//! 0.5 s of warm-up); `BENCH_ECONOMY_LIFETIMES` (default 10); `BENCH_KEEP=1` keeps the work dir.
+//! 0.5 s of warm-up); `BENCH_ECONOMY_LIFETIMES` (default 10); `BENCH_KEEP=1` keeps the work dir;
+//! `BENCH_ONLY=rss-idle` measures only the idle RSS and stops.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -250,8 +251,9 @@ fn probe(socket: &Path, path: &str) -> Option<u16> {
     std::str::from_utf8(&buf[9..12]).ok()?.parse().ok()
 }
 
-/// Starts `cortexid agent` and waits until `/v1/health` says 200 (ready).
-fn spawn_agent(config: &Path, socket: &Path, stderr: Stdio) -> Proc {
+/// Starts `cortexid agent` and returns once its socket exists, without connecting to it.
+fn spawn_agent_unprobed(config: &Path, socket: &Path, stderr: Stdio) -> Proc {
+    use std::os::unix::fs::FileTypeExt;
     let child = Command::new(env!("CARGO_BIN_EXE_cortexid"))
         .args(["agent", "--config"])
         .arg(config)
@@ -264,10 +266,26 @@ fn spawn_agent(config: &Path, socket: &Path, stderr: Stdio) -> Proc {
         socket: socket.to_path_buf(),
     };
     let until = Instant::now() + Duration::from_secs(20);
-    while probe(socket, "/v1/health") != Some(200) {
+    while !std::fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket()) {
+        assert!(Instant::now() < until, "the agent did not bind its socket");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    p
+}
+
+/// Polls `/v1/health` until it says 200 (ready).
+fn wait_ready(p: &Proc) {
+    let until = Instant::now() + Duration::from_secs(20);
+    while probe(&p.socket, "/v1/health") != Some(200) {
         assert!(Instant::now() < until, "the agent did not become ready");
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Starts `cortexid agent` and waits until `/v1/health` says 200 (ready).
+fn spawn_agent(config: &Path, socket: &Path, stderr: Stdio) -> Proc {
+    let p = spawn_agent_unprobed(config, socket, stderr);
+    wait_ready(&p);
     p
 }
 
@@ -640,13 +658,33 @@ async fn run() {
     let fx = start_fixture(&root.path().join("main"), Duration::from_secs(300)).await;
     let idp = fx.idp();
     let cfg = write_config(&fx, AuditTarget::File(fx.audit_log()), None, 1);
-    let agent = spawn_agent(
+    // Idle RSS before any request on the socket (not even `/v1/health`): wait for the socket to
+    // exist and for the agent's start-up discovery request to reach the provider, let it settle
+    // for 300 ms, measure, and only then poll for readiness.
+    let discoveries = idp.counters().discovery;
+    let agent = spawn_agent_unprobed(
         &cfg,
         &fx.socket(),
         Stdio::from(std::fs::File::create(fx.dir().join("agent.log")).expect("log")),
     );
+    let until = Instant::now() + Duration::from_secs(20);
+    while idp.counters().discovery == discoveries {
+        assert!(
+            Instant::now() < until,
+            "the agent did not fetch the provider's discovery document"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_idle = agent.rss_kib();
+    wait_ready(&agent);
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("rss-idle") {
+        println!(
+            "RSS idle (after start-up and provider discovery, before any request on the socket): {:.1} MiB",
+            rss_idle as f64 / 1024.0
+        );
+        return;
+    }
 
     // The throughput key, cached before measuring.
     let hot = token_path(0, 1);
@@ -896,7 +934,7 @@ async fn run() {
     {
         let idle_mib = rss_idle as f64 / 1024.0;
         v.add(
-            "RSS idle (after start, before any request)",
+            "RSS idle (after start-up and provider discovery, before any request on the socket)",
             format!("{idle_mib:.1} MiB"),
             "< 15 MiB",
             Some(idle_mib < 15.0),

@@ -2,7 +2,20 @@
 //!
 //! - a real OpenID Connect provider, `oidc-provider` (npm, pinned in tests/interop/package-lock.json),
 //!   run by node from tests/interop/provider.mjs over HTTPS with a throw-away CA: every client
-//!   authentication method, both grants, JWT access tokens, delegation;
+//!   authentication method, both grants, JWT access tokens, delegation.
+//!
+//!   What is oidc-provider's and what is this test's own: oidc-provider (8.8.1) has no RFC 8693
+//!   token exchange; its grants are authorization_code, refresh_token, client_credentials,
+//!   device_code and CIBA. Discovery, the JWKS, client authentication (`client_secret_basic`,
+//!   `client_secret_post`, `private_key_jwt`), the client-credentials grant, resource
+//!   indicators, the signing and format of JWT access tokens and the OAuth error answers are
+//!   oidc-provider's. The token-exchange grant is provider.mjs's own code, registered with
+//!   oidc-provider's `registerGrantType`: it verifies the subject and actor tokens, picks the one
+//!   audience, checks the scopes, and sets `sub` and `act` (nesting a subject token's own `act`,
+//!   and refusing an actor that the subject's `may_act` does not name). So the token-exchange
+//!   tests show that cortexid's requests and its reading of the answers agree with that
+//!   script's reading of RFC 8693, not with an independent implementation of it; and delegation
+//!   is tested with one actor only (the subject tokens here carry no `act` or `may_act`);
 //! - the official Python Kubernetes client loading `cortexid token --format k8s` as an exec
 //!   credential plugin.
 //!
