@@ -15,7 +15,15 @@ impl Validator<'_> {
     /// identities, and narrow (never widen) their audiences and scopes.
     pub(super) fn roles(&mut self, raw: &[RawRole], identities: &[Arc<IdentitySettings>]) -> Vec<Arc<Role>> {
         let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for (i, r) in raw.iter().enumerate() {
+            // Audit lines and denials name a role: two of one name would be told apart by no one.
+            if !seen.insert(r.name.as_str()) {
+                self.problem(
+                    &at("role", i, "name"),
+                    format!("role {:?} is defined twice; give each role its own name", r.name),
+                );
+            }
             let mut uids: Option<BTreeSet<u32>> = r.uids.as_ref().map(|u| u.iter().copied().collect());
             if let Some(users) = &r.users {
                 let set = uids.get_or_insert_with(BTreeSet::new);
@@ -326,6 +334,26 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.problems[0].key, "role[0].executable_sha256");
         assert!(err.problems[0].message.contains("matches nobody"), "{err}");
+    }
+
+    #[test]
+    fn two_roles_of_one_name_are_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = good(dir.path());
+        let role = &text[text.find("[[role]]").unwrap()..];
+        let role = role[..role[1..].find("\n[").map_or(role.len(), |n| n + 1)].to_string();
+        let err = parse(
+            &format!("{text}\n{role}"),
+            Path::new("t.toml"),
+            &TestContext { creds: None },
+        )
+        .unwrap_err();
+        assert!(
+            err.problems
+                .iter()
+                .any(|p| p.key == "role[1].name" && p.message.contains("is defined twice")),
+            "{err}"
+        );
     }
 
     #[test]

@@ -76,13 +76,15 @@ impl Validator<'_> {
                 }
             }
             let mode = self.mode(&at("sink", i, "mode"), s.mode.as_deref(), 0o600);
-            if mode & 0o004 != 0 {
+            if mode & 0o007 != 0 {
+                let what = if mode & 0o004 != 0 {
+                    "readable by every user"
+                } else {
+                    "writable or executable by every user"
+                };
                 self.problem(
                     &at("sink", i, "mode"),
-                    format!(
-                        "{:04o} makes the token readable by every user; drop the \"other\" bits",
-                        mode
-                    ),
+                    format!("{mode:04o} makes the token {what}; drop the \"other\" bits"),
                 );
             }
             let owner = s.owner.as_ref().and_then(|o| self.uid(&at("sink", i, "owner"), o));
@@ -144,6 +146,7 @@ mode = "0644"
 [[sink]]
 identity = "batch"
 path = "{d}/p.jwt"
+mode = "0602"
 
 [[sink]]
 identity = "nobody"
@@ -157,6 +160,7 @@ path = "{d}/missing/n.jwt"
                 r#"sink[0].scopes: scope "payments.admin" is beyond identity "payments"'s ceiling"#.into(),
                 r#"sink[0].mode: 0644 makes the token readable by every user; drop the "other" bits"#.into(),
                 "sink[1].path: two sinks write the same file".into(),
+                r#"sink[1].mode: 0602 makes the token writable or executable by every user; drop the "other" bits"#.into(),
                 r#"sink[2].identity: no [[identity]] named "nobody""#.into(),
                 format!("sink[2].path: the directory of {d}/missing/n.jwt does not exist; create it (systemd: RuntimeDirectory= or tmpfiles.d)"),
             ]
