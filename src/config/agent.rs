@@ -118,9 +118,18 @@ impl Validator<'_> {
                 };
                 let path = key(&["agent", "operators"]);
                 for name in names {
-                    match name.strip_prefix('@') {
-                        Some(group) => ops.gids.extend(self.gid(&path, group)),
-                        None => ops.uids.extend(self.uid(&path, name)),
+                    let (found, what) = match name.strip_prefix('@') {
+                        Some(group) => (self.ctx.gid_of_group(group).map(|g| ops.gids.insert(g)), "group"),
+                        None => (self.ctx.uid_of_user(name).map(|u| ops.uids.insert(u)), "user"),
+                    };
+                    if found.is_none() {
+                        self.problem(
+                            &path,
+                            format!(
+                                "no {what} named {:?} on this host; name an existing user, or \"@group\" for a group's members",
+                                name.trim_start_matches('@')
+                            ),
+                        );
                     }
                 }
                 ops
@@ -175,8 +184,8 @@ mod tests {
         assert_eq!(
             problems(&text),
             vec![
-                "agent.operators: no user named \"mallory\" on this host; create it or use uids = [...]",
-                "agent.operators: no group named \"nogroup\" on this host; create it or use gids = [...]",
+                "agent.operators: no user named \"mallory\" on this host; name an existing user, or \"@group\" for a group's members",
+                "agent.operators: no group named \"nogroup\" on this host; name an existing user, or \"@group\" for a group's members",
             ]
         );
     }
