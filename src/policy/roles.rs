@@ -45,6 +45,21 @@ pub struct IdentityView {
 
 /// Why a role did not match: the first condition that failed, in words.
 fn mismatch(role: &Role, caller: &Caller, claims: Option<&serde_json::Value>) -> Option<String> {
+    mismatch_with(role, caller, claims.map_or(Claims::Absent, Claims::Verified))
+}
+
+/// What is known of a presented credential's claims when a role is matched.
+#[derive(Clone, Copy)]
+enum Claims<'a> {
+    /// No credential was presented.
+    Absent,
+    /// The claims of a verified credential.
+    Verified(&'a serde_json::Value),
+    /// A credential was presented and is not verified yet: claim conditions are not decided.
+    Unverified,
+}
+
+fn mismatch_with(role: &Role, caller: &Caller, claims: Claims<'_>) -> Option<String> {
     if let Some(uids) = &role.uids
         && !uids.contains(&caller.uid)
     {
@@ -90,30 +105,47 @@ fn mismatch(role: &Role, caller: &Caller, claims: Option<&serde_json::Value>) ->
     {
         return Some(why);
     }
-    if let Some(conds) = &role.claims {
-        let Some(claims) = claims else {
-            return Some(format!(
-                "role {:?} needs a presented credential with claims {:?}",
-                role.name, conds
-            ));
-        };
-        for (path, accepted) in conds {
-            if !claim_matches(claims, path, accepted) {
-                let seen = lookup_claim(claims, path)
-                    .map(|v| v.to_string())
-                    .unwrap_or_else(|| "nothing".into());
-                return Some(format!(
-                    "role {:?} needs claim {path} in {:?}, the credential has {seen}",
-                    role.name, accepted
-                ));
-            }
-        }
+    if let Some(conds) = &role.claims
+        && let Some(why) = claims_mismatch(role, conds, claims)
+    {
+        return Some(why);
     }
     // Last: the only condition that may read a file (once per version of it).
     if let Some(digests) = &role.executable_sha256 {
         return sha256_mismatch(role, digests, caller);
     }
     None
+}
+
+/// Why the presented credential does not satisfy the role's claim conditions `conds`, or
+/// `None` when it does (or is not verified yet, so they are not decided).
+fn claims_mismatch(
+    role: &Role,
+    conds: &std::collections::BTreeMap<String, Vec<String>>,
+    claims: Claims<'_>,
+) -> Option<String> {
+    let claims = match claims {
+        Claims::Verified(claims) => claims,
+        Claims::Unverified => return None,
+        Claims::Absent => {
+            return Some(format!(
+                "role {:?} needs a presented credential with claims {:?}",
+                role.name, conds
+            ));
+        }
+    };
+    conds
+        .iter()
+        .find(|(path, accepted)| !claim_matches(claims, path, accepted))
+        .map(|(path, accepted)| {
+            let seen = lookup_claim(claims, path)
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "nothing".into());
+            format!(
+                "role {:?} needs claim {path} in {:?}, the credential has {seen}",
+                role.name, accepted
+            )
+        })
 }
 
 /// Looks up a claim by a dotted path (`tenant.id`); a key that itself contains dots is found too.
@@ -215,18 +247,7 @@ pub(crate) fn could_admit(config: &Config, caller: &Caller, identity: &str) -> b
         .roles
         .iter()
         .filter(|r| r.identities.iter().any(|i| i == identity))
-        .any(|r| {
-            // Claims that satisfy the role's own claim conditions.
-            let satisfied = r.claims.as_ref().map(|conds| {
-                serde_json::Value::Object(
-                    conds
-                        .iter()
-                        .filter_map(|(path, accepted)| Some((path.clone(), accepted.first()?.clone().into())))
-                        .collect(),
-                )
-            });
-            mismatch(r, caller, satisfied.as_ref()).is_none()
-        })
+        .any(|r| mismatch_with(r, caller, Claims::Unverified).is_none())
 }
 
 /// Whether the caller is one of `[agent] operators`, who see the agent's details.
