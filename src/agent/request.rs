@@ -130,10 +130,10 @@ impl Agent {
     /// what it asked for, not why: the reasons (which roles exist, what they require, whether
     /// the identity exists) go to the audit line, under a reference the answer names.
     pub async fn token(&self, caller: &Caller, ask: TokenAsk) -> Result<Granted, ApiError> {
-        let operator = policy::is_operator(&self.config(), caller);
+        let state = self.state();
         let reference = std::sync::Mutex::new(None::<String>);
-        self.decide(caller, &ask, operator, &reference).await.map_err(|e| {
-            if operator || !hides_reasons(&e) {
+        self.decide(caller, &ask, &state, &reference).await.map_err(|e| {
+            if !hides_reasons(&e) || policy::is_operator(&state.config, caller) {
                 return e;
             }
             ApiError::access_denied(format!(
@@ -154,10 +154,9 @@ impl Agent {
         &self,
         caller: &Caller,
         ask: &TokenAsk,
-        operator: bool,
+        state: &super::State,
         reference: &std::sync::Mutex<Option<String>>,
     ) -> Result<Granted, ApiError> {
-        let state = self.state();
         let config = &state.config;
         let denied = |e: &ApiError, role: Option<&str>| {
             let mut fields = serde_json::json!({
@@ -166,7 +165,7 @@ impl Agent {
                 "scope": ask.scopes.iter().cloned().collect::<Vec<_>>().join(" "),
                 "reason": e.code(), "error_description": e.description,
             });
-            if !operator && hides_reasons(e) {
+            if hides_reasons(e) && !policy::is_operator(config, caller) {
                 fields["reference"] = new_reference().into();
             }
             if let Some(recorded) = self.audit_denial(caller, fields) {
