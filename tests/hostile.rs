@@ -10,12 +10,13 @@ use std::time::Duration;
 use common::*;
 use tokio::io::AsyncBufReadExt;
 
-/// Starts `python3 -c script socket args…` as `uid`; its stdout is piped.
+/// Starts `python3 -c script socket args…` as `uid`, with [`ASK`] defined for the script; its
+/// stdout is piped.
 fn python_as(uid: u32, script: &str, socket: &Path, args: &[&str]) -> tokio::process::Child {
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new("python3");
     cmd.arg("-c")
-        .arg(script)
+        .arg(format!("{ASK}{script}"))
         .arg(socket)
         .args(args)
         .uid(uid)
@@ -120,13 +121,23 @@ async fn a_body_that_never_comes_is_answered_408_and_the_connection_freed() {
 /// Sends N requests, each on its own connection, with the JSON body argv[3]; prints the status
 /// codes seen, space-separated, then the longest answer's length.
 const REPEAT_POST: &str = r#"
-import socket, sys
-path, n, body = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
+n, body = int(sys.argv[2]), sys.argv[3].encode()
 codes, longest = set(), 0
 for i in range(n):
+    answer = ask(b"POST /v1/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    codes.add(answer.split(b" ")[1].decode())
+    longest = max(longest, len(answer))
+print(" ".join(sorted(codes)), longest, flush=True)
+"#;
+
+/// What the request scripts share: `ask(request)` sends one request on its own connection to
+/// the socket (argv[1]) and returns the whole answer.
+const ASK: &str = r#"
+import json, socket, sys
+def ask(request):
     s = socket.socket(socket.AF_UNIX)
-    s.connect(path)
-    s.sendall(b"POST /v1/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    s.connect(sys.argv[1])
+    s.sendall(request)
     answer = b""
     while True:
         chunk = s.recv(65536)
@@ -134,9 +145,7 @@ for i in range(n):
             break
         answer += chunk
     s.close()
-    codes.add(answer.split(b" ")[1].decode())
-    longest = max(longest, len(answer))
-print(" ".join(sorted(codes)), longest, flush=True)
+    return answer
 "#;
 
 #[tokio::test]
@@ -212,17 +221,8 @@ async fn actor_tokens_from_a_role_that_is_not_an_agent_make_no_exchange_and_no_k
 /// GETs each path in argv[2:] on its own connection; prints one JSON line per answer:
 /// {"status": N, "body": "..."}.
 const GET_PATHS: &str = r#"
-import json, socket, sys
 for path in sys.argv[2:]:
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(sys.argv[1])
-    s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path).encode())
-    answer = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        answer += chunk
+    answer = ask(("GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path).encode())
     head, _, body = answer.partition(b"\r\n\r\n")
     print(json.dumps({"status": int(head.split(b" ")[1]), "body": body.decode()}), flush=True)
 "#;

@@ -592,14 +592,7 @@ mod tests {
     use std::collections::BTreeSet;
     use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
-    fn settings() -> RefreshSettings {
-        RefreshSettings {
-            refresh_at: 0.8,
-            refresh_jitter: 0.05,
-            min_remaining: Duration::from_secs(30),
-            idle_expiry: Duration::from_secs(1800),
-        }
-    }
+    use super::schedule::tests::settings;
 
     /// A provider stand-in: counts exchanges; mode 0 works, 1 fails retryably.
     struct Fake {

@@ -59,10 +59,11 @@ pub(super) fn jitter_unit() -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn settings() -> RefreshSettings {
+    /// The settings the cache's unit tests use: renew at 0.8 ± 0.05, 30 s floor, 30 min idle.
+    pub(in crate::cache) fn settings() -> RefreshSettings {
         RefreshSettings {
             refresh_at: 0.8,
             refresh_jitter: 0.05,
