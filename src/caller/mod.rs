@@ -186,7 +186,7 @@ fn read_process(
         .map(|p| ExeName::new(strip_deleted(p)));
     // Followed, the link reaches the file itself, whatever the caller's namespace calls it.
     let executable = std::fs::metadata(dir.join("exe")).ok().map(|m| Executable::of(&m));
-    let namespaces = Namespaces::read(proc_root, &dir);
+    let namespaces = Namespaces::read(&dir);
     let unit = std::fs::read_to_string(dir.join("cgroup"))
         .ok()
         .and_then(|c| unit_from_cgroup(&c));

@@ -6,8 +6,14 @@
 //! files gives the same device and inode.
 
 use std::path::Path;
+use std::sync::LazyLock;
 
 use super::exe::FileId;
+
+/// The agent's own mount and user namespaces, read once: a process keeps its namespaces (the
+/// agent never calls `setns`), so each connection stats only the caller's.
+static AGENT: LazyLock<[Option<FileId>; 2]> =
+    LazyLock::new(|| ["mnt", "user"].map(|name| FileId::at(&Path::new("/proc/self/ns").join(name)).ok()));
 
 /// Where a caller is, relative to one of the agent's own namespaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,22 +41,20 @@ impl Namespaces {
         user: Namespace::Unknown,
     };
 
-    /// Those of the process whose `/proc` directory is `dir`, against the agent's (`self`).
-    pub(crate) fn read(proc_root: &Path, dir: &Path) -> Namespaces {
-        let one = |name: &str| {
-            let ns = |d: &Path| FileId::at(&d.join("ns").join(name)).ok();
-            match (ns(dir), ns(&proc_root.join("self"))) {
-                (Some(caller), Some(agent)) if caller == agent => Namespace::Agent,
-                (Some(caller), Some(agent)) => Namespace::Other {
-                    caller: caller.ino,
-                    agent: agent.ino,
-                },
-                _ => Namespace::Unknown,
-            }
+    /// Those of the process whose `/proc` directory is `dir`, against the agent's.
+    pub(crate) fn read(dir: &Path) -> Namespaces {
+        let one = |name: &str, agent: Option<FileId>| match (FileId::at(&dir.join("ns").join(name)).ok(), agent) {
+            (Some(caller), Some(agent)) if caller == agent => Namespace::Agent,
+            (Some(caller), Some(agent)) => Namespace::Other {
+                caller: caller.ino,
+                agent: agent.ino,
+            },
+            _ => Namespace::Unknown,
         };
+        let [mount, user] = *AGENT;
         Namespaces {
-            mount: one("mnt"),
-            user: one("user"),
+            mount: one("mnt", mount),
+            user: one("user", user),
         }
     }
 }
@@ -75,7 +79,7 @@ mod tests {
     #[test]
     fn this_process_shares_the_agents_namespaces() {
         let me = Path::new("/proc").join(std::process::id().to_string());
-        let ns = Namespaces::read(Path::new("/proc"), &me);
+        let ns = Namespaces::read(&me);
         assert_eq!(
             ns,
             Namespaces {
@@ -88,7 +92,7 @@ mod tests {
     #[test]
     fn an_unreadable_namespace_is_unknown_and_another_names_both() {
         let nowhere = Path::new("/proc/0");
-        assert_eq!(Namespaces::read(Path::new("/proc"), nowhere), Namespaces::UNKNOWN);
+        assert_eq!(Namespaces::read(nowhere), Namespaces::UNKNOWN);
         let other = Namespace::Other { caller: 7, agent: 8 };
         assert_eq!(
             other.describe("mount", "mnt"),
