@@ -103,18 +103,7 @@ pub(crate) fn error_line(code: &str, description: &str) -> String {
 /// included) are written as `\u{..}`, so a provider's error text or a caller-chosen name can
 /// neither add lines nor send escape sequences.
 pub(crate) fn printable(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.chars().any(char::is_control) {
-        return std::borrow::Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if c.is_control() {
-            out.push_str(&format!("\\u{{{:x}}}", c as u32));
-        } else {
-            out.push(c);
-        }
-    }
-    std::borrow::Cow::Owned(out)
+    crate::run::logging::escape_control_chars(s, false)
 }
 
 /// A JSON answer with every string (and key) made [`printable`], before it is formatted for a

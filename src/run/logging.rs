@@ -73,35 +73,41 @@ impl<W: std::io::Write> std::io::Write for EscapingWriter<W> {
     }
 }
 
-/// `buf` with C0 controls, DEL and C1 controls written as `\n`, `\t`, `\u{1b}`…, except one
-/// trailing newline.
+/// `buf` (one log line) with every control character escaped by [`escape_control_chars`]
+/// (newline, carriage return and tab by name), except one trailing newline.
 fn escape_controls(buf: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    use std::borrow::Cow;
     let (body, end) = match buf.split_last() {
         Some((b'\n', body)) => (body, &b"\n"[..]),
         _ => (buf, &b""[..]),
     };
-    let is_c1 = |i: usize| body[i] == 0xc2 && body.get(i + 1).is_some_and(|b| (0x80..=0x9f).contains(b));
-    if !body.iter().enumerate().any(|(i, &b)| b < 0x20 || b == 0x7f || is_c1(i)) {
-        return std::borrow::Cow::Borrowed(buf);
+    let text = String::from_utf8_lossy(body);
+    match (&text, escape_control_chars(&text, true)) {
+        (Cow::Borrowed(_), Cow::Borrowed(_)) => Cow::Borrowed(buf),
+        (_, escaped) => Cow::Owned([escaped.as_bytes(), end].concat()),
     }
-    let mut out = Vec::with_capacity(buf.len() + 16);
-    let mut i = 0;
-    while i < body.len() {
-        let b = body[i];
-        match b {
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            _ if b < 0x20 || b == 0x7f => out.extend_from_slice(format!("\\u{{{b:x}}}").as_bytes()),
-            _ if is_c1(i) => {
-                out.extend_from_slice(format!("\\u{{{:x}}}", body[i + 1]).as_bytes());
-                i += 1;
+}
+
+/// `s` with its control characters (C0, DEL, C1) written as `\u{..}` (and, with `named`,
+/// newline, carriage return and tab as `\n`, `\r`, `\t`): text from outside can then neither
+/// add lines nor send escape sequences, to a log or to a terminal.
+pub(crate) fn escape_control_chars(s: &str, named: bool) -> std::borrow::Cow<'_, str> {
+    use std::fmt::Write;
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' if named => out.push_str("\\n"),
+            '\r' if named => out.push_str("\\r"),
+            '\t' if named => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
             }
-            _ => out.push(b),
+            c => out.push(c),
         }
-        i += 1;
     }
-    out.extend_from_slice(end);
     std::borrow::Cow::Owned(out)
 }
 
