@@ -107,29 +107,18 @@ async fn roles_by_group_name_and_by_gid_admit_primary_and_supplementary_groups()
     let named = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(1))
         .unwrap()
         .expect("a group with gid 1 on this host");
-    let mut h = Harness::new(
+    let h = Harness::new(
         Duration::from_secs(300),
         Setup {
             role_uids: vec![NOBODY],
             roles: vec![
-                Role::new("by-group", &["payments"]).uids(&[NOBODY]),
-                Role::new("by-gid", &["batch"]).uids(&[NOBODY]),
+                Role::new("by-group", &["payments"]).groups(&[&named.name]),
+                Role::new("by-gid", &["batch"]).gids(&[5151]),
             ],
             ..Setup::default()
         },
     )
     .await;
-    h.stop().await;
-    // The fixture has no groups/gids: swap the placeholder uid conditions for them.
-    edit_config(&h.config_path, |c| {
-        let r = role_table(c, "by-group");
-        r.remove("uids");
-        r.insert("groups".into(), toml::Value::Array(vec![named.name.clone().into()]));
-        let r = role_table(c, "by-gid");
-        r.remove("uids");
-        r.insert("gids".into(), toml::Value::Array(vec![5151.into()]));
-    });
-    h.start().await;
     open_dir(h.dir.path());
     let exe = Path::new(env!("CARGO_BIN_EXE_cortexid"));
     let payments = ["--identity", "payments", "--audience", PAYMENTS];
@@ -243,27 +232,18 @@ async fn a_role_by_unit_admits_callers_running_in_that_unit_only() {
             }
         },
     };
-    let mut h = Harness::new(
+    let h = Harness::new(
         Duration::from_secs(300),
         Setup {
             role_uids: vec![NOBODY],
             roles: vec![
-                Role::new("by-unit", &["payments"]).uids(&[NOBODY]),
-                Role::new("elsewhere", &["batch"]).uids(&[NOBODY]),
+                Role::new("by-unit", &["payments"]).units(&[&unit]),
+                Role::new("elsewhere", &["batch"]).units(&["elsewhere.service"]),
             ],
             ..Setup::default()
         },
     )
     .await;
-    h.stop().await;
-    edit_config(&h.config_path, |c| {
-        for (role, units) in [("by-unit", unit.as_str()), ("elsewhere", "elsewhere.service")] {
-            let r = role_table(c, role);
-            r.remove("uids");
-            r.insert("units".into(), toml::Value::Array(vec![units.into()]));
-        }
-    });
-    h.start().await;
     // `cortexid token` in the unit: moved into the scope by the shell that then becomes it.
     let ask = |args: [&str; 4]| {
         let mut cmd = match &scope {

@@ -261,12 +261,8 @@ async fn sigterm_lets_a_request_in_flight_finish_then_exits() {
 async fn log_format_json_writes_json_lines_to_stderr() {
     let mut h = Harness::new(Duration::from_secs(300), Setup::default()).await;
     h.stop().await;
-    edit_config(&h.config_path, |c| {
-        c["agent"]
-            .as_table_mut()
-            .unwrap()
-            .insert("log_format".into(), "json".into());
-    });
+    h.config.agent.log_format = Some(cortexid::config::LogFormat::Json);
+    h.write_config();
     let agent = AgentProcess::spawn(
         &h.config_path,
         &h.socket,

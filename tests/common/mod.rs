@@ -293,25 +293,6 @@ pub fn skip_or_fail(test: &str, why: &str) {
     let _ = std::io::stderr().write_all(banner.as_bytes());
 }
 
-/// Rewrites the configuration file at `path` through `edit`, for keys the fixture's typed
-/// config does not model (role `groups`/`gids`/`units`, `log_format`).
-pub fn edit_config(path: &Path, edit: impl FnOnce(&mut toml::Table)) {
-    let mut table: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    edit(&mut table);
-    std::fs::write(path, toml::to_string(&table).unwrap()).unwrap();
-}
-
-/// The `[[role]]` table named `name` in a parsed configuration.
-pub fn role_table<'t>(config: &'t mut toml::Table, name: &str) -> &'t mut toml::Table {
-    config["role"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .filter_map(|r| r.as_table_mut())
-        .find(|r| r["name"].as_str() == Some(name))
-        .unwrap_or_else(|| panic!("no role {name:?}"))
-}
-
 /// The real `cortexid agent` as a child process, with its stderr (the logs) in a file.
 pub struct AgentProcess {
     pub child: std::process::Child,
