@@ -23,6 +23,9 @@ pub enum ErrorKind {
     NotFound,
     /// 405 `method_not_allowed`: the endpoint exists, not with this method.
     MethodNotAllowed,
+    /// 401 `login_required`: the role or identity needs the caller's session at a `[[login]]`,
+    /// and the caller has none (or it ended); the text names the login, why, and the command.
+    LoginRequired,
     /// 403 `access_denied`: no role lets this caller use this identity.
     AccessDenied,
     /// 403 `invalid_target`: audience not allowed for this caller, or refused by the provider.
@@ -55,6 +58,7 @@ impl ErrorKind {
             ErrorKind::HeadersTooLarge => 431,
             ErrorKind::NotFound | ErrorKind::UnknownIdentity => 404,
             ErrorKind::MethodNotAllowed => 405,
+            ErrorKind::LoginRequired => 401,
             ErrorKind::AccessDenied | ErrorKind::InvalidTarget | ErrorKind::InvalidScope => 403,
             ErrorKind::SlowDown => 429,
             ErrorKind::UpstreamError => 502,
@@ -72,6 +76,7 @@ impl ErrorKind {
             | ErrorKind::HeadersTooLarge => "invalid_request",
             ErrorKind::NotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
+            ErrorKind::LoginRequired => "login_required",
             ErrorKind::AccessDenied => "access_denied",
             ErrorKind::InvalidTarget => "invalid_target",
             ErrorKind::InvalidScope => "invalid_scope",

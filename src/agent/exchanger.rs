@@ -156,6 +156,7 @@ mod tests {
                 trusted_issuers: vec![],
                 actor_token_file: None,
                 actor_token_type: String::new(),
+                actor_identity: None,
                 requested_token_type: String::new(),
                 audiences: vec!["a".into()],
                 scopes: vec![],

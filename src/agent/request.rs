@@ -217,6 +217,17 @@ impl Agent {
             SubjectSource::File(file) => self
                 .credential(file, &identity.subject_token_type, "subject")
                 .inspect_err(|e| denied(e, Some(role)))?,
+            SubjectSource::Login(login) => {
+                let e = ApiError::new(
+                    ErrorKind::LoginRequired,
+                    format!(
+                        "identity {:?} needs your session at login {login:?}; sign in with `cortexid login {login}`",
+                        identity.name
+                    ),
+                );
+                denied(&e, Some(role));
+                return Err(e);
+            }
             SubjectSource::Caller => match &ask.subject_token {
                 Some(t) => Credential::Presented(t.clone()),
                 None => {

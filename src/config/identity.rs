@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::locate::{Seg, at};
-use super::model::{Grant, IdentitySettings, ProviderSettings, SubjectSource, TrustedIssuer};
+use super::model::{Grant, IdentitySettings, LoginSettings, ProviderSettings, SubjectSource, TrustedIssuer};
 use super::raw::RawIdentity;
 use super::validate::{Validator, list_or_none};
-use crate::oauth::{TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
+use crate::oauth::{TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT};
 
 impl Validator<'_> {
     /// Validates every `[[identity]]` against the providers: unique names, a known provider, and a
@@ -17,6 +17,7 @@ impl Validator<'_> {
         &mut self,
         raw: &[RawIdentity],
         providers: &[Arc<ProviderSettings>],
+        logins: &[Arc<LoginSettings>],
     ) -> Vec<Arc<IdentitySettings>> {
         let mut seen = HashMap::new();
         let mut out = Vec::new();
@@ -71,8 +72,16 @@ impl Validator<'_> {
                     SubjectSource::File(self.secret(&at("identity", i, "subject_token_file"), f))
                 }
                 (Grant::TokenExchange, None, Some("caller")) => SubjectSource::Caller,
+                (Grant::TokenExchange, None, Some(s)) if s.starts_with("login:") => {
+                    let name = &s["login:".len()..];
+                    self.login_ref(&at("identity", i, "subject"), name, logins);
+                    SubjectSource::Login(name.to_string())
+                }
                 (Grant::TokenExchange, None, Some(other)) => {
-                    self.problem(&at("identity", i, "subject"), format!("{other:?} is not \"caller\""));
+                    self.problem(
+                        &at("identity", i, "subject"),
+                        format!("{other:?} is not \"caller\" or \"login:NAME\""),
+                    );
                     SubjectSource::Caller
                 }
                 (Grant::TokenExchange, Some(_), Some(_)) => {
@@ -135,15 +144,29 @@ impl Validator<'_> {
                     "audiences = [...] must list at least one audience".into(),
                 );
             }
+            let subject_token_type = self.subject_token_type(i, &subject, id.subject_token_type.as_deref());
+            if id.actor_identity.is_some() && grant == Grant::ClientCredentials {
+                self.problem(
+                    &at("identity", i, "actor_identity"),
+                    "client_credentials cannot delegate; use grant = \"token_exchange\"".into(),
+                );
+            }
+            if id.actor_identity.is_some() && id.actor_token_file.is_some() {
+                self.problem(
+                    &at("identity", i, "actor_identity"),
+                    "give actor_token_file or actor_identity, not both".into(),
+                );
+            }
             out.push(Arc::new(IdentitySettings {
                 name: id.name.clone(),
                 provider: id.provider.clone(),
                 grant,
                 subject,
-                subject_token_type: id.subject_token_type.clone().unwrap_or_else(|| TOKEN_TYPE_JWT.into()),
+                subject_token_type,
                 trusted_issuers,
                 actor_token_file,
                 actor_token_type: id.actor_token_type.clone().unwrap_or_else(|| TOKEN_TYPE_JWT.into()),
+                actor_identity: id.actor_identity.clone(),
                 requested_token_type: id
                     .requested_token_type
                     .clone()
@@ -152,7 +175,59 @@ impl Validator<'_> {
                 scopes: id.scopes.clone(),
             }));
         }
+        self.actor_identities(&out);
         out
+    }
+
+    /// The token type of identity `i`'s subject credential: for a `login:` subject, the access
+    /// token (default, also sent as a JWT) or the ID token; otherwise as written (default JWT).
+    fn subject_token_type(&mut self, i: usize, subject: &SubjectSource, written: Option<&str>) -> String {
+        match (subject, written) {
+            (SubjectSource::Login(_), None) => TOKEN_TYPE_ACCESS_TOKEN.into(),
+            (SubjectSource::Login(_), Some(t))
+                if [TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT].contains(&t) =>
+            {
+                t.into()
+            }
+            (SubjectSource::Login(_), Some(other)) => {
+                self.problem(
+                    &at("identity", i, "subject_token_type"),
+                    format!(
+                        "{other:?}: a session's subject credential is its access token ({TOKEN_TYPE_ACCESS_TOKEN}, or {TOKEN_TYPE_JWT}) or its ID token ({TOKEN_TYPE_ID_TOKEN})"
+                    ),
+                );
+                TOKEN_TYPE_ACCESS_TOKEN.into()
+            }
+            (_, t) => t.unwrap_or(TOKEN_TYPE_JWT).into(),
+        }
+    }
+
+    /// Each `actor_identity` names another identity whose token the agent can get on its own
+    /// (a subject file or client credentials, no caller's credential).
+    fn actor_identities(&mut self, identities: &[Arc<IdentitySettings>]) {
+        for (i, id) in identities.iter().enumerate() {
+            let Some(actor) = &id.actor_identity else { continue };
+            match identities.iter().find(|a| &a.name == actor) {
+                None => {
+                    let known: Vec<&str> = identities.iter().map(|i| i.name.as_str()).collect();
+                    self.problem(
+                        &at("identity", i, "actor_identity"),
+                        format!("no [[identity]] named {actor:?}; defined: {}", list_or_none(&known)),
+                    );
+                }
+                Some(a) if a.name == id.name => self.problem(
+                    &at("identity", i, "actor_identity"),
+                    "an identity cannot be its own actor; name the agent's own identity".into(),
+                ),
+                Some(a) if matches!(a.subject, SubjectSource::Caller | SubjectSource::Login(_)) => self.problem(
+                    &at("identity", i, "actor_identity"),
+                    format!(
+                        "identity {actor:?} needs a caller's credential; the actor must be one the agent obtains on its own (subject_token_file or client_credentials)"
+                    ),
+                ),
+                Some(_) => {}
+            }
+        }
     }
 }
 

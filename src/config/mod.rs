@@ -14,6 +14,7 @@
 mod agent;
 mod identity;
 mod locate;
+mod login;
 mod model;
 mod provider;
 mod raw;
@@ -41,6 +42,7 @@ pub use model::SinkSettings;
 pub use model::SubjectSource;
 pub use model::TargetParameter;
 pub use model::{AuditTarget, Config, Rate, Role, TrustedIssuer};
+pub use model::{LoginFlow, LoginSettings};
 
 /// Where the agent and the command line look for the configuration unless told otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/cortexid/cortexid.toml";

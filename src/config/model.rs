@@ -27,6 +27,9 @@ pub struct Config {
     pub roles: Vec<Arc<Role>>,
     /// The `[[sink]]`s; no two write the same file.
     pub sinks: Vec<SinkSettings>,
+    /// The `[[login]]`s people sign in at, in file order; names are unique and each names a
+    /// provider above.
+    pub logins: Vec<Arc<LoginSettings>>,
 }
 
 impl Config {
@@ -37,6 +40,10 @@ impl Config {
     /// The provider with this name.
     pub fn provider(&self, name: &str) -> Option<&Arc<ProviderSettings>> {
         self.providers.iter().find(|p| p.name == name)
+    }
+    /// The login with this name.
+    pub fn login(&self, name: &str) -> Option<&Arc<LoginSettings>> {
+        self.logins.iter().find(|l| l.name == name)
     }
 }
 
@@ -214,6 +221,9 @@ pub enum SubjectSource {
     Caller,
     /// Client credentials: the client is the subject.
     Client,
+    /// `subject = "login:NAME"`: the calling person's own session at the `[[login]]` NAME (its
+    /// access token, or its ID token when `subject_token_type` is the ID token type).
+    Login(String),
 }
 
 /// An issuer whose credentials callers may present as the subject of a `subject = "caller"`
@@ -250,6 +260,9 @@ pub struct IdentitySettings {
     pub actor_token_file: Option<SecretFile>,
     /// The RFC 8693 type of the actor credential (default the JWT token type).
     pub actor_token_type: String,
+    /// `actor_identity`: another identity (one that needs no caller credential) whose token is
+    /// sent as `actor_token` when a request brings none; token exchange only.
+    pub actor_identity: Option<String>,
     /// The token type asked for (default the access token type).
     pub requested_token_type: String,
     /// Allowed audiences; the first is the default (used by `doctor` and sinks without one).
@@ -326,6 +339,9 @@ pub struct Role {
     /// The caller presented a credential whose claims match: each key is a claim (dots reach
     /// into nested objects), which must equal one of the values or be a list holding one.
     pub claims: Option<BTreeMap<String, Vec<String>>>,
+    /// The caller holds a live session at this `[[login]]` (bound to its uid); `claims` are then
+    /// matched against the session's current ID-token claims.
+    pub login: Option<String>,
     /// The identities it grants (at least one; each is configured).
     pub identities: Vec<String>,
     /// Narrows the identities' audiences to these; none means all of them.
@@ -359,4 +375,72 @@ pub struct SinkSettings {
     pub owner: Option<u32>,
     /// The gid the file is given to, if any.
     pub group: Option<u32>,
+}
+
+/// How a person signs in at a `[[login]]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginFlow {
+    /// The browser flow when the person has a local display, else the device flow.
+    Auto,
+    /// The device authorization grant (RFC 8628): a URL and a code to enter on any device.
+    Device,
+    /// Authorization code with PKCE S256 and a loopback redirect to the CLI (RFC 8252).
+    Browser,
+}
+
+impl LoginFlow {
+    /// The flow's name as the configuration and the socket API spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoginFlow::Auto => "auto",
+            LoginFlow::Device => "device",
+            LoginFlow::Browser => "browser",
+        }
+    }
+}
+
+/// The shortest `max_session` accepted.
+pub const MIN_SESSION: Duration = Duration::from_secs(60);
+/// The longest `max_session` accepted (30 days).
+pub const MAX_SESSION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// `max_session` when none is given.
+pub const DEFAULT_MAX_SESSION: Duration = Duration::from_secs(12 * 3600);
+
+/// One `[[login]]`: a client at a provider where people on this host sign in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoginSettings {
+    /// The name `cortexid login NAME`, `subject = "login:NAME"` and role `login` refer to it by.
+    pub name: String,
+    /// The `[[provider]]` people sign in at (one that is configured).
+    pub provider: String,
+    /// The login client registered at the provider (usually a public, native client).
+    pub client_id: String,
+    /// How the agent authenticates as that client (default none: a public client with PKCE).
+    pub client_auth: ClientAuth,
+    /// The scopes asked for at sign-in and refresh (default `openid offline_access`).
+    pub scopes: Vec<String>,
+    /// The flow `cortexid login` uses unless told (default auto).
+    pub flow: LoginFlow,
+    /// A session ends at this age, whatever the provider allows (1 minute to 30 days; default
+    /// 12 hours).
+    pub max_session: Duration,
+    /// Who may sign in, by uid (`users`); none and no `gids` means any user but root.
+    pub uids: Option<BTreeSet<u32>>,
+    /// Who may sign in, by group (`groups`, primary or supplementary).
+    pub gids: Option<BTreeSet<u32>>,
+    /// Sessions are kept, encrypted, in `[agent] state_dir` across restarts.
+    pub persist: bool,
+}
+
+impl LoginSettings {
+    /// Whether the user `uid`, in the groups `in_group` says yes to, may sign in here.
+    pub fn may_sign_in(&self, uid: u32, in_group: impl Fn(u32) -> bool) -> bool {
+        match (&self.uids, &self.gids) {
+            (None, None) => uid != 0,
+            (uids, gids) => {
+                uids.as_ref().is_some_and(|u| u.contains(&uid))
+                    || gids.as_ref().is_some_and(|g| g.iter().any(|g| in_group(*g)))
+            }
+        }
+    }
 }

@@ -43,56 +43,14 @@ impl Validator<'_> {
                 path
             });
             let method = p.client_auth.as_deref().unwrap_or("client_secret_basic");
-            let needs_secret = matches!(method, "client_secret_basic" | "client_secret_post");
-            if !needs_secret && p.client_secret_file.is_some() {
-                self.problem(
-                    &at("provider", i, "client_secret_file"),
-                    format!("client_auth = {method:?} does not use a client secret; remove it"),
-                );
-            }
-            if method != "private_key_jwt" && (p.private_key_file.is_some() || p.key_id.is_some()) {
-                self.problem(
-                    &at("provider", i, "private_key_file"),
-                    format!("client_auth = {method:?} does not use a private key; remove private_key_file/key_id"),
-                );
-            }
-            let secret = |v: &mut Self, field: &str, value: &Option<String>| -> SecretFile {
-                match value {
-                    Some(f) => v.secret(&at("provider", i, field), f),
-                    None => {
-                        v.problem(
-                            &at("provider", i, "client_auth"),
-                            format!("client_auth = {method:?} needs {field}"),
-                        );
-                        SecretFile { path: PathBuf::new() }
-                    }
-                }
-            };
-            let client_auth = match method {
-                "client_secret_basic" => {
-                    ClientAuth::SecretBasic(secret(self, "client_secret_file", &p.client_secret_file))
-                }
-                "client_secret_post" => {
-                    ClientAuth::SecretPost(secret(self, "client_secret_file", &p.client_secret_file))
-                }
-                "private_key_jwt" => {
-                    let key = secret(self, "private_key_file", &p.private_key_file);
-                    ClientAuth::PrivateKeyJwt {
-                        key,
-                        key_id: p.key_id.clone(),
-                    }
-                }
-                "none" => ClientAuth::None,
-                other => {
-                    self.problem(
-                        &at("provider", i, "client_auth"),
-                        format!(
-                            "{other:?} is not one of client_secret_basic, client_secret_post, private_key_jwt, none"
-                        ),
-                    );
-                    ClientAuth::None
-                }
-            };
+            let client_auth = self.client_auth(
+                "provider",
+                i,
+                method,
+                &p.client_secret_file,
+                &p.private_key_file,
+                &p.key_id,
+            );
             let target_parameter = match p.target_parameter.as_deref() {
                 None => None,
                 Some("audience") => Some(TargetParameter::Audience),
@@ -122,6 +80,63 @@ impl Validator<'_> {
             }));
         }
         out
+    }
+
+    /// The client authentication a `[[provider]]` or `[[login]]` (`section`, entry `i`) asks for
+    /// with `method`, taking exactly the credentials that method uses.
+    pub(super) fn client_auth(
+        &mut self,
+        section: &str,
+        i: usize,
+        method: &str,
+        client_secret_file: &Option<String>,
+        private_key_file: &Option<String>,
+        key_id: &Option<String>,
+    ) -> ClientAuth {
+        let needs_secret = matches!(method, "client_secret_basic" | "client_secret_post");
+        if !needs_secret && client_secret_file.is_some() {
+            self.problem(
+                &at(section, i, "client_secret_file"),
+                format!("client_auth = {method:?} does not use a client secret; remove it"),
+            );
+        }
+        if method != "private_key_jwt" && (private_key_file.is_some() || key_id.is_some()) {
+            self.problem(
+                &at(section, i, "private_key_file"),
+                format!("client_auth = {method:?} does not use a private key; remove private_key_file/key_id"),
+            );
+        }
+        let secret = |v: &mut Self, field: &str, value: &Option<String>| -> SecretFile {
+            match value {
+                Some(f) => v.secret(&at(section, i, field), f),
+                None => {
+                    v.problem(
+                        &at(section, i, "client_auth"),
+                        format!("client_auth = {method:?} needs {field}"),
+                    );
+                    SecretFile { path: PathBuf::new() }
+                }
+            }
+        };
+        match method {
+            "client_secret_basic" => ClientAuth::SecretBasic(secret(self, "client_secret_file", client_secret_file)),
+            "client_secret_post" => ClientAuth::SecretPost(secret(self, "client_secret_file", client_secret_file)),
+            "private_key_jwt" => {
+                let key = secret(self, "private_key_file", private_key_file);
+                ClientAuth::PrivateKeyJwt {
+                    key,
+                    key_id: key_id.clone(),
+                }
+            }
+            "none" => ClientAuth::None,
+            other => {
+                self.problem(
+                    &at(section, i, "client_auth"),
+                    format!("{other:?} is not one of client_secret_basic, client_secret_post, private_key_jwt, none"),
+                );
+                ClientAuth::None
+            }
+        }
     }
 }
 

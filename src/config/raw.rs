@@ -23,6 +23,8 @@ pub(super) struct RawConfig {
     pub(super) role: Vec<RawRole>,
     #[serde(default)]
     pub(super) sink: Vec<RawSink>,
+    #[serde(default)]
+    pub(super) login: Vec<RawLogin>,
 }
 
 /// `[agent]`.
@@ -82,6 +84,7 @@ pub(super) struct RawIdentity {
     pub(super) trusted_issuers: Vec<RawTrustedIssuer>,
     pub(super) actor_token_file: Option<String>,
     pub(super) actor_token_type: Option<String>,
+    pub(super) actor_identity: Option<String>,
     pub(super) requested_token_type: Option<String>,
     #[serde(default)]
     pub(super) audiences: Vec<String>,
@@ -111,6 +114,7 @@ pub(super) struct RawRole {
     pub(super) executables_any_namespace: bool,
     pub(super) executable_sha256: Option<Vec<String>>,
     pub(super) claims: Option<BTreeMap<String, RawClaimValues>>,
+    pub(super) login: Option<String>,
     #[serde(default)]
     pub(super) identities: Vec<String>,
     pub(super) audiences: Option<Vec<String>>,
@@ -131,6 +135,25 @@ pub(super) struct RawSink {
     pub(super) mode: Option<String>,
     pub(super) owner: Option<String>,
     pub(super) group: Option<String>,
+}
+
+/// One `[[login]]`: where people sign in (section `people/`).
+#[derive(Debug, Deserialize)]
+pub(super) struct RawLogin {
+    pub(super) name: String,
+    pub(super) provider: String,
+    pub(super) client_id: String,
+    pub(super) client_auth: Option<String>,
+    pub(super) client_secret_file: Option<String>,
+    pub(super) private_key_file: Option<String>,
+    pub(super) key_id: Option<String>,
+    pub(super) scopes: Option<Vec<String>>,
+    pub(super) flow: Option<String>,
+    pub(super) max_session: Option<String>,
+    pub(super) users: Option<Vec<String>>,
+    pub(super) groups: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) persist: bool,
 }
 
 /// The key paths in `table` that no section accepts, each found by deserializing one key at a

@@ -6,14 +6,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::locate::{Seg, at};
-use super::model::{IdentitySettings, Rate, Role};
+use super::model::{IdentitySettings, LoginSettings, Rate, Role, SubjectSource};
 use super::raw::{RawClaimValues, RawRole};
 use super::validate::{Validator, list_or_none};
 
 impl Validator<'_> {
     /// Validates every `[[role]]` against the identities: it must say who it is for, name defined
     /// identities, and narrow (never widen) their audiences and scopes.
-    pub(super) fn roles(&mut self, raw: &[RawRole], identities: &[Arc<IdentitySettings>]) -> Vec<Arc<Role>> {
+    pub(super) fn roles(
+        &mut self,
+        raw: &[RawRole],
+        identities: &[Arc<IdentitySettings>],
+        logins: &[Arc<LoginSettings>],
+    ) -> Vec<Arc<Role>> {
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (i, r) in raw.iter().enumerate() {
@@ -104,10 +109,13 @@ impl Validator<'_> {
                 r.executable_sha256.as_ref().map(Vec::len),
                 r.claims.as_ref().map(BTreeMap::len),
             ];
-            if conditions.iter().all(|c| c.is_none()) {
+            if let Some(login) = &r.login {
+                self.login_ref(&at("role", i, "login"), login, logins);
+            }
+            if conditions.iter().all(|c| c.is_none()) && r.login.is_none() {
                 self.problem(
                     &at("role", i, "name"),
-                    "a role must say who it is for (users, uids, groups, gids, units, executables, executable_sha256 or claims); a role for everyone is never the default".into(),
+                    "a role must say who it is for (users, uids, groups, gids, units, executables, executable_sha256, claims or login); a role for everyone is never the default".into(),
                 );
             }
             for (field, n) in [
@@ -139,7 +147,17 @@ impl Validator<'_> {
             let mut role_ids = Vec::new();
             for (j, name) in r.identities.iter().enumerate() {
                 match identities.iter().find(|id| &id.name == name) {
-                    Some(id) => role_ids.push(id.clone()),
+                    Some(id) => {
+                        if let (SubjectSource::Login(needs), Some(login)) = (&id.subject, &r.login)
+                            && needs != login
+                        {
+                            self.problem(
+                                &at("role", i, "login"),
+                                format!("identity {name:?} takes its subject from login {needs:?}, not {login:?}; make them the same"),
+                            );
+                        }
+                        role_ids.push(id.clone());
+                    }
                     None => {
                         let known: Vec<&str> = identities.iter().map(|i| i.name.as_str()).collect();
                         self.problem(
@@ -197,6 +215,7 @@ impl Validator<'_> {
                 executables_any_namespace: r.executables_any_namespace,
                 executable_sha256,
                 claims,
+                login: r.login.clone(),
                 identities: r.identities.clone(),
                 audiences: r.audiences.clone(),
                 scopes: r.scopes.clone(),

@@ -46,6 +46,12 @@ impl Validator<'_> {
                         "a sink cannot use a subject = \"caller\" identity: no caller presents a credential".into(),
                     );
                 }
+                if let SubjectSource::Login(login) = &id.subject {
+                    self.problem(
+                        &at("sink", i, "identity"),
+                        format!("a sink cannot use identity {:?}: its subject is a person's session at login {login:?}, which a file written for anyone must not hold", id.name),
+                    );
+                }
                 for scope in &s.scopes {
                     if !id.scopes.contains(scope) {
                         self.problem(

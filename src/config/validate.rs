@@ -134,8 +134,9 @@ impl Validator<'_> {
     pub(super) fn build(&mut self, raw: RawConfig, path: &Path) -> Config {
         let agent = self.agent(&raw.agent);
         let providers = self.providers(&raw.provider);
-        let identities = self.identities(&raw.identity, &providers);
-        let roles = self.roles(&raw.role, &identities);
+        let logins = self.logins(&raw.login, &providers);
+        let identities = self.identities(&raw.identity, &providers, &logins);
+        let roles = self.roles(&raw.role, &identities, &logins);
         let sinks = self.sinks(&raw.sink, &identities);
         Config {
             path: path.to_path_buf(),
@@ -144,6 +145,7 @@ impl Validator<'_> {
             identities,
             roles,
             sinks,
+            logins,
         }
     }
 

@@ -420,6 +420,7 @@ mod tests {
             trusted_issuers: vec![],
             actor_token_file: None,
             actor_token_type: String::new(),
+            actor_identity: None,
             requested_token_type: String::new(),
             audiences: auds.iter().map(|s| s.to_string()).collect(),
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
@@ -436,6 +437,7 @@ mod tests {
             executables_any_namespace: false,
             executable_sha256: None,
             claims: None,
+            login: None,
             identities: ids.iter().map(|s| s.to_string()).collect(),
             audiences: None,
             scopes: None,
@@ -457,6 +459,7 @@ mod tests {
             ],
             roles: roles.into_iter().map(Arc::new).collect(),
             sinks: vec![],
+            logins: vec![],
         }
     }
 

@@ -331,6 +331,7 @@ mod tests {
             trusted_issuers: Vec::new(),
             actor_token_file: None,
             actor_token_type: crate::oauth::TOKEN_TYPE_JWT.into(),
+            actor_identity: None,
             requested_token_type: crate::oauth::TOKEN_TYPE_ACCESS_TOKEN.into(),
             audiences: vec!["https://payments.internal".into()],
             scopes: Vec::new(),
