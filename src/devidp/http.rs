@@ -198,6 +198,7 @@ async fn handle(shared: Arc<Shared>, close: Arc<Notify>, req: Request<Incoming>)
                 Err(e) => error_response(&e),
             }
         }
+        path if super::signin::ROUTES.contains(&path) => super::signin::handle(&shared, req).await,
         other => json_response(
             StatusCode::NOT_FOUND,
             &json!({"error": "not_found", "error_description": format!("no such endpoint: {other}")}),
@@ -206,7 +207,7 @@ async fn handle(shared: Arc<Shared>, close: Arc<Notify>, req: Request<Incoming>)
     }
 }
 
-fn error_response(e: &OAuthError) -> Resp {
+pub(super) fn error_response(e: &OAuthError) -> Resp {
     let mut r = json_response(
         e.status,
         &json!({"error": e.code, "error_description": e.description}),
