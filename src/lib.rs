@@ -27,6 +27,7 @@ pub mod error;
 pub mod files;
 pub(crate) mod oauth;
 pub mod output;
+pub mod people;
 pub(crate) mod policy;
 pub mod run;
 pub mod secrets;

@@ -63,11 +63,26 @@ impl Exchanger for AgentExchanger {
                     }
                 }
             }
+            // A person's session: its current token (refreshed first if about to expire).
+            let from_session = match &spec.subject {
+                Credential::Session { id, id_token } => {
+                    let people = shared
+                        .people
+                        .get()
+                        .ok_or_else(|| ProviderError::local("sessions are not available yet"))?;
+                    let token = people.subject_token(id, *id_token).await?;
+                    Some(crate::upstream::PresentedToken {
+                        token: token.0,
+                        token_type: spec.identity.subject_token_type.clone(),
+                    })
+                }
+                _ => None,
+            };
             let req = crate::upstream::ExchangeRequest {
                 identity: &spec.identity,
                 audience: &spec.audience,
                 scopes: &spec.scopes,
-                subject: spec.subject.token(),
+                subject: from_session.as_ref().or(spec.subject.token()),
                 actor: spec.actor.token(),
             };
             let started = std::time::Instant::now();

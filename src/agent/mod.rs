@@ -5,6 +5,7 @@
 //! tokens of `[[sink]]` files in [`sinks`].
 
 mod exchanger;
+mod people;
 mod request;
 mod sinks;
 mod status;
@@ -36,6 +37,8 @@ struct Shared {
     state: RwLock<Arc<State>>,
     audit: RwLock<Arc<Audit>>,
     metrics: crate::output::metrics::Metrics,
+    /// People's sessions (set once, right after the agent is made).
+    people: std::sync::OnceLock<Arc<crate::people::People>>,
 }
 
 impl Shared {
@@ -56,6 +59,7 @@ impl Shared {
 pub struct Agent {
     shared: Arc<Shared>,
     cache: Arc<Cache>,
+    people: Arc<crate::people::People>,
     creds: CredentialFiles,
     presented: crate::policy::trust::PresentedVerifier,
     limiter: crate::policy::ratelimit::RateLimiter,
@@ -76,16 +80,19 @@ impl Agent {
                 providers,
             })),
             audit: RwLock::new(audit),
+            people: Default::default(),
         });
         let presented = crate::policy::trust::PresentedVerifier::new(shared.state().config.agent.upstream_timeout);
         let cache = Cache::new(
             settings,
             Arc::new(exchanger::AgentExchanger { shared: shared.clone() }),
-            cancel,
+            cancel.clone(),
         );
+        let people = people::start(&shared, &cache, cancel);
         Ok(Arc::new(Agent {
             shared,
             cache,
+            people,
             creds: CredentialFiles::default(),
             presented,
             limiter: Default::default(),

@@ -45,6 +45,9 @@ struct IssuedEvent<'a> {
     agent: bool,
     actor: Option<PartyView<'a>>,
     subject: Option<PartyView<'a>>,
+    /// The person's session the token derives from, or whose role granted it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session: Option<crate::people::SessionRef<'a>>,
 }
 
 /// The subject or actor behind a token, by claims and credential fingerprint.
@@ -132,8 +135,13 @@ impl Agent {
     pub async fn token(&self, caller: &Caller, ask: TokenAsk) -> Result<Granted, ApiError> {
         let state = self.state();
         let reference = std::sync::Mutex::new(None::<String>);
-        self.decide(caller, &ask, &state, &reference).await.map_err(|e| {
-            if !hides_reasons(&e) || policy::is_operator(&state.config, caller) {
+        let about_own_session = std::sync::atomic::AtomicBool::new(false);
+        self.decide(caller, &ask, &state, &reference, &about_own_session).await.map_err(|e| {
+            // A refusal about the caller's own session (its claims) tells nothing of others.
+            if !hides_reasons(&e)
+                || policy::is_operator(&state.config, caller)
+                || about_own_session.load(std::sync::atomic::Ordering::Relaxed)
+            {
                 return e;
             }
             ApiError::access_denied(format!(
@@ -156,6 +164,7 @@ impl Agent {
         ask: &TokenAsk,
         state: &super::State,
         reference: &std::sync::Mutex<Option<String>>,
+        about_own_session: &std::sync::atomic::AtomicBool,
     ) -> Result<Granted, ApiError> {
         let config = &state.config;
         let denied = |e: &ApiError, role: Option<&str>| {
@@ -199,17 +208,32 @@ impl Agent {
             claims = Some(verified);
         }
         let scopes = ask.scopes.clone();
-        let grant = policy::authorize(
+        let sessions = self.sessions_for(caller);
+        let grant = policy::authorize_with(
             config,
             caller,
             claims.as_ref(),
+            &sessions,
             &Ask {
                 identity: identity_name.as_deref(),
                 audience: ask.audience.as_deref(),
                 scopes: &scopes,
             },
         )
+        .map_err(|e| {
+            self.person_refusal(
+                e,
+                config,
+                caller,
+                &sessions,
+                identity_name.as_deref(),
+                about_own_session,
+            )
+        })
         .inspect_err(|e| denied(e, None))?;
+        let session = self
+            .session_of(caller, &grant.role, &grant.identity)
+            .inspect_err(|e| denied(e, Some(grant.role.name.as_str())))?;
         let role = grant.role.name.as_str();
         let identity = &grant.identity;
         let subject = match &identity.subject {
@@ -269,7 +293,13 @@ impl Agent {
             (Some(file), None) => self
                 .credential(file, &identity.actor_token_type, "actor")
                 .inspect_err(|e| denied(e, Some(role)))?,
-            (None, None) => Credential::None,
+            (None, None) => match &identity.actor_identity {
+                Some(actor) => self
+                    .actor_from_identity(config, actor, &identity.actor_token_type)
+                    .await
+                    .inspect_err(|e| denied(e, Some(role)))?,
+                None => Credential::None,
+            },
         };
         if grant.role.agent && matches!(actor, Credential::None) {
             let e = ApiError::invalid_request(format!(
@@ -294,6 +324,12 @@ impl Agent {
             .map_err(|e| refusal_of_presented(e, caller_presented))
             .inspect_err(|e| denied(e, Some(role)))?;
 
+        if let Some(s) = &session
+            && let Err(e) = crate::people::within_session(s, &token)
+        {
+            denied(&e, Some(role));
+            return Err(e);
+        }
         let scope_str = grant.scopes.iter().cloned().collect::<Vec<_>>().join(" ");
         let actor_fp = ask.actor_token.as_ref().map(|t| t.token.fingerprint());
         let subject_fp = ask.subject_token.as_ref().map(|t| t.token.fingerprint());
@@ -317,6 +353,7 @@ impl Agent {
                 sub: c.get("sub").and_then(|s| s.as_str()),
                 fingerprint: subject_fp.as_deref(),
             }),
+            session: session.as_ref().map(|s| s.audit_ref()),
         };
         if let Err(e) = self.shared.audit().write_event("token.issued", &event) {
             tracing::error!(error = %e, fingerprint = %token.fingerprint, "cannot write the token.issued audit event");

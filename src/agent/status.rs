@@ -8,7 +8,7 @@ use super::Agent;
 impl Agent {
     /// `/v1/identities` for a caller.
     pub fn identities(&self, caller: &Caller) -> Vec<policy::IdentityView> {
-        policy::identities_for(&self.config(), caller, None)
+        policy::identities_for(&self.config(), caller, None, &self.sessions_for(caller))
     }
 
     /// `/v1/health`: status, providers, cache. With `details` (operators) also the providers'

@@ -34,17 +34,35 @@ pub enum Credential {
     },
     /// Presented by the caller in the request body.
     Presented(PresentedToken),
+    /// A person's session (`subject = "login:NAME"`): named by the session's id, its current
+    /// token fetched at each exchange, so keys derived from a session end with it.
+    Session {
+        /// The session's id (random; never a token).
+        id: String,
+        /// Its ID token rather than its access token.
+        id_token: bool,
+    },
 }
 
 impl Credential {
     pub fn token(&self) -> Option<&PresentedToken> {
         match self {
-            Credential::None => None,
+            Credential::None | Credential::Session { .. } => None,
             Credential::File { value, .. } | Credential::Presented(value) => Some(value),
         }
     }
     pub fn fingerprint(&self) -> Option<String> {
-        self.token().map(|t| t.token.fingerprint())
+        match self {
+            Credential::Session { id, .. } => Some(format!("session:{id}")),
+            _ => self.token().map(|t| t.token.fingerprint()),
+        }
+    }
+    /// The session a key's tokens derive from, if any.
+    pub fn session(&self) -> Option<&str> {
+        match self {
+            Credential::Session { id, .. } => Some(id),
+            _ => None,
+        }
     }
 }
 

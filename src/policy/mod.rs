@@ -3,10 +3,12 @@
 //! whose presented credentials are trusted ([`trust`]).
 
 mod executable;
+mod login;
 pub(crate) mod ratelimit;
 mod roles;
 pub mod trust;
 
+pub(crate) use login::{SessionNeed, Sessions, person_refusal};
 pub use roles::Ask;
 pub use roles::IdentityView;
-pub(crate) use roles::{authorize, could_admit, identities_for, is_operator, parse_scopes};
+pub(crate) use roles::{authorize_with, could_admit, identities_for, is_operator, matching_roles, parse_scopes};

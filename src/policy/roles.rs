@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::executable::{executables_mismatch, sha256_mismatch};
+use super::login::{Sessions, session_need};
 use crate::caller::Caller;
 use crate::config::{Config, IdentitySettings, Role};
 use crate::error::{ApiError, ErrorKind};
@@ -44,8 +45,8 @@ pub struct IdentityView {
 }
 
 /// Why a role did not match: the first condition that failed, in words.
-fn mismatch(role: &Role, caller: &Caller, claims: Option<&serde_json::Value>) -> Option<String> {
-    mismatch_with(role, caller, claims.map_or(Claims::Absent, Claims::Verified))
+fn mismatch(role: &Role, caller: &Caller, claims: Option<&serde_json::Value>, sessions: &Sessions) -> Option<String> {
+    mismatch_with(role, caller, claims.map_or(Claims::Absent, Claims::Verified), sessions)
 }
 
 /// What is known of a presented credential's claims when a role is matched.
@@ -59,7 +60,7 @@ enum Claims<'a> {
     Unverified,
 }
 
-fn mismatch_with(role: &Role, caller: &Caller, claims: Claims<'_>) -> Option<String> {
+fn mismatch_with(role: &Role, caller: &Caller, claims: Claims<'_>, sessions: &Sessions) -> Option<String> {
     if let Some(uids) = &role.uids
         && !uids.contains(&caller.uid)
     {
@@ -105,10 +106,17 @@ fn mismatch_with(role: &Role, caller: &Caller, claims: Claims<'_>) -> Option<Str
     {
         return Some(why);
     }
-    if let Some(conds) = &role.claims
+    // With `login`, claims are the session's (policy/login.rs), not a presented credential's.
+    if let Some(conds) = role.claims.as_ref().filter(|_| role.login.is_none())
         && let Some(why) = claims_mismatch(role, conds, claims)
     {
         return Some(why);
+    }
+    if let Some(need) = session_need(role, sessions) {
+        return Some(match need {
+            super::login::SessionNeed::Login(l) => format!("role {:?} needs a session at login {l:?}", role.name),
+            super::login::SessionNeed::Claims(why) => why,
+        });
     }
     // Last: the only condition that may read a file (once per version of it).
     if let Some(digests) = &role.executable_sha256 {
@@ -149,7 +157,7 @@ fn claims_mismatch(
 }
 
 /// Looks up a claim by a dotted path (`tenant.id`); a key that itself contains dots is found too.
-fn lookup_claim<'v>(claims: &'v serde_json::Value, path: &str) -> Option<&'v serde_json::Value> {
+pub(super) fn lookup_claim<'v>(claims: &'v serde_json::Value, path: &str) -> Option<&'v serde_json::Value> {
     if let Some(v) = claims.get(path) {
         return Some(v);
     }
@@ -158,7 +166,7 @@ fn lookup_claim<'v>(claims: &'v serde_json::Value, path: &str) -> Option<&'v ser
 }
 
 /// A claim matches when it equals one of the accepted values, or is a list containing one.
-fn claim_matches(claims: &serde_json::Value, path: &str, accepted: &[String]) -> bool {
+pub(super) fn claim_matches(claims: &serde_json::Value, path: &str, accepted: &[String]) -> bool {
     let scalar = |v: &serde_json::Value| match v {
         serde_json::Value::String(s) => accepted.iter().any(|a| a == s),
         serde_json::Value::Number(n) => accepted.iter().any(|a| *a == n.to_string()),
@@ -177,12 +185,18 @@ pub(crate) fn matching_roles<'c>(
     config: &'c Config,
     caller: &Caller,
     claims: Option<&serde_json::Value>,
+    sessions: &Sessions,
 ) -> Vec<&'c Arc<Role>> {
     config
         .roles
         .iter()
-        .filter(|r| mismatch(r, caller, claims).is_none())
+        .filter(|r| mismatch(r, caller, claims, sessions).is_none())
         .collect()
+}
+
+/// Whether `role` admits the caller on every condition but its session and claims.
+pub(super) fn admits_but_session(role: &Role, caller: &Caller) -> bool {
+    mismatch_with(role, caller, Claims::Unverified, &Sessions::undecided()).is_none()
 }
 
 /// The audiences a role allows for an identity.
@@ -207,8 +221,9 @@ pub(crate) fn identities_for(
     config: &Config,
     caller: &Caller,
     claims: Option<&serde_json::Value>,
+    sessions: &Sessions,
 ) -> Vec<IdentityView> {
-    let roles = matching_roles(config, caller, claims);
+    let roles = matching_roles(config, caller, claims, sessions);
     let mut out: Vec<IdentityView> = Vec::new();
     for identity in &config.identities {
         let granting: Vec<_> = roles.iter().filter(|r| r.identities.contains(&identity.name)).collect();
@@ -247,7 +262,7 @@ pub(crate) fn could_admit(config: &Config, caller: &Caller, identity: &str) -> b
         .roles
         .iter()
         .filter(|r| r.identities.iter().any(|i| i == identity))
-        .any(|r| mismatch_with(r, caller, Claims::Unverified).is_none())
+        .any(|r| mismatch_with(r, caller, Claims::Unverified, &Sessions::undecided()).is_none())
 }
 
 /// Whether the caller is one of `[agent] operators`, who see the agent's details.
@@ -256,11 +271,23 @@ pub(crate) fn is_operator(config: &Config, caller: &Caller) -> bool {
     ops.uids.contains(&caller.uid) || ops.gids.iter().any(|g| caller.in_group(*g))
 }
 
-/// Decides a token request. Default deny: no matching role, no token.
+/// Decides a token request for a caller with no sessions.
+#[cfg(test)]
 pub(crate) fn authorize(
     config: &Config,
     caller: &Caller,
     claims: Option<&serde_json::Value>,
+    ask: &Ask<'_>,
+) -> Result<Grant, ApiError> {
+    authorize_with(config, caller, claims, &Sessions::none(), ask)
+}
+
+/// Decides a token request. Default deny: no matching role, no token.
+pub(crate) fn authorize_with(
+    config: &Config,
+    caller: &Caller,
+    claims: Option<&serde_json::Value>,
+    sessions: &Sessions,
     ask: &Ask<'_>,
 ) -> Result<Grant, ApiError> {
     if let Some(name) = ask.identity
@@ -271,13 +298,13 @@ pub(crate) fn authorize(
             format!("no identity named {name:?} is configured on this agent"),
         ));
     }
-    let roles = matching_roles(config, caller, claims);
+    let roles = matching_roles(config, caller, claims, sessions);
     let near_misses = |identity: Option<&str>| -> String {
         let misses: Vec<String> = config
             .roles
             .iter()
             .filter(|r| identity.is_none_or(|i| r.identities.iter().any(|x| x == i)))
-            .filter_map(|r| mismatch(r, caller, claims))
+            .filter_map(|r| mismatch(r, caller, claims, sessions))
             .collect();
         if misses.is_empty() {
             String::new()
@@ -543,7 +570,7 @@ mod tests {
         // Role a allows https://payments but only "read"; role b allows "write" but not that audience.
         let err = authorize(&cfg, &c, None, &ask(Some("payments"), Some("https://payments"), &rw)).unwrap_err();
         assert_eq!(err.kind, ErrorKind::InvalidScope);
-        let ids = identities_for(&cfg, &c, None);
+        let ids = identities_for(&cfg, &c, None, &super::Sessions::none());
         assert_eq!(ids.len(), 2);
         assert_eq!(ids[0].audiences, vec!["https://payments", "https://ledger"]);
         assert_eq!(ids[0].scopes, vec!["read", "write"]);

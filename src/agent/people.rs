@@ -1,0 +1,209 @@
+//! The agent's side of people (`people/`): the [`PeopleHost`] sessions report to (the login's
+//! settings and provider, the audit log, dropping the cached tokens of an ended session), and
+//! what the socket API asks of sessions for a caller: sign-in, sessions, logout, whoami.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::Cache;
+use crate::caller::Caller;
+use crate::config::LoginSettings;
+use crate::error::ApiError;
+use crate::people::{AttemptView, LoginProvider, LoginStart, People, PeopleHost, Session, StartView};
+use crate::policy;
+
+use super::{Agent, Shared};
+
+/// What sessions see of the agent: weak links, so sessions never keep the agent alive.
+struct Host {
+    shared: Weak<Shared>,
+    cache: Weak<Cache>,
+}
+
+impl PeopleHost for Host {
+    fn login(&self, name: &str) -> Option<(Arc<LoginSettings>, Arc<dyn LoginProvider>)> {
+        let state = self.shared.upgrade()?.state();
+        let login = state.config.login(name)?.clone();
+        let provider: Arc<dyn LoginProvider> = state.providers.get(&login.provider)?.clone();
+        Some((login, provider))
+    }
+
+    fn audit(&self, event: &str, fields: serde_json::Value) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.audit_best_effort(event, fields);
+        }
+    }
+
+    fn session_ended(&self, id: &str) {
+        if let Some(cache) = self.cache.upgrade() {
+            cache.retain(|spec| spec.subject.session() != Some(id));
+        }
+    }
+
+    fn refresh_at(&self) -> f64 {
+        self.shared.upgrade().map_or(0.8, |s| s.state().config.agent.refresh_at)
+    }
+}
+
+/// Makes the agent's sessions and links them into the exchanger.
+pub(super) fn start(shared: &Arc<Shared>, cache: &Arc<Cache>, cancel: CancellationToken) -> Arc<People> {
+    let people = People::new(
+        Arc::new(Host {
+            shared: Arc::downgrade(shared),
+            cache: Arc::downgrade(cache),
+        }),
+        cancel,
+    );
+    let _ = shared.people.set(people.clone());
+    people
+}
+
+impl Agent {
+    /// People's sessions.
+    pub fn people(&self) -> &Arc<People> {
+        &self.people
+    }
+
+    /// The caller's live sessions, as policy matches them.
+    pub(crate) fn sessions_for(&self, caller: &Caller) -> policy::Sessions {
+        policy::Sessions::of(self.people.claims_of(caller.uid))
+    }
+
+    /// `POST /v1/login`.
+    pub async fn login_start(&self, caller: &Caller, ask: LoginStart) -> Result<StartView, ApiError> {
+        let names: Vec<String> = self.config().logins.iter().map(|l| l.name.clone()).collect();
+        self.people.start(caller, &names, ask).await
+    }
+
+    /// `GET /v1/login/{id}?wait=SECONDS`.
+    pub async fn login_status(&self, caller: &Caller, id: &str, wait: Duration) -> Result<AttemptView, ApiError> {
+        self.people.attempt_status(caller.uid, id, wait).await
+    }
+
+    /// `POST /v1/login/{id}/callback`.
+    pub async fn login_callback(
+        &self,
+        caller: &Caller,
+        id: &str,
+        code: &str,
+        state: &str,
+    ) -> Result<AttemptView, ApiError> {
+        self.people.callback(caller.uid, id, code, state).await
+    }
+
+    /// `GET /v1/sessions`: the caller's own sessions (never another uid's, never a token).
+    pub fn sessions(&self, caller: &Caller) -> serde_json::Value {
+        let views: Vec<_> = self.people.sessions_of(caller.uid).iter().map(|s| s.view()).collect();
+        serde_json::json!({ "sessions": views })
+    }
+
+    /// `DELETE /v1/sessions/{login}`.
+    pub async fn logout(&self, caller: &Caller, login: &str) -> Result<serde_json::Value, ApiError> {
+        self.people.logout(caller.uid, login).await
+    }
+
+    /// `GET /v1/whoami`: the caller as seen (as audit lines show it), its sessions and the roles
+    /// that match it now.
+    pub fn whoami(&self, caller: &Caller) -> serde_json::Value {
+        let config = self.config();
+        let sessions = self.sessions_for(caller);
+        let roles: Vec<&str> = policy::matching_roles(&config, caller, None, &sessions)
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        let views: Vec<_> = self
+            .people
+            .sessions_of(caller.uid)
+            .iter()
+            .map(|s: &Arc<Session>| s.view())
+            .collect();
+        serde_json::json!({ "caller": caller, "groups": caller.groups, "sessions": views, "roles": roles })
+    }
+}
+
+impl Agent {
+    /// A refusal of `authorize` that a session would have avoided becomes the person's answer:
+    /// 401 `login_required` (no session: which login, why the last one ended, the command), or
+    /// 403 naming the claim the session lacks (shown to the caller: they are its own claims).
+    pub(super) fn person_refusal(
+        &self,
+        e: ApiError,
+        config: &crate::config::Config,
+        caller: &Caller,
+        sessions: &policy::Sessions,
+        identity: Option<&str>,
+        about_own_session: &std::sync::atomic::AtomicBool,
+    ) -> ApiError {
+        if e.kind != crate::error::ErrorKind::AccessDenied {
+            return e;
+        }
+        match policy::person_refusal(config, caller, sessions, identity) {
+            Some(policy::SessionNeed::Login(login)) => match self.people.require(caller.uid, &login) {
+                Err(required) => required,
+                Ok(_) => e,
+            },
+            Some(policy::SessionNeed::Claims(why)) => {
+                about_own_session.store(true, std::sync::atomic::Ordering::Relaxed);
+                ApiError::access_denied(why)
+            }
+            None => e,
+        }
+    }
+
+    /// The session a grant rests on: the one its identity takes the subject from
+    /// (`subject = "login:NAME"`), else the one its role requires (`login`); 401
+    /// `login_required` when the caller has none.
+    pub(super) fn session_of(
+        &self,
+        caller: &Caller,
+        role: &crate::config::Role,
+        identity: &crate::config::IdentitySettings,
+    ) -> Result<Option<Arc<Session>>, ApiError> {
+        let login = match &identity.subject {
+            crate::config::SubjectSource::Login(l) => Some(l),
+            _ => role.login.as_ref(),
+        };
+        login.map(|l| self.people.require(caller.uid, l)).transpose()
+    }
+
+    /// The actor credential from another identity (`actor_identity`): a token of that identity,
+    /// from the cache (exchanged on a miss), for its first audience.
+    pub(super) async fn actor_from_identity(
+        &self,
+        config: &crate::config::Config,
+        name: &str,
+        token_type: &str,
+    ) -> Result<crate::cache::Credential, ApiError> {
+        use crate::cache::{Credential, Spec};
+        let identity = config.identity(name).cloned().ok_or_else(|| {
+            ApiError::new(
+                crate::error::ErrorKind::Internal,
+                format!("actor identity {name:?} is not configured"),
+            )
+        })?;
+        let subject = match &identity.subject {
+            crate::config::SubjectSource::File(file) => {
+                self.credential(file, &identity.subject_token_type, "subject")?
+            }
+            _ => Credential::None,
+        };
+        let actor = match &identity.actor_token_file {
+            Some(file) => self.credential(file, &identity.actor_token_type, "actor")?,
+            None => Credential::None,
+        };
+        let spec = Spec {
+            identity: identity.clone(),
+            audience: identity.audiences.first().cloned().unwrap_or_default(),
+            scopes: Default::default(),
+            subject,
+            actor,
+        };
+        let (token, _) = self.cache.get(spec, Duration::ZERO).await?;
+        Ok(Credential::Presented(crate::upstream::PresentedToken {
+            token: token.access_token.clone(),
+            token_type: token_type.to_string(),
+        }))
+    }
+}
