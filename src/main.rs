@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use cortexid::cmd::{EXIT_FAILURE, EXIT_USAGE, check_config, dev, doctor, identities, keygen, status, token};
+use cortexid::cmd::{EXIT_FAILURE, EXIT_USAGE, check_config, dev, doctor, identities, keygen, people, status, token};
 use cortexid::config;
 use cortexid::run::{daemon, systemd};
 
@@ -46,6 +46,12 @@ enum Command {
     CheckConfig(check_config::CheckConfigArgs),
     /// Create a private key for private_key_jwt and print its public JWK.
     Keygen(keygen::KeygenArgs),
+    /// Sign in once at a [[login]]; your tools then get tokens from the agent.
+    Login(people::LoginArgs),
+    /// End your session(s), revoking them at the provider when it offers revocation.
+    Logout(people::LogoutArgs),
+    /// Show how the agent sees you: uid, executable, unit, sessions and matching roles.
+    Whoami(people::WhoamiArgs),
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, std::io::Error> {
@@ -79,6 +85,9 @@ fn main() -> ExitCode {
                     Command::Identities(args) => identities::run(args).await,
                     Command::Status(args) => status::run(args).await,
                     Command::Doctor(args) => doctor::run(args).await,
+                    Command::Login(args) => people::login(args).await,
+                    Command::Logout(args) => people::logout(args).await,
+                    Command::Whoami(args) => people::whoami(args).await,
                     Command::CheckConfig(_) | Command::Keygen(_) => EXIT_USAGE,
                 }
             }),

@@ -241,17 +241,13 @@ impl Agent {
             SubjectSource::File(file) => self
                 .credential(file, &identity.subject_token_type, "subject")
                 .inspect_err(|e| denied(e, Some(role)))?,
-            SubjectSource::Login(login) => {
-                let e = ApiError::new(
-                    ErrorKind::LoginRequired,
-                    format!(
-                        "identity {:?} needs your session at login {login:?}; sign in with `cortexid login {login}`",
-                        identity.name
-                    ),
-                );
-                denied(&e, Some(role));
-                return Err(e);
-            }
+            SubjectSource::Login(_) => match &session {
+                Some(s) => Credential::Session {
+                    id: s.id.clone(),
+                    id_token: identity.subject_token_type == crate::oauth::TOKEN_TYPE_ID_TOKEN,
+                },
+                None => Credential::None,
+            },
             SubjectSource::Caller => match &ask.subject_token {
                 Some(t) => Credential::Presented(t.clone()),
                 None => {

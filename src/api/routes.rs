@@ -79,9 +79,12 @@ pub(super) async fn handle(agent: &Agent, caller: &Caller, req: Request<Incoming
                 req.method()
             ),
         )),
+        (_, p) if super::people::owns(p) => super::people::handle(agent, caller, req, &path).await,
         _ => Err(ApiError::new(
             ErrorKind::NotFound,
-            format!("no endpoint {path}; the API is /v1/token, /v1/identities, /v1/health and /metrics"),
+            format!(
+                "no endpoint {path}; the API is /v1/token, /v1/identities, /v1/health, /metrics, and for people /v1/login, /v1/sessions and /v1/whoami"
+            ),
         )),
     };
     let endpoint = crate::output::metrics::endpoint_label(&path);
@@ -109,7 +112,7 @@ fn audit_malformed(agent: &Agent, caller: &Caller, e: &ApiError) {
 /// caller that promises a body and never sends it cannot hold a connection.
 pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
     let collect = Limited::new(req.into_body(), MAX_BODY).collect();
     let Ok(result) = tokio::time::timeout(BODY_READ_TIMEOUT, collect).await else {
         return Err(ApiError::new(

@@ -4,13 +4,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::devidp::fixture::{ConfigFile, Fixture, FixtureError, Identity, Role};
+use crate::devidp::fixture::{ConfigFile, Fixture, FixtureError, Identity, Login, Role};
 use crate::devidp::{DevClient, DevClientAuth, DevIdp};
 
 pub(crate) const DEV_CLIENT_ID: &str = "cortexid-dev-node";
 pub(crate) const PAYMENTS_AUDIENCE: &str = "https://payments.example";
 pub(crate) const LEDGER_AUDIENCE: &str = "https://ledger.example";
 pub(crate) const BATCH_AUDIENCE: &str = "https://batch.example";
+/// The group the development sign-in page offers, which the generated `people` role asks for.
+pub(crate) const DEV_GROUP: &str = "developers";
 
 /// What `cortexid dev` set up.
 pub struct DevSetup {
@@ -32,6 +34,7 @@ pub async fn setup(dir: &Path, uids: &[u32]) -> Result<DevSetup, FixtureError> {
         .with_audiences(&[PAYMENTS_AUDIENCE, LEDGER_AUDIENCE, BATCH_AUDIENCE])
         .with_scopes(&["payments.read", "payments.write", "batch.run"]);
     let fx = Fixture::start(dir, Duration::from_secs(300), client).await?;
+    fx.idp().set_offered_groups(&[DEV_GROUP, "payments"]);
     // The credential a workload platform would hand this node: a service-account JWT.
     let sa = fx.service_account("system:serviceaccount:demo:payments", Duration::from_secs(24 * 3600))?;
     let sa_file = fx.write_credential("payments-sa.jwt", &sa)?;
@@ -51,13 +54,26 @@ pub async fn setup(dir: &Path, uids: &[u32]) -> Result<DevSetup, FixtureError> {
                 .audiences(&[BATCH_AUDIENCE])
                 .scopes(&["batch.run"])
                 .comment("A client-credentials identity: the node's own client."),
+            Identity::person("me", "dev", "dev")
+                .audiences(&[PAYMENTS_AUDIENCE])
+                .scopes(&["payments.read"])
+                .comment(
+                    "A person's identity: your own session (`cortexid login`) is exchanged; the token's sub is you.",
+                ),
         ],
         roles: vec![
             Role::new("developer", &["payments", "batch"])
                 .uids(uids)
                 .comment("The user who ran `cortexid dev` may request every identity."),
+            Role::new("people", &["me"])
+                .login("dev")
+                .claim("groups", &[DEV_GROUP])
+                .comment(
+                    "Whoever is signed in at login \"dev\" with the group developers (picked on the sign-in page).",
+                ),
         ],
         sinks: Vec::new(),
+        logins: vec![Login::new("dev", "dev")],
     };
     let config_path = fx.write_config(&config)?;
     Ok(DevSetup {
@@ -119,6 +135,13 @@ pub async fn run(dir: Option<PathBuf>, uids: Vec<u32>, notifier: crate::run::sys
 Get a token:
   {exe} token --socket {sock} --identity payments --audience {aud} --scope payments.read
   curl --unix-socket {sock} 'http://localhost/v1/token?{q}'
+
+Sign in as a person (pick any name and the group "developers" on the page), then get a token
+whose sub is you:
+  {exe} login --socket {sock}
+  {exe} token --socket {sock} --identity me --audience {aud}
+  {exe} whoami --socket {sock}
+  {exe} logout --socket {sock}
 
 See what you may ask for, and how the agent is doing:
   {exe} identities --socket {sock}

@@ -9,6 +9,7 @@
 //! - [`check_config`]: parse and validate a configuration without starting;
 //! - [`keygen`]: create a private key for `private_key_jwt` and print its public JWK;
 //! - [`dev`]: a development provider and an agent for it in one process;
+//! - [`people`]: `login`, `logout` and `whoami`: a person's sessions at the agent;
 //! - `common.rs`: what they share: the exit codes (`EXIT_OK` 0, [`EXIT_FAILURE`] 1, [`EXIT_USAGE`]
 //!   2), `--socket`, reading the agent's error answers, writing to stdout;
 //! - [`client`]: the client of the agent's socket API that `token`, `identities` and `status`
@@ -21,6 +22,7 @@ pub mod dev;
 pub mod doctor;
 pub mod identities;
 pub mod keygen;
+pub mod people;
 pub mod status;
 pub mod token;
 

@@ -27,11 +27,12 @@ pub(super) enum Refreshed {
 }
 
 /// When the background refresher next refreshes: after `refresh_at` of the access token's
-/// lifetime, never later than ten seconds before it expires.
+/// lifetime, and at least ten seconds (or a quarter of a short lifetime) before it expires.
 pub(super) fn refresh_due(expires: Instant, lifetime: Duration, refresh_at: f64) -> Instant {
-    let before_expiry = lifetime.mul_f64((1.0 - refresh_at).clamp(0.05, 0.5));
-    let due = expires.checked_sub(before_expiry).unwrap_or(expires);
-    due.min(expires.checked_sub(Duration::from_secs(10)).unwrap_or(expires))
+    let margin = lifetime
+        .mul_f64((1.0 - refresh_at).clamp(0.05, 0.5))
+        .max(Duration::from_secs(10).min(lifetime / 4));
+    expires.checked_sub(margin).unwrap_or(expires)
 }
 
 impl People {
@@ -194,8 +195,10 @@ mod tests {
         let now = Instant::now();
         let life = Duration::from_secs(300);
         assert_eq!(refresh_due(now + life, life, 0.8), now + Duration::from_secs(240));
-        // A short token is refreshed at least ten seconds before it expires.
-        let short = Duration::from_secs(20);
-        assert_eq!(refresh_due(now + short, short, 0.8), now + Duration::from_secs(10));
+        // A short token is refreshed ten seconds (or a quarter of its life) before it expires.
+        let short = Duration::from_secs(60);
+        assert_eq!(refresh_due(now + short, short, 0.8), now + Duration::from_secs(48));
+        let shorter = Duration::from_secs(20);
+        assert_eq!(refresh_due(now + shorter, shorter, 0.8), now + Duration::from_secs(15));
     }
 }

@@ -265,6 +265,12 @@ impl SocketClient {
         self.send(req).await
     }
 
+    /// `DELETE path`.
+    pub async fn delete(&self, path: &str) -> Result<Response, ClientError> {
+        let req = self.request(hyper::Method::DELETE, path, None)?;
+        self.send(req).await
+    }
+
     /// `GET /v1/token?…` without credentials, `POST /v1/token` with them (credentials never go
     /// in a URL).
     pub(crate) async fn token(&self, req: &TokenRequest) -> Result<Response, ClientError> {

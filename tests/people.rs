@@ -1,0 +1,345 @@
+//! People sign in once (SPEC section 8), through the real CLI and socket against the development
+//! provider: the device flow approved through the provider's test control, the browser flow
+//! through the CLI's loopback listener, sessions bound to the uid that signed in (attacked as
+//! unprivileged uids and root), claims that change at the provider, revocation and logout.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{Harness, PAYMENTS, Setup, claims, open_dir};
+use cortexid::devidp::fixture::{Identity, Login, Role};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const PERSON: &str = "Alice Smith";
+const SUB: &str = "alice-smith";
+const ALICE_UID: u32 = 1000;
+const MALLORY_UID: u32 = 1001;
+
+/// The harness with a `[[login]]` "corp", the person identity "me" (its subject is the caller's
+/// session) and the role "team" for sessions whose groups hold "payments".
+async fn people(lifetime: Duration) -> Harness {
+    let mut h = Harness::new(lifetime, Setup::default()).await;
+    h.stop().await;
+    h.config.identities.push(
+        Identity::person("me", "corp", "corp")
+            .audiences(&[PAYMENTS])
+            .scopes(&["payments.read"]),
+    );
+    h.config
+        .roles
+        .push(Role::new("team", &["me"]).login("corp").claim("groups", &["payments"]));
+    h.config.logins.push(Login::new("corp", "corp"));
+    h.write_config();
+    h.start().await;
+    // Polls closer than the announced interval get slow_down; the agent polls every second.
+    h.idp.set_device_interval(Duration::from_millis(200));
+    open_dir(h.dir.path());
+    h
+}
+
+/// `cortexid ARGS` as `uid` (gid the same, no supplementary groups), stdout piped.
+fn cli_as(uid: u32, h: &Harness, args: &[&str]) -> tokio::process::Child {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cortexid"));
+    cmd.args(args)
+        .env("CORTEXID_SOCKET", &h.socket)
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("BROWSER")
+        .uid(uid)
+        .gid(uid)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    tokio::process::Command::from(cmd).kill_on_drop(true).spawn().unwrap()
+}
+
+/// Runs `cortexid ARGS` as `uid` to the end: (exit code, stdout, stderr).
+async fn run_as(uid: u32, h: &Harness, args: &[&str]) -> (i32, String, String) {
+    let out = cli_as(uid, h, args).wait_with_output().await.unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The socket API as `uid`, through curl: (status, JSON body).
+async fn api_as(uid: u32, h: &Harness, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, "--unix-socket"])
+        .arg(&h.socket)
+        .arg(format!("http://localhost{path}"))
+        .uid(uid)
+        .gid(uid);
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "--data", b]);
+    }
+    let out = tokio::process::Command::from(cmd)
+        .output()
+        .await
+        .expect("curl plays the other users");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (json, status) = text.rsplit_once('\n').unwrap();
+    (
+        status.trim().parse().unwrap(),
+        serde_json::from_str(json).unwrap_or_default(),
+    )
+}
+
+/// Reads the child's stdout until a line satisfies `want`; returns that line.
+async fn line_where(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    want: impl Fn(&str) -> bool,
+) -> String {
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if want(&line) {
+            return line;
+        }
+    }
+    panic!("the CLI ended without printing the expected line");
+}
+
+/// Signs ALICE_UID in through `cortexid login --device`, approved at the provider as Alice with
+/// `groups`; returns the CLI's whole output.
+async fn sign_in_device(h: &Harness, groups: &[&str]) -> String {
+    let mut child = cli_as(ALICE_UID, h, &["login", "--device"]);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let complete = line_where(&mut lines, |l| l.contains("user_code=")).await;
+    let code = complete.trim().rsplit('=').next().unwrap().to_string();
+    let rest = line_where(&mut lines, |l| l.contains("enter the code")).await;
+    assert!(rest.contains(&format!("/device and enter the code {code}")), "{rest}");
+    assert!(h.idp.approve_device(&code, PERSON, groups), "the provider knows {code}");
+    let mut out = format!("{complete}\n{rest}\n");
+    while let Some(l) = lines.next_line().await.unwrap() {
+        out.push_str(&l);
+        out.push('\n');
+    }
+    let status = child.wait().await.unwrap();
+    assert!(status.success(), "cortexid login failed: {out}");
+    out
+}
+
+/// `cortexid token --identity me` as `uid`.
+async fn my_token(h: &Harness, uid: u32) -> (i32, String, String) {
+    run_as(uid, h, &["token", "--identity", "me", "--audience", PAYMENTS]).await
+}
+
+/// Waits (bounded) until the audit log has an event `name` matching `pred`.
+async fn audited(h: &Harness, name: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    audited_after(h, 0, name, pred).await
+}
+
+/// Like [`audited`], among the lines after the first `skip`.
+async fn audited_after(
+    h: &Harness,
+    skip: usize,
+    name: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    for _ in 0..600 {
+        if let Some(e) = h
+            .audit_lines()
+            .into_iter()
+            .skip(skip)
+            .find(|e| e["event"] == name && pred(e))
+        {
+            return e;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no {name} event in the audit log: {:#?}", h.audit_lines());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_signs_in_by_device_code_and_only_their_uid_gets_tokens_as_them() {
+    let h = people(Duration::from_secs(300)).await;
+    let out = sign_in_device(&h, &["payments"]).await;
+    assert!(out.contains(&format!("signed in as {SUB}")), "{out}");
+    assert!(out.contains("groups: [\"payments\"]"), "{out}");
+
+    let (code, token, err) = my_token(&h, ALICE_UID).await;
+    assert_eq!(code, 0, "{err}");
+    let c = claims(token.trim());
+    assert_eq!(c["sub"], SUB, "the token's subject is the person");
+    assert_eq!(c["aud"], PAYMENTS);
+
+    // Another user, and root, hold no session: 401 naming the login and the command.
+    for uid in [MALLORY_UID, 0] {
+        let (code, out, err) = my_token(&h, uid).await;
+        assert_ne!(code, 0, "uid {uid} got a token: {out}");
+        assert!(
+            err.contains("login_required") && err.contains("cortexid login corp"),
+            "uid {uid}: {err}"
+        );
+    }
+    let (status, me) = api_as(MALLORY_UID, &h, "GET", "/v1/whoami", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        me["sessions"],
+        serde_json::json!([]),
+        "another uid sees no one's session"
+    );
+    assert_eq!(me["caller"]["uid"], MALLORY_UID);
+    let (status, _) = api_as(MALLORY_UID, &h, "DELETE", "/v1/sessions/corp", None).await;
+    assert_eq!(status, 404, "another uid cannot end the session either");
+    let (code, who, _) = run_as(ALICE_UID, &h, &["whoami"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        who.contains(&format!("signed in as {SUB}")) && who.contains("roles: team"),
+        "{who}"
+    );
+
+    let completed = audited(&h, "login.completed", |_| true).await;
+    assert_eq!(
+        (completed["uid"].as_u64(), completed["sub"].as_str()),
+        (Some(1000), Some(SUB))
+    );
+    assert_eq!(completed["flow"], "device");
+    let issued = audited(&h, "token.issued", |e| e["identity"] == "me").await;
+    assert_eq!(issued["session"]["sub"], SUB);
+    assert_eq!(issued["session"]["login"], "corp");
+    let audit = std::fs::read_to_string(&h.audit).unwrap();
+    assert!(!audit.contains(token.trim()), "the token is in the audit log");
+    assert!(
+        !audit.contains("refresh_token\":\""),
+        "a refresh token is in the audit log"
+    );
+    let (_, sessions) = api_as(ALICE_UID, &h, "GET", "/v1/sessions", None).await;
+    let shown = sessions.to_string();
+    assert!(
+        !shown.contains(token.trim()) && !shown.contains("eyJ"),
+        "a token in /v1/sessions: {shown}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_browser_flow_comes_back_through_the_cli_and_refuses_a_tampered_state() {
+    let h = people(Duration::from_secs(300)).await;
+    let http = reqwest::Client::new();
+
+    // A tampered state: the CLI relays it, the agent refuses, the page and the CLI say so.
+    let mut child = cli_as(ALICE_UID, &h, &["login", "--browser", "--no-browser"]);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = line_where(&mut lines, |l| l.trim_start().starts_with("https://")).await;
+    let back = h.idp.approve_authorization(url.trim(), PERSON, &["payments"]).unwrap();
+    let tampered = back.replace("state=", "state=x");
+    let page = http.get(&tampered).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("Sign-in failed"), "{page}");
+    let out = child.wait_with_output().await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("state"));
+    assert_eq!(h.idp.people_counters().code_redemptions, 0, "nothing was redeemed");
+
+    // The real thing.
+    let mut child = cli_as(ALICE_UID, &h, &["login", "--browser", "--no-browser"]);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = line_where(&mut lines, |l| l.trim_start().starts_with("https://")).await;
+    assert!(
+        url.contains("code_challenge=") && url.contains("prompt=consent"),
+        "{url}"
+    );
+    let back = h.idp.approve_authorization(url.trim(), PERSON, &["payments"]).unwrap();
+    assert!(back.starts_with("http://127.0.0.1:"), "{back}");
+    let page = http.get(&back).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("You can close this tab"), "{page}");
+    let status = child.wait().await.unwrap();
+    assert!(status.success());
+    let (code, token, err) = my_token(&h, ALICE_UID).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(claims(token.trim())["sub"], SUB);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_code_relayed_by_another_uid_or_root_is_refused() {
+    let h = people(Duration::from_secs(300)).await;
+    let (status, started) = api_as(
+        ALICE_UID,
+        &h,
+        "POST",
+        "/v1/login",
+        Some(r#"{"flow":"browser","redirect_port":43999}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{started}");
+    let id = started["login_id"].as_str().unwrap().to_string();
+    assert!(started.get("verifier").is_none() && !started.to_string().contains("code_verifier"));
+    let back = h
+        .idp
+        .approve_authorization(started["authorization_url"].as_str().unwrap(), PERSON, &["payments"])
+        .unwrap();
+    let q: std::collections::HashMap<String, String> =
+        url::Url::parse(&back).unwrap().query_pairs().into_owned().collect();
+    let body = serde_json::json!({"code": q["code"], "state": q["state"]}).to_string();
+    let path = format!("/v1/login/{id}/callback");
+    let (status, refused) = api_as(MALLORY_UID, &h, "POST", &path, Some(&body)).await;
+    assert_eq!(status, 404, "{refused}");
+    let (status, _) = api_as(0, &h, "POST", &path, Some(&body)).await;
+    assert_eq!(status, 404, "root cannot complete someone else's sign-in");
+    let (status, _) = api_as(MALLORY_UID, &h, "GET", &format!("/v1/login/{id}"), None).await;
+    assert_eq!(status, 404);
+    assert_eq!(h.idp.people_counters().code_redemptions, 0);
+    let (status, done) = api_as(ALICE_UID, &h, "POST", &path, Some(&body)).await;
+    assert_eq!((status, done["status"].as_str()), (200, Some("complete")), "{done}");
+    assert_eq!(done["session"]["sub"], SUB);
+    assert_eq!(h.idp.people_counters().code_redemptions, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn claims_follow_the_provider_at_each_refresh_and_a_revoked_session_ends() {
+    // Short tokens: sessions refresh every few seconds.
+    let h = people(Duration::from_secs(8)).await;
+    sign_in_device(&h, &["payments"]).await;
+    let (code, _, err) = my_token(&h, ALICE_UID).await;
+    assert_eq!(code, 0, "{err}");
+
+    let before = h.audit_lines().len();
+    assert!(h.idp.set_groups(PERSON, &["eng"]));
+    audited_after(&h, before, "session.refreshed", |e| {
+        e["claims"]["groups"] == serde_json::json!(["eng"])
+    })
+    .await;
+    let (code, _, err) = my_token(&h, ALICE_UID).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("access_denied") && err.contains("claim groups"), "{err}");
+
+    let before = h.audit_lines().len();
+    assert!(h.idp.set_groups(PERSON, &["payments"]));
+    audited_after(&h, before, "session.refreshed", |e| {
+        e["claims"]["groups"] == serde_json::json!(["payments"])
+    })
+    .await;
+    let (code, _, err) = my_token(&h, ALICE_UID).await;
+    assert_eq!(code, 0, "the role returns without a new sign-in: {err}");
+
+    assert!(h.idp.revoke_person(PERSON) > 0);
+    let ended = audited(&h, "session.ended", |_| true).await;
+    assert_eq!(ended["reason"], "revoked");
+    let (code, out, err) = my_token(&h, ALICE_UID).await;
+    assert_ne!(code, 0, "a derived token was served after the session ended: {out}");
+    assert!(err.contains("login_required") && err.contains("revoked"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logout_revokes_at_the_provider_and_forgets_the_session() {
+    let h = people(Duration::from_secs(300)).await;
+    sign_in_device(&h, &["payments"]).await;
+    assert_eq!(my_token(&h, ALICE_UID).await.0, 0);
+    let (code, _, err) = run_as(MALLORY_UID, &h, &["logout", "corp"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("no session"), "{err}");
+    let (code, out, err) = run_as(ALICE_UID, &h, &["logout"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("revoked at the provider"), "{out}");
+    assert_eq!(
+        h.idp.people_counters().revocations,
+        1,
+        "the provider counted the revocation"
+    );
+    let ended = audited(&h, "session.ended", |_| true).await;
+    assert_eq!(ended["reason"], "logout");
+    let (code, _, err) = my_token(&h, ALICE_UID).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("login_required") && err.contains("logout"), "{err}");
+}
