@@ -403,7 +403,18 @@ async fn refresh_tokens_rotate_a_replay_ends_the_sign_in_and_groups_follow_the_p
         .await
         .unwrap_err();
     assert_eq!(code_of(&e), Some("invalid_scope"), "{e}");
-    assert_eq!(s.idp.people_counters().refreshes, 5);
+    // A refused refresh does not spend the token.
+    s.client
+        .refresh_session(
+            LOGIN,
+            &ClientAuth::None,
+            fresh.refresh_token.as_ref().unwrap(),
+            &[],
+            "carol",
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.idp.people_counters().refreshes, 6);
 }
 
 #[tokio::test]
