@@ -40,6 +40,21 @@ async fn device_flow_refresh_rotation_groups_and_revocation_at_oidc_provider() {
     assert_eq!(support.check(LoginFlow::Device), Ok(()));
     assert_eq!(support.check(LoginFlow::Browser), Ok(()));
     assert!(support.revocation && support.refresh);
+    // The doctor's probe: the login client is accepted; an unregistered one is refused.
+    p.client
+        .probe_login_client(LOGIN, &ClientAuth::None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", p.log()));
+    let e = p
+        .client
+        .probe_login_client("not-registered", &ClientAuth::None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e.kind, ProviderErrorKind::Rejected { error } if error == "invalid_client"),
+        "{e}"
+    );
+    assert!(e.message.contains("register it at the provider"), "{e}");
 
     let auth = p
         .client

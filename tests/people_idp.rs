@@ -194,6 +194,16 @@ async fn device_flow_goes_pending_then_slow_down_then_granted() {
         }
     }
 
+    // The doctor's probe: the login client is accepted, an unknown one is not.
+    s.client.probe_login_client(LOGIN, &ClientAuth::None).await.unwrap();
+    let e = s
+        .client
+        .probe_login_client("nobody", &ClientAuth::None)
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&e), Some("invalid_client"), "{e}");
+    assert_eq!(s.idp.people_counters().sessions_issued, 1, "a probe issues nothing");
+
     // An unknown client is refused, and the error says which one.
     let e = s
         .client
