@@ -97,7 +97,7 @@ impl ProviderClient {
     ) -> Result<Answer, ProviderError> {
         let builder = self.http.post(url).header("Accept", "application/json");
         let builder = self.authenticate_as(client_id, auth, builder, &mut form, &meta.token_endpoint)?;
-        let body = Zeroizing::new(
+        let mut body = Zeroizing::new(
             url::form_urlencoded::Serializer::new(String::new())
                 .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
                 .finish(),
@@ -108,7 +108,7 @@ impl ProviderClient {
         let result: Result<Answer, ProviderError> = async {
             let resp = builder
                 .header("Content-Type", "application/x-www-form-urlencoded")
-                .body(body.as_bytes().to_vec())
+                .body(std::mem::take(&mut *body))
                 .send()
                 .await
                 .map_err(|e| self.transport_error(step.what(), url, &e))?;
