@@ -207,7 +207,7 @@ async fn handle(shared: Arc<Shared>, close: Arc<Notify>, req: Request<Incoming>)
     }
 }
 
-pub(super) fn error_response(e: &OAuthError) -> Resp {
+fn error_response(e: &OAuthError) -> Resp {
     let mut r = json_response(
         e.status,
         &json!({"error": e.code, "error_description": e.description}),
@@ -220,4 +220,9 @@ pub(super) fn error_response(e: &OAuthError) -> Resp {
         );
     }
     r
+}
+
+/// An RFC 6749 error answer, for the people endpoints (`signin`).
+pub(super) fn oauth_error_response(e: &OAuthError) -> Resp {
+    error_response(e)
 }
