@@ -8,6 +8,13 @@ pub(crate) const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:
 /// `grant_type` of the client credentials grant (RFC 6749 section 4.4).
 pub(crate) const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
 
+/// `grant_type` of the RFC 8628 device authorization grant.
+pub(crate) const GRANT_DEVICE_CODE: &str = "urn:ietf:params:oauth:grant-type:device_code";
+/// `grant_type` of the authorization code grant (RFC 6749 section 4.1).
+pub(crate) const GRANT_AUTHORIZATION_CODE: &str = "authorization_code";
+/// `grant_type` of a refresh (RFC 6749 section 6).
+pub(crate) const GRANT_REFRESH_TOKEN: &str = "refresh_token";
+
 /// RFC 8693 token type of a JWT (the default subject and actor token type).
 pub(crate) const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 /// RFC 8693 token type of an access token (the default requested token type).

@@ -14,8 +14,8 @@ use super::faults::{Fault, WRONG_AUDIENCE, WRONG_ISSUER};
 use super::oauth::{Form, OAuthError, claim_str};
 use super::{DevClient, Shared, bump, lock, unix_now};
 use crate::oauth::{
-    GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_BEARER, TOKEN_TYPE_ID_TOKEN,
-    TOKEN_TYPE_JWT,
+    GRANT_AUTHORIZATION_CODE, GRANT_CLIENT_CREDENTIALS, GRANT_DEVICE_CODE, GRANT_REFRESH_TOKEN, GRANT_TOKEN_EXCHANGE,
+    TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_BEARER, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT,
 };
 use crate::upstream::keys;
 
@@ -42,6 +42,9 @@ impl Shared {
                 self.issue(&client, client.client_id.clone(), aud, scopes, None, None)
             }
             GRANT_TOKEN_EXCHANGE => self.token_exchange(&client, &form),
+            GRANT_DEVICE_CODE => self.device_code_grant(&client, &form),
+            GRANT_AUTHORIZATION_CODE => self.authorization_code_grant(&client, &form),
+            GRANT_REFRESH_TOKEN => self.refresh_grant(&client, &form),
             other => Err(OAuthError::new(
                 "unsupported_grant_type",
                 format!(
@@ -82,6 +85,7 @@ impl Shared {
         }
 
         let subject = self.verify_token(subject_token, "subject_token")?;
+        self.session_alive(&subject, "subject_token")?;
         let sub = claim_str(&subject, "sub")
             .ok_or_else(|| OAuthError::invalid_grant("subject_token has no sub claim"))?
             .to_string();

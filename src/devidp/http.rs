@@ -198,6 +198,7 @@ async fn handle(shared: Arc<Shared>, close: Arc<Notify>, req: Request<Incoming>)
                 Err(e) => error_response(&e),
             }
         }
+        path if super::signin::ROUTES.contains(&path) => super::signin::handle(&shared, req).await,
         other => json_response(
             StatusCode::NOT_FOUND,
             &json!({"error": "not_found", "error_description": format!("no such endpoint: {other}")}),
@@ -219,4 +220,9 @@ fn error_response(e: &OAuthError) -> Resp {
         );
     }
     r
+}
+
+/// An RFC 6749 error answer, for the people endpoints (`signin`).
+pub(super) fn oauth_error_response(e: &OAuthError) -> Resp {
+    error_response(e)
 }

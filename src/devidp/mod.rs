@@ -3,18 +3,24 @@
 //! A small but real provider for `cortexid dev` and the integration tests: HTTPS on 127.0.0.1 with
 //! a fresh CA, discovery, JWKS, and a token endpoint that implements `client_credentials` and
 //! RFC 8693 token exchange with `client_secret_basic`, `client_secret_post`, `private_key_jwt`
-//! (RFC 7523) and `none` client authentication. Faults can be injected into `/token`, and every
+//! (RFC 7523) and `none` client authentication; and people: device and browser sign-in with a
+//! small development-only page, rotating refresh tokens and revocation. Faults can be injected into `/token`, and every
 //! request is counted, so tests can assert how the agent talks to its provider.
 //!
 //! Here: the handle ([`DevIdp`]), its configuration and clients, and the request counters. The
 //! HTTPS server and routing are in `http`, client authentication and the discovery and JWKS
-//! documents in `oauth`, the grants and issuing in `grants`, injected faults in `faults`.
+//! documents in `oauth`, the grants and issuing in `grants`, injected faults in `faults`; people
+//! in `people` (state, tokens, test controls), `signin` (device authorization, the sign-in pages,
+//! revocation) and `session_grants` (device code, authorization code and refresh grants).
 
 mod faults;
 pub mod fixture;
 mod grants;
 mod http;
 mod oauth;
+mod people;
+mod session_grants;
+mod signin;
 #[cfg(test)]
 mod test_support;
 
@@ -33,6 +39,8 @@ use tokio_rustls::TlsAcceptor;
 use crate::upstream::keys::{self, KeyAlg, SigningKey};
 
 pub use faults::{Fault, WRONG_AUDIENCE, WRONG_ISSUER};
+pub use people::{PeopleCounters, person_sub};
+pub use signin::SignInRefused;
 
 /// Why the development provider could not start.
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +208,9 @@ struct Shared {
     ca_pem: String,
     counters: AtomicCounters,
     state: Mutex<State>,
+    /// People: sign-ins, codes, grants (`people.rs`); locked before `state` when both are.
+    people: Mutex<people::PeopleState>,
+    people_counters: people::AtomicPeopleCounters,
 }
 
 struct Lifetime {
@@ -263,6 +274,8 @@ impl DevIdp {
                 issued: Vec::new(),
                 assertion_jtis: HashSet::new(),
             }),
+            people: Mutex::default(),
+            people_counters: people::AtomicPeopleCounters::default(),
         });
         let (tx, rx) = watch::channel(false);
         let task = tokio::spawn(http::accept_loop(listener, TlsAcceptor::from(tls), shared.clone(), rx));
@@ -306,6 +319,7 @@ impl DevIdp {
 
     /// Sets every counter back to zero.
     pub fn reset_counters(&self) {
+        self.reset_people_counters();
         for c in self.shared.counters.all() {
             c.store(0, Ordering::Relaxed);
         }

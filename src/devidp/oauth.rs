@@ -11,7 +11,10 @@ use jsonwebtoken::{Validation, decode, decode_header};
 use serde_json::{Map, Value, json};
 
 use super::{DevClient, DevClientAuth, Shared, lock};
-use crate::oauth::{CLIENT_ASSERTION_TYPE_JWT_BEARER, GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE};
+use crate::oauth::{
+    CLIENT_ASSERTION_TYPE_JWT_BEARER, GRANT_AUTHORIZATION_CODE, GRANT_CLIENT_CREDENTIALS, GRANT_DEVICE_CODE,
+    GRANT_REFRESH_TOKEN, GRANT_TOKEN_EXCHANGE,
+};
 use crate::upstream::keys;
 
 /// The `token_endpoint_auth_methods_supported`.
@@ -145,11 +148,18 @@ impl Shared {
             "issuer": self.issuer,
             "token_endpoint": self.token_endpoint,
             "jwks_uri": format!("{}/jwks", self.issuer),
-            "grant_types_supported": [GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE],
+            "authorization_endpoint": format!("{}/authorize", self.issuer),
+            "device_authorization_endpoint": format!("{}/device_authorization", self.issuer),
+            "revocation_endpoint": format!("{}/revoke", self.issuer),
+            "grant_types_supported": [GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE, GRANT_DEVICE_CODE,
+                GRANT_AUTHORIZATION_CODE, GRANT_REFRESH_TOKEN],
+            "code_challenge_methods_supported": ["S256"],
+            "scopes_supported": super::people::PEOPLE_SCOPES,
+            "claims_supported": ["sub", "name", "email", "email_verified", "groups", "nonce", "sid", "auth_time"],
             "token_endpoint_auth_methods_supported": AUTH_METHODS,
             "token_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA", "RS256"],
             "id_token_signing_alg_values_supported": ["ES256"],
-            "response_types_supported": ["token"],
+            "response_types_supported": ["code"],
             "subject_types_supported": ["public"],
         })
     }

@@ -361,8 +361,7 @@ mod tests {
         let meta = Metadata {
             issuer: "https://idp.example".into(),
             token_endpoint: "https://idp.example/token".into(),
-            jwks_uri: None,
-            auth_methods: None,
+            ..Metadata::default()
         };
         let parsed = parse_token_answer(body.to_string().as_bytes())
             .map_err(|e| ProviderError::bad_response(format!("provider \"corp\" {e}")))?;

@@ -89,7 +89,7 @@ impl ProviderClient {
         Ok(claims)
     }
 
-    async fn key_for(&self, kid: Option<&str>, alg: Algorithm) -> Result<DecodingKey, ProviderError> {
+    pub(super) async fn key_for(&self, kid: Option<&str>, alg: Algorithm) -> Result<DecodingKey, ProviderError> {
         let s = &self.settings;
         let meta = self.metadata().await?;
         let url = meta.jwks_uri.as_deref().ok_or_else(|| {

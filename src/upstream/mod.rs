@@ -7,27 +7,40 @@
 //! | [`discovery`] | `/.well-known/openid-configuration`, overridden by configured endpoints |
 //! | [`client_auth`] | `client_secret_basic`, `client_secret_post`, `private_key_jwt`, `none` |
 //! | [`grants`] | token exchange (RFC 8693) and client credentials: request, answer, refusals |
+//! | [`device`] | people: the device authorization grant (RFC 8628) |
+//! | [`code`] | people: authorization code with PKCE (RFC 7636) and a loopback redirect (RFC 8252) |
+//! | [`refresh`] | people: refreshing a session, revoking its refresh token (RFC 7009) |
+//! | [`session`] | what the people grants share: their answer, one POST, refusals as messages |
+//! | [`id_token`] | validating an ID token (signature, `iss`, `aud`, `azp`, `exp`, `nonce`, `sub`) |
 //! | [`jwks`] | JWK sets and the verification of issued JWTs |
 //! | [`keys`] | signing keys for `private_key_jwt` (`cortexid keygen`) |
 
 mod client;
 mod client_auth;
+mod code;
+mod device;
 mod discovery;
 mod grants;
 mod http;
+mod id_token;
 mod jwks;
 pub mod keys;
+mod refresh;
+mod session;
 
 pub use client::ProviderClient;
 pub use client::ProviderSetupError;
 pub(crate) use client::Providers;
-pub use discovery::parse_discovery;
+pub use code::{Pkce, random_urlsafe};
+pub use device::{DeviceAnswerError, DeviceAuthorization, DevicePoll, parse_device_authorization};
+pub use discovery::{FlowUnsupported, LoginFlow, LoginSupport, Metadata, parse_discovery};
 pub(crate) use grants::ExchangeRequest;
 pub use grants::PresentedToken;
 pub use grants::parse_token_answer;
 pub(crate) use http::http_client;
 pub(crate) use jwks::KeySet;
 pub use jwks::{decode_unverified, find_key, looks_like_jwt, parse_jwks};
+pub use session::SessionGrant;
 
 /// A provider's answer that cannot be used. The message completes "provider X …" or names the
 /// document it is about.
