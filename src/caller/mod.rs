@@ -13,6 +13,7 @@
 
 mod exe;
 mod namespaces;
+mod pod;
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,7 @@ use serde::Serialize;
 pub(crate) use exe::hex;
 pub use exe::{ExeName, Executable, FileId, HashError, Sha256};
 pub use namespaces::{Namespace, Namespaces};
+pub use pod::{PodRef, pod_from_cgroup};
 
 /// A verified caller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
