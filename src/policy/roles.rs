@@ -436,6 +436,7 @@ mod tests {
             executables_any_namespace: false,
             executable_sha256: None,
             claims: None,
+            pod: Default::default(),
             identities: ids.iter().map(|s| s.to_string()).collect(),
             audiences: None,
             scopes: None,
@@ -457,6 +458,7 @@ mod tests {
             ],
             roles: roles.into_iter().map(Arc::new).collect(),
             sinks: vec![],
+            kubernetes: None,
         }
     }
 
