@@ -26,6 +26,91 @@ pub struct PodRef {
     pub container_id: Option<String>,
 }
 
+/// The pod a caller runs in, as the agent saw it: the UID and container ID from its cgroup, and
+/// what the kubelet says about them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    /// The pod's UID, from the caller's cgroup.
+    pub uid: String,
+    /// The container's ID, from the caller's cgroup.
+    pub container_id: Option<String>,
+    /// What the kubelet says about the pod.
+    pub seen: PodSeen,
+}
+
+/// What the kubelet says about a caller's pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodSeen {
+    /// The agent has no `[kubernetes]` section: pods are not looked up.
+    NotLookedUp,
+    /// The kubelet lists the pod.
+    Known(PodFacts),
+    /// The pod could not be found (the kubelet does not list it, or could not be asked): why.
+    /// Such a caller matches no role.
+    Unknown(String),
+}
+
+/// A pod as the kubelet lists it, and the caller's container in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodFacts {
+    pub namespace: String,
+    pub name: String,
+    /// `spec.serviceAccountName`; none for static pods, which have no service account.
+    pub service_account: Option<String>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The name of the caller's container, when its ID is among the pod's container statuses.
+    pub container: Option<String>,
+    /// That container's image.
+    pub image: Option<String>,
+}
+
+impl Pod {
+    /// "pod payments/api-7d9f (uid …, service account payments/api, container api)": the pod as
+    /// seen, for messages.
+    pub fn describe(&self) -> String {
+        match &self.seen {
+            PodSeen::Known(f) => format!(
+                "pod {}/{} (uid {}, service account {}, container {})",
+                f.namespace,
+                f.name,
+                self.uid,
+                f.service_account
+                    .as_ref()
+                    .map_or("none".to_string(), |sa| format!("{}/{sa}", f.namespace)),
+                f.container.as_deref().unwrap_or("unknown"),
+            ),
+            PodSeen::Unknown(why) => format!("pod uid {} (not found: {why})", self.uid),
+            PodSeen::NotLookedUp => format!("pod uid {} (not looked up: no [kubernetes] section)", self.uid),
+        }
+    }
+}
+
+impl serde::Serialize for Pod {
+    /// `{"namespace","name","uid","service_account","labels","container","image","container_id"}`,
+    /// or `{"uid","container_id","unknown": why}` for a pod that was not found.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        if let PodSeen::Known(f) = &self.seen {
+            m.serialize_entry("namespace", &f.namespace)?;
+            m.serialize_entry("name", &f.name)?;
+        }
+        m.serialize_entry("uid", &self.uid)?;
+        match &self.seen {
+            PodSeen::Known(f) => {
+                m.serialize_entry("service_account", &f.service_account)?;
+                m.serialize_entry("labels", &f.labels)?;
+                m.serialize_entry("container", &f.container)?;
+                m.serialize_entry("image", &f.image)?;
+            }
+            PodSeen::Unknown(why) => m.serialize_entry("unknown", why)?,
+            PodSeen::NotLookedUp => {}
+        }
+        m.serialize_entry("container_id", &self.container_id)?;
+        m.end()
+    }
+}
+
 /// The pod a process runs in, from the contents of its `/proc/<pid>/cgroup`; none for a process
 /// outside every pod (a host process, or a container that is not in a Kubernetes pod).
 pub fn pod_from_cgroup(contents: &str) -> Option<PodRef> {

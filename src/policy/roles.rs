@@ -60,6 +60,9 @@ enum Claims<'a> {
 }
 
 fn mismatch_with(role: &Role, caller: &Caller, claims: Claims<'_>) -> Option<String> {
+    if let Some(why) = super::pod::pod_mismatch(role, caller) {
+        return Some(why);
+    }
     if let Some(uids) = &role.uids
         && !uids.contains(&caller.uid)
     {
