@@ -22,7 +22,7 @@ use serde::Serialize;
 
 pub(crate) use exe::hex;
 pub use exe::{ExeName, Executable, FileId, HashError, Sha256};
-pub use kubelet::{Kubelet, KubeletError};
+pub use kubelet::{Kubelet, KubeletError, MAX_AGE, MIN_REFETCH};
 pub use namespaces::{Namespace, Namespaces};
 pub use pod::{Pod, PodFacts, PodRef, PodSeen, pod_from_cgroup};
 

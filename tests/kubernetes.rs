@@ -1,0 +1,369 @@
+//! Pod attestation end to end: real caller processes moved into pod-shaped cgroups (the kubelet's
+//! systemd and cgroupfs layouts, under the unified hierarchy), the agent reading their real
+//! `/proc/<pid>/cgroup`, and a kubelet stand-in over HTTPS serving the kubelet API's `/pods`.
+//!
+//! Needs root and a writable cgroup v2 hierarchy; elsewhere it says so and skips (under CI=true it
+//! fails). Every cgroup it makes is removed at the end, its processes moved back first.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use cortexid::devidp::fixture::{Kubernetes, Role};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The uid the pods' processes run as (not an operator: it learns only what any caller does).
+const POD_UID: u32 = 4242;
+const NODE: &str = "node-1";
+const KUBELET_TOKEN: &str = "kubelet-reader-token";
+
+/// A kubelet stand-in: `GET /pods` with the right bearer token answers the pods it holds.
+struct KubeletStandIn {
+    url: String,
+    ca_pem: String,
+    pods: Arc<Mutex<Vec<Value>>>,
+    /// Pod lists served.
+    served: Arc<AtomicUsize>,
+    /// Requests refused for a wrong or missing token.
+    refused: Arc<AtomicUsize>,
+}
+
+impl KubeletStandIn {
+    async fn start() -> KubeletStandIn {
+        let (ca_pem, tls) = cortexid::devidp::fixture::localhost_tls().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let pods: Arc<Mutex<Vec<Value>>> = Default::default();
+        let served: Arc<AtomicUsize> = Default::default();
+        let refused: Arc<AtomicUsize> = Default::default();
+        let (p, s, r) = (pods.clone(), served.clone(), refused.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, pods, served, refused) = (acceptor.clone(), p.clone(), s.clone(), r.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).to_string();
+                    let authorized = head
+                        .lines()
+                        .any(|l| l.eq_ignore_ascii_case(&format!("authorization: Bearer {KUBELET_TOKEN}")));
+                    let (status, body) = if !head.starts_with("GET /pods ") {
+                        ("404 Not Found", "{}".to_string())
+                    } else if !authorized {
+                        refused.fetch_add(1, Ordering::SeqCst);
+                        ("401 Unauthorized", "Unauthorized".to_string())
+                    } else {
+                        served.fetch_add(1, Ordering::SeqCst);
+                        let items = pods.lock().unwrap().clone();
+                        let list = json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items});
+                        ("200 OK", list.to_string())
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tls.write_all(answer.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        KubeletStandIn {
+            url: format!("https://127.0.0.1:{port}"),
+            ca_pem,
+            pods,
+            served,
+            refused,
+        }
+    }
+
+    fn list(&self, pod: Value) {
+        self.pods.lock().unwrap().push(pod);
+    }
+}
+
+/// A pod of `namespace` running as service account `sa`, with one container `api` of `id`.
+fn pod(namespace: &str, name: &str, uid: &str, sa: &str, id: &str) -> Value {
+    json!({
+        "metadata": {"name": name, "namespace": namespace, "uid": uid, "labels": {"app": namespace}},
+        "spec": {"nodeName": NODE, "serviceAccountName": sa,
+                 "containers": [{"name": "api", "image": "registry.example/api:1.4"}]},
+        "status": {"phase": "Running", "containerStatuses": [{"name": "api", "ready": true,
+                   "image": "registry.example/api:1.4", "containerID": format!("containerd://{id}")}]}
+    })
+}
+
+/// The cgroups this test made under `base`; dropped, it moves their processes back to the root
+/// and removes them, deepest first.
+struct Cgroups {
+    mount: PathBuf,
+    base: PathBuf,
+}
+
+impl Cgroups {
+    /// Makes `base` under the first cgroup v2 mount, or says why it cannot.
+    fn new() -> Result<Cgroups, String> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err("creating cgroups needs root".into());
+        }
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+        let mount = mountinfo
+            .lines()
+            .find_map(|l| {
+                let (fields, fs) = l.split_once(" - ")?;
+                (fs.split_whitespace().next() == Some("cgroup2")).then(|| fields.split_whitespace().nth(4))?
+            })
+            .map(PathBuf::from)
+            .ok_or("no cgroup v2 hierarchy is mounted")?;
+        let base = mount.join(format!("cortexid-test-{}", std::process::id()));
+        std::fs::create_dir(&base).map_err(|e| format!("cannot create a cgroup at {}: {e}", base.display()))?;
+        Ok(Cgroups { mount, base })
+    }
+
+    /// Makes the cgroup at `path` (below `base`) and opens its `cgroup.procs` for a process to
+    /// move itself in.
+    fn make(&self, path: &str) -> std::fs::File {
+        let dir = self.base.join(path);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("cgroup.procs"))
+            .unwrap()
+    }
+
+    fn dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                Self::dirs(&entry.path(), out);
+            }
+        }
+        out.push(dir.to_path_buf());
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        let mut dirs = Vec::new();
+        Self::dirs(&self.base, &mut dirs);
+        for dir in dirs {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines() {
+                let _ = std::fs::write(self.mount.join("cgroup.procs"), pid);
+            }
+            if let Err(e) = std::fs::remove_dir(&dir) {
+                eprintln!("cannot remove the test cgroup {}: {e}", dir.display());
+            }
+        }
+    }
+}
+
+/// Runs `cortexid token` as [`POD_UID`] in the cgroup whose `cgroup.procs` is `procs`: the child
+/// moves itself there (writing "0") before it drops root and execs.
+async fn token_in(procs: &std::fs::File, socket: &Path, args: &[&str]) -> (i32, String, String) {
+    use nix::unistd::{Gid, Uid, setgid, setgroups, setuid};
+    let procs = procs.try_clone().unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cortexid"));
+    cmd.arg("token").args(args).env("CORTEXID_SOCKET", socket);
+    // SAFETY: between fork and exec only system calls are made (a write(2) of a constant and the
+    // credential changes; nothing allocates).
+    unsafe {
+        cmd.pre_exec(move || {
+            (&procs).write_all(b"0")?;
+            setgroups(&[])?;
+            setgid(Gid::from_raw(POD_UID))?;
+            setuid(Uid::from_raw(POD_UID))?;
+            Ok(())
+        });
+    }
+    let out = tokio::process::Command::from(cmd).output().await.unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_are_attested_through_their_cgroup_and_the_kubelet() {
+    let cgroups = match Cgroups::new() {
+        Ok(c) => c,
+        Err(why) => return skip_or_fail("pods_are_attested_through_their_cgroup_and_the_kubelet", &why),
+    };
+    // Three pods: payments/api (systemd driver, burstable), billing/api (cgroupfs driver,
+    // besteffort), and a new payments/api pod the kubelet does not list yet (systemd, guaranteed).
+    let (uid_a, uid_b, uid_c) = (
+        "6f1c2f0a-3b1e-4c7e-9a51-0d2b8c7e4f10",
+        "0b7d4c1e-2a3f-4e5d-8c9b-1a2b3c4d5e6f",
+        "9e8d7c6b-5a4f-4e3d-9c2b-1a0f9e8d7c6b",
+    );
+    let id = |c: char| c.to_string().repeat(64);
+    let (id_a, id_b, id_c) = (id('a'), id('b'), id('c'));
+    let procs_a = cgroups.make(&format!(
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{id_a}.scope",
+        uid_a.replace('-', "_")
+    ));
+    let procs_b = cgroups.make(&format!("kubepods/besteffort/pod{uid_b}/{id_b}"));
+    let procs_c = cgroups.make(&format!(
+        "kubepods.slice/kubepods-pod{}.slice/cri-containerd-{id_c}.scope",
+        uid_c.replace('-', "_")
+    ));
+
+    let kubelet = KubeletStandIn::start().await;
+    kubelet.list(pod("payments", "api-7d9f", uid_a, "api", &id_a));
+    kubelet.list(pod("billing", "api-5c2b", uid_b, "api", &id_b));
+
+    let mut h = Harness::new(
+        Duration::from_secs(300),
+        Setup {
+            role_uids: vec![64998],
+            ..Setup::default()
+        },
+    )
+    .await;
+    open_dir(h.dir.path());
+    let token_file = h.dir.path().join("kubelet-token");
+    write_secret(&token_file, KUBELET_TOKEN);
+    let ca_file = h.dir.path().join("kubelet-ca.pem");
+    std::fs::write(&ca_file, &kubelet.ca_pem).unwrap();
+    h.config.roles.push(
+        Role::new("payments-pods", &["payments"])
+            .namespaces(&["payments"])
+            .service_accounts(&["payments/api"])
+            .containers(&["api"]),
+    );
+    h.config.kubernetes = Some(Kubernetes {
+        kubelet_url: kubelet.url.clone(),
+        token_file,
+        ca_file: Some(ca_file),
+        node_name: Some(NODE.into()),
+    });
+    h.write_config();
+    h.stop().await;
+    h.start().await;
+    let args = ["--audience", PAYMENTS];
+
+    // payments/api: its namespace and service account are the role's.
+    let (code, out, err) = token_in(&procs_a, &h.socket, &args).await;
+    assert_eq!(code, 0, "the payments pod gets a token: {err}");
+    assert_eq!(claims(out.trim())["aud"], PAYMENTS);
+    let issued = h
+        .audit_lines()
+        .into_iter()
+        .find(|l| l["event"] == "token.issued")
+        .expect("a token.issued line");
+    let seen = &issued["caller"]["pod"];
+    assert_eq!(seen["namespace"], "payments", "{issued}");
+    assert_eq!(seen["name"], "api-7d9f");
+    assert_eq!(seen["uid"], uid_a);
+    assert_eq!(seen["service_account"], "api");
+    assert_eq!(seen["container"], "api");
+    assert_eq!(seen["image"], "registry.example/api:1.4");
+    assert_eq!(seen["labels"]["app"], "payments");
+    assert_eq!(issued["role"], "payments-pods");
+    assert_eq!(
+        kubelet.refused.load(Ordering::SeqCst),
+        0,
+        "the agent presents its token"
+    );
+
+    // billing/api: same service-account name, another namespace; refused, the pod named.
+    let (code, out, err) = token_in(&procs_b, &h.socket, &args).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("access_denied"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "pod billing/api-5c2b (uid {uid_b}, service account billing/api"
+        )),
+        "the refusal names the pod as seen: {err}"
+    );
+    let denied = h
+        .audit_lines()
+        .into_iter()
+        .rfind(|l| l["event"] == "token.denied")
+        .expect("a token.denied line");
+    assert_eq!(denied["caller"]["pod"]["namespace"], "billing", "{denied}");
+    assert!(
+        denied["error_description"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("namespace in [\"payments\"], the caller's pod billing/api-5c2b is in namespace billing"),
+        "{denied}"
+    );
+
+    // A pod the kubelet does not list yet: refused with that reason, never guessed, and the
+    // kubelet is asked again at most once a second meanwhile.
+    // (The list was fetched moments ago for the pods above: wait out the least time between fetches.)
+    tokio::time::sleep(cortexid::caller::MIN_REFETCH + Duration::from_millis(200)).await;
+    let before = kubelet.served.load(Ordering::SeqCst);
+    let (code, _, err) = token_in(&procs_c, &h.socket, &args).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!(
+            "pod uid {uid_c} (not found: the kubelet does not list pod {uid_c} on node {NODE})"
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        kubelet.served.load(Ordering::SeqCst),
+        before + 1,
+        "an unknown pod makes the agent fetch the pod list again"
+    );
+    let denied = h
+        .audit_lines()
+        .into_iter()
+        .rfind(|l| l["event"] == "token.denied")
+        .unwrap();
+    assert_eq!(denied["caller"]["pod"]["uid"], uid_c);
+    assert!(
+        denied["caller"]["pod"]["unknown"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("does not list")
+    );
+    let (start, fetched) = (Instant::now(), kubelet.served.load(Ordering::SeqCst));
+    for _ in 0..5 {
+        let (code, _, err) = token_in(&procs_c, &h.socket, &args).await;
+        assert_eq!(code, 1, "{err}");
+    }
+    let refetches = kubelet.served.load(Ordering::SeqCst) - fetched;
+    assert!(
+        refetches as u64 <= start.elapsed().as_secs() + 1,
+        "{refetches} fetches in {:?}: at most one a second",
+        start.elapsed()
+    );
+
+    // Once the kubelet lists it, the same process shape is served.
+    kubelet.list(pod("payments", "api-new", uid_c, "api", &id_c));
+    tokio::time::sleep(cortexid::caller::MIN_REFETCH + Duration::from_millis(200)).await;
+    let (code, out, err) = token_in(&procs_c, &h.socket, &args).await;
+    assert_eq!(code, 0, "served once the kubelet lists the pod: {err}");
+    assert_eq!(claims(out.trim())["aud"], PAYMENTS);
+    let issued = h
+        .audit_lines()
+        .into_iter()
+        .rfind(|l| l["event"] == "token.issued")
+        .unwrap();
+    assert_eq!(issued["caller"]["pod"]["name"], "api-new");
+
+    // A host process (in no pod) is unchanged: the pod role is not for it.
+    let host = h.client.get(&token_path("payments", PAYMENTS, "")).await.unwrap();
+    assert_eq!(host.status, 403);
+    h.stop().await;
+    drop(cgroups);
+}
