@@ -54,10 +54,27 @@ pub enum KubeletError {
     Malformed { url: String, error: String },
 }
 
+/// Why the HTTPS client for the kubelet could not be made.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+struct SetupError(String);
+
+/// Why a caller's pod was not found.
+#[derive(Debug, thiserror::Error)]
+enum NotFound {
+    /// The kubelet's current list does not have it.
+    #[error("the kubelet does not list pod {uid}{node}")]
+    NotListed { uid: String, node: String },
+    /// The list could not be fetched (and the pod was never seen).
+    #[error("{0}")]
+    Kubelet(String),
+}
+
 /// The node's kubelet and its cached pod list.
 pub struct Kubelet {
     settings: KubernetesSettings,
-    http: Result<reqwest::Client, String>,
+    /// The HTTPS client, or why it could not be made.
+    http: Result<reqwest::Client, SetupError>,
     cache: tokio::sync::Mutex<Cache>,
 }
 
@@ -83,7 +100,8 @@ impl Kubelet {
     /// A client for the kubelet of `settings`; requests time out after `timeout`. A client that
     /// cannot be made (an unreadable `ca_file`) makes every lookup fail with the reason.
     pub fn new(settings: KubernetesSettings, timeout: Duration) -> Kubelet {
-        let http = crate::upstream::http_client(settings.ca_file.as_deref(), timeout).map_err(|e| e.to_string());
+        let http =
+            crate::upstream::http_client(settings.ca_file.as_deref(), timeout).map_err(|e| SetupError(e.to_string()));
         if let Err(e) = &http {
             tracing::error!(error = %e, "cannot set up the kubelet client; callers in pods will be refused");
         }
@@ -103,7 +121,7 @@ impl Kubelet {
     pub async fn resolve(&self, pod: &Pod) -> Pod {
         let seen = match self.lookup(&pod.uid, pod.container_id.as_deref()).await {
             Ok(facts) => PodSeen::Known(facts),
-            Err(why) => PodSeen::Unknown(why),
+            Err(why) => PodSeen::Unknown(why.to_string()),
         };
         Pod {
             uid: pod.uid.clone(),
@@ -112,7 +130,7 @@ impl Kubelet {
         }
     }
 
-    async fn lookup(&self, uid: &str, container_id: Option<&str>) -> Result<PodFacts, String> {
+    async fn lookup(&self, uid: &str, container_id: Option<&str>) -> Result<PodFacts, NotFound> {
         let mut cache = self.cache.lock().await;
         let listed = |cache: &Cache| cache.pods.get(uid).cloned();
         let complete = |p: &ListedPod| container_id.is_none_or(|id| p.containers.contains_key(id));
@@ -138,21 +156,22 @@ impl Kubelet {
             // account never change; its labels may be a little behind).
             Some(p) => Ok(facts(&p, container_id)),
             None => Err(match &cache.fetched {
-                Some((_, Some(error))) => error.clone(),
-                _ => format!(
-                    "the kubelet does not list pod {uid}{}",
-                    self.settings
+                Some((_, Some(error))) => NotFound::Kubelet(error.clone()),
+                _ => NotFound::NotListed {
+                    uid: uid.to_string(),
+                    node: self
+                        .settings
                         .node_name
                         .as_ref()
-                        .map_or(String::new(), |n| format!(" on node {n}"))
-                ),
+                        .map_or(String::new(), |n| format!(" on node {n}")),
+                },
             }),
         }
     }
 
     /// Fetches the pod list.
     async fn fetch(&self) -> Result<HashMap<String, Arc<ListedPod>>, KubeletError> {
-        let http = self.http.as_ref().map_err(|e| KubeletError::Setup(e.clone()))?;
+        let http = self.http.as_ref().map_err(|e| KubeletError::Setup(e.0.clone()))?;
         let token = self.settings.token_file.read()?;
         let url = format!("{}/pods", self.settings.kubelet_url);
         let unreachable = |e: reqwest::Error| KubeletError::Unreachable {
