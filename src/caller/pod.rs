@@ -127,9 +127,13 @@ pub fn pod_from_cgroup(contents: &str) -> Option<PodRef> {
 /// The pod in one cgroup path.
 fn pod_from_path(path: &str) -> Option<PodRef> {
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    // A reader in a cgroup namespace (the agent's container, on cgroup v2) sees the cgroups of
+    // other pods relative to its own: `/../../besteffort/pod<uid>/<id>`, the kubepods level
+    // above it out of sight.
+    let outside_own_namespace = parts.first() == Some(&"..");
     for (i, part) in parts.iter().enumerate() {
         // Only below (or at) a kubepods cgroup: podman's `machine-libpod_pod_<id>.slice` is no pod.
-        if !parts[..=i].iter().any(|p| p.contains("kubepods")) {
+        if !outside_own_namespace && !parts[..=i].iter().any(|p| p.contains("kubepods")) {
             continue;
         }
         let Some(uid) = pod_uid(part) else { continue };
@@ -236,6 +240,20 @@ mod tests {
             "0::/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{UNDERSCORED}.slice/cri-containerd-{ID}.scope\n"
         );
         assert_eq!(pod_from_cgroup(&kind), pod(Some(ID)));
+    }
+
+    #[test]
+    fn read_from_inside_a_cgroup_namespace() {
+        // The agent's own container has a cgroup namespace: other pods' cgroups start with "..".
+        for path in [
+            format!("/../../kubepods-besteffort-pod{UNDERSCORED}.slice/cri-containerd-{ID}.scope"),
+            format!("/../../../kubepods-pod{UNDERSCORED}.slice/crio-{ID}.scope"),
+            format!("/../../besteffort/pod{UID}/{ID}"),
+            format!("/../../pod{UID}/{ID}"),
+        ] {
+            assert_eq!(pod_from_cgroup(&format!("0::{path}\n")), pod(Some(ID)), "{path}");
+        }
+        assert_eq!(pod_from_cgroup("0::/../../system.slice/containerd.service\n"), None);
     }
 
     #[test]
