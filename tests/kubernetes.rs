@@ -109,15 +109,19 @@ fn pod(namespace: &str, name: &str, uid: &str, sa: &str, id: &str) -> Value {
     })
 }
 
-/// The cgroups this test made under `base`; dropped, it moves their processes back to the root
-/// and removes them, deepest first.
+/// Test cgroups live where the kubelet's do, at the top of the hierarchy (a pod is only
+/// recognised there); the tests that make them take turns.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The cgroups a test made; dropped, it moves their processes back to the root and removes them
+/// (and whatever was made below them), deepest first. Cgroups that were there before are left.
 struct Cgroups {
     mount: PathBuf,
-    base: PathBuf,
+    created: Mutex<Vec<PathBuf>>,
 }
 
 impl Cgroups {
-    /// Makes `base` under the first cgroup v2 mount, or says why it cannot.
+    /// Finds the cgroup v2 hierarchy and checks that a cgroup can be made there, or says why not.
     fn new() -> Result<Cgroups, String> {
         if !nix::unistd::geteuid().is_root() {
             return Err("creating cgroups needs root".into());
@@ -131,26 +135,38 @@ impl Cgroups {
             })
             .map(PathBuf::from)
             .ok_or("no cgroup v2 hierarchy is mounted")?;
-        let base = mount.join(format!("cortexid-test-{}", std::process::id()));
-        std::fs::create_dir(&base).map_err(|e| format!("cannot create a cgroup at {}: {e}", base.display()))?;
-        Ok(Cgroups { mount, base })
+        let probe = mount.join(format!("cortexid-test-probe-{}", std::process::id()));
+        std::fs::create_dir(&probe).map_err(|e| format!("cannot create a cgroup at {}: {e}", probe.display()))?;
+        let _ = std::fs::remove_dir(&probe);
+        Ok(Cgroups {
+            mount,
+            created: Default::default(),
+        })
     }
 
-    /// Makes the cgroup at `path` (below `base`) and opens its `cgroup.procs` for a process to
-    /// move itself in.
+    /// Makes the cgroup at `path` (from the top of the hierarchy), one level at a time, and opens
+    /// its `cgroup.procs` for a process to move itself in.
     fn make(&self, path: &str) -> std::fs::File {
-        let dir = self.base.join(path);
-        std::fs::create_dir_all(&dir).unwrap();
+        let mut dir = self.mount.clone();
+        for level in path.split('/') {
+            dir.push(level);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => self.created.lock().unwrap().push(dir.clone()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => panic!("cannot create the cgroup {}: {e}", dir.display()),
+            }
+        }
         std::fs::OpenOptions::new()
             .write(true)
             .open(dir.join("cgroup.procs"))
             .unwrap()
     }
 
-    fn dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    /// `dir` and every cgroup below it, deepest first.
+    fn below(dir: &Path, out: &mut Vec<PathBuf>) {
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                Self::dirs(&entry.path(), out);
+                Self::below(&entry.path(), out);
             }
         }
         out.push(dir.to_path_buf());
@@ -159,18 +175,68 @@ impl Cgroups {
 
 impl Drop for Cgroups {
     fn drop(&mut self) {
-        let mut dirs = Vec::new();
-        Self::dirs(&self.base, &mut dirs);
-        for dir in dirs {
-            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.lines() {
-                let _ = std::fs::write(self.mount.join("cgroup.procs"), pid);
-            }
-            if let Err(e) = std::fs::remove_dir(&dir) {
-                eprintln!("cannot remove the test cgroup {}: {e}", dir.display());
+        let created = std::mem::take(&mut *self.created.lock().unwrap());
+        for top in created.iter().rev() {
+            let mut dirs = Vec::new();
+            Self::below(top, &mut dirs);
+            for dir in dirs {
+                let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+                for pid in procs.lines() {
+                    let _ = std::fs::write(self.mount.join("cgroup.procs"), pid);
+                }
+                match std::fs::remove_dir(&dir) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        eprintln!("cannot remove the test cgroup {}: {e}", dir.display())
+                    }
+                    _ => {}
+                }
             }
         }
     }
+}
+
+const UID_A: &str = "6f1c2f0a-3b1e-4c7e-9a51-0d2b8c7e4f10";
+const UID_B: &str = "0b7d4c1e-2a3f-4e5d-8c9b-1a2b3c4d5e6f";
+const UID_C: &str = "9e8d7c6b-5a4f-4e3d-9c2b-1a0f9e8d7c6b";
+
+/// A container ID of 64 times `c`.
+fn container(c: char) -> String {
+    c.to_string().repeat(64)
+}
+
+/// The agent with the tests' provider and identities, `[kubernetes]` pointing at `kubelet`, and
+/// the role `payments-pods` for pods in namespace payments as service account payments/api, in a
+/// container named api.
+async fn harness(kubelet: &KubeletStandIn) -> Harness {
+    let mut h = Harness::new(
+        Duration::from_secs(300),
+        Setup {
+            role_uids: vec![64998],
+            ..Setup::default()
+        },
+    )
+    .await;
+    open_dir(h.dir.path());
+    let token_file = h.dir.path().join("kubelet-token");
+    write_secret(&token_file, KUBELET_TOKEN);
+    let ca_file = h.dir.path().join("kubelet-ca.pem");
+    std::fs::write(&ca_file, &kubelet.ca_pem).unwrap();
+    h.config.roles.push(
+        Role::new("payments-pods", &["payments"])
+            .namespaces(&["payments"])
+            .service_accounts(&["payments/api"])
+            .containers(&["api"]),
+    );
+    h.config.kubernetes = Some(Kubernetes {
+        kubelet_url: kubelet.url.clone(),
+        token_file,
+        ca_file: Some(ca_file),
+        node_name: Some(NODE.into()),
+    });
+    h.write_config();
+    h.stop().await;
+    h.start().await;
+    h
 }
 
 /// Runs `cortexid token` as [`POD_UID`] in the cgroup whose `cgroup.procs` is `procs`: the child
@@ -201,19 +267,15 @@ async fn token_in(procs: &std::fs::File, socket: &Path, args: &[&str]) -> (i32, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_are_attested_through_their_cgroup_and_the_kubelet() {
+    let _serial = SERIAL.lock().await;
     let cgroups = match Cgroups::new() {
         Ok(c) => c,
         Err(why) => return skip_or_fail("pods_are_attested_through_their_cgroup_and_the_kubelet", &why),
     };
     // Three pods: payments/api (systemd driver, burstable), billing/api (cgroupfs driver,
     // besteffort), and a new payments/api pod the kubelet does not list yet (systemd, guaranteed).
-    let (uid_a, uid_b, uid_c) = (
-        "6f1c2f0a-3b1e-4c7e-9a51-0d2b8c7e4f10",
-        "0b7d4c1e-2a3f-4e5d-8c9b-1a2b3c4d5e6f",
-        "9e8d7c6b-5a4f-4e3d-9c2b-1a0f9e8d7c6b",
-    );
-    let id = |c: char| c.to_string().repeat(64);
-    let (id_a, id_b, id_c) = (id('a'), id('b'), id('c'));
+    let (uid_a, uid_b, uid_c) = (UID_A, UID_B, UID_C);
+    let (id_a, id_b, id_c) = (container('a'), container('b'), container('c'));
     let procs_a = cgroups.make(&format!(
         "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{id_a}.scope",
         uid_a.replace('-', "_")
@@ -227,35 +289,7 @@ async fn pods_are_attested_through_their_cgroup_and_the_kubelet() {
     let kubelet = KubeletStandIn::start().await;
     kubelet.list(pod("payments", "api-7d9f", uid_a, "api", &id_a));
     kubelet.list(pod("billing", "api-5c2b", uid_b, "api", &id_b));
-
-    let mut h = Harness::new(
-        Duration::from_secs(300),
-        Setup {
-            role_uids: vec![64998],
-            ..Setup::default()
-        },
-    )
-    .await;
-    open_dir(h.dir.path());
-    let token_file = h.dir.path().join("kubelet-token");
-    write_secret(&token_file, KUBELET_TOKEN);
-    let ca_file = h.dir.path().join("kubelet-ca.pem");
-    std::fs::write(&ca_file, &kubelet.ca_pem).unwrap();
-    h.config.roles.push(
-        Role::new("payments-pods", &["payments"])
-            .namespaces(&["payments"])
-            .service_accounts(&["payments/api"])
-            .containers(&["api"]),
-    );
-    h.config.kubernetes = Some(Kubernetes {
-        kubelet_url: kubelet.url.clone(),
-        token_file,
-        ca_file: Some(ca_file),
-        node_name: Some(NODE.into()),
-    });
-    h.write_config();
-    h.stop().await;
-    h.start().await;
+    let mut h = harness(&kubelet).await;
     let args = ["--audience", PAYMENTS];
 
     // payments/api: its namespace and service account are the role's.
@@ -364,6 +398,82 @@ async fn pods_are_attested_through_their_cgroup_and_the_kubelet() {
     // A host process (in no pod) is unchanged: the pod role is not for it.
     let host = h.client.get(&token_path("payments", PAYMENTS, "")).await.unwrap();
     assert_eq!(host.status, 403);
+    h.stop().await;
+    drop(cgroups);
+}
+
+/// The uid of a user on the node who has a cgroup subtree of their own (as systemd's
+/// `user@.service` delegates one) and tries to pass for a pod.
+const ATTACKER: u32 = 4343;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_own_cgroup_named_like_a_pod_is_no_pod() {
+    let _serial = SERIAL.lock().await;
+    let cgroups = match Cgroups::new() {
+        Ok(c) => c,
+        Err(why) => return skip_or_fail("a_users_own_cgroup_named_like_a_pod_is_no_pod", &why),
+    };
+    let id_a = container('a');
+    let procs_a = cgroups.make(&format!("kubepods/burstable/pod{UID_A}/{id_a}"));
+    let kubelet = KubeletStandIn::start().await;
+    kubelet.list(pod("payments", "api-7d9f", UID_A, "api", &id_a));
+    let mut h = harness(&kubelet).await;
+    let args = ["--audience", PAYMENTS];
+
+    // The attacker's delegated subtree: the directory and its interface files are theirs.
+    let delegated = format!("cortexid-test-{}-user-{ATTACKER}.slice", std::process::id());
+    let procs = cgroups.make(&delegated);
+    let dir = cgroups.mount.join(&delegated);
+    let owner = Some(nix::unistd::Uid::from_raw(ATTACKER));
+    let group = Some(nix::unistd::Gid::from_raw(ATTACKER));
+    for file in ["", "cgroup.procs", "cgroup.threads", "cgroup.subtree_control"] {
+        nix::unistd::chown(&dir.join(file), owner, group).unwrap();
+    }
+    // Inside it, the attacker makes a cgroup shaped like pod A's container (whose UID and
+    // container ID anyone can read in /proc/<pid>/cgroup) and moves into it.
+    let forged = dir.join(format!("kubepods/burstable/pod{UID_A}/{id_a}"));
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args([
+        "-c",
+        r#"mkdir -p "$1" && echo 0 > "$1/cgroup.procs" && shift && exec "$@""#,
+        "sh",
+    ])
+    .arg(&forged)
+    .arg(env!("CARGO_BIN_EXE_cortexid"))
+    .arg("token")
+    .args(args)
+    .env("CORTEXID_SOCKET", &h.socket);
+    // SAFETY: as in token_in.
+    unsafe {
+        cmd.pre_exec(move || {
+            use nix::unistd::{Gid, Uid, setgid, setgroups, setuid};
+            (&procs).write_all(b"0")?;
+            setgroups(&[])?;
+            setgid(Gid::from_raw(ATTACKER))?;
+            setuid(Uid::from_raw(ATTACKER))?;
+            Ok(())
+        });
+    }
+    let out = tokio::process::Command::from(cmd).output().await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(forged.exists(), "the attacker made the cgroup: {err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("access_denied"), "refused by the agent: {err}");
+    assert!(
+        !err.contains("pod payments/"),
+        "the attacker is not taken for pod A: {err}"
+    );
+    let denied = h
+        .audit_lines()
+        .into_iter()
+        .rfind(|l| l["event"] == "token.denied")
+        .expect("a token.denied line");
+    assert_eq!(denied["caller"]["uid"], ATTACKER, "{denied}");
+    assert!(denied["caller"].get("pod").is_none(), "no pod: {denied}");
+
+    // Pod A itself still is.
+    let (code, _, err) = token_in(&procs_a, &h.socket, &args).await;
+    assert_eq!(code, 0, "{err}");
     h.stop().await;
     drop(cgroups);
 }

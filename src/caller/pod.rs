@@ -128,19 +128,33 @@ pub fn pod_from_cgroup(contents: &str) -> Option<PodRef> {
 fn pod_from_path(path: &str) -> Option<PodRef> {
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     // A reader in a cgroup namespace (the agent's container, on cgroup v2) sees the cgroups of
-    // other pods relative to its own: `/../../besteffort/pod<uid>/<id>`, the kubepods level
-    // above it out of sight.
-    let outside_own_namespace = parts.first() == Some(&"..");
-    for (i, part) in parts.iter().enumerate() {
-        // Only below (or at) a kubepods cgroup: podman's `machine-libpod_pod_<id>.slice` is no pod.
-        if !outside_own_namespace && !parts[..=i].iter().any(|p| p.contains("kubepods")) {
-            continue;
-        }
-        let Some(uid) = pod_uid(part) else { continue };
-        let container_id = parts.get(i + 1).and_then(|c| container_id(c));
-        return Some(PodRef { uid, container_id });
+    // other pods relative to its own: `/../../besteffort/pod<uid>/<id>`, the levels above the
+    // common ancestor out of sight.
+    let below = parts.iter().position(|p| *p != "..").unwrap_or(parts.len());
+    let climbed = below > 0;
+    // The pod's cgroup is the first one with a pod name, and everything above it must be the
+    // kubelet's: a user with a delegated subtree (user@.service) can make
+    // `/user.slice/.../kubepods/pod<uid>/<id>` and must not pass for that pod.
+    let (i, uid) = parts[below..]
+        .iter()
+        .enumerate()
+        .find_map(|(i, p)| pod_uid(p).map(|uid| (below + i, uid)))?;
+    let ancestors = &parts[below..i];
+    // Without a climb, the path must go through kubepods (podman's
+    // `machine-libpod_pod_<id>.slice` is no pod); with one, the kubepods level may be above.
+    let in_kubepods = climbed || parts[below..=i].iter().any(|p| p.contains("kubepods"));
+    if !in_kubepods || !ancestors.iter().all(|p| kubelet_level(p)) {
+        return None;
     }
-    None
+    let container_id = parts.get(i + 1).and_then(|c| container_id(c));
+    Some(PodRef { uid, container_id })
+}
+
+/// A cgroup level the kubelet makes above a pod: `kubepods`, `kubepods.slice`, a QoS class
+/// (`burstable`, `kubepods-besteffort.slice`), or the kubelet's own root (`kubelet.slice`, as in
+/// kind).
+fn kubelet_level(part: &str) -> bool {
+    part.contains("kubepods") || QOS.contains(&part) || part == "kubelet.slice" || part == "kubelet"
 }
 
 /// The UID in a pod's cgroup name: `pod<uid>` (cgroupfs) or `kubepods[-<qos>]-pod<uid>.slice`
@@ -281,6 +295,30 @@ mod tests {
             "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UNDERSCORED}.slice/crio-conmon-{ID}.scope\n"
         );
         assert_eq!(pod_from_cgroup(&conmon), pod(None));
+    }
+
+    #[test]
+    fn a_delegated_subtree_cannot_pass_for_a_pod() {
+        // A user's own cgroups (systemd Delegate=) can have any name below the delegation.
+        for forged in [
+            format!("0::/user.slice/user-1000.slice/user@1000.service/kubepods/pod{UID}/{ID}\n"),
+            format!(
+                "0::/user.slice/user-1000.slice/user@1000.service/app.slice/kubepods.slice/kubepods-pod{UNDERSCORED}.slice/cri-containerd-{ID}.scope\n"
+            ),
+            format!("0::/system.slice/runner.service/kubepods/besteffort/pod{UID}/{ID}\n"),
+            format!("0::/../../user.slice/user-1000.slice/user@1000.service/kubepods/pod{UID}/{ID}\n"),
+            format!("0::/../../user.slice/pod{UID}/{ID}\n"),
+            format!("4:memory:/user.slice/kubepods/pod{UID}/{ID}\n0::/user.slice/user-1000.slice\n"),
+        ] {
+            assert_eq!(pod_from_cgroup(&forged), None, "{forged}");
+        }
+        // A pod that nests cgroups of its own is still the outer pod.
+        let nested = format!(
+            "0::/kubepods/burstable/pod{UID}/{ID}/kubepods/pod{}/{}\n",
+            "1".repeat(32),
+            "2".repeat(64)
+        );
+        assert_eq!(pod_from_cgroup(&nested), pod(Some(ID)));
     }
 
     #[test]
