@@ -33,6 +33,8 @@ struct KubeletStandIn {
     served: Arc<AtomicUsize>,
     /// Requests refused for a wrong or missing token.
     refused: Arc<AtomicUsize>,
+    /// The bearer token it accepts.
+    token: Arc<Mutex<String>>,
 }
 
 impl KubeletStandIn {
@@ -44,10 +46,12 @@ impl KubeletStandIn {
         let pods: Arc<Mutex<Vec<Value>>> = Default::default();
         let served: Arc<AtomicUsize> = Default::default();
         let refused: Arc<AtomicUsize> = Default::default();
-        let (p, s, r) = (pods.clone(), served.clone(), refused.clone());
+        let token = Arc::new(Mutex::new(KUBELET_TOKEN.to_string()));
+        let (p, s, r, t) = (pods.clone(), served.clone(), refused.clone(), token.clone());
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, pods, served, refused) = (acceptor.clone(), p.clone(), s.clone(), r.clone());
+                let (acceptor, pods, served, refused, token) =
+                    (acceptor.clone(), p.clone(), s.clone(), r.clone(), t.clone());
                 tokio::spawn(async move {
                     let Ok(mut tls) = acceptor.accept(tcp).await else {
                         return;
@@ -63,7 +67,7 @@ impl KubeletStandIn {
                     let head = String::from_utf8_lossy(&head).to_string();
                     let authorized = head
                         .lines()
-                        .any(|l| l.eq_ignore_ascii_case(&format!("authorization: Bearer {KUBELET_TOKEN}")));
+                        .any(|l| l.eq_ignore_ascii_case(&format!("authorization: Bearer {}", token.lock().unwrap())));
                     let (status, body) = if !head.starts_with("GET /pods ") {
                         ("404 Not Found", "{}".to_string())
                     } else if !authorized {
@@ -90,6 +94,7 @@ impl KubeletStandIn {
             pods,
             served,
             refused,
+            token,
         }
     }
 
@@ -394,6 +399,23 @@ async fn pods_are_attested_through_their_cgroup_and_the_kubelet() {
         .rfind(|l| l["event"] == "token.issued")
         .unwrap();
     assert_eq!(issued["caller"]["pod"]["name"], "api-new");
+
+    // The kubelet's token rotates (a projected token does, hourly): the agent reads the file again
+    // at its next fetch, here for a pod it has not seen.
+    let uid_d = "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f";
+    let id_d = container('d');
+    let procs_d = cgroups.make(&format!("kubepods/pod{uid_d}/{id_d}"));
+    kubelet.list(pod("payments", "api-rotated", uid_d, "api", &id_d));
+    *kubelet.token.lock().unwrap() = "rotated-reader-token".into();
+    write_secret(&h.dir.path().join("kubelet-token"), "rotated-reader-token");
+    tokio::time::sleep(cortexid::caller::MIN_REFETCH + Duration::from_millis(200)).await;
+    let (code, _, err) = token_in(&procs_d, &h.socket, &args).await;
+    assert_eq!(code, 0, "served with the rotated token: {err}");
+    assert_eq!(
+        kubelet.refused.load(Ordering::SeqCst),
+        0,
+        "the old token was never sent again"
+    );
 
     // A host process (in no pod) is unchanged: the pod role is not for it.
     let host = h.client.get(&token_path("payments", PAYMENTS, "")).await.unwrap();

@@ -41,7 +41,12 @@ pub enum KubeletError {
     /// The kubelet could not be reached or did not answer in time.
     #[error("cannot reach the kubelet at {url}: {error}")]
     Unreachable { url: String, error: String },
-    /// The kubelet refused the agent's token.
+    /// The kubelet did not accept the agent's token.
+    #[error(
+        "the kubelet at {url} answered 401: it does not accept the agent's token in token_file (expired, not a service-account token, or the kubelet's webhook authentication is off)"
+    )]
+    Unauthenticated { url: String },
+    /// The kubelet refused the agent's request: a missing permission.
     #[error(
         "the kubelet at {url} answered {status}: the agent's service account needs \"get\" on nodes/pods (nodes/proxy before Kubernetes 1.33); see deploy/kubernetes/rbac.yaml"
     )]
@@ -192,7 +197,8 @@ impl Kubelet {
         let body = resp.bytes().await.map_err(unreachable)?;
         match status {
             200 => {}
-            401 | 403 => return Err(KubeletError::Forbidden { url, status }),
+            401 => return Err(KubeletError::Unauthenticated { url }),
+            403 => return Err(KubeletError::Forbidden { url, status }),
             _ => {
                 let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
                 return Err(KubeletError::Status {
