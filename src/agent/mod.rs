@@ -64,10 +64,18 @@ pub struct Agent {
     ready: std::sync::atomic::AtomicBool,
     /// The node's kubelet, when `[kubernetes]` is configured: which pod a caller runs in.
     kubelet: RwLock<Option<Arc<crate::caller::Kubelet>>>,
+    /// The encrypted store in `state_dir`, opened at start (a reload does not move it).
+    state_store: Option<Arc<crate::state::StateStore>>,
 }
 
 impl Agent {
-    pub fn new(config: Config, cancel: CancellationToken) -> Result<Arc<Agent>, ProviderSetupError> {
+    /// An agent for a validated configuration; `state_store` is the store opened in
+    /// `[agent] state_dir`, if any.
+    pub fn new(
+        config: Config,
+        state_store: Option<Arc<crate::state::StateStore>>,
+        cancel: CancellationToken,
+    ) -> Result<Arc<Agent>, ProviderSetupError> {
         let providers = exchanger::providers_for(&config, None)?;
         let audit = Arc::new(Audit::open(&config.agent.audit_log));
         let settings = RefreshSettings::from(&config.agent);
@@ -96,6 +104,7 @@ impl Agent {
             denials: Default::default(),
             ready: Default::default(),
             kubelet,
+            state_store,
         }))
     }
 
@@ -109,6 +118,11 @@ impl Agent {
 
     pub fn cache(&self) -> &Arc<Cache> {
         &self.cache
+    }
+
+    /// The encrypted store in `state_dir`, when one is configured.
+    pub fn state_store(&self) -> Option<&Arc<crate::state::StateStore>> {
+        self.state_store.as_ref()
     }
 
     pub(crate) fn audit_best_effort(&self, event: &str, fields: serde_json::Value) {
@@ -197,6 +211,11 @@ impl Agent {
         let old = self.state();
         let providers = exchanger::providers_for(&config, Some(&old.providers))?;
         let config = Arc::new(config);
+        if old.config.agent.state_dir != config.agent.state_dir
+            || old.config.agent.state_key_file != config.agent.state_key_file
+        {
+            tracing::warn!("agent.state_dir or agent.state_key_file changed; it takes effect at the next restart");
+        }
         if old.config.agent.socket != config.agent.socket {
             tracing::warn!("agent.socket changed; the new path takes effect at the next restart");
         }

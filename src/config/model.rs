@@ -75,6 +75,12 @@ pub struct AgentSettings {
     /// Who sees details (cache keys, sinks, provider errors, the reasons of denials); others see
     /// status and counts (default: root).
     pub operators: Operators,
+    /// Where state that survives a restart is kept, encrypted (absolute; none: nothing is kept).
+    pub state_dir: Option<PathBuf>,
+    /// The key that encrypts `state_dir` (none: one generated at first start in `state_dir`).
+    pub state_key_file: Option<SecretFile>,
+    /// Keep the token cache in `state_dir`, so a restart needs no new exchanges (default false).
+    pub persist_tokens: bool,
 }
 
 /// Users and groups that see the agent's details.

@@ -51,6 +51,9 @@ pub(super) struct RawAgent {
     pub(super) log_format: Option<String>,
     pub(super) metrics_listen: Option<String>,
     pub(super) operators: Option<Vec<String>>,
+    pub(super) state_dir: Option<String>,
+    pub(super) state_key_file: Option<String>,
+    pub(super) persist_tokens: Option<bool>,
 }
 
 /// One `[[provider]]`.
