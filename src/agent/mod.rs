@@ -62,6 +62,8 @@ pub struct Agent {
     sinks: Arc<SinkBoard>,
     denials: crate::output::denials::Denials,
     ready: std::sync::atomic::AtomicBool,
+    /// The node's kubelet, when `[kubernetes]` is configured: which pod a caller runs in.
+    kubelet: RwLock<Option<Arc<crate::caller::Kubelet>>>,
     /// The encrypted store in `state_dir`, opened at start (a reload does not move it).
     state_store: Option<Arc<crate::state::StateStore>>,
 }
@@ -86,6 +88,7 @@ impl Agent {
             audit: RwLock::new(audit),
         });
         let presented = crate::policy::trust::PresentedVerifier::new(shared.state().config.agent.upstream_timeout);
+        let kubelet = RwLock::new(kubelet_for(&shared.state().config, None));
         let cache = Cache::new(
             settings,
             Arc::new(exchanger::AgentExchanger { shared: shared.clone() }),
@@ -100,6 +103,7 @@ impl Agent {
             sinks: Default::default(),
             denials: Default::default(),
             ready: Default::default(),
+            kubelet,
             state_store,
         }))
     }
@@ -167,6 +171,18 @@ impl Agent {
         }
     }
 
+    /// The caller with its pod looked up at the kubelet, when it runs in a pod and `[kubernetes]`
+    /// is configured; otherwise the caller as attested.
+    pub async fn with_pod(&self, caller: &Arc<crate::caller::Caller>) -> Arc<crate::caller::Caller> {
+        let kubelet = self.kubelet.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let (Some(pod), Some(kubelet)) = (&caller.pod, kubelet) else {
+            return caller.clone();
+        };
+        let mut resolved = (**caller).clone();
+        resolved.pod = Some(kubelet.resolve(pod).await);
+        Arc::new(resolved)
+    }
+
     /// Marks start-up as done (health leaves `starting`).
     pub(crate) fn set_ready(&self) {
         self.ready.store(true, std::sync::atomic::Ordering::Release);
@@ -216,6 +232,10 @@ impl Agent {
             });
         }
         self.cache.set_settings(RefreshSettings::from(&config.agent));
+        {
+            let mut kubelet = self.kubelet.write().unwrap_or_else(|p| p.into_inner());
+            *kubelet = kubelet_for(&config, kubelet.as_ref());
+        }
         let audit_changed = *self.shared.audit().target() != config.agent.audit_log;
         if audit_changed {
             *self.shared.audit.write().unwrap_or_else(|p| p.into_inner()) =
@@ -235,6 +255,19 @@ impl Agent {
         if let Err(e) = self.shared.audit().reopen() {
             tracing::error!(error = %e, "cannot reopen the audit log");
         }
+    }
+}
+
+/// The kubelet client for `config`: `current` when its settings are unchanged (keeping its pod
+/// list), a new one when they changed, none without `[kubernetes]`.
+fn kubelet_for(config: &Config, current: Option<&Arc<crate::caller::Kubelet>>) -> Option<Arc<crate::caller::Kubelet>> {
+    let settings = config.kubernetes.as_ref()?;
+    match current {
+        Some(k) if k.settings() == settings => Some(k.clone()),
+        _ => Some(Arc::new(crate::caller::Kubelet::new(
+            settings.clone(),
+            config.agent.upstream_timeout,
+        ))),
     }
 }
 

@@ -58,6 +58,7 @@ pub async fn setup(dir: &Path, uids: &[u32]) -> Result<DevSetup, FixtureError> {
                 .comment("The user who ran `cortexid dev` may request every identity."),
         ],
         sinks: Vec::new(),
+        kubernetes: None,
     };
     let config_path = fx.write_config(&config)?;
     Ok(DevSetup {

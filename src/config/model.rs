@@ -27,6 +27,8 @@ pub struct Config {
     pub roles: Vec<Arc<Role>>,
     /// The `[[sink]]`s; no two write the same file.
     pub sinks: Vec<SinkSettings>,
+    /// `[kubernetes]`: the kubelet that says which pod a caller runs in; none off Kubernetes.
+    pub kubernetes: Option<super::kubernetes::KubernetesSettings>,
 }
 
 impl Config {
@@ -332,6 +334,8 @@ pub struct Role {
     /// The caller presented a credential whose claims match: each key is a claim (dots reach
     /// into nested objects), which must equal one of the values or be a list holding one.
     pub claims: Option<BTreeMap<String, Vec<String>>>,
+    /// The caller's pod: namespaces, service accounts, labels, containers (`[kubernetes]`).
+    pub pod: super::kubernetes::PodConditions,
     /// The identities it grants (at least one; each is configured).
     pub identities: Vec<String>,
     /// Narrows the identities' audiences to these; none means all of them.

@@ -23,6 +23,16 @@ pub(super) struct RawConfig {
     pub(super) role: Vec<RawRole>,
     #[serde(default)]
     pub(super) sink: Vec<RawSink>,
+    pub(super) kubernetes: Option<RawKubernetes>,
+}
+
+/// `[kubernetes]`.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawKubernetes {
+    pub(super) kubelet_url: Option<String>,
+    pub(super) token_file: Option<String>,
+    pub(super) ca_file: Option<String>,
+    pub(super) node_name: Option<String>,
 }
 
 /// `[agent]`.
@@ -114,6 +124,10 @@ pub(super) struct RawRole {
     pub(super) executables_any_namespace: bool,
     pub(super) executable_sha256: Option<Vec<String>>,
     pub(super) claims: Option<BTreeMap<String, RawClaimValues>>,
+    pub(super) namespaces: Option<Vec<String>>,
+    pub(super) service_accounts: Option<Vec<String>>,
+    pub(super) pod_labels: Option<BTreeMap<String, String>>,
+    pub(super) containers: Option<Vec<String>>,
     #[serde(default)]
     pub(super) identities: Vec<String>,
     pub(super) audiences: Option<Vec<String>>,

@@ -13,7 +13,12 @@ use super::validate::{Validator, list_or_none};
 impl Validator<'_> {
     /// Validates every `[[role]]` against the identities: it must say who it is for, name defined
     /// identities, and narrow (never widen) their audiences and scopes.
-    pub(super) fn roles(&mut self, raw: &[RawRole], identities: &[Arc<IdentitySettings>]) -> Vec<Arc<Role>> {
+    pub(super) fn roles(
+        &mut self,
+        raw: &[RawRole],
+        identities: &[Arc<IdentitySettings>],
+        kubernetes: bool,
+    ) -> Vec<Arc<Role>> {
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (i, r) in raw.iter().enumerate() {
@@ -103,11 +108,15 @@ impl Validator<'_> {
                 r.executables.as_ref().map(Vec::len),
                 r.executable_sha256.as_ref().map(Vec::len),
                 r.claims.as_ref().map(BTreeMap::len),
+                r.namespaces.as_ref().map(Vec::len),
+                r.service_accounts.as_ref().map(Vec::len),
+                r.pod_labels.as_ref().map(BTreeMap::len),
+                r.containers.as_ref().map(Vec::len),
             ];
             if conditions.iter().all(|c| c.is_none()) {
                 self.problem(
                     &at("role", i, "name"),
-                    "a role must say who it is for (users, uids, groups, gids, units, executables, executable_sha256 or claims); a role for everyone is never the default".into(),
+                    "a role must say who it is for (users, uids, groups, gids, units, executables, executable_sha256, claims, or pod conditions); a role for everyone is never the default".into(),
                 );
             }
             for (field, n) in [
@@ -119,6 +128,10 @@ impl Validator<'_> {
                 "executables",
                 "executable_sha256",
                 "claims",
+                "namespaces",
+                "service_accounts",
+                "pod_labels",
+                "containers",
             ]
             .iter()
             .zip(conditions)
@@ -130,6 +143,7 @@ impl Validator<'_> {
                     );
                 }
             }
+            let pod = self.pod_conditions(r, i, kubernetes);
             if r.identities.is_empty() {
                 self.problem(
                     &at("role", i, "name"),
@@ -197,6 +211,7 @@ impl Validator<'_> {
                 executables_any_namespace: r.executables_any_namespace,
                 executable_sha256,
                 claims,
+                pod,
                 identities: r.identities.clone(),
                 audiences: r.audiences.clone(),
                 scopes: r.scopes.clone(),

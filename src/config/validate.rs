@@ -135,7 +135,8 @@ impl Validator<'_> {
         let agent = self.agent(&raw.agent);
         let providers = self.providers(&raw.provider);
         let identities = self.identities(&raw.identity, &providers);
-        let roles = self.roles(&raw.role, &identities);
+        let kubernetes = self.kubernetes(raw.kubernetes.as_ref());
+        let roles = self.roles(&raw.role, &identities, kubernetes.is_some());
         let sinks = self.sinks(&raw.sink, &identities);
         Config {
             path: path.to_path_buf(),
@@ -144,6 +145,7 @@ impl Validator<'_> {
             identities,
             roles,
             sinks,
+            kubernetes,
         }
     }
 

@@ -31,7 +31,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A fresh CA and a server certificate it signs for 127.0.0.1 and localhost: the CA's PEM and the
 /// TLS configuration that serves the certificate.
-pub(super) fn make_tls() -> Result<(String, Arc<rustls::ServerConfig>), DevIdpError> {
+pub(crate) fn make_tls() -> Result<(String, Arc<rustls::ServerConfig>), DevIdpError> {
     let cert_err = DevIdpError::Certificate;
     let ca_key = rcgen::KeyPair::generate().map_err(cert_err)?;
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;

@@ -102,6 +102,7 @@ mod tests {
             executables_any_namespace: false,
             executable_sha256: None,
             claims: None,
+            pod: Default::default(),
             identities: vec!["payments".into()],
             audiences: None,
             scopes: None,

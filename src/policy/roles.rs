@@ -60,6 +60,9 @@ enum Claims<'a> {
 }
 
 fn mismatch_with(role: &Role, caller: &Caller, claims: Claims<'_>) -> Option<String> {
+    if let Some(why) = super::pod::pod_mismatch(role, caller) {
+        return Some(why);
+    }
     if let Some(uids) = &role.uids
         && !uids.contains(&caller.uid)
     {
@@ -436,6 +439,7 @@ mod tests {
             executables_any_namespace: false,
             executable_sha256: None,
             claims: None,
+            pod: Default::default(),
             identities: ids.iter().map(|s| s.to_string()).collect(),
             audiences: None,
             scopes: None,
@@ -457,6 +461,7 @@ mod tests {
             ],
             roles: roles.into_iter().map(Arc::new).collect(),
             sinks: vec![],
+            kubernetes: None,
         }
     }
 
