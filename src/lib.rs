@@ -7,8 +7,8 @@
 //! Data flows one way, and the folders follow it: request ([`api`]) → caller ([`caller`]) →
 //! policy ([`policy`]) → the request path ([`agent`]) → cache ([`cache`]) → provider
 //! ([`upstream`]) → cache → audit ([`output`]) → response. Around it: configuration ([`config`]),
-//! the secret files it names ([`secrets`]), the daemon's lifecycle ([`run`]), the command line
-//! ([`cmd`]) and the development provider ([`devidp`]). `docs/ARCHITECTURE.md` walks a request
+//! the secret files it names ([`secrets`]), state kept across restarts ([`state`]), the daemon's
+//! lifecycle ([`run`]), the command line ([`cmd`]) and the development provider ([`devidp`]). `docs/ARCHITECTURE.md` walks a request
 //! through them.
 
 // Unsafe code is denied everywhere; the one exception (adopting the socket systemd passes as fd 3)
@@ -31,5 +31,6 @@ pub mod people;
 pub(crate) mod policy;
 pub mod run;
 pub mod secrets;
+pub mod state;
 pub mod token;
 pub mod upstream;

@@ -194,6 +194,16 @@ async fn device_flow_goes_pending_then_slow_down_then_granted() {
         }
     }
 
+    // The doctor's probe: the login client is accepted, an unknown one is not.
+    s.client.probe_login_client(LOGIN, &ClientAuth::None).await.unwrap();
+    let e = s
+        .client
+        .probe_login_client("nobody", &ClientAuth::None)
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&e), Some("invalid_client"), "{e}");
+    assert_eq!(s.idp.people_counters().sessions_issued, 1, "a probe issues nothing");
+
     // An unknown client is refused, and the error says which one.
     let e = s
         .client
@@ -403,7 +413,18 @@ async fn refresh_tokens_rotate_a_replay_ends_the_sign_in_and_groups_follow_the_p
         .await
         .unwrap_err();
     assert_eq!(code_of(&e), Some("invalid_scope"), "{e}");
-    assert_eq!(s.idp.people_counters().refreshes, 5);
+    // A refused refresh does not spend the token.
+    s.client
+        .refresh_session(
+            LOGIN,
+            &ClientAuth::None,
+            fresh.refresh_token.as_ref().unwrap(),
+            &[],
+            "carol",
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.idp.people_counters().refreshes, 6);
 }
 
 #[tokio::test]

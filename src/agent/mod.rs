@@ -66,10 +66,20 @@ pub struct Agent {
     sinks: Arc<SinkBoard>,
     denials: crate::output::denials::Denials,
     ready: std::sync::atomic::AtomicBool,
+    /// The node's kubelet, when `[kubernetes]` is configured: which pod a caller runs in.
+    kubelet: RwLock<Option<Arc<crate::caller::Kubelet>>>,
+    /// The encrypted store in `state_dir`, opened at start (a reload does not move it).
+    state_store: Option<Arc<crate::state::StateStore>>,
 }
 
 impl Agent {
-    pub fn new(config: Config, cancel: CancellationToken) -> Result<Arc<Agent>, ProviderSetupError> {
+    /// An agent for a validated configuration; `state_store` is the store opened in
+    /// `[agent] state_dir`, if any.
+    pub fn new(
+        config: Config,
+        state_store: Option<Arc<crate::state::StateStore>>,
+        cancel: CancellationToken,
+    ) -> Result<Arc<Agent>, ProviderSetupError> {
         let providers = exchanger::providers_for(&config, None)?;
         let audit = Arc::new(Audit::open(&config.agent.audit_log));
         let settings = RefreshSettings::from(&config.agent);
@@ -83,6 +93,7 @@ impl Agent {
             people: Default::default(),
         });
         let presented = crate::policy::trust::PresentedVerifier::new(shared.state().config.agent.upstream_timeout);
+        let kubelet = RwLock::new(kubelet_for(&shared.state().config, None));
         let cache = Cache::new(
             settings,
             Arc::new(exchanger::AgentExchanger { shared: shared.clone() }),
@@ -99,6 +110,8 @@ impl Agent {
             sinks: Default::default(),
             denials: Default::default(),
             ready: Default::default(),
+            kubelet,
+            state_store,
         }))
     }
 
@@ -112,6 +125,11 @@ impl Agent {
 
     pub fn cache(&self) -> &Arc<Cache> {
         &self.cache
+    }
+
+    /// The encrypted store in `state_dir`, when one is configured.
+    pub fn state_store(&self) -> Option<&Arc<crate::state::StateStore>> {
+        self.state_store.as_ref()
     }
 
     pub(crate) fn audit_best_effort(&self, event: &str, fields: serde_json::Value) {
@@ -160,6 +178,18 @@ impl Agent {
         }
     }
 
+    /// The caller with its pod looked up at the kubelet, when it runs in a pod and `[kubernetes]`
+    /// is configured; otherwise the caller as attested.
+    pub async fn with_pod(&self, caller: &Arc<crate::caller::Caller>) -> Arc<crate::caller::Caller> {
+        let kubelet = self.kubelet.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let (Some(pod), Some(kubelet)) = (&caller.pod, kubelet) else {
+            return caller.clone();
+        };
+        let mut resolved = (**caller).clone();
+        resolved.pod = Some(kubelet.resolve(pod).await);
+        Arc::new(resolved)
+    }
+
     /// Marks start-up as done (health leaves `starting`).
     pub(crate) fn set_ready(&self) {
         self.ready.store(true, std::sync::atomic::Ordering::Release);
@@ -188,6 +218,11 @@ impl Agent {
         let old = self.state();
         let providers = exchanger::providers_for(&config, Some(&old.providers))?;
         let config = Arc::new(config);
+        if old.config.agent.state_dir != config.agent.state_dir
+            || old.config.agent.state_key_file != config.agent.state_key_file
+        {
+            tracing::warn!("agent.state_dir or agent.state_key_file changed; it takes effect at the next restart");
+        }
         if old.config.agent.socket != config.agent.socket {
             tracing::warn!("agent.socket changed; the new path takes effect at the next restart");
         }
@@ -204,6 +239,10 @@ impl Agent {
             });
         }
         self.cache.set_settings(RefreshSettings::from(&config.agent));
+        {
+            let mut kubelet = self.kubelet.write().unwrap_or_else(|p| p.into_inner());
+            *kubelet = kubelet_for(&config, kubelet.as_ref());
+        }
         let audit_changed = *self.shared.audit().target() != config.agent.audit_log;
         if audit_changed {
             *self.shared.audit.write().unwrap_or_else(|p| p.into_inner()) =
@@ -223,6 +262,19 @@ impl Agent {
         if let Err(e) = self.shared.audit().reopen() {
             tracing::error!(error = %e, "cannot reopen the audit log");
         }
+    }
+}
+
+/// The kubelet client for `config`: `current` when its settings are unchanged (keeping its pod
+/// list), a new one when they changed, none without `[kubernetes]`.
+fn kubelet_for(config: &Config, current: Option<&Arc<crate::caller::Kubelet>>) -> Option<Arc<crate::caller::Kubelet>> {
+    let settings = config.kubernetes.as_ref()?;
+    match current {
+        Some(k) if k.settings() == settings => Some(k.clone()),
+        _ => Some(Arc::new(crate::caller::Kubelet::new(
+            settings.clone(),
+            config.agent.upstream_timeout,
+        ))),
     }
 }
 

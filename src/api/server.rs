@@ -61,12 +61,19 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>, cancel: Cancellati
                 continue;
             }
         };
-        let caller = Arc::new(caller::attest(cred.uid(), cred.gid(), cred.pid(), accepted_ticks));
+        let attested = Arc::new(caller::attest(cred.uid(), cred.gid(), cred.pid(), accepted_ticks));
+        // A caller's pod is looked up at the kubelet once per connection, at its first request
+        // (off the accept loop: the kubelet may take a moment).
+        let seen = Arc::new(tokio::sync::OnceCell::new());
         let agent = agent.clone();
         let service = hyper::service::service_fn(move |req| {
             let agent = agent.clone();
-            let caller = caller.clone();
-            async move { Ok::<_, Infallible>(handle(&agent, &caller, req).await) }
+            let attested = attested.clone();
+            let seen = seen.clone();
+            async move {
+                let caller = seen.get_or_init(|| agent.with_pod(&attested)).await;
+                Ok::<_, Infallible>(handle(&agent, caller, req).await)
+            }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())

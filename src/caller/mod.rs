@@ -12,7 +12,9 @@
 //! user namespaces are recorded relative to the agent's ([`Namespaces`]).
 
 mod exe;
+mod kubelet;
 mod namespaces;
+mod pod;
 
 use std::path::{Path, PathBuf};
 
@@ -20,7 +22,9 @@ use serde::Serialize;
 
 pub(crate) use exe::hex;
 pub use exe::{ExeName, Executable, FileId, HashError, Sha256};
+pub use kubelet::{Kubelet, KubeletError, MAX_AGE, MIN_REFETCH};
 pub use namespaces::{Namespace, Namespaces};
+pub use pod::{Pod, PodFacts, PodRef, PodSeen, pod_from_cgroup};
 
 /// A verified caller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -36,6 +40,10 @@ pub struct Caller {
     /// never to authorize.
     pub exe: Option<ExeName>,
     pub unit: Option<String>,
+    /// The Kubernetes pod the caller runs in, from its cgroup and the kubelet; none for a process
+    /// in no pod.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Pod>,
     /// The file the caller runs, as the kernel knows it: what roles by executable match.
     #[serde(skip)]
     pub executable: Option<Executable>,
@@ -58,6 +66,7 @@ impl Caller {
             groups: Vec::new(),
             exe: None,
             unit: None,
+            pod: None,
             executable: None,
             namespaces: Namespaces::UNKNOWN,
             unreadable: None,
@@ -89,6 +98,9 @@ impl Caller {
             s.push_str(&format!(", pid {pid}"));
         }
         s.push_str(&format!(", unit {}", self.unit.as_deref().unwrap_or("unknown")));
+        if let Some(pod) = &self.pod {
+            s.push_str(&format!(", {}", pod.describe()));
+        }
         match &self.exe {
             Some(exe) => s.push_str(&format!(", exe {exe}")),
             None => s.push_str(", exe unknown"),
@@ -126,6 +138,11 @@ fn attest_at(proc_root: &Path, uid: u32, gid: u32, pid: Option<i32>, accepted_ti
             caller.executable = p.executable;
             caller.namespaces = p.namespaces;
             caller.unit = p.unit;
+            caller.pod = p.pod.map(|r| Pod {
+                uid: r.uid,
+                container_id: r.container_id,
+                seen: PodSeen::NotLookedUp,
+            });
         }
         Err(why) => caller.unreadable = Some(why.to_string()),
     }
@@ -138,6 +155,7 @@ struct ProcessFacts {
     executable: Option<Executable>,
     namespaces: Namespaces,
     unit: Option<String>,
+    pod: Option<PodRef>,
 }
 
 /// Why a caller's `/proc` attributes were not trusted; they are then left unknown.
@@ -187,9 +205,9 @@ fn read_process(
     // Followed, the link reaches the file itself, whatever the caller's namespace calls it.
     let executable = std::fs::metadata(dir.join("exe")).ok().map(|m| Executable::of(&m));
     let namespaces = Namespaces::read(&dir);
-    let unit = std::fs::read_to_string(dir.join("cgroup"))
-        .ok()
-        .and_then(|c| unit_from_cgroup(&c));
+    let cgroup = std::fs::read_to_string(dir.join("cgroup")).ok();
+    let unit = cgroup.as_deref().and_then(unit_from_cgroup);
+    let pod = cgroup.as_deref().and_then(pod_from_cgroup);
     let after = start_ticks(&dir).ok_or(ProcessError::ExitedWhileRead(pid))?;
     if after != before {
         return Err(ProcessError::ReusedWhileRead(pid));
@@ -200,6 +218,7 @@ fn read_process(
         executable,
         namespaces,
         unit,
+        pod,
     })
 }
 

@@ -74,6 +74,7 @@ pub async fn setup(dir: &Path, uids: &[u32]) -> Result<DevSetup, FixtureError> {
         ],
         sinks: Vec::new(),
         logins: vec![Login::new("dev", "dev")],
+        kubernetes: None,
     };
     let config_path = fx.write_config(&config)?;
     Ok(DevSetup {

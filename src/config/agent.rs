@@ -135,7 +135,37 @@ impl Validator<'_> {
                 ops
             }
         };
+        let state_dir = a.state_dir.as_ref().map(|d| {
+            let path = self.absolute(&key(&["agent", "state_dir"]), d);
+            if path.is_absolute()
+                && let Err(e) = crate::files::check_private_dir(&path)
+            {
+                self.problem(&key(&["agent", "state_dir"]), e.to_string());
+            }
+            path
+        });
+        let state_key_file = a
+            .state_key_file
+            .as_ref()
+            .map(|f| self.secret(&key(&["agent", "state_key_file"]), f));
+        let persist_tokens = a.persist_tokens.unwrap_or(false);
+        if state_dir.is_none() {
+            for (name, given) in [
+                ("state_key_file", state_key_file.is_some()),
+                ("persist_tokens", persist_tokens),
+            ] {
+                if given {
+                    self.problem(
+                        &key(&["agent", name]),
+                        "needs state_dir, where the state is kept: add state_dir = \"/var/lib/cortexid\" (systemd StateDirectory=cortexid)".into(),
+                    );
+                }
+            }
+        }
         AgentSettings {
+            state_dir,
+            state_key_file,
+            persist_tokens,
             operators,
             socket,
             socket_mode,
@@ -187,6 +217,50 @@ mod tests {
                 "agent.operators: no user named \"mallory\" on this host; name an existing user, or \"@group\" for a group's members",
                 "agent.operators: no group named \"nogroup\" on this host; name an existing user, or \"@group\" for a group's members",
             ]
+        );
+    }
+
+    #[test]
+    fn state_settings_need_a_state_dir_that_is_absolute_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = parse(&good(dir.path()), Path::new("t.toml"), &TestContext { creds: None }).unwrap();
+        assert_eq!((cfg.agent.state_dir, cfg.agent.persist_tokens), (None, false));
+        let text = good(dir.path()).replace(
+            "refresh_at = 0.8",
+            "refresh_at = 0.8\npersist_tokens = true\nstate_key_file = \"state-key\"",
+        );
+        let err = parse(&text, Path::new("t.toml"), &TestContext { creds: None })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("t.toml:5: agent.persist_tokens: needs state_dir"),
+            "the line and key are named: {err}"
+        );
+        assert!(err.contains("agent.state_key_file: \"state-key\" is relative"), "{err}");
+        let state = dir.path().join("state");
+        let text = good(dir.path()).replace(
+            "refresh_at = 0.8",
+            &format!(
+                "refresh_at = 0.8\npersist_tokens = true\nstate_dir = {:?}",
+                state.display().to_string()
+            ),
+        );
+        let cfg = parse(&text, Path::new("t.toml"), &TestContext { creds: None }).unwrap();
+        assert_eq!(cfg.agent.state_dir.as_deref(), Some(state.as_path()));
+        assert!(cfg.agent.persist_tokens);
+        std::fs::create_dir(&state).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let all = problems(&text);
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert!(
+            all[0].starts_with("agent.state_dir: ") && all[0].contains("every user"),
+            "{all:?}"
+        );
+        let text = good(dir.path()).replace("refresh_at = 0.8", "refresh_at = 0.8\nstate_dir = \"state\"");
+        assert_eq!(
+            problems(&text),
+            vec![r#"agent.state_dir: "state" must be an absolute path"#]
         );
     }
 

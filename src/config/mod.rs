@@ -13,6 +13,7 @@
 
 mod agent;
 mod identity;
+mod kubernetes;
 mod locate;
 mod login;
 mod model;
@@ -31,6 +32,7 @@ use locate::{Locator, Seg, render_path, segments, toml_problem};
 use raw::RawConfig;
 use validate::Validator;
 
+pub use kubernetes::{KubernetesSettings, PodConditions};
 pub use model::AgentSettings;
 pub use model::AuditFailure;
 pub use model::ClientAuth;
@@ -60,6 +62,10 @@ pub trait LoadContext {
     /// The gid of a group name (`groups`, `socket_group`, sink `group`), or none when there is no
     /// such group.
     fn gid_of_group(&self, name: &str) -> Option<u32>;
+    /// An environment variable that `[kubernetes]` names (`$NODE_NAME`); none when unset.
+    fn env(&self, _name: &str) -> Option<String> {
+        None
+    }
 }
 
 /// The real system: environment variables and the user database.
@@ -83,6 +89,9 @@ impl LoadContext for SystemContext {
             .ok()
             .flatten()
             .map(|g| g.gid.as_raw())
+    }
+    fn env(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
     }
 }
 

@@ -30,6 +30,8 @@ pub struct Config {
     /// The `[[login]]`s people sign in at, in file order; names are unique and each names a
     /// provider above.
     pub logins: Vec<Arc<LoginSettings>>,
+    /// `[kubernetes]`: the kubelet that says which pod a caller runs in; none off Kubernetes.
+    pub kubernetes: Option<super::kubernetes::KubernetesSettings>,
 }
 
 impl Config {
@@ -80,6 +82,12 @@ pub struct AgentSettings {
     /// Who sees details (cache keys, sinks, provider errors, the reasons of denials); others see
     /// status and counts (default: root).
     pub operators: Operators,
+    /// Where state that survives a restart is kept, encrypted (absolute; none: nothing is kept).
+    pub state_dir: Option<PathBuf>,
+    /// The key that encrypts `state_dir` (none: one generated at first start in `state_dir`).
+    pub state_key_file: Option<SecretFile>,
+    /// Keep the token cache in `state_dir`, so a restart needs no new exchanges (default false).
+    pub persist_tokens: bool,
 }
 
 /// Users and groups that see the agent's details.
@@ -342,6 +350,8 @@ pub struct Role {
     /// The caller holds a live session at this `[[login]]` (bound to its uid); `claims` are then
     /// matched against the session's current ID-token claims.
     pub login: Option<String>,
+    /// The caller's pod: namespaces, service accounts, labels, containers (`[kubernetes]`).
+    pub pod: super::kubernetes::PodConditions,
     /// The identities it grants (at least one; each is configured).
     pub identities: Vec<String>,
     /// Narrows the identities' audiences to these; none means all of them.

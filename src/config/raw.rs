@@ -25,6 +25,16 @@ pub(super) struct RawConfig {
     pub(super) sink: Vec<RawSink>,
     #[serde(default)]
     pub(super) login: Vec<RawLogin>,
+    pub(super) kubernetes: Option<RawKubernetes>,
+}
+
+/// `[kubernetes]`.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawKubernetes {
+    pub(super) kubelet_url: Option<String>,
+    pub(super) token_file: Option<String>,
+    pub(super) ca_file: Option<String>,
+    pub(super) node_name: Option<String>,
 }
 
 /// `[agent]`.
@@ -43,6 +53,9 @@ pub(super) struct RawAgent {
     pub(super) log_format: Option<String>,
     pub(super) metrics_listen: Option<String>,
     pub(super) operators: Option<Vec<String>>,
+    pub(super) state_dir: Option<String>,
+    pub(super) state_key_file: Option<String>,
+    pub(super) persist_tokens: Option<bool>,
 }
 
 /// One `[[provider]]`.
@@ -115,6 +128,10 @@ pub(super) struct RawRole {
     pub(super) executable_sha256: Option<Vec<String>>,
     pub(super) claims: Option<BTreeMap<String, RawClaimValues>>,
     pub(super) login: Option<String>,
+    pub(super) namespaces: Option<Vec<String>>,
+    pub(super) service_accounts: Option<Vec<String>>,
+    pub(super) pod_labels: Option<BTreeMap<String, String>>,
+    pub(super) containers: Option<Vec<String>>,
     #[serde(default)]
     pub(super) identities: Vec<String>,
     pub(super) audiences: Option<Vec<String>>,

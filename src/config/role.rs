@@ -17,6 +17,7 @@ impl Validator<'_> {
         &mut self,
         raw: &[RawRole],
         identities: &[Arc<IdentitySettings>],
+        kubernetes: bool,
         logins: &[Arc<LoginSettings>],
     ) -> Vec<Arc<Role>> {
         let mut out = Vec::new();
@@ -108,6 +109,10 @@ impl Validator<'_> {
                 r.executables.as_ref().map(Vec::len),
                 r.executable_sha256.as_ref().map(Vec::len),
                 r.claims.as_ref().map(BTreeMap::len),
+                r.namespaces.as_ref().map(Vec::len),
+                r.service_accounts.as_ref().map(Vec::len),
+                r.pod_labels.as_ref().map(BTreeMap::len),
+                r.containers.as_ref().map(Vec::len),
             ];
             if let Some(login) = &r.login {
                 self.login_ref(&at("role", i, "login"), login, logins);
@@ -115,7 +120,7 @@ impl Validator<'_> {
             if conditions.iter().all(|c| c.is_none()) && r.login.is_none() {
                 self.problem(
                     &at("role", i, "name"),
-                    "a role must say who it is for (users, uids, groups, gids, units, executables, executable_sha256, claims or login); a role for everyone is never the default".into(),
+                    "a role must say who it is for (users, uids, groups, gids, units, executables, executable_sha256, claims, pod conditions or login); a role for everyone is never the default".into(),
                 );
             }
             for (field, n) in [
@@ -127,6 +132,10 @@ impl Validator<'_> {
                 "executables",
                 "executable_sha256",
                 "claims",
+                "namespaces",
+                "service_accounts",
+                "pod_labels",
+                "containers",
             ]
             .iter()
             .zip(conditions)
@@ -138,6 +147,7 @@ impl Validator<'_> {
                     );
                 }
             }
+            let pod = self.pod_conditions(r, i, kubernetes);
             if r.identities.is_empty() {
                 self.problem(
                     &at("role", i, "name"),
@@ -216,6 +226,7 @@ impl Validator<'_> {
                 executable_sha256,
                 claims,
                 login: r.login.clone(),
+                pod,
                 identities: r.identities.clone(),
                 audiences: r.audiences.clone(),
                 scopes: r.scopes.clone(),

@@ -136,7 +136,8 @@ impl Validator<'_> {
         let providers = self.providers(&raw.provider);
         let logins = self.logins(&raw.login, &providers);
         let identities = self.identities(&raw.identity, &providers, &logins);
-        let roles = self.roles(&raw.role, &identities, &logins);
+        let kubernetes = self.kubernetes(raw.kubernetes.as_ref());
+        let roles = self.roles(&raw.role, &identities, kubernetes.is_some(), &logins);
         let sinks = self.sinks(&raw.sink, &identities);
         Config {
             path: path.to_path_buf(),
@@ -146,6 +147,7 @@ impl Validator<'_> {
             roles,
             sinks,
             logins,
+            kubernetes,
         }
     }
 

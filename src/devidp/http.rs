@@ -31,7 +31,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A fresh CA and a server certificate it signs for 127.0.0.1 and localhost: the CA's PEM and the
 /// TLS configuration that serves the certificate.
-pub(super) fn make_tls() -> Result<(String, Arc<rustls::ServerConfig>), DevIdpError> {
+pub(crate) fn make_tls() -> Result<(String, Arc<rustls::ServerConfig>), DevIdpError> {
     let cert_err = DevIdpError::Certificate;
     let ca_key = rcgen::KeyPair::generate().map_err(cert_err)?;
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
@@ -207,7 +207,7 @@ async fn handle(shared: Arc<Shared>, close: Arc<Notify>, req: Request<Incoming>)
     }
 }
 
-pub(super) fn error_response(e: &OAuthError) -> Resp {
+fn error_response(e: &OAuthError) -> Resp {
     let mut r = json_response(
         e.status,
         &json!({"error": e.code, "error_description": e.description}),
@@ -220,4 +220,9 @@ pub(super) fn error_response(e: &OAuthError) -> Resp {
         );
     }
     r
+}
+
+/// An RFC 6749 error answer, for the people endpoints (`signin`).
+pub(super) fn oauth_error_response(e: &OAuthError) -> Resp {
+    error_response(e)
 }

@@ -319,10 +319,10 @@ impl DevIdp {
 
     /// Sets every counter back to zero.
     pub fn reset_counters(&self) {
+        self.reset_people_counters();
         for c in self.shared.counters.all() {
             c.store(0, Ordering::Relaxed);
         }
-        self.reset_people_counters();
     }
 
     pub fn set_fault(&self, f: Fault) {

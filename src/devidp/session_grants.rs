@@ -166,7 +166,6 @@ impl Shared {
                     "the refresh token was already used (it rotates); the sign-in is revoked",
                 ));
             }
-            entry.spent = true;
             let grant = people
                 .grants
                 .get(&grant_id)
@@ -190,6 +189,10 @@ impl Shared {
             let mut scopes = scopes;
             if grant.scopes.iter().any(|s| s == "offline_access") && !scopes.iter().any(|s| s == "offline_access") {
                 scopes.push("offline_access".into());
+            }
+            // Spent only now: a refused request (a scope too many) leaves it usable.
+            if let Some(entry) = people.refresh.get_mut(token) {
+                entry.spent = true;
             }
             (grant_id, scopes)
         };

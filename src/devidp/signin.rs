@@ -14,7 +14,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
-use super::http::{Resp, error_response, json_response};
+use super::http::{Resp, json_response, oauth_error_response as error_response};
 use super::oauth::{Form, OAuthError};
 use super::people::{AuthCode, AuthRequest, CODE_LIFETIME, DeviceStatus, check_groups, new_device_code, random};
 use super::session_grants::check_people_scopes;

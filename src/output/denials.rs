@@ -17,7 +17,7 @@ pub const DENIAL_WINDOW: Duration = Duration::from_secs(10);
 /// Denials tracked at once; past this, denials are written as they come (each line is bounded).
 const MAX_TRACKED: usize = 4096;
 
-/// One kind of denial: who (uid), why (the error code) and what was asked (a digest of identity,
+/// One kind of denial: who (uid, and pod UID for a caller in a pod), why (the error code) and what was asked (a digest of identity,
 /// audience and scope). The pid is left out, so a loop that starts a new process each time is
 /// still one caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -61,6 +61,8 @@ impl Denials {
         for k in ["reason", "identity", "audience", "scope"] {
             fields.get(k).map(|v| v.to_string()).hash(&mut h);
         }
+        // Pods of one node often share a uid; each pod is a caller of its own.
+        fields.pointer("/caller/pod/uid").map(|v| v.to_string()).hash(&mut h);
         let key = Key { uid, ask: h.finish() };
         let now = Instant::now();
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -145,6 +147,15 @@ mod tests {
         assert_eq!(d.admit(4343, &mut ask), Verdict::Write { repeated: 0 });
         let mut other = serde_json::json!({"reason": "access_denied", "identity": "ledger"});
         assert_eq!(d.admit(4242, &mut other), Verdict::Write { repeated: 0 });
+        // The same uid in two pods is two callers.
+        let pods = Denials::default();
+        let in_pod = |pod: &str| {
+            let mut ask = serde_json::json!({"reason": "access_denied", "identity": "payments", "caller": {"uid": 4242, "pod": {"uid": pod}}});
+            pods.admit(4242, &mut ask)
+        };
+        assert_eq!(in_pod("pod-a"), Verdict::Write { repeated: 0 });
+        assert_eq!(in_pod("pod-b"), Verdict::Write { repeated: 0 });
+        assert_eq!(in_pod("pod-b"), Verdict::LeaveOut);
         assert!(d.flush().is_empty(), "nothing is due inside the window");
 
         tokio::time::advance(DENIAL_WINDOW).await;

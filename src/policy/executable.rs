@@ -103,6 +103,7 @@ mod tests {
             executable_sha256: None,
             claims: None,
             login: None,
+            pod: Default::default(),
             identities: vec!["payments".into()],
             audiences: None,
             scopes: None,

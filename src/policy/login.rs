@@ -125,6 +125,7 @@ mod tests {
                     .collect::<BTreeMap<_, _>>()
             }),
             login: Some(login.into()),
+            pod: Default::default(),
             identities: vec!["me".into()],
             audiences: None,
             scopes: None,

@@ -1,9 +1,10 @@
 //! Policy: which roles a caller matches and what they allow ([`roles`]: caller + claims →
-//! identities, audiences, scopes), per-process request rates ([`ratelimit`]), and the issuers
+//! identities, audiences, scopes; the pod conditions in [`pod`]), per-process request rates ([`ratelimit`]), and the issuers
 //! whose presented credentials are trusted ([`trust`]).
 
 mod executable;
 mod login;
+mod pod;
 pub(crate) mod ratelimit;
 mod roles;
 pub mod trust;

@@ -61,6 +61,9 @@ enum Claims<'a> {
 }
 
 fn mismatch_with(role: &Role, caller: &Caller, claims: Claims<'_>, sessions: &Sessions) -> Option<String> {
+    if let Some(why) = super::pod::pod_mismatch(role, caller) {
+        return Some(why);
+    }
     if let Some(uids) = &role.uids
         && !uids.contains(&caller.uid)
     {
@@ -465,6 +468,7 @@ mod tests {
             executable_sha256: None,
             claims: None,
             login: None,
+            pod: Default::default(),
             identities: ids.iter().map(|s| s.to_string()).collect(),
             audiences: None,
             scopes: None,
@@ -487,6 +491,7 @@ mod tests {
             roles: roles.into_iter().map(Arc::new).collect(),
             sinks: vec![],
             logins: vec![],
+            kubernetes: None,
         }
     }
 

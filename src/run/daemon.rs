@@ -134,7 +134,14 @@ pub(crate) async fn start_with(
     };
     let status = summary(&config);
     let config_path = config.path.clone();
-    let agent = Agent::new(config, cancel.clone())?;
+    let state = match &config.agent.state_dir {
+        Some(dir) => Some(Arc::new(crate::state::StateStore::open(
+            dir,
+            config.agent.state_key_file.as_ref(),
+        )?)),
+        None => None,
+    };
+    let agent = Agent::new(config, state, cancel.clone())?;
     let metrics = match agent.config().agent.metrics_listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)

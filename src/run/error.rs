@@ -44,6 +44,9 @@ pub enum StartError {
     /// `metrics_listen` could not be bound.
     #[error("cannot listen for metrics on {addr}: {source}")]
     MetricsListen { addr: SocketAddr, source: std::io::Error },
+    /// `state_dir` or its key cannot be used.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     /// The process could not be made undumpable (core dumps would hold tokens).
     #[error("cannot disable core dumps (PR_SET_DUMPABLE): {0}")]
     CoreDumps(nix::Error),

@@ -1,5 +1,6 @@
 //! Keeping a session alive and ending it: the refresh grant (RFC 6749 section 6), whose ID token
-//! must name the same person, and revocation of the refresh token (RFC 7009).
+//! must name the same person, and revocation of the refresh token (RFC 7009); and a probe that
+//! tells whether the provider accepts a login client at all (for `cortexid doctor`).
 
 use crate::config::ClientAuth;
 use crate::error::ProviderError;
@@ -7,6 +8,7 @@ use crate::oauth::GRANT_REFRESH_TOKEN;
 use crate::token::Secret;
 
 use super::client::ProviderClient;
+use super::code::random_urlsafe;
 use super::id_token::IdTokenCheck;
 use super::session::{SessionGrant, Step};
 
@@ -68,5 +70,28 @@ impl ProviderClient {
             return Ok(true);
         }
         Err(self.people_error(client_id, auth, &answer, Step::Revocation))
+    }
+
+    /// Whether the provider accepts the login client, without anyone signing in: a refresh
+    /// with a refresh token that was never issued. `invalid_grant` means the client was
+    /// authenticated and may refresh (`Ok`); `invalid_client` or `unauthorized_client` come back
+    /// as the error that says what to register. Nothing is issued; the provider sees one
+    /// refused refresh.
+    pub async fn probe_login_client(&self, client_id: &str, auth: &ClientAuth) -> Result<(), ProviderError> {
+        let meta = self.login_metadata().await?;
+        let form = vec![
+            ("grant_type", GRANT_REFRESH_TOKEN.to_string()),
+            (
+                "refresh_token",
+                format!("cortexid-doctor-probe-{}", random_urlsafe(16)?),
+            ),
+        ];
+        let answer = self
+            .post_as(client_id, auth, &meta.token_endpoint, &meta, form, Step::Refresh)
+            .await?;
+        if answer.status == 400 && Self::oauth_error_code(&answer.body).is_some_and(|(c, _)| c == "invalid_grant") {
+            return Ok(());
+        }
+        Err(self.people_error(client_id, auth, &answer, Step::Refresh))
     }
 }

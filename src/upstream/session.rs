@@ -97,7 +97,7 @@ impl ProviderClient {
     ) -> Result<Answer, ProviderError> {
         let builder = self.http.post(url).header("Accept", "application/json");
         let builder = self.authenticate_as(client_id, auth, builder, &mut form, &meta.token_endpoint)?;
-        let body = Zeroizing::new(
+        let mut body = Zeroizing::new(
             url::form_urlencoded::Serializer::new(String::new())
                 .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
                 .finish(),
@@ -108,7 +108,7 @@ impl ProviderClient {
         let result: Result<Answer, ProviderError> = async {
             let resp = builder
                 .header("Content-Type", "application/x-www-form-urlencoded")
-                .body(body.as_bytes().to_vec())
+                .body(std::mem::take(&mut *body))
                 .send()
                 .await
                 .map_err(|e| self.transport_error(step.what(), url, &e))?;
@@ -246,6 +246,133 @@ impl ProviderClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ProviderSettings;
+    use std::sync::Arc;
+
+    fn client() -> ProviderClient {
+        let settings = ProviderSettings {
+            name: "corp".into(),
+            issuer: "https://idp.example".into(),
+            token_endpoint: None,
+            jwks_uri: None,
+            ca_file: None,
+            client_id: "node".into(),
+            client_auth: ClientAuth::None,
+            verify_tokens: true,
+            target_parameter: None,
+        };
+        ProviderClient::new(Arc::new(settings), Duration::from_secs(5)).unwrap()
+    }
+
+    fn answer(status: u16, body: &str) -> Answer {
+        Answer {
+            status,
+            body: Zeroizing::new(body.as_bytes().to_vec()),
+            retry_after: Some(Duration::from_secs(3)),
+        }
+    }
+
+    #[test]
+    fn refusals_keep_the_providers_code_and_say_what_to_do() {
+        let c = client();
+        let err =
+            |status, body: &str, step| c.people_error("cortexid-login", &ClientAuth::None, &answer(status, body), step);
+
+        let e = err(
+            400,
+            r#"{"error":"invalid_grant","error_description":"grant \u001b[31mrevoked"}"#,
+            Step::Refresh,
+        );
+        assert_eq!(
+            e.provider_code(),
+            Some("invalid_grant"),
+            "the agent ends the session on this"
+        );
+        assert!(
+            e.message.contains("sign in again") && e.message.contains("grant [31mrevoked"),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.contains('\u{1b}'), "control characters are dropped");
+
+        let e = err(401, r#"{"error":"invalid_client"}"#, Step::DeviceAuthorization);
+        assert_eq!(e.provider_code(), Some("invalid_client"));
+        assert!(
+            e.message.contains("\"cortexid-login\"") && e.message.contains("native (public) client"),
+            "{}",
+            e.message
+        );
+
+        // 5xx and 429 can pass: retried with backoff, Retry-After kept.
+        for status in [500, 503, 429] {
+            let e = err(status, r#"{"error":"temporarily_unavailable"}"#, Step::Refresh);
+            assert_eq!(e.kind, ProviderErrorKind::Unreachable, "{status}");
+            assert_eq!(e.retry_after, Some(Duration::from_secs(3)));
+        }
+        let e = err(404, "<html>not found</html>", Step::Revocation);
+        assert_eq!(e.kind, ProviderErrorKind::BadResponse);
+        assert!(
+            e.message.contains("the revocation request") && e.message.contains("404"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[tokio::test]
+    async fn sign_ins_need_an_id_token_and_lifetimes_fall_back_to_the_jwt_exp() {
+        use base64::Engine;
+        let c = client();
+        let meta = Metadata::default();
+        let check = IdTokenCheck {
+            client_id: "cortexid-login",
+            nonce: None,
+            sub: None,
+        };
+        let e = c
+            .session_grant(
+                &answer(200, r#"{"access_token":"a","token_type":"Bearer","expires_in":60}"#),
+                &meta,
+                &check,
+                true,
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            e.message.contains("without an id_token") && e.message.contains("openid"),
+            "{}",
+            e.message
+        );
+
+        // A refresh may come without an ID token; a JWT access token's exp gives its lifetime.
+        let enc = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let exp = super::super::http::unix_now() + 120;
+        let at = format!(
+            "{}.{}.sig",
+            enc(serde_json::json!({"alg": "ES256"})),
+            enc(serde_json::json!({"exp": exp}))
+        );
+        let body =
+            serde_json::json!({"access_token": at, "token_type": "Bearer", "refresh_token": "r2", "scope": "openid"});
+        let g = c
+            .session_grant(&answer(200, &body.to_string()), &meta, &check, false)
+            .await
+            .unwrap();
+        assert_eq!(g.refresh_token.as_ref().map(Secret::expose), Some("r2"));
+        assert!(g.id_token.is_none() && g.id_claims.is_none());
+        let left = g.expires_in.unwrap().as_secs();
+        assert!((115..=120).contains(&left), "{left}");
+        // An empty refresh_token is none at all (keep the old one).
+        let g = c
+            .session_grant(
+                &answer(200, r#"{"access_token":"a","token_type":"Bearer","refresh_token":""}"#),
+                &meta,
+                &check,
+                false,
+            )
+            .await
+            .unwrap();
+        assert!(g.refresh_token.is_none() && g.expires_in.is_none());
+    }
 
     #[test]
     fn a_session_grant_never_shows_its_tokens() {

@@ -3,6 +3,8 @@
 //! real Unix socket, and a socket client.
 #![allow(dead_code)]
 
+pub mod oidc_people;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -7,7 +7,15 @@
 //     "clients": [{ "client_id", "token_endpoint_auth_method", "client_secret"?, "jwk"? }],
 //     "resources": { "<audience>": "scope1 scope2" },   resource servers (JWT access tokens)
 //     "subject_issuer": "...", "subject_jwks": { "keys": [...] },   who signs subject/actor tokens
-//     "ttl": seconds }
+//     "ttl": seconds,
+//     "people": PATH?  }                            optional: people sign in (below)
+//
+// With "people": clients may also set "grant_types", "redirect_uris", "response_types" and
+// "application_type" (a login client: device_code, authorization_code, refresh_token); the
+// device flow, revocation and the development sign-in forms (devInteractions: any login, any
+// password, then consent) are enabled; PATH is a JSON file {"<login>": ["group", ...]} read at
+// every token issued, so a test changes a person's groups by rewriting it. ID tokens carry
+// name, email and groups.
 //
 // Prints one JSON line {"issuer": ...} on stdout once it listens; exits when stdin closes (so it
 // never outlives the test that started it). Never logs tokens or secrets.
@@ -21,6 +29,11 @@ import Provider, { errors } from 'oidc-provider';
 const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
 const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
 const JWT_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:jwt';
+
+// stdout carries the one JSON line the test reads, and the test stops reading after it:
+// oidc-provider's notices (console.info, e.g. about the default device flow pages) go to stderr.
+console.log = (...args) => console.error(...args);
+console.info = console.log;
 
 const setup = JSON.parse(readFileSync(process.argv[2], 'utf8'));
 const server = createServer({ cert: readFileSync(setup.cert), key: readFileSync(setup.key) });
@@ -46,21 +59,45 @@ function resourceServer(audience) {
   };
 }
 
+const people = setup.people !== undefined;
+
+function groupsOf(login) {
+  if (!people) return [];
+  const all = JSON.parse(readFileSync(setup.people, 'utf8'));
+  return all[login] || [];
+}
+
 const provider = new Provider(issuer, {
   clients: setup.clients.map((c) => ({
     client_id: c.client_id,
     token_endpoint_auth_method: c.token_endpoint_auth_method,
     ...(c.client_secret ? { client_secret: c.client_secret } : {}),
     ...(c.jwk ? { jwks: { keys: [c.jwk] } } : {}),
-    grant_types: ['client_credentials', TOKEN_EXCHANGE],
-    redirect_uris: [],
-    response_types: [],
+    grant_types: c.grant_types || ['client_credentials', TOKEN_EXCHANGE],
+    redirect_uris: c.redirect_uris || [],
+    response_types: c.response_types || [],
+    ...(c.application_type ? { application_type: c.application_type } : {}),
   })),
+  ...(people ? {
+    findAccount: async (_ctx, id) => ({
+      accountId: id,
+      claims: async () => ({
+        sub: id, name: id, email: `${id}@example.com`, email_verified: true, groups: groupsOf(id),
+      }),
+    }),
+    claims: {
+      openid: ['sub'], email: ['email', 'email_verified'], profile: ['name'], groups: ['groups'],
+    },
+    // Scope claims in the ID token too, not only at userinfo (which cortexid does not call).
+    conformIdTokenClaims: false,
+  } : {}),
   jwks: { keys: [signingJwk] },
   clientDefaults: { id_token_signed_response_alg: 'ES256' },
   cookies: { keys: [Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString('base64url')] },
   features: {
-    devInteractions: { enabled: false },
+    devInteractions: { enabled: people },
+    deviceFlow: { enabled: people },
+    revocation: { enabled: people },
     clientCredentials: { enabled: true },
     introspection: { enabled: false },
     resourceIndicators: {
@@ -70,7 +107,10 @@ const provider = new Provider(issuer, {
       getResourceServerInfo: async (_ctx, indicator) => resourceServer(indicator),
     },
   },
-  scopes: [...new Set(Object.values(setup.resources).flatMap((s) => s.split(' ')))],
+  scopes: [...new Set([
+    ...Object.values(setup.resources).flatMap((s) => s.split(' ')),
+    ...(people ? ['openid', 'offline_access', 'email', 'profile', 'groups'] : []),
+  ])],
   // Claims of an exchanged token: act (RFC 8693 section 4.1), set by the grant handler below.
   extraTokenClaims: async (ctx) => ctx?.state?.exchange?.extra,
   formats: {
