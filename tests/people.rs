@@ -343,3 +343,54 @@ async fn logout_revokes_at_the_provider_and_forgets_the_session() {
     assert_ne!(code, 0);
     assert!(err.contains("login_required") && err.contains("logout"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_persisted_session_survives_a_restart_encrypted() {
+    let mut h = people(Duration::from_secs(300)).await;
+    h.stop().await;
+    h.config.logins[0] = Login::new("corp", "corp").persist();
+    h.write_config();
+    // [agent] state_dir, which the typed fixture does not write.
+    let state = h.dir.path().join("state");
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    let text = text.replacen(
+        "[agent]\n",
+        &format!("[agent]\nstate_dir = \"{}\"\n", state.display()),
+        1,
+    );
+    std::fs::write(&h.config_path, text).unwrap();
+    h.start().await;
+
+    sign_in_device(&h, &["payments"]).await;
+    let (code, before, err) = my_token(&h, ALICE_UID).await;
+    assert_eq!(code, 0, "{err}");
+    h.stop().await;
+    let redemptions = h.idp.people_counters().sessions_issued;
+    h.start().await;
+    let (code, after, err) = my_token(&h, ALICE_UID).await;
+    assert_eq!(code, 0, "the session did not survive the restart: {err}");
+    assert_eq!(claims(after.trim())["sub"], SUB);
+    assert_eq!(h.idp.people_counters().sessions_issued, redemptions, "no new sign-in");
+    let (code, _, _) = my_token(&h, MALLORY_UID).await;
+    assert_ne!(code, 0, "still bound to its uid");
+
+    for entry in std::fs::read_dir(&state).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        for clear in ["eyJ", SUB, "refresh_token", before.trim()] {
+            assert!(!text.contains(clear), "{clear:?} in clear in state_dir");
+        }
+    }
+    // A state file that does not decrypt is moved aside, and the agent starts without it.
+    h.stop().await;
+    std::fs::write(state.join("sessions"), b"not encrypted").unwrap();
+    h.start().await;
+    let (code, _, err) = my_token(&h, ALICE_UID).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("login_required"), "{err}");
+    let aside = std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().starts_with("sessions.corrupt-"));
+    assert!(aside, "the undecryptable file was not moved aside");
+}

@@ -99,7 +99,7 @@ impl Agent {
             Arc::new(exchanger::AgentExchanger { shared: shared.clone() }),
             cancel.clone(),
         );
-        let people = people::start(&shared, &cache, cancel);
+        let people = people::start(&shared, &cache, state_store.clone(), cancel);
         Ok(Arc::new(Agent {
             shared,
             cache,

@@ -20,6 +20,17 @@ use super::{Agent, Shared};
 struct Host {
     shared: Weak<Shared>,
     cache: Weak<Cache>,
+    /// The encrypted store in `state_dir`, where sessions of `persist = true` logins are kept.
+    store: Option<Arc<crate::state::StateStore>>,
+    /// One write of the sessions' document at a time.
+    writing: std::sync::Mutex<()>,
+}
+
+impl Host {
+    /// Whether sessions of `login` are kept across restarts.
+    fn persists(shared: &Shared, login: &str) -> bool {
+        shared.state().config.login(login).is_some_and(|l| l.persist)
+    }
 }
 
 impl PeopleHost for Host {
@@ -42,21 +53,55 @@ impl PeopleHost for Host {
         }
     }
 
+    fn session_changed(&self, session: &Session) {
+        let (Some(store), Some(shared)) = (&self.store, self.shared.upgrade()) else {
+            return;
+        };
+        if !Host::persists(&shared, &session.login) {
+            return;
+        }
+        let Some(people) = shared.people.get() else { return };
+        let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let doc = people.saved_document(|login| Host::persists(&shared, login));
+        if let Err(e) = store.save(crate::people::STATE_NAME, &doc) {
+            tracing::error!(error = %e, "cannot save the sessions to state_dir; they will not survive a restart");
+        }
+    }
+
     fn refresh_at(&self) -> f64 {
         self.shared.upgrade().map_or(0.8, |s| s.state().config.agent.refresh_at)
     }
 }
 
-/// Makes the agent's sessions and links them into the exchanger.
-pub(super) fn start(shared: &Arc<Shared>, cache: &Arc<Cache>, cancel: CancellationToken) -> Arc<People> {
+/// Makes the agent's sessions, links them into the exchanger, and brings back the sessions of
+/// `persist = true` logins saved in `state_dir`.
+pub(super) fn start(
+    shared: &Arc<Shared>,
+    cache: &Arc<Cache>,
+    store: Option<Arc<crate::state::StateStore>>,
+    cancel: CancellationToken,
+) -> Arc<People> {
     let people = People::new(
         Arc::new(Host {
             shared: Arc::downgrade(shared),
             cache: Arc::downgrade(cache),
+            store: store.clone(),
+            writing: Default::default(),
         }),
         cancel,
     );
     let _ = shared.people.set(people.clone());
+    let any_persist = shared.state().config.logins.iter().any(|l| l.persist);
+    if let Some(store) = store.filter(|_| any_persist) {
+        match store.load(crate::people::STATE_NAME) {
+            Ok(Some(bytes)) => match people.restore(&bytes, |login| Host::persists(shared, login)) {
+                Ok(n) => tracing::info!(sessions = n, "sessions restored from state_dir"),
+                Err(e) => tracing::warn!(error = %e, "the saved sessions cannot be read; starting without them"),
+            },
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the saved sessions; starting without them"),
+        }
+    }
     people
 }
 

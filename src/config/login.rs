@@ -12,7 +12,12 @@ use super::validate::{Validator, list_or_none};
 impl Validator<'_> {
     /// Validates every `[[login]]` against the providers: unique names, a known provider, a
     /// flow and a `max_session` in range, users and groups that exist.
-    pub(super) fn logins(&mut self, raw: &[RawLogin], providers: &[Arc<ProviderSettings>]) -> Vec<Arc<LoginSettings>> {
+    pub(super) fn logins(
+        &mut self,
+        raw: &[RawLogin],
+        providers: &[Arc<ProviderSettings>],
+        state_dir: bool,
+    ) -> Vec<Arc<LoginSettings>> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for (i, l) in raw.iter().enumerate() {
@@ -118,6 +123,12 @@ impl Validator<'_> {
                     );
                 }
             }
+            if l.persist && !state_dir {
+                self.problem(
+                    &at("login", i, "persist"),
+                    "persist = true keeps sessions in [agent] state_dir, which is not set; set state_dir (systemd StateDirectory=) or remove persist".into(),
+                );
+            }
             out.push(Arc::new(LoginSettings {
                 name: l.name.clone(),
                 provider: l.provider.clone(),
@@ -210,7 +221,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bad = LOGIN.replace("provider = \"corp\"", "provider = \"crop\"").replace(
             "client_id",
-            "flow = \"qr\"\nmax_session = \"45d\"\nscopes = [\"email\"]\nusers = []\nclient_id",
+            "flow = \"qr\"\nmax_session = \"45d\"\nscopes = [\"email\"]\nusers = []\npersist = true\nclient_id",
         );
         let text = format!("{}{bad}{LOGIN}", good(dir.path()));
         assert_eq!(
@@ -221,6 +232,7 @@ mod tests {
                 "login[0].max_session: \"45d\" is out of range; a session lasts between \"1m\" and \"30d\"",
                 "login[0].scopes: must include \"openid\": a session's claims (what roles match) come from its ID token",
                 "login[0].users: an empty list lets nobody sign in; remove the key (any user but root) or name who may",
+                "login[0].persist: persist = true keeps sessions in [agent] state_dir, which is not set; set state_dir (systemd StateDirectory=) or remove persist",
                 "login[1].name: login \"corp\" is defined twice; give each [[login]] its own name",
             ]
         );

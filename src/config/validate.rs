@@ -134,7 +134,7 @@ impl Validator<'_> {
     pub(super) fn build(&mut self, raw: RawConfig, path: &Path) -> Config {
         let agent = self.agent(&raw.agent);
         let providers = self.providers(&raw.provider);
-        let logins = self.logins(&raw.login, &providers);
+        let logins = self.logins(&raw.login, &providers, agent.state_dir.is_some());
         let identities = self.identities(&raw.identity, &providers, &logins);
         let kubernetes = self.kubernetes(raw.kubernetes.as_ref());
         let roles = self.roles(&raw.role, &identities, kubernetes.is_some(), &logins);

@@ -12,6 +12,7 @@
 //! their types print only fingerprints.
 
 mod attempt;
+mod persist;
 mod provider;
 mod refresh;
 mod session;
@@ -27,6 +28,7 @@ use crate::error::{ApiError, ErrorKind, ProviderError};
 use crate::token::Secret;
 
 pub use attempt::{AttemptView, LoginStart, StartView};
+pub(crate) use persist::STATE_NAME;
 pub(crate) use provider::LoginProvider;
 pub use session::{EndReason, Session, SessionRef, SessionView};
 
