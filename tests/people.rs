@@ -394,3 +394,36 @@ async fn a_persisted_session_survives_a_restart_encrypted() {
         .any(|e| e.file_name().to_string_lossy().starts_with("sessions.corrupt-"));
     assert!(aside, "the undecryptable file was not moved aside");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_checks_each_login_at_the_provider() {
+    let mut h = people(Duration::from_secs(300)).await;
+    let doctor = |path: std::path::PathBuf| async move {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cortexid"))
+            .arg("doctor")
+            .arg("--config")
+            .arg(path)
+            .output()
+            .await
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, out) = doctor(h.config_path.clone()).await;
+    assert!(out.contains("login \"corp\""), "{out}");
+    assert!(out.contains("ok    device flow: offered"), "{out}");
+    assert!(out.contains("ok    revocation: offered"), "{out}");
+    assert!(
+        out.contains("ok    login client: \"cortexid-login\" is accepted"),
+        "{out}"
+    );
+    assert!(out.contains("logins: 1 of 1 work"), "{out}");
+    assert!(out.contains("not checked") && out.contains("me"), "{out}");
+    assert_eq!(code, Some(0), "{out}");
+
+    h.config.logins[0].client_id = "not-registered".into();
+    h.write_config();
+    let (code, out) = doctor(h.config_path.clone()).await;
+    assert!(out.contains("FAIL  login client"), "{out}");
+    assert_eq!(code, Some(1), "{out}");
+    h.stop().await;
+}

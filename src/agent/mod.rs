@@ -210,6 +210,7 @@ impl Agent {
         for t in tasks {
             let _ = t.await;
         }
+        self.check_logins().await;
     }
 
     /// Replaces the configuration. The caller has validated it; keys whose identity changed are

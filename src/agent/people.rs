@@ -252,3 +252,39 @@ impl Agent {
         }))
     }
 }
+
+impl Agent {
+    /// At start: each `[[login]]`'s flow is one its provider's discovery offers; one that is
+    /// not is logged with what to change. Needs the network, so it is not part of
+    /// configuration checks; `cortexid doctor` reports the same.
+    pub(super) async fn check_logins(&self) {
+        let state = self.state();
+        for login in &state.config.logins {
+            let Some(provider) = state.providers.get(&login.provider) else {
+                continue;
+            };
+            let support = match provider.login_metadata().await {
+                Ok(m) => m.login_support(),
+                Err(e) => {
+                    tracing::warn!(login = %login.name, error = %e, "cannot read the provider's discovery for this login; sign-in is checked again when someone signs in");
+                    continue;
+                }
+            };
+            let problem = match login.flow {
+                crate::config::LoginFlow::Device => support.device.err().map(|e| (e, "device")),
+                crate::config::LoginFlow::Browser => support.browser.err().map(|e| (e, "browser")),
+                crate::config::LoginFlow::Auto => match (support.device, support.browser) {
+                    (Err(e), Err(_)) => Some((e, "device or browser")),
+                    _ => None,
+                },
+            };
+            if let Some((why, flow)) = problem {
+                let message = format!(
+                    "login {:?}: provider {:?} {why}; the {flow} flow cannot be used: set flow of the [[login]] to one it offers, or enable it at the provider",
+                    login.name, login.provider
+                );
+                tracing::error!("{message}");
+            }
+        }
+    }
+}

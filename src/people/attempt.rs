@@ -204,11 +204,23 @@ impl People {
                 )));
             }
         };
+        let support = provider.support().await.map_err(|e| e.to_api())?;
         let flow = match (flow, ask.redirect_port) {
-            (LoginFlow::Auto, Some(_)) => LoginFlow::Browser,
-            (LoginFlow::Auto, None) => LoginFlow::Device,
+            (LoginFlow::Auto, Some(_)) if support.browser.is_ok() || support.device.is_err() => LoginFlow::Browser,
+            (LoginFlow::Auto, _) => LoginFlow::Device,
             (f, _) => f,
         };
+        let offered = match flow {
+            LoginFlow::Browser => support.browser.as_ref().map_err(|e| (e, "--device")),
+            _ => support.device.as_ref().map_err(|e| (e, "--browser")),
+        };
+        if let Err((why, other)) = offered {
+            return Err(ApiError::invalid_request(format!(
+                "login {name:?}: provider {:?} {why}, so the {} flow cannot be used here; try `cortexid login {other}`",
+                login.provider,
+                flow.as_str()
+            )));
+        }
         self.sweep_attempts();
         {
             let attempts = self.attempts();

@@ -9,13 +9,15 @@ use std::pin::Pin;
 use crate::config::LoginSettings;
 use crate::error::ProviderError;
 use crate::token::Secret;
-use crate::upstream::{DeviceAuthorization, DevicePoll, Pkce, ProviderClient, SessionGrant};
+use crate::upstream::{DeviceAuthorization, DevicePoll, LoginSupport, Pkce, ProviderClient, SessionGrant};
 
 /// A boxed future of a provider answer.
 pub(crate) type Answer<'a, T> = Pin<Box<dyn Future<Output = Result<T, ProviderError>> + Send + 'a>>;
 
 /// The login grants, as one `[[login]]`'s client performs them.
 pub(crate) trait LoginProvider: Send + Sync + 'static {
+    /// Which sign-in flows (and revocation) the provider's discovery document offers.
+    fn support(&self) -> Answer<'_, LoginSupport>;
     /// Starts a device sign-in (RFC 8628).
     fn device_authorization<'a>(&'a self, login: &'a LoginSettings) -> Answer<'a, DeviceAuthorization>;
     /// Polls the token endpoint once for a device code.
@@ -50,6 +52,9 @@ pub(crate) trait LoginProvider: Send + Sync + 'static {
 }
 
 impl LoginProvider for ProviderClient {
+    fn support(&self) -> Answer<'_, LoginSupport> {
+        Box::pin(async move { Ok(self.login_metadata().await?.login_support()) })
+    }
     fn device_authorization<'a>(&'a self, login: &'a LoginSettings) -> Answer<'a, DeviceAuthorization> {
         Box::pin(ProviderClient::device_authorization(
             self,

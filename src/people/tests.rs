@@ -45,9 +45,27 @@ struct Provider {
     revoked: Mutex<Vec<String>>,
     challenge: Mutex<Option<String>>,
     redeemed: Mutex<Vec<(String, String, String, String)>>,
+    no_device: Mutex<bool>,
 }
 
 impl LoginProvider for Provider {
+    fn support(&self) -> Answer<'_, crate::upstream::LoginSupport> {
+        let device = if *self.no_device.lock().unwrap() {
+            Err(crate::upstream::FlowUnsupported::NoEndpoint(
+                "device_authorization_endpoint",
+            ))
+        } else {
+            Ok(())
+        };
+        Box::pin(async move {
+            Ok(crate::upstream::LoginSupport {
+                device,
+                browser: Ok(()),
+                refresh: true,
+                revocation: true,
+            })
+        })
+    }
     fn device_authorization<'a>(&'a self, _: &'a LoginSettings) -> Answer<'a, DeviceAuthorization> {
         Box::pin(async {
             Ok(DeviceAuthorization {
@@ -467,4 +485,40 @@ async fn logout_revokes_the_refresh_token_and_forgets_the_session() {
     assert!(session.tokens().refresh_token.is_none(), "dropped (and zeroised)");
     assert_eq!(host.events("session.ended")[0]["reason"], "logout");
     assert!(!format!("{session:?}").contains("rt-1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flow_the_provider_does_not_offer_is_refused_or_auto_picks_the_other() {
+    let (people, host) = setup();
+    *host.provider.no_device.lock().unwrap() = true;
+    let e = people
+        .start(
+            &person(1000),
+            &logins(),
+            LoginStart {
+                flow: Some("device".into()),
+                ..LoginStart::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidRequest);
+    assert!(
+        e.description.contains("device_authorization_endpoint") && e.description.contains("--browser"),
+        "{}",
+        e.description
+    );
+    // auto, with a loopback port: the browser flow, which the provider offers.
+    let started = people
+        .start(
+            &person(1000),
+            &logins(),
+            LoginStart {
+                redirect_port: Some(40000),
+                ..LoginStart::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(started.flow, "browser");
 }

@@ -50,6 +50,13 @@ pub(super) async fn check_identity(client: &ProviderClient, p: &ProviderSettings
             );
             return Outcome::Unchecked;
         }
+        (Grant::TokenExchange, SubjectSource::Login(login)) => {
+            note(
+                "exchange",
+                format!("not checked: subject = \"login:{login}\", the subject is each person's own session"),
+            );
+            return Outcome::Unchecked;
+        }
         _ => None,
     };
     let actor = match &id.actor_token_file {

@@ -6,6 +6,7 @@
 //!   summary;
 //! - `provider.rs`: the checks of one provider (TLS trust, clock, discovery, client
 //!   authentication);
+//! - `login.rs`: the checks of one `[[login]]` (flows offered, client accepted, revocation);
 //! - `identity.rs`: the checks of one identity (its credential files, the exchange, the claims of
 //!   what was issued);
 //! - `hints.rs`: the likely cause and the fix for a failed request or exchange, from its error;
@@ -15,6 +16,7 @@
 mod clock;
 mod hints;
 mod identity;
+mod login;
 mod provider;
 mod report;
 
@@ -115,16 +117,36 @@ pub async fn run(args: DoctorArgs) -> i32 {
             }
         }
     }
+    let mut logins_failing = Vec::new();
+    if identity.is_none() {
+        for login in &config.logins {
+            if !login::check_login(&config, login).await {
+                logins_failing.push(login.name.clone());
+            }
+        }
+    }
     println!();
+    if !config.logins.is_empty() && identity.is_none() {
+        println!(
+            "logins: {} of {} work{}",
+            config.logins.len() - logins_failing.len(),
+            config.logins.len(),
+            if logins_failing.is_empty() {
+                String::new()
+            } else {
+                format!(" (failing: {})", logins_failing.join(", "))
+            }
+        );
+    }
     let total = working + failed.len() + unchecked.len();
     println!("summary: {working} of {total} identities work");
     if !unchecked.is_empty() {
         println!(
-            "  not checked (subject = \"caller\": each caller presents its own credential): {}",
+            "  not checked (subject = \"caller\" or \"login:NAME\": each caller brings its own credential or session): {}",
             unchecked.join(", ")
         );
     }
-    if failed.is_empty() {
+    if failed.is_empty() && logins_failing.is_empty() {
         EXIT_OK
     } else {
         println!("  failing: {}", failed.join(", "));
