@@ -326,6 +326,15 @@ async fn logout_revokes_at_the_provider_and_forgets_the_session() {
     let h = people(Duration::from_secs(300)).await;
     sign_in_device(&h, &["payments"]).await;
     assert_eq!(my_token(&h, ALICE_UID).await.0, 0);
+    let (_, health) = h.get("/v1/health").await;
+    assert!(
+        health["cache"]["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["identity"] == "me"),
+        "{health}"
+    );
     let (code, _, err) = run_as(MALLORY_UID, &h, &["logout", "corp"]).await;
     assert_ne!(code, 0);
     assert!(err.contains("no session"), "{err}");
@@ -426,4 +435,68 @@ async fn doctor_checks_each_login_at_the_provider() {
     assert!(out.contains("FAIL  login client"), "{out}");
     assert_eq!(code, Some(1), "{out}");
     h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_working_for_a_person_gets_tokens_with_the_person_as_sub_and_itself_as_act() {
+    let mut h = people(Duration::from_secs(300)).await;
+    h.stop().await;
+    h.config.identities.push(
+        Identity::person("me-via-bot", "corp", "corp")
+            .actor_identity("batch")
+            .audiences(&[PAYMENTS])
+            .scopes(&["payments.read"]),
+    );
+    h.config.roles.push(
+        Role::new("assistant", &["me-via-bot"])
+            .login("corp")
+            .claim("groups", &["payments"])
+            .scopes(&["payments.read"])
+            .agent(cortexid::config::Rate::parse("10/s").unwrap()),
+    );
+    h.write_config();
+    h.start().await;
+    sign_in_device(&h, &["payments"]).await;
+    let (code, token, err) = run_as(
+        ALICE_UID,
+        &h,
+        &[
+            "token",
+            "--identity",
+            "me-via-bot",
+            "--audience",
+            PAYMENTS,
+            "--scope",
+            "payments.read",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let c = claims(token.trim());
+    assert_eq!(c["sub"], SUB, "the person is the subject");
+    assert_eq!(
+        c["act"]["sub"],
+        common::CLIENT_ID,
+        "the agent's own identity is the actor"
+    );
+    let issued = audited(&h, "token.issued", |e| e["identity"] == "me-via-bot").await;
+    assert_eq!(issued["agent"], true);
+    assert_eq!(issued["session"]["sub"], SUB);
+    // Without the person's session, the agent gets nothing.
+    let (code, _, err) = run_as(
+        MALLORY_UID,
+        &h,
+        &[
+            "token",
+            "--identity",
+            "me-via-bot",
+            "--audience",
+            PAYMENTS,
+            "--scope",
+            "payments.read",
+        ],
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("login_required"), "{err}");
 }
