@@ -348,6 +348,13 @@ async fn logout_revokes_at_the_provider_and_forgets_the_session() {
     );
     let ended = audited(&h, "session.ended", |_| true).await;
     assert_eq!(ended["reason"], "logout");
+    // The tokens derived from the session left the cache with it.
+    let (_, health) = h.get("/v1/health").await;
+    let keys = health["cache"]["keys"].as_array().unwrap();
+    assert!(
+        !keys.iter().any(|k| k["identity"] == "me"),
+        "a derived token is still cached: {keys:?}"
+    );
     let (code, _, err) = my_token(&h, ALICE_UID).await;
     assert_ne!(code, 0);
     assert!(err.contains("login_required") && err.contains("logout"), "{err}");
