@@ -507,3 +507,124 @@ async fn an_agent_working_for_a_person_gets_tokens_with_the_person_as_sub_and_it
     assert_ne!(code, 0);
     assert!(err.contains("login_required"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_token_reaches_the_agent_s_logs_or_the_audit_log() {
+    // The real daemon, its debug logs in a file.
+    let mut h = people(Duration::from_secs(8)).await;
+    h.stop().await;
+    let log = h.dir.path().join("agent.log");
+    let agent = common::AgentProcess::spawn(&h.config_path, &h.socket, log, &[]).await;
+    let out = sign_in_device(&h, &["payments"]).await;
+    assert!(out.contains(SUB), "{out}");
+    let (code, token, err) = my_token(&h, ALICE_UID).await;
+    assert_eq!(code, 0, "{err}");
+    // At least one refresh, so refreshed tokens went through too.
+    audited(&h, "session.refreshed", |_| true).await;
+    let (code, _, err) = run_as(ALICE_UID, &h, &["logout"]).await;
+    assert_eq!(code, 0, "{err}");
+    let logs = agent.logs();
+    assert!(logs.contains("signed in"), "the logs were captured: {logs}");
+    let audit = std::fs::read_to_string(&h.audit).unwrap();
+    for (what, text) in [("logs", &logs), ("audit log", &audit)] {
+        // Access and ID tokens of the development provider are JWTs.
+        assert!(!text.contains("eyJ"), "a JWT in the {what}");
+        assert!(!text.contains(token.trim()), "the token in the {what}");
+        for key in [
+            "refresh_token\":\"",
+            "refresh_token=",
+            "code_verifier",
+            "device_code\":\"",
+        ] {
+            assert!(!text.contains(key), "{key} in the {what}");
+        }
+    }
+    agent.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_newcomer_signs_in_at_cortexid_dev_with_the_commands_it_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut dev = tokio::process::Command::new(env!("CARGO_BIN_EXE_cortexid"))
+        .args(["dev", "--dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        let done = line.contains("Ctrl-C");
+        printed.push(line);
+        if done {
+            break;
+        }
+    }
+    let command = |needle: &str| -> Vec<String> {
+        printed
+            .iter()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} command in {printed:#?}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    let issuer = printed
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("provider "))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    // The person: `cortexid login --device` (no display here), approved on the provider's page.
+    let login = command(" login --socket");
+    let mut child = tokio::process::Command::new(&login[0])
+        .args(&login[1..])
+        .arg("--device")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut code = String::new();
+    while let Some(l) = out.next_line().await.unwrap() {
+        if let Some(rest) = l.split("enter the code ").nth(1) {
+            code = rest.trim().to_string();
+            break;
+        }
+    }
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(dir.path().join("ca.pem")).unwrap()).unwrap();
+    let http = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
+    let page = http
+        .post(format!("{issuer}/device"))
+        .form(&[
+            ("user_code", code.as_str()),
+            ("name", "Newcomer"),
+            ("groups", "developers"),
+            ("action", "approve"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(page.status().is_success(), "{}", page.text().await.unwrap());
+    let mut rest = String::new();
+    while let Some(l) = out.next_line().await.unwrap() {
+        rest.push_str(&l);
+        rest.push('\n');
+    }
+    assert!(child.wait().await.unwrap().success(), "{rest}");
+    assert!(rest.contains("signed in as newcomer"), "{rest}");
+    // Then the token whose sub is the person.
+    let token = command("--identity me");
+    let got = tokio::process::Command::new(&token[0])
+        .args(&token[1..])
+        .output()
+        .await
+        .unwrap();
+    assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
+    assert_eq!(claims(String::from_utf8_lossy(&got.stdout).trim())["sub"], "newcomer");
+    dev.kill().await.unwrap();
+}

@@ -73,7 +73,7 @@ pub async fn setup(dir: &Path, uids: &[u32]) -> Result<DevSetup, FixtureError> {
                 ),
         ],
         sinks: Vec::new(),
-        logins: vec![Login::new("dev", "dev")],
+        logins: vec![Login::new("dev", "dev").users(&user_names(uids))],
         kubernetes: None,
     };
     let config_path = fx.write_config(&config)?;
@@ -84,6 +84,19 @@ pub async fn setup(dir: &Path, uids: &[u32]) -> Result<DevSetup, FixtureError> {
         idp: fx.idp().clone(),
         config_path,
     })
+}
+
+/// The names of `uids` on this host (the users who may sign in at the development login, root
+/// included when it ran `cortexid dev`).
+fn user_names(uids: &[u32]) -> Vec<String> {
+    uids.iter()
+        .filter_map(|u| {
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(*u))
+                .ok()
+                .flatten()
+        })
+        .map(|u| u.name)
+        .collect()
 }
 
 /// `cortexid dev [--dir DIR]`. Returns the exit code.
