@@ -41,10 +41,10 @@ async fn people(lifetime: Duration) -> Harness {
 }
 
 /// `cortexid ARGS` as `uid` (gid the same, no supplementary groups), stdout piped.
-fn cli_as(uid: u32, h: &Harness, args: &[&str]) -> tokio::process::Child {
+fn cli_as(uid: u32, socket: &std::path::Path, args: &[&str]) -> tokio::process::Child {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cortexid"));
     cmd.args(args)
-        .env("CORTEXID_SOCKET", &h.socket)
+        .env("CORTEXID_SOCKET", socket)
         .env_remove("DISPLAY")
         .env_remove("WAYLAND_DISPLAY")
         .env_remove("BROWSER")
@@ -57,7 +57,7 @@ fn cli_as(uid: u32, h: &Harness, args: &[&str]) -> tokio::process::Child {
 
 /// Runs `cortexid ARGS` as `uid` to the end: (exit code, stdout, stderr).
 async fn run_as(uid: u32, h: &Harness, args: &[&str]) -> (i32, String, String) {
-    let out = cli_as(uid, h, args).wait_with_output().await.unwrap();
+    let out = cli_as(uid, &h.socket, args).wait_with_output().await.unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -104,7 +104,7 @@ async fn line_where(
 /// Signs ALICE_UID in through `cortexid login --device`, approved at the provider as Alice with
 /// `groups`; returns the CLI's whole output.
 async fn sign_in_device(h: &Harness, groups: &[&str]) -> String {
-    let mut child = cli_as(ALICE_UID, h, &["login", "--device"]);
+    let mut child = cli_as(ALICE_UID, &h.socket, &["login", "--device"]);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let complete = line_where(&mut lines, |l| l.contains("user_code=")).await;
     let code = complete.trim().rsplit('=').next().unwrap().to_string();
@@ -220,7 +220,7 @@ async fn the_browser_flow_comes_back_through_the_cli_and_refuses_a_tampered_stat
     let http = reqwest::Client::new();
 
     // A tampered state: the CLI relays it, the agent refuses, the page and the CLI say so.
-    let mut child = cli_as(ALICE_UID, &h, &["login", "--browser", "--no-browser"]);
+    let mut child = cli_as(ALICE_UID, &h.socket, &["login", "--browser", "--no-browser"]);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let url = line_where(&mut lines, |l| l.trim_start().starts_with("https://")).await;
     let back = h.idp.approve_authorization(url.trim(), PERSON, &["payments"]).unwrap();
@@ -233,7 +233,7 @@ async fn the_browser_flow_comes_back_through_the_cli_and_refuses_a_tampered_stat
     assert_eq!(h.idp.people_counters().code_redemptions, 0, "nothing was redeemed");
 
     // The real thing.
-    let mut child = cli_as(ALICE_UID, &h, &["login", "--browser", "--no-browser"]);
+    let mut child = cli_as(ALICE_UID, &h.socket, &["login", "--browser", "--no-browser"]);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let url = line_where(&mut lines, |l| l.trim_start().starts_with("https://")).await;
     assert!(
@@ -627,4 +627,116 @@ async fn a_newcomer_signs_in_at_cortexid_dev_with_the_commands_it_prints() {
     assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
     assert_eq!(claims(String::from_utf8_lossy(&got.stdout).trim())["sub"], "newcomer");
     dev.kill().await.unwrap();
+}
+
+/// The whole output of a child, once it ended, and whether it succeeded.
+async fn finish(
+    mut child: tokio::process::Child,
+    mut lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+) -> (bool, String) {
+    let mut out = String::new();
+    while let Some(l) = lines.next_line().await.unwrap() {
+        out.push_str(&l);
+        out.push('\n');
+    }
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use tokio::io::AsyncReadExt;
+        let _ = e.read_to_string(&mut err).await;
+    }
+    (child.wait().await.unwrap().success(), format!("{out}{err}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn people_sign_in_through_the_cli_at_oidc_provider() {
+    use common::oidc_people::{Browser, Ended, People, node_missing};
+    if let Some(why) = node_missing() {
+        common::skip_or_fail("people_sign_in_through_the_cli_at_oidc_provider", &why);
+        return;
+    }
+    let p = People::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    open_dir(dir.path());
+    let socket = dir.path().join("agent.sock");
+    let audit = dir.path().join("audit.jsonl");
+    let config = dir.path().join("cortexid.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[agent]
+socket = "{socket}"
+audit_log = "{audit}"
+
+[[provider]]
+name = "oidc"
+issuer = "{issuer}"
+ca_file = "{ca}"
+client_id = "cortexid-login"
+client_auth = "none"
+
+[[login]]
+name = "corp"
+provider = "oidc"
+client_id = "cortexid-login"
+scopes = ["openid", "email", "groups", "offline_access"]
+"#,
+            socket = socket.display(),
+            audit = audit.display(),
+            issuer = p.issuer,
+            ca = p.ca.display()
+        ),
+    )
+    .unwrap();
+    let running = cortexid::run::daemon::start(
+        cortexid::agent::load_config(&config).unwrap(),
+        cortexid::run::systemd::Notifier::disabled(),
+    )
+    .await
+    .unwrap();
+
+    // Device flow: the person opens verification_uri_complete and goes through the forms.
+    let mut child = cli_as(ALICE_UID, &socket, &["login", "--device"]);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = line_where(&mut lines, |l| l.contains("user_code=")).await;
+    let Ended::Page(page) = Browser::new(&p, "alice").sign_in(url.trim(), "http://never").await else {
+        panic!("the device flow redirects nowhere")
+    };
+    assert!(page.contains("Sign-in Success"), "{page}");
+    let (ok, out) = finish(child, lines).await;
+    assert!(ok, "{out}\n{}", p.log());
+    assert!(out.contains("signed in as alice") && out.contains("payments"), "{out}");
+
+    // Browser flow: the browser follows the redirect into the CLI's loopback listener.
+    let mut child = cli_as(ALICE_UID, &socket, &["login", "--browser", "--no-browser"]);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = line_where(&mut lines, |l| l.trim_start().starts_with("https://")).await;
+    let Ended::Page(page) = Browser::new(&p, "alice").sign_in(url.trim(), "http://never").await else {
+        panic!("the browser was not let into the loopback listener")
+    };
+    assert!(page.contains("You can close this tab"), "{page}");
+    let (ok, out) = finish(child, lines).await;
+    assert!(ok, "{out}\n{}", p.log());
+
+    let socket_client = cortexid::cmd::client::SocketClient::new(&socket);
+    let (ok, who) = {
+        let out = cli_as(ALICE_UID, &socket, &["whoami"])
+            .wait_with_output()
+            .await
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    assert!(ok && who.contains("signed in as alice"), "{who}");
+    let root = socket_client.get("/v1/sessions").await.unwrap().json().unwrap();
+    assert_eq!(root["sessions"], serde_json::json!([]), "root sees no one's session");
+    let out = cli_as(ALICE_UID, &socket, &["logout"])
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("revoked at the provider"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    running.shutdown().await;
 }
