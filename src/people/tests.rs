@@ -522,3 +522,57 @@ async fn a_flow_the_provider_does_not_offer_is_refused_or_auto_picks_the_other()
         .unwrap();
     assert_eq!(started.flow, "browser");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_derived_token_that_would_outlive_its_session_is_not_handed_out() {
+    let (people, host) = setup();
+    let session = signed_in(&people, &host).await;
+    let token = |secs| {
+        crate::token::IssuedToken::new(
+            Secret::new("derived".into()),
+            String::new(),
+            String::new(),
+            Duration::from_secs(secs),
+            None,
+        )
+    };
+    // The session (max_session 1 h) has an hour left: a 5-minute token is fine.
+    within_session(&session, &token(300)).unwrap();
+    let e = within_session(&session, &token(7200)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::LoginRequired);
+    assert!(
+        e.description.contains("never outlives its session"),
+        "{}",
+        e.description
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn saved_sessions_come_back_with_their_tokens_and_claims_for_their_uid_only() {
+    let (people, host) = setup();
+    let session = signed_in(&people, &host).await;
+    let doc = people.saved_document(|_| true);
+    let text = String::from_utf8_lossy(&doc).into_owned();
+    assert!(
+        text.contains("rt-1"),
+        "the plaintext the store encrypts holds the refresh token"
+    );
+    assert!(
+        people.saved_document(|_| false).len() < doc.len(),
+        "only persisting logins are kept"
+    );
+    let (again, _) = setup();
+    assert_eq!(again.restore(&doc, |_| true).unwrap(), 1);
+    let back = again.session(1000, "corp").unwrap();
+    assert_eq!((back.id.as_str(), back.sub.as_str()), (session.id.as_str(), "alice"));
+    assert_eq!(back.claims()["groups"], json!(["payments"]));
+    assert_eq!(back.tokens().refresh_token.as_ref().unwrap().expose(), "rt-1");
+    assert!(again.session(1001, "corp").is_none());
+    let (other, _) = setup();
+    assert_eq!(
+        other.restore(&doc, |_| false).unwrap(),
+        0,
+        "a login no longer persisting"
+    );
+    assert!(other.restore(b"{}", |_| true).is_err());
+}
