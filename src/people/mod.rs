@@ -154,8 +154,9 @@ impl People {
             .sessions()
             .insert((session.uid, session.login.clone()), session.clone());
         if let Some(old) = old {
-            self.finish(&old, EndReason::Replaced);
+            // Revoked first: ending it drops (and zeroises) its refresh token.
             self.revoke_quietly(&old).await;
+            self.finish(&old, EndReason::Replaced);
         }
         self.saved(&session);
         tokio::spawn(refresh::refresher(self.clone(), session.clone()));

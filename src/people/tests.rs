@@ -576,3 +576,15 @@ async fn saved_sessions_come_back_with_their_tokens_and_claims_for_their_uid_onl
     );
     assert!(other.restore(b"{}", |_| true).is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn signing_in_again_replaces_the_session_and_revokes_the_old_one() {
+    let (people, host) = setup();
+    let first = signed_in(&people, &host).await;
+    let second = signed_in(&people, &host).await;
+    assert_ne!(first.id, second.id);
+    assert!(first.is_ended() && !second.is_ended());
+    assert_eq!(*host.provider.revoked.lock().unwrap(), vec!["rt-1"]);
+    assert_eq!(host.events("session.ended")[0]["reason"], "replaced");
+    assert_eq!(people.session(1000, "corp").unwrap().id, second.id);
+}
