@@ -165,6 +165,8 @@ pub(super) async fn refresher(people: Arc<People>, session: Arc<Session>) {
             _ = people.cancel.cancelled() => return,
         }
         if Instant::now() >= session.ends_at {
+            // The provider would honour the refresh token on: revoke it (best effort).
+            people.revoke_quietly(&session).await;
             people.end(&session, EndReason::MaxSession).await;
             return;
         }

@@ -471,6 +471,7 @@ async fn network_failures_are_retried_and_max_session_ends_the_session() {
     tokio::time::sleep(Duration::from_secs(3600)).await;
     assert!(session.is_ended());
     assert_eq!(host.events("session.ended")[0]["reason"], "max_session");
+    assert_eq!(*host.provider.revoked.lock().unwrap(), vec!["rt-1"], "revoked at the provider");
 }
 
 #[tokio::test(start_paused = true)]
