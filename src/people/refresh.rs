@@ -61,6 +61,7 @@ impl People {
             return Refreshed::Retry;
         };
         match provider.refresh(&login, &refresh_token, &session.sub).await {
+            Ok(_) if session.is_ended() => Refreshed::End(EndReason::Logout),
             Ok(grant) => {
                 let rotated = grant.refresh_token.is_some();
                 let changed = session.apply_refresh(grant);

@@ -233,6 +233,10 @@ impl Session {
     /// claims changed.
     pub(super) fn apply_refresh(&self, grant: SessionGrant) -> bool {
         let mut t = self.tokens();
+        // Ended while the refresh was in flight (a logout): its tokens stay dropped.
+        if t.ended.is_some() {
+            return false;
+        }
         if let Some(rotated) = grant.refresh_token {
             t.refresh_token = Some(rotated);
         }

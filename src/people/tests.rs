@@ -471,7 +471,11 @@ async fn network_failures_are_retried_and_max_session_ends_the_session() {
     tokio::time::sleep(Duration::from_secs(3600)).await;
     assert!(session.is_ended());
     assert_eq!(host.events("session.ended")[0]["reason"], "max_session");
-    assert_eq!(*host.provider.revoked.lock().unwrap(), vec!["rt-1"], "revoked at the provider");
+    assert_eq!(
+        *host.provider.revoked.lock().unwrap(),
+        vec!["rt-1"],
+        "revoked at the provider"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -588,4 +592,24 @@ async fn signing_in_again_replaces_the_session_and_revokes_the_old_one() {
     assert_eq!(*host.provider.revoked.lock().unwrap(), vec!["rt-1"]);
     assert_eq!(host.events("session.ended")[0]["reason"], "replaced");
     assert_eq!(people.session(1000, "corp").unwrap().id, second.id);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_that_lands_after_logout_does_not_bring_the_session_back() {
+    let (people, host) = setup();
+    let session = signed_in(&people, &host).await;
+    host.provider
+        .refreshes
+        .lock()
+        .unwrap()
+        .push_back(Ok(grant("at-2", Some("rt-2"), Some(alice(&["payments"])))));
+    let seen = session.tokens().generation;
+    let (_, out) = tokio::join!(people.refresh_now(&session, seen), people.logout(1000, "corp"));
+    out.unwrap();
+    assert!(session.is_ended());
+    assert!(
+        session.tokens().refresh_token.is_none(),
+        "the late refresh put tokens back"
+    );
+    assert!(people.session(1000, "corp").is_none());
 }
