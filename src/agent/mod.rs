@@ -239,6 +239,14 @@ impl Agent {
                         .is_some_and(|(a, b)| Arc::ptr_eq(a, b))
             });
         }
+        {
+            // Sessions of a [[login]] the new configuration no longer has end.
+            let logins: Vec<String> = config.logins.iter().map(|l| l.name.clone()).collect();
+            let people = self.people.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { people.end_removed(|l| logins.iter().any(|n| n == l)).await });
+            }
+        }
         self.cache.set_settings(RefreshSettings::from(&config.agent));
         {
             let mut kubelet = self.kubelet.write().unwrap_or_else(|p| p.into_inner());

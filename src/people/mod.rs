@@ -229,6 +229,14 @@ impl People {
         Ok(serde_json::json!({"login": login, "sub": session.sub, "ended": true, "revoked_at_provider": revoked}))
     }
 
+    /// Ends the sessions whose login `keep` says no to (a reload removed it).
+    pub(crate) async fn end_removed(&self, keep: impl Fn(&str) -> bool) {
+        let gone: Vec<Arc<Session>> = self.sessions().values().filter(|s| !keep(&s.login)).cloned().collect();
+        for s in gone {
+            self.end(&s, EndReason::LoginRemoved).await;
+        }
+    }
+
     /// Tells the host a session changed (persistence saves it).
     fn saved(&self, session: &Session) {
         self.host.session_changed(session);

@@ -32,6 +32,8 @@ pub enum EndReason {
     MaxSession,
     /// The person signed in again; the new session replaced this one.
     Replaced,
+    /// A reload removed its `[[login]]` from the configuration.
+    LoginRemoved,
 }
 
 impl EndReason {
@@ -42,6 +44,7 @@ impl EndReason {
             EndReason::Expired => "expired",
             EndReason::MaxSession => "max_session",
             EndReason::Replaced => "replaced",
+            EndReason::LoginRemoved => "login_removed",
         }
     }
 
@@ -53,6 +56,7 @@ impl EndReason {
             EndReason::Expired => "it expired (the provider gave no refresh token to renew it)",
             EndReason::MaxSession => "it reached the login's max_session",
             EndReason::Replaced => "a newer sign-in replaced it",
+            EndReason::LoginRemoved => "its [[login]] was removed from the agent's configuration",
         }
     }
 }

@@ -613,3 +613,14 @@ async fn a_refresh_that_lands_after_logout_does_not_bring_the_session_back() {
     );
     assert!(people.session(1000, "corp").is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_removes_the_login_ends_its_sessions() {
+    let (people, host) = setup();
+    let session = signed_in(&people, &host).await;
+    people.end_removed(|l| l == "corp").await;
+    assert!(!session.is_ended());
+    people.end_removed(|_| false).await;
+    assert!(session.is_ended());
+    assert_eq!(host.events("session.ended")[0]["reason"], "login_removed");
+}
