@@ -740,3 +740,42 @@ scopes = ["openid", "email", "groups", "offline_access"]
     );
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provider_outage_keeps_the_session_and_its_tokens_until_it_comes_back() {
+    let h = people(Duration::from_secs(20)).await;
+    sign_in_device(&h, &["payments"]).await;
+    let (code, before, err) = my_token(&h, ALICE_UID).await;
+    assert_eq!(code, 0, "{err}");
+    h.idp.set_fault(cortexid::devidp::Fault::Status(503));
+    let failures_from = h.audit_lines().len();
+    // The session's refresh fails (at 15 s of its 20 s): the session lives on, and the cached
+    // derived token is still served.
+    let mut seen_failure = false;
+    for _ in 0..400 {
+        let (_, sessions) = api_as(ALICE_UID, &h, "GET", "/v1/sessions", None).await;
+        if sessions["sessions"][0]["last_error"].is_string() {
+            seen_failure = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen_failure, "no refresh failure seen");
+    let (code, during, err) = my_token(&h, ALICE_UID).await;
+    assert_eq!(
+        code, 0,
+        "the derived token is no longer served during the outage: {err}"
+    );
+    assert_eq!(during.trim(), before.trim(), "served from the cache");
+    assert!(
+        !h.audit_lines()
+            .iter()
+            .skip(failures_from)
+            .any(|e| e["event"] == "session.ended"),
+        "an outage ended the session"
+    );
+    h.idp.set_fault(cortexid::devidp::Fault::None);
+    audited_after(&h, failures_from, "session.refreshed", |_| true).await;
+    let (code, _, err) = my_token(&h, ALICE_UID).await;
+    assert_eq!(code, 0, "{err}");
+}
