@@ -1084,6 +1084,14 @@ async fn no_refresh_token_id_token_session_token_or_verifier_shows_in_answers_lo
     )
     .await;
     seen.push_str(&started);
+    // The agent polls that sign-in (twice) before it stops.
+    let polls = h.idp.people_counters().device_polls;
+    for _ in 0..200 {
+        if h.idp.people_counters().device_polls >= polls + 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (code, out, err) = run_as(ALICE_UID, &h.socket, &["logout"]).await;
     assert_eq!(code, 0, "{err}");
     seen.push_str(&out);
@@ -1115,4 +1123,49 @@ async fn no_refresh_token_id_token_session_token_or_verifier_shows_in_answers_lo
         }
         assert!(!text.contains("refresh_token\":\""), "a refresh token field in {place}");
     }
+    // The device code of the sign-in still pending at the provider: every word of the right
+    // shape in what was written down is tried as that device code at the provider, which tells a
+    // code it knows from one it does not.
+    let mut words: Vec<&str> = [logs.as_str(), audit.as_str(), seen.as_str()]
+        .iter()
+        .flat_map(|t| t.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_')))
+        .filter(|w| (20..=128).contains(&w.len()))
+        .collect();
+    words.sort_unstable();
+    words.dedup();
+    assert!(
+        !h.idp.pending_user_codes().is_empty(),
+        "a device sign-in is pending at the provider"
+    );
+    let known = device_codes_known(&h, &words).await;
+    assert!(known.is_empty(), "{} device code(s) written down", known.len());
+}
+
+/// The `words` the provider takes for a device code of the login client it knows (pending,
+/// slow_down, granted or expired rather than unknown).
+async fn device_codes_known<'a>(h: &Harness, words: &[&'a str]) -> Vec<&'a str> {
+    let http = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(h.idp.ca_pem().as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let mut known = Vec::new();
+    for w in words {
+        let answer: serde_json::Value = http
+            .post(h.idp.token_endpoint())
+            .form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                ("device_code", w),
+                ("client_id", cortexid::devidp::fixture::LOGIN_CLIENT_ID),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if answer["error_description"] != "unknown device_code" {
+            known.push(*w);
+        }
+    }
+    known
 }
