@@ -387,6 +387,37 @@ async fn root_does_not_sign_in_and_a_user_namespace_root_is_still_its_own_uid() 
     assert_eq!(alice_subs(&h).await, vec![SUB.to_string()], "Alice's session is intact");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn another_uid_learns_nothing_of_a_persons_session_from_health_metrics_identities_or_the_audit_file() {
+    let h = people().await;
+    sign_in_by_api(&h, PERSON, &["payments"]).await;
+    let token = common::token_path("me", PAYMENTS, "");
+    let (status, _) = raw_as(ALICE_UID, &[], &h.socket, "GET", &token, None).await;
+    assert_eq!(status, 200);
+    for path in ["/v1/health", "/metrics", "/v1/identities", "/v1/whoami", "/v1/sessions"] {
+        let (status, text) = raw_as(MALLORY_UID, &[], &h.socket, "GET", path, None).await;
+        assert_eq!(status, 200, "{path}: {text}");
+        for private in [SUB, "alice-smith@", "Alice"] {
+            assert!(
+                !text.contains(private),
+                "{path} tells uid {MALLORY_UID} {private:?}: {text}"
+            );
+        }
+    }
+    // The audit file names people (sub, email) and their sign-ins: not for every user.
+    let mut p = python_as(
+        MALLORY_UID,
+        "try:\n    open(sys.argv[1]).read()\n    print('read', flush=True)\nexcept OSError:\n    print('refused', flush=True)\n",
+        &[h.audit.to_str().unwrap()],
+    );
+    let mut said = BufReader::new(p.stdout.take().unwrap()).lines();
+    assert_eq!(
+        said.next_line().await.unwrap().as_deref(),
+        Some("refused"),
+        "the audit file"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The CLI's loopback listener.
 
