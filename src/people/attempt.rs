@@ -153,7 +153,8 @@ impl People {
         match (named, names) {
             (Some(n), _) if names.iter().any(|l| l == n) => Ok(n.to_string()),
             (Some(n), _) => Err(ApiError::invalid_request(format!(
-                "no [[login]] named {n:?} on this agent; configured: {}",
+                "no [[login]] named {:?} on this agent; configured: {}",
+                crate::output::audit::clip(n, 64),
                 if names.is_empty() {
                     "none".to_string()
                 } else {
