@@ -223,20 +223,7 @@ impl People {
             )));
         }
         self.sweep_attempts();
-        {
-            let attempts = self.attempts();
-            let mine = attempts.values().filter(|a| a.uid == caller.uid && a.pending()).count();
-            if mine >= PER_UID || attempts.len() >= IN_ALL {
-                return Err(ApiError::new(
-                    ErrorKind::SlowDown,
-                    format!(
-                        "uid {} has {mine} sign-ins in progress already; finish or let them expire",
-                        caller.uid
-                    ),
-                )
-                .with_retry_after(30));
-            }
-        }
+        self.make_room(caller.uid)?;
         let id = unguessable()?;
         let started = match flow {
             LoginFlow::Browser => {
@@ -535,6 +522,47 @@ impl People {
         );
         attempt.browser.lock().unwrap_or_else(|p| p.into_inner()).take();
         attempt.finish(status);
+    }
+
+    /// Makes room in the table for one more sign-in of `uid`: a uid keeps at most [`PER_UID`]
+    /// sign-ins, pending or finished, and the host [`IN_ALL`]; finished ones (the oldest first)
+    /// make way for new ones, so only sign-ins in progress can fill either limit.
+    fn make_room(&self, uid: u32) -> Result<(), ApiError> {
+        let mut attempts = self.attempts();
+        let finished_at = |a: &Attempt| *a.finished_at.lock().unwrap_or_else(|p| p.into_inner());
+        let evict_oldest_finished = |attempts: &mut std::collections::HashMap<String, Arc<Attempt>>,
+                                     only_uid: Option<u32>| {
+            let oldest = attempts
+                .values()
+                .filter(|a| only_uid.is_none_or(|u| a.uid == u))
+                .filter_map(|a| finished_at(a).map(|f| (f, a.id.clone())))
+                .min();
+            oldest.is_some_and(|(_, id)| attempts.remove(&id).is_some())
+        };
+        while attempts.values().filter(|a| a.uid == uid).count() >= PER_UID {
+            if !evict_oldest_finished(&mut attempts, Some(uid)) {
+                return Err(ApiError::new(
+                    ErrorKind::SlowDown,
+                    format!(
+                        "uid {uid} has {PER_UID} sign-ins in progress already; finish one or let it expire (a browser sign-in expires after {} minutes)",
+                        BROWSER_WINDOW.as_secs() / 60
+                    ),
+                )
+                .with_retry_after(30));
+            }
+        }
+        while attempts.len() >= IN_ALL {
+            if !evict_oldest_finished(&mut attempts, None) {
+                return Err(ApiError::new(
+                    ErrorKind::SlowDown,
+                    format!(
+                        "{IN_ALL} sign-ins are in progress on this host already; try again when some have finished"
+                    ),
+                )
+                .with_retry_after(30));
+            }
+        }
+        Ok(())
     }
 
     /// Forgets sign-ins that finished a while ago or expired.
