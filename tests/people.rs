@@ -219,18 +219,23 @@ async fn the_browser_flow_comes_back_through_the_cli_and_refuses_a_tampered_stat
     let h = people(Duration::from_secs(300)).await;
     let http = reqwest::Client::new();
 
-    // A tampered state: the CLI relays it, the agent refuses, the page and the CLI say so.
+    // A tampered state: the CLI answers 400, relays nothing and keeps waiting; the real
+    // redirect then completes the sign-in.
     let mut child = cli_as(ALICE_UID, &h.socket, &["login", "--browser", "--no-browser"]);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let url = line_where(&mut lines, |l| l.trim_start().starts_with("https://")).await;
     let back = h.idp.approve_authorization(url.trim(), PERSON, &["payments"]).unwrap();
     let tampered = back.replace("state=", "state=x");
-    let page = http.get(&tampered).send().await.unwrap().text().await.unwrap();
-    assert!(page.contains("Sign-in failed"), "{page}");
-    let out = child.wait_with_output().await.unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("state"));
+    let answered = http.get(&tampered).send().await.unwrap();
+    assert_eq!(answered.status(), 400);
+    let page = answered.text().await.unwrap();
+    assert!(page.contains("state"), "{page}");
     assert_eq!(h.idp.people_counters().code_redemptions, 0, "nothing was redeemed");
+    let page = http.get(&back).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("You can close this tab"), "{page}");
+    let out = child.wait_with_output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(h.idp.people_counters().code_redemptions, 1);
 
     // The real thing.
     let mut child = cli_as(ALICE_UID, &h.socket, &["login", "--browser", "--no-browser"]);

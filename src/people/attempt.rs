@@ -433,18 +433,31 @@ impl People {
         if Instant::now() >= attempt.expires_at && attempt.pending() {
             self.failed(&attempt, Status::Expired);
         }
+        // The state is compared before anything is taken: a callback with another state (a
+        // forged redirect) is refused and the sign-in goes on, waiting for its own.
         // Taken once: a second callback, a replay, finds nothing to redeem with.
-        let secrets = attempt.browser.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let secrets = {
+            let mut held = attempt.browser.lock().unwrap_or_else(|p| p.into_inner());
+            match held.as_ref() {
+                None => None,
+                Some(s) if !same(&s.state, state) => {
+                    drop(held);
+                    let e = "the state returned by the browser is not the one this sign-in sent; the callback is refused (the sign-in goes on waiting for its own)";
+                    self.host.audit(
+                        "login.failed",
+                        serde_json::json!({"uid": uid, "login": attempt.login, "login_id": attempt.id,
+                            "error": "a callback with the wrong state was refused; the sign-in goes on"}),
+                    );
+                    return Err(ApiError::invalid_request(e));
+                }
+                Some(_) => held.take(),
+            }
+        };
         let Some(secrets) = secrets else {
             return Err(ApiError::invalid_request(
                 "this sign-in is not waiting for a browser callback (a device sign-in, or already completed, failed or expired); start again with `cortexid login`",
             ));
         };
-        if !same(&secrets.state, state) {
-            let e = "the state returned by the browser is not the one this sign-in sent; the callback is refused and the sign-in ended (start again with `cortexid login`)";
-            self.failed(&attempt, Status::Failed(e.into()));
-            return Err(ApiError::invalid_request(e));
-        }
         let Some((login, provider)) = self.host.login(&attempt.login) else {
             let e = format!("login {:?} is no longer configured", attempt.login);
             self.failed(&attempt, Status::Failed(e.clone()));

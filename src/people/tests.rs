@@ -379,7 +379,8 @@ async fn the_browser_callback_is_taken_once_from_its_uid_with_its_state_and_rede
     assert_eq!(e.kind, ErrorKind::InvalidRequest);
     assert_eq!(host.provider.redeemed.lock().unwrap().len(), 1);
 
-    // A tampered state ends the sign-in without redeeming.
+    // A tampered state is refused without redeeming, and the sign-in goes on: its own state
+    // still completes it.
     let started = people.start(&person(1000), &logins(), ask()).await.unwrap();
     let e = people
         .callback(1000, &started.login_id, "code-2", "tampered")
@@ -390,8 +391,25 @@ async fn the_browser_callback_is_taken_once_from_its_uid_with_its_state_and_rede
         .attempt_status(1000, &started.login_id, Duration::ZERO)
         .await
         .unwrap();
-    assert_eq!(v.status, "failed");
+    assert_eq!(v.status, "pending");
     assert_eq!(host.provider.redeemed.lock().unwrap().len(), 1);
+    let state = state_of(started.authorization_url.as_deref().unwrap());
+    let done = people
+        .callback(1000, &started.login_id, "code-3", &state)
+        .await
+        .unwrap();
+    assert_eq!(done.status, "complete");
+    assert_eq!(host.provider.redeemed.lock().unwrap().len(), 2);
+}
+
+fn state_of(url: &str) -> String {
+    url.split("state=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 #[tokio::test(start_paused = true)]

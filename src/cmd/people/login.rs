@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use crate::cmd::common::{EXIT_FAILURE, EXIT_OK, SocketArg, emit, printable};
 
-use super::loopback::{Loopback, Redirect, answer as answer_page, has_display, open_browser};
+use super::browser::{has_display, open_browser};
+use super::loopback::{Loopback, Redirect, answer as answer_page, state_of};
 use super::{answer, client, describe_session};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -65,8 +66,9 @@ pub async fn run(args: LoginArgs) -> i32 {
     let outcome = match (started["flow"].as_str(), &loopback) {
         (Some("browser"), Some(loopback)) => {
             let url = text("authorization_url").unwrap_or_default();
-            let opened = !args.no_browser && open_browser(&url);
-            let says = if opened {
+            // Kept (and so not removed) until the browser has come back.
+            let page = if args.no_browser { None } else { open_browser(&url) };
+            let says = if page.is_some() {
                 format!("Your browser opens the sign-in page. If it does not, open:\n\n  {url}\n\n")
             } else {
                 format!("Open this URL in a browser to sign in:\n\n  {url}\n\n")
@@ -75,7 +77,10 @@ pub async fn run(args: LoginArgs) -> i32 {
                 return EXIT_FAILURE;
             }
             let expires = Duration::from_secs(started["expires_in"].as_u64().unwrap_or(600));
-            browser_flow(&client, loopback, &id, expires).await
+            let state = state_of(&url);
+            let outcome = browser_flow(&client, loopback, &id, state.as_deref(), expires).await;
+            drop(page);
+            outcome
         }
         _ => {
             let mut says = String::new();
@@ -114,9 +119,10 @@ async fn browser_flow(
     client: &crate::cmd::client::SocketClient,
     loopback: &Loopback,
     id: &str,
+    state: Option<&str>,
     expires: Duration,
 ) -> Result<serde_json::Value, i32> {
-    let Ok(waited) = tokio::time::timeout(expires, loopback.wait()).await else {
+    let Ok(waited) = tokio::time::timeout(expires, loopback.wait(state)).await else {
         eprintln!("cortexid: the browser did not come back in time; run `cortexid login` again");
         return Err(EXIT_FAILURE);
     };

@@ -2,6 +2,7 @@
 //! receives the provider's redirect with `code` and `state`; the CLI relays them to the agent and
 //! then answers the browser with a page that says the person can close the tab.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -50,28 +51,93 @@ impl Loopback {
         Ok(Loopback { listener, port })
     }
 
-    /// Waits for the redirect to `/callback`; anything else gets a 404 and is ignored. Returns
+    /// Waits for the redirect to `/callback` carrying `state` (the one the sign-in sent), each
+    /// connection served on its own so an idle one holds no other back. Only the person's own uid
+    /// (and root) may connect: another uid's connection is dropped unread and noted on stderr; a
+    /// callback with another state gets a 400, anything else a 404, and the wait goes on. Returns
     /// the connection, to answer once the agent has the code.
-    pub(super) async fn wait(&self) -> Result<(Redirect, TcpStream), LoopbackError> {
+    pub(super) async fn wait(&self, state: Option<&str>) -> Result<(Redirect, TcpStream), LoopbackError> {
+        let me = nix::unistd::geteuid().as_raw();
+        let mut connections = tokio::task::JoinSet::new();
         loop {
-            let (mut stream, _) = self.listener.accept().await.map_err(LoopbackError::Accept)?;
-            let Ok(Some(target)) = tokio::time::timeout(Duration::from_secs(10), read_target(&mut stream)).await else {
-                continue;
-            };
-            match parse_redirect(&target) {
-                Some(r) => return Ok((r, stream)),
-                None => {
-                    let _ = answer(
-                        &mut stream,
-                        404,
-                        "Not found",
-                        "This address only receives the sign-in redirect.",
-                    )
-                    .await;
+            tokio::select! {
+                accepted = self.listener.accept() => {
+                    let (stream, peer) = accepted.map_err(LoopbackError::Accept)?;
+                    connections.spawn(serve(stream, peer, me, state.map(str::to_string)));
                 }
+                Some(done) = connections.join_next() => if let Ok(Some(found)) = done {
+                    return Ok(found);
+                },
             }
         }
     }
+}
+
+/// One connection to the listener: the redirect it brings, or `None` once it was answered or
+/// dropped.
+async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    me: u32,
+    state: Option<String>,
+) -> Option<(Redirect, TcpStream)> {
+    let local = stream.local_addr().ok()?;
+    match super::peer::uid_of(peer, local) {
+        Some(uid) if uid == me || uid == 0 => {}
+        Some(uid) => {
+            eprintln!(
+                "cortexid: ignored a connection to the sign-in listener from uid {uid} (only uid {me}'s browser may come back here); still waiting"
+            );
+            return None;
+        }
+        None => {
+            eprintln!(
+                "cortexid: ignored a connection to the sign-in listener whose owner is not listed in /proc/net/tcp; still waiting"
+            );
+            return None;
+        }
+    }
+    let target = tokio::time::timeout(Duration::from_secs(10), read_target(&mut stream))
+        .await
+        .ok()??;
+    match parse_redirect(&target) {
+        Some(Redirect::Code { state: got, .. }) if state.as_deref().is_some_and(|want| !same(want, &got)) => {
+            eprintln!("cortexid: a redirect with another sign-in's state came to the listener; refused, still waiting");
+            let _ = answer(
+                &mut stream,
+                400,
+                "Not this sign-in",
+                "This redirect carries a state that is not this sign-in's; it was refused. If you started this sign-in, use the link your terminal printed.",
+            )
+            .await;
+            None
+        }
+        Some(r) => Some((r, stream)),
+        None => {
+            let _ = answer(
+                &mut stream,
+                404,
+                "Not found",
+                "This address only receives the sign-in redirect.",
+            )
+            .await;
+            None
+        }
+    }
+}
+
+/// Whether two strings are equal, in time that does not depend on where they differ.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The `state` an authorization URL sends, which its redirect must bring back.
+pub(super) fn state_of(authorization_url: &str) -> Option<String> {
+    url::Url::parse(authorization_url)
+        .ok()?
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
 }
 
 /// The request target of an HTTP GET (`/callback?code=…`), or `None` for anything else.
@@ -129,7 +195,11 @@ pub(super) async fn answer(stream: &mut TcpStream, status: u16, title: &str, tex
         title = escape(title),
         text = escape(text)
     );
-    let reason = if status == 200 { "OK" } else { "Not Found" };
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        _ => "Not Found",
+    };
     let head = format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
         body.len()
@@ -144,29 +214,6 @@ fn escape(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
-}
-
-/// Opens `url` in the person's browser: `$BROWSER`, else `xdg-open`, only when there is a
-/// display. Returns whether a browser was started.
-pub(super) fn open_browser(url: &str) -> bool {
-    let display = std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
-    let browser = std::env::var("BROWSER").ok().filter(|b| !b.trim().is_empty());
-    if !display && browser.is_none() {
-        return false;
-    }
-    let program = browser.unwrap_or_else(|| "xdg-open".to_string());
-    std::process::Command::new(program)
-        .arg(url)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .is_ok()
-}
-
-/// Whether this session has a display a browser could open on.
-pub(super) fn has_display() -> bool {
-    std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some()
 }
 
 #[cfg(test)]

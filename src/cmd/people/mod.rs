@@ -3,8 +3,10 @@
 //! talk to the agent's socket as the calling uid; the agent keeps the session, and nothing here
 //! ever sees a refresh token or a PKCE verifier.
 
+mod browser;
 mod login;
 mod loopback;
+mod peer;
 mod session;
 
 pub use login::{LoginArgs, run as login};
