@@ -703,7 +703,6 @@ print(json.dumps({"refresh_token": "refresh_token" in stolen, "sub": sub}), flus
 "#;
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "finding: the CLI does not check who serves the socket; another uid's fake agent on a socket path in a shared directory gets the person's browser code and redeems it with its own verifier (the person's refresh token)"]
 async fn a_fake_agent_on_the_socket_path_gets_no_code_from_the_cli() {
     let h = people().await;
     // A socket path in a directory every user can write (like /tmp), the agent not there.
@@ -728,7 +727,16 @@ async fn a_fake_agent_on_the_socket_path_gets_no_code_from_the_cli() {
             let _ = reqwest::get(&back).await;
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(30), alice.wait()).await;
+    let done = tokio::time::timeout(Duration::from_secs(30), alice.wait_with_output())
+        .await
+        .expect("the CLI must stop")
+        .unwrap();
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert!(!done.status.success(), "the CLI signed in through a fake agent: {err}");
+    assert!(
+        err.contains("refusing the agent") && err.contains(&format!("uid {MALLORY_UID}")),
+        "the CLI does not say who serves the socket: {err}"
+    );
     let _ = fake.start_kill();
     let outcome = tokio::time::timeout(Duration::from_secs(30), said.next_line())
         .await

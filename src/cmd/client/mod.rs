@@ -4,6 +4,7 @@
 //!
 //! - this file: [`SocketClient`], its [`Response`] and its [`ClientError`];
 //! - `request.rs`: `TokenRequest`, what to ask `/v1/token` for and how it is encoded;
+//! - `trust.rs`: whether the uid serving the socket may be trusted (checked on every connection);
 //! - `test_agent.rs` (tests only): a stand-in agent on a Unix socket for unit tests.
 //!
 //! Credentials (`subject_token`, `actor_token`) only ever travel in a `POST` body, never in a URL,
@@ -12,6 +13,7 @@
 mod request;
 #[cfg(test)]
 pub(crate) mod test_agent;
+pub(crate) mod trust;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -20,8 +22,8 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioIo;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyperlocal::UnixConnector;
 
 pub(crate) use request::TokenRequest;
 
@@ -51,6 +53,9 @@ pub enum ClientError {
         .0.display()
     )]
     PermissionDenied(PathBuf),
+    /// Another uid serves the socket (see `trust.rs`); the text says who and what to change.
+    #[error("{0}")]
+    Untrusted(String),
     /// The whole exchange took longer than [`SocketClient::with_timeout`] allows.
     #[error("no answer from the agent at {} within {}", .path.display(), humantime::format_duration(*.after))]
     Timeout { path: PathBuf, after: Duration },
@@ -117,11 +122,38 @@ impl Response {
     }
 }
 
+/// Connects to the agent's socket and refuses a server the client does not trust
+/// ([`trust::check`] on the connection's peer credentials), before anything is sent.
+#[derive(Clone, Debug)]
+struct TrustedConnector {
+    path: PathBuf,
+}
+
+impl tower_service::Service<hyper::Uri> for TrustedConnector {
+    type Response = TokioIo<tokio::net::UnixStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: hyper::Uri) -> Self::Future {
+        let path = self.path.clone();
+        Box::pin(async move {
+            let stream = tokio::net::UnixStream::connect(&path).await?;
+            let server = stream.peer_cred()?.uid();
+            trust::check(server, &path).map_err(std::io::Error::other)?;
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
+
 /// A keep-alive client of one agent socket. Cheap to clone (clones share the connection pool).
 #[derive(Clone)]
 pub struct SocketClient {
     path: PathBuf,
-    client: Client<UnixConnector, Full<Bytes>>,
+    client: Client<TrustedConnector, Full<Bytes>>,
     timeout: Option<Duration>,
 }
 
@@ -136,12 +168,13 @@ impl fmt::Debug for SocketClient {
 
 impl SocketClient {
     pub fn new(path: impl Into<PathBuf>) -> SocketClient {
+        let path: PathBuf = path.into();
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .build(UnixConnector);
+            .build(TrustedConnector { path: path.clone() });
         SocketClient {
-            path: path.into(),
+            path,
             client,
             timeout: None,
         }
@@ -165,6 +198,9 @@ impl SocketClient {
         let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
         while let Some(err) = cur {
             if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                if let Some(untrusted) = io.get_ref().and_then(|e| e.downcast_ref::<trust::Untrusted>()) {
+                    return ClientError::Untrusted(untrusted.to_string());
+                }
                 return match io.kind() {
                     std::io::ErrorKind::NotFound => ClientError::NoSocket(self.path.clone()),
                     std::io::ErrorKind::ConnectionRefused => ClientError::NotListening(self.path.clone()),
