@@ -636,6 +636,31 @@ async fn idle_connections_from_another_uid_do_not_hold_back_the_browsers_redirec
     assert_eq!(alice_subs(&h).await, vec![SUB.to_string()]);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_of_an_accepted_uid_do_not_hold_back_the_browsers_redirect() {
+    // Root's connections pass the listener's uid check (as a browser's own preconnects would):
+    // each is served on its own, so idle ones still hold nothing back.
+    let h = people().await;
+    let mut alice = cli_as(ALICE_UID, &h.socket, &["login", "--browser", "--no-browser"], &[]);
+    let mut lines = BufReader::new(alice.stdout.take().unwrap()).lines();
+    let url = line_where(&mut lines, |l| l.trim_start().starts_with("https://")).await;
+    let port = redirect_port(&url);
+    let mut idle = Vec::new();
+    for _ in 0..60 {
+        idle.push(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+    }
+    let back = h.idp.approve_authorization(url.trim(), PERSON, &["payments"]).unwrap();
+    let browser = tokio::spawn(async move { reqwest::get(&back).await.map(|r| r.status().as_u16()).is_ok() });
+    let done = tokio::time::timeout(Duration::from_secs(60), alice.wait()).await;
+    assert!(
+        matches!(done, Ok(Ok(s)) if s.success()),
+        "the person's redirect waited behind idle connections: {done:?}"
+    );
+    assert!(browser.await.unwrap(), "the browser got no page");
+    assert_eq!(alice_subs(&h).await, vec![SUB.to_string()]);
+    drop(idle);
+}
+
 /// Another uid's fake agent on a socket path the person's CLI is pointed at (argv[1]): it
 /// answers `POST /v1/login` with an authorization URL of its own making (the real provider at
 /// argv[2], its own PKCE challenge, the CLI's loopback), redeems the code the CLI relays with its
