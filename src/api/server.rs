@@ -61,22 +61,24 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>, cancel: Cancellati
                 continue;
             }
         };
-        let caller = Arc::new(caller::attest(cred.uid(), cred.gid(), cred.pid(), accepted_ticks));
         let agent = agent.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let agent = agent.clone();
-            let caller = caller.clone();
-            async move { Ok::<_, Infallible>(handle(&agent, &caller, req).await) }
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .max_buf_size(MAX_HEADERS * 4)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let watcher = graceful.watcher();
+        // Attested in the connection's own task, not here: the `/proc` reads of one caller do
+        // not hold up the next accept, and the runtime's workers attest connections side by side.
         tokio::spawn(async move {
             let _guard = guard;
-            if let Err(e) = conn.await {
+            let caller = Arc::new(caller::attest(cred.uid(), cred.gid(), cred.pid(), accepted_ticks));
+            let service = hyper::service::service_fn(move |req| {
+                let agent = agent.clone();
+                let caller = caller.clone();
+                async move { Ok::<_, Infallible>(handle(&agent, &caller, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_HEADERS * 4)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
