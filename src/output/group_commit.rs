@@ -1,12 +1,15 @@
 //! Group commit of audit lines: requests answered at the same moment share one `write(2)`, and
 //! none of them is answered before that write has succeeded.
 //!
-//! A line joins the open batch. The first line of a batch makes its request the batch's leader:
-//! it yields once (so requests being served at the same moment on this worker can join), takes
-//! the writer, closes the batch and writes it; the others wait for the batch's result. A batch
-//! that cannot be written fails every line in it, so with `audit_failure = "closed"` none of their
-//! tokens is handed out. A leader whose request is dropped while it yields (the caller hung up)
-//! still writes its batch, from its drop guard, so no follower waits forever.
+//! A line joins the open batch. The first line of a batch makes its request the batch's leader.
+//! When the output is free, the leader closes the batch and writes it at once (no added delay,
+//! so a lone request pays nothing). While another batch is being written, the leader waits for
+//! it without blocking its thread, and the lines that arrive meanwhile join the leader's batch:
+//! they are written together when the output is free again. The others wait for their batch's
+//! result. A batch that cannot be written fails every line in it, so with
+//! `audit_failure = "closed"` none of their tokens is handed out. A leader whose request is
+//! dropped while it waits (the caller hung up) still writes its batch, from its drop guard, so
+//! no follower waits forever.
 
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -64,6 +67,38 @@ struct Open {
 pub(crate) struct GroupCommit<T> {
     open: Mutex<Open>,
     target: Mutex<T>,
+    /// Notified whenever the output is released: a leader waiting for it tries again.
+    released: tokio::sync::Notify,
+}
+
+/// The output, held; releasing it wakes a leader waiting for it.
+pub(crate) struct Held<'a, T> {
+    guard: Option<MutexGuard<'a, T>>,
+    released: &'a tokio::sync::Notify,
+}
+
+impl<T> std::ops::Deref for Held<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.guard
+            .as_deref()
+            .unwrap_or_else(|| unreachable!("held until dropped"))
+    }
+}
+
+impl<T> std::ops::DerefMut for Held<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.guard
+            .as_deref_mut()
+            .unwrap_or_else(|| unreachable!("held until dropped"))
+    }
+}
+
+impl<T> Drop for Held<'_, T> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        self.released.notify_waiters();
+    }
 }
 
 impl<T> GroupCommit<T> {
@@ -75,12 +110,29 @@ impl<T> GroupCommit<T> {
                 batch: Batch::new(),
             }),
             target: Mutex::new(target),
+            released: tokio::sync::Notify::new(),
         }
     }
 
-    /// The output itself, for a write outside any batch.
-    pub(crate) fn target(&self) -> MutexGuard<'_, T> {
-        self.target.lock().unwrap_or_else(|p| p.into_inner())
+    /// The output itself, for a write outside any batch (blocks while a batch is written).
+    pub(crate) fn target(&self) -> Held<'_, T> {
+        self.held(self.target.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The output, if no one holds it now.
+    fn try_target(&self) -> Option<Held<'_, T>> {
+        match self.target.try_lock() {
+            Ok(g) => Some(self.held(g)),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(self.held(p.into_inner())),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    fn held<'a>(&'a self, guard: MutexGuard<'a, T>) -> Held<'a, T> {
+        Held {
+            guard: Some(guard),
+            released: &self.released,
+        }
     }
 
     fn open(&self) -> MutexGuard<'_, Open> {
@@ -109,14 +161,19 @@ impl<T> GroupCommit<T> {
             write,
             done: false,
         };
-        // Let the requests being served at this moment join the batch.
-        tokio::task::yield_now().await;
-        lead.flush()
+        loop {
+            // Registered before trying, so a release between the two still wakes us.
+            let released = self.released.notified();
+            if let Some(target) = self.try_target() {
+                return lead.flush(target);
+            }
+            released.await;
+        }
     }
 }
 
 /// The leader of one batch: writes it exactly once, even if its own request is dropped while it
-/// yields (its followers would wait forever otherwise).
+/// waits for the output (its followers would wait forever otherwise).
 struct Leader<'a, T, W: Fn(&mut T, &[u8]) -> std::io::Result<()>> {
     group: &'a GroupCommit<T>,
     batch: Arc<Batch>,
@@ -125,12 +182,11 @@ struct Leader<'a, T, W: Fn(&mut T, &[u8]) -> std::io::Result<()>> {
 }
 
 impl<T, W: Fn(&mut T, &[u8]) -> std::io::Result<()>> Leader<'_, T, W> {
-    fn flush(&mut self) -> std::io::Result<()> {
+    fn flush(&mut self, mut target: Held<'_, T>) -> std::io::Result<()> {
         self.done = true;
-        // The batch closes only once the output is free: lines that arrive while the previous
-        // batch is being written join this one. Only this leader closes this batch, so the lines
-        // taken are exactly its lines.
-        let mut target = self.group.target();
+        // The batch closes only now that the output is held: lines that arrived while the
+        // previous batch was written are in it. Only this leader closes this batch, so the
+        // lines taken are exactly its lines.
         let lines = {
             let mut open = self.group.open();
             open.count = 0;
@@ -147,7 +203,8 @@ impl<T, W: Fn(&mut T, &[u8]) -> std::io::Result<()>> Leader<'_, T, W> {
 impl<T, W: Fn(&mut T, &[u8]) -> std::io::Result<()>> Drop for Leader<'_, T, W> {
     fn drop(&mut self) {
         if !self.done {
-            let _ = self.flush();
+            let target = self.group.target();
+            let _ = self.flush(target);
         }
     }
 }
@@ -171,14 +228,26 @@ mod tests {
         Ok(())
     }
 
-    /// `n` lines committed by `n` tasks at the same moment; each task's outcome, in line order.
+    /// `n` lines committed by `n` tasks while the output is busy (as when another batch is being
+    /// written), then released; each task's outcome, in line order.
+    #[allow(clippy::await_holding_lock)] // the output is held on purpose while the tasks join
     async fn burst(group: &Arc<GroupCommit<Recorder>>, n: usize) -> Vec<std::io::Result<()>> {
+        let busy = group.target();
         let tasks: Vec<_> = (0..n)
             .map(|i| {
                 let group = group.clone();
                 tokio::spawn(async move { group.commit(format!("line {i}\n").as_bytes(), write).await })
             })
             .collect();
+        // Every task joins while the output is busy; none is answered before the write.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            tasks.iter().all(|t| !t.is_finished()),
+            "answered before its line was written"
+        );
+        drop(busy);
         let mut out = Vec::new();
         for t in tasks {
             out.push(t.await.unwrap());
@@ -231,19 +300,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_lone_line_is_written_at_once() {
+        let group = GroupCommit::new(Recorder {
+            writes: Vec::new(),
+            fail: |_| false,
+        });
+        let mut lone = std::pin::pin!(group.commit(b"alone\n", write));
+        assert!(
+            matches!(futures_poll_once(lone.as_mut()), Some(Ok(()))),
+            "written and answered in one go"
+        );
+        assert_eq!(group.target().writes, [b"alone\n".to_vec()]);
+    }
+
+    #[tokio::test]
     async fn a_leader_dropped_before_writing_still_writes_its_batch() {
         let group = Arc::new(GroupCommit::new(Recorder {
             writes: Vec::new(),
             fail: |_| false,
         }));
-        // The leader joins and yields; a follower joins; then the leader's request goes away.
+        // The output is busy; the leader joins and waits; a follower joins; the output is
+        // released; then the leader's request goes away before it was polled again.
+        let busy = group.target();
         let mut leader = Box::pin(group.commit(b"leader\n", write));
-        assert!(futures_poll_once(leader.as_mut()).is_none(), "the leader yields first");
+        assert!(
+            futures_poll_once(leader.as_mut()).is_none(),
+            "the leader waits for the output"
+        );
         let follower = {
             let group = group.clone();
             tokio::spawn(async move { group.commit(b"follower\n", write).await })
         };
         tokio::task::yield_now().await;
+        drop(busy);
         drop(leader);
         follower.await.unwrap().unwrap();
         let writes = group.target().writes.clone();
