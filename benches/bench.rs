@@ -14,8 +14,8 @@
 //! - nginx, when an `nginx` binary is on `PATH`, is a second baseline (`bench/nginx.rs`): the
 //!   same body from the same kind of socket, 2 worker processes, no access log.
 //!
-//! Settings (environment): `BENCH_SECS` seconds measured per throughput point (default 3, after
-//! 0.5 s of warm-up); `BENCH_ECONOMY_LIFETIMES` (default 10); `BENCH_KEEP=1` keeps the work dir;
+//! Settings (environment): `BENCH_SECS` seconds measured per throughput point and round (default
+//! 2, after 0.5 s of warm-up); `BENCH_ROUNDS` rounds, servers alternating, pooled (default 2); `BENCH_ECONOMY_LIFETIMES` (default 10); `BENCH_KEEP=1` keeps the work dir;
 //! `BENCH_ONLY=rss-idle` measures only the idle RSS and stops; `BENCH_QUICK=1` measures the
 //! throughput table (1 s per point), the `cortexid token` timing and memory only, for a quick
 //! before/after while working.
@@ -421,6 +421,37 @@ struct Load {
     max: Duration,
     /// Server CPU time per request (user + system).
     server_cpu_us: f64,
+    /// The latencies, sorted; the measured seconds and server CPU seconds (for [`pool`]).
+    latencies: Vec<Duration>,
+    secs: f64,
+    cpu: f64,
+}
+
+/// Rounds of one server at one point as one measurement: requests over the summed seconds,
+/// percentiles of all latencies, CPU over all requests.
+fn pool(rounds: Vec<Load>) -> Load {
+    let secs: f64 = rounds.iter().map(|r| r.secs).sum();
+    let cpu: f64 = rounds.iter().map(|r| r.cpu).sum();
+    let errors = rounds.iter().map(|r| r.errors).sum();
+    let mut all: Vec<Duration> = rounds.into_iter().flat_map(|r| r.latencies).collect();
+    all.sort_unstable();
+    summarise(all, errors, secs, cpu)
+}
+
+fn summarise(all: Vec<Duration>, errors: u64, secs: f64, cpu: f64) -> Load {
+    let requests = all.len() as u64;
+    Load {
+        requests,
+        errors,
+        rps: requests as f64 / secs,
+        p50: pct(&all, 0.50),
+        p99: pct(&all, 0.99),
+        max: all.last().copied().unwrap_or_default(),
+        server_cpu_us: if requests > 0 { cpu * 1e6 / requests as f64 } else { 0.0 },
+        latencies: all,
+        secs,
+        cpu,
+    }
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -491,16 +522,7 @@ async fn load(server: &Proc, path: &str, conns: usize, mode: Mode, warm: Duratio
     }
     let cpu = cpu_secs(server.pid()) - cpu0.unwrap_or(0.0);
     all.sort_unstable();
-    let requests = all.len() as u64;
-    Load {
-        requests,
-        errors,
-        rps: requests as f64 / secs.as_secs_f64(),
-        p50: pct(&all, 0.50),
-        p99: pct(&all, 0.99),
-        max: all.last().copied().unwrap_or_default(),
-        server_cpu_us: if requests > 0 { cpu * 1e6 / requests as f64 } else { 0.0 },
-    }
+    summarise(all, errors, secs.as_secs_f64(), cpu)
 }
 
 fn us(d: Duration) -> String {
@@ -660,7 +682,8 @@ fn main() {
 
 async fn run() {
     let quick = std::env::var_os("BENCH_QUICK").is_some();
-    let secs = Duration::from_secs(env_u64("BENCH_SECS", if quick { 1 } else { 3 }));
+    let secs = Duration::from_secs(env_u64("BENCH_SECS", if quick { 1 } else { 2 }));
+    let rounds = env_u64("BENCH_ROUNDS", if quick { 1 } else { 2 });
     let warm = Duration::from_millis(500);
     let lifetimes = env_u64("BENCH_ECONOMY_LIFETIMES", 10);
     // Agent dirs on tmpfs (/dev/shm), so the audit log is a real file on tmpfs.
@@ -743,7 +766,7 @@ async fn run() {
     let (err_dir, err_cfg) = mk_variant("stderr", root.path(), true);
 
     println!(
-        "\n## Cached-token throughput (body {body_len} bytes; {}s per point after {}ms warm-up)",
+        "\n## Cached-token throughput (body {body_len} bytes; {rounds} round(s) of {}s per server and point after {}ms warm-up, pooled)",
         secs.as_secs(),
         warm.as_millis()
     );
@@ -761,12 +784,18 @@ async fn run() {
     ];
     let dash = || "—".to_string();
     for (name, conns, mode) in points {
-        let c = load(&agent, &hot, conns, mode, warm, secs).await;
-        let n = match &nginx {
-            Some(p) => Some(load(p, "/", conns, mode, warm, secs).await),
-            None => None,
-        };
-        let b = load(&baseline, "/", conns, mode, warm, secs).await;
+        // A B C, A B C, …: each server measured in every round, the rounds pooled, so a burst of
+        // load from elsewhere on the machine falls on all three alike.
+        let (mut cs, mut ns, mut bs) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            cs.push(load(&agent, &hot, conns, mode, warm, secs).await);
+            if let Some(p) = &nginx {
+                ns.push(load(p, "/", conns, mode, warm, secs).await);
+            }
+            bs.push(load(&baseline, "/", conns, mode, warm, secs).await);
+        }
+        let (c, b) = (pool(cs), pool(bs));
+        let n = (!ns.is_empty()).then(|| pool(ns));
         let vs_nginx = n.as_ref().map(|n| c.rps / n.rps);
         let vs_hyper = c.rps / b.rps;
         let lat = |l: &Load| format!("{} / {}", us(l.p50), us(l.p99));
