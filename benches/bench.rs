@@ -94,6 +94,9 @@ async fn start_fixture(dir: &Path, lifetime: Duration) -> Fixture {
     let fx = Fixture::start(dir, lifetime, client)
         .await
         .expect("start the development provider");
+    // The cold burst's clients run as `nobody` too: they must reach the socket in this directory
+    // (nothing in it is readable by them: the secrets are 0600).
+    std::fs::set_permissions(fx.dir(), std::fs::Permissions::from_mode(0o755)).expect("chmod the fixture dir");
     write_sa(&fx);
     fx
 }
