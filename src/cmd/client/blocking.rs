@@ -59,10 +59,7 @@ pub(crate) fn request(
         .take(MAX_ANSWER)
         .read_to_end(&mut answer)
         .map_err(|e| transport(&e))?;
-    parse(&answer).map_err(|message| ClientError::Transport {
-        path: socket.to_path_buf(),
-        message,
-    })
+    parse(&answer).map_err(|e| transport(&e))
 }
 
 /// `GET /v1/token?…` without credentials, `POST /v1/token` with them (credentials never go in a
@@ -78,26 +75,44 @@ pub(crate) fn token(socket: &Path, req: &TokenRequest) -> Result<Response, Clien
     }
 }
 
+/// Why an answer read from the socket is not a usable HTTP/1.1 response.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BadAnswer {
+    /// The connection closed before the head was complete; how many bytes came.
+    #[error("the connection closed after {0} bytes, before a whole answer")]
+    Incomplete(usize),
+    /// The bytes are not an HTTP/1.1 response.
+    #[error("the answer is not HTTP/1.1: {0}")]
+    NotHttp(httparse::Error),
+    /// The status line has no code.
+    #[error("the answer has no status")]
+    NoStatus,
+    /// A header's name or value is not valid; which and why.
+    #[error("the answer has an invalid header: {0}")]
+    Header(String),
+    /// Fewer body bytes came than `Content-Length` promised.
+    #[error("the answer promised {promised} bytes and sent {sent}")]
+    ShortBody { promised: usize, sent: usize },
+    /// The chunked body is malformed; where.
+    #[error("the answer's chunked body is malformed: {0}")]
+    Chunks(&'static str),
+}
+
 /// An HTTP/1.1 answer read to its end: status, headers, and the body by `Content-Length`,
 /// chunked encoding, or up to the end.
-fn parse(answer: &[u8]) -> Result<Response, String> {
+fn parse(answer: &[u8]) -> Result<Response, BadAnswer> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut slots);
     let head_len = match parsed.parse(answer) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return Err(format!(
-                "the connection closed after {} bytes, before a whole answer",
-                answer.len()
-            ));
-        }
-        Err(e) => return Err(format!("the answer is not HTTP/1.1: {e}")),
+        Ok(httparse::Status::Partial) => return Err(BadAnswer::Incomplete(answer.len())),
+        Err(e) => return Err(BadAnswer::NotHttp(e)),
     };
-    let status = parsed.code.ok_or("the answer has no status")?;
+    let status = parsed.code.ok_or(BadAnswer::NoStatus)?;
     let mut headers = HeaderMap::new();
     for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| format!("bad header name: {e}"))?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|e| format!("bad value of header {name}: {e}"))?;
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| BadAnswer::Header(e.to_string()))?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|e| BadAnswer::Header(format!("{name}: {e}")))?;
         headers.append(name, value);
     }
     let rest = &answer[head_len..];
@@ -113,7 +128,10 @@ fn parse(answer: &[u8]) -> Result<Response, String> {
         dechunk(rest)?
     } else if let Some(n) = length {
         rest.get(..n)
-            .ok_or_else(|| format!("the answer promised {n} bytes and sent {}", rest.len()))?
+            .ok_or(BadAnswer::ShortBody {
+                promised: n,
+                sent: rest.len(),
+            })?
             .to_vec()
     } else {
         rest.to_vec()
@@ -126,23 +144,23 @@ fn parse(answer: &[u8]) -> Result<Response, String> {
 }
 
 /// The body of a chunked answer.
-fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
+fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, BadAnswer> {
     let mut body = Vec::with_capacity(rest.len());
     loop {
         let line_end = rest
             .windows(2)
             .position(|w| w == b"\r\n")
-            .ok_or("a chunk size line is cut short")?;
-        let size_text = std::str::from_utf8(&rest[..line_end]).map_err(|_| "a chunk size is not text")?;
+            .ok_or(BadAnswer::Chunks("a size line is cut short"))?;
+        let size_text = std::str::from_utf8(&rest[..line_end]).map_err(|_| BadAnswer::Chunks("a size is not text"))?;
         let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| format!("bad chunk size {size_text:?}"))?;
+        let size = usize::from_str_radix(size_text, 16).map_err(|_| BadAnswer::Chunks("a size is not hexadecimal"))?;
         rest = &rest[line_end + 2..];
         if size == 0 {
             return Ok(body);
         }
-        let chunk = rest.get(..size).ok_or("a chunk is cut short")?;
+        let chunk = rest.get(..size).ok_or(BadAnswer::Chunks("a chunk is cut short"))?;
         body.extend_from_slice(chunk);
-        rest = rest.get(size + 2..).ok_or("a chunk is cut short")?;
+        rest = rest.get(size + 2..).ok_or(BadAnswer::Chunks("a chunk is cut short"))?;
     }
 }
 
@@ -167,13 +185,20 @@ mod tests {
         assert!(
             parse(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n{}")
                 .unwrap_err()
-                .contains("promised 9")
+                .to_string()
+                .contains("promised 9 bytes and sent 2")
         );
         assert!(
             parse(b"HTTP/1.1 200 OK\r\ncontent-")
                 .unwrap_err()
+                .to_string()
                 .contains("before a whole answer")
         );
-        assert!(parse(b"SSH-2.0-OpenSSH\r\n\r\n").unwrap_err().contains("not HTTP/1.1"));
+        assert!(
+            parse(b"SSH-2.0-OpenSSH\r\n\r\n")
+                .unwrap_err()
+                .to_string()
+                .contains("not HTTP/1.1")
+        );
     }
 }
