@@ -91,6 +91,7 @@ impl Agent {
             Arc::new(exchanger::AgentExchanger { shared: shared.clone() }),
             cancel,
         );
+        configure_limits(&cache, &shared.state().config);
         Ok(Arc::new(Agent {
             shared,
             cache,
@@ -216,6 +217,7 @@ impl Agent {
             });
         }
         self.cache.set_settings(RefreshSettings::from(&config.agent));
+        configure_limits(&self.cache, &config);
         let audit_changed = *self.shared.audit().target() != config.agent.audit_log;
         if audit_changed {
             *self.shared.audit.write().unwrap_or_else(|p| p.into_inner()) =
@@ -236,6 +238,23 @@ impl Agent {
             tracing::error!(error = %e, "cannot reopen the audit log");
         }
     }
+}
+
+/// Gives each provider's limiter its `max_concurrent` and `rate`; a miss waits for a turn at
+/// most `upstream_timeout`.
+fn configure_limits(cache: &Cache, config: &Config) {
+    let limits: Vec<(String, crate::cache::limits::Limits)> = config
+        .providers
+        .iter()
+        .map(|p| {
+            let limits = crate::cache::limits::Limits {
+                max_concurrent: p.max_concurrent,
+                rate: p.rate,
+            };
+            (p.name.clone(), limits)
+        })
+        .collect();
+    cache.limiters.configure(&limits, config.agent.upstream_timeout);
 }
 
 /// Reads and validates the configuration at `path`, as start and reload do.
