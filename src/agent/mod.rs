@@ -5,6 +5,7 @@
 //! tokens of `[[sink]]` files in [`sinks`].
 
 mod exchanger;
+mod persisted;
 mod request;
 mod sinks;
 mod status;

@@ -559,7 +559,11 @@ mod tests {
         assert_eq!(g.poll(t0), Poll::WaitUntil(t0 + Duration::from_millis(500)));
         assert_eq!(g.poll(t0 + Duration::from_millis(500)), Poll::Go(tickets[2]));
         let until = g.pause(t0 + Duration::from_millis(500), Duration::from_secs(2), 0.5);
-        assert_eq!(until, t0 + Duration::from_millis(2700), "at 0.5 s: 2 s + 20 % × 0.5 of jitter");
+        assert_eq!(
+            until,
+            t0 + Duration::from_millis(2700),
+            "at 0.5 s: 2 s + 20 % × 0.5 of jitter"
+        );
         assert_eq!(g.poll(t0 + Duration::from_secs(2)), Poll::WaitUntil(until));
         assert_eq!(g.poll(until), Poll::Go(tickets[3]));
         assert!(g.cancel(tickets[4]));

@@ -21,6 +21,7 @@ use crate::token::IssuedToken;
 
 mod key;
 pub mod limits;
+pub mod persist;
 mod schedule;
 
 pub use key::CacheKey;

@@ -15,6 +15,7 @@ pub mod fixture;
 mod grants;
 mod http;
 mod oauth;
+mod requests;
 #[cfg(test)]
 mod test_support;
 
@@ -33,6 +34,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::upstream::keys::{self, KeyAlg, SigningKey};
 
 pub use faults::{Fault, WRONG_AUDIENCE, WRONG_ISSUER};
+pub use requests::TokenRequest;
 
 /// Why the development provider could not start.
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +201,7 @@ struct Shared {
     token_endpoint: String,
     ca_pem: String,
     counters: AtomicCounters,
+    requests: requests::RequestLog,
     state: Mutex<State>,
 }
 
@@ -254,6 +257,7 @@ impl DevIdp {
             issuer,
             ca_pem,
             counters: AtomicCounters::default(),
+            requests: Default::default(),
             state: Mutex::new(State {
                 keys: vec![key],
                 trusted: Vec::new(),
@@ -304,11 +308,18 @@ impl DevIdp {
         }
     }
 
-    /// Sets every counter back to zero.
+    /// Sets every counter back to zero and empties the request log.
     pub fn reset_counters(&self) {
         for c in self.shared.counters.all() {
             c.store(0, Ordering::Relaxed);
         }
+        self.shared.requests.clear();
+    }
+
+    /// Every `/token` request since start (or the last [`DevIdp::reset_counters`]), in arrival
+    /// order, with the concurrency it arrived into and its answer.
+    pub fn token_requests(&self) -> Vec<TokenRequest> {
+        self.shared.requests.all()
     }
 
     pub fn set_fault(&self, f: Fault) {
