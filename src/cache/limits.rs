@@ -106,6 +106,16 @@ impl Gate {
         }
     }
 
+    /// The same gate with its bucket `fill` (0..1) full instead of full: the agent starts at a
+    /// random fill, so the agents of a fleet started together do not spend and refill their
+    /// buckets in step (with a rate of one per 96 s, each would otherwise send at 0 s, 96 s, ...).
+    pub fn with_fill(mut self, fill: f64) -> Gate {
+        if let Some(r) = self.limits.rate {
+            self.tokens = f64::from(r.count) * fill.clamp(0.0, 1.0);
+        }
+        self
+    }
+
     /// Changes the limits (a reload), keeping what is queued, in flight and paused.
     pub fn set_limits(&mut self, limits: Limits) {
         self.limits = limits;
@@ -178,8 +188,10 @@ impl Gate {
             return Poll::Idle;
         }
         self.refill(now);
+        // (A hair below one is one: rounding in the refill must not make a caller wait a
+        // microsecond at a time.)
         if let Some(rate) = self.limits.rate
-            && self.tokens < 1.0
+            && self.tokens < 1.0 - 1e-9
         {
             let per_token = rate.per.as_secs_f64() / f64::from(rate.count);
             let wait = Duration::from_secs_f64(((1.0 - self.tokens) * per_token).max(1e-6));
@@ -209,6 +221,23 @@ impl Gate {
         }
         self.sent += 1;
         Poll::Go(ticket)
+    }
+
+    /// How many misses are queued ahead of `ticket` (`None`: it is not a queued miss).
+    pub fn misses_ahead(&self, ticket: u64) -> Option<usize> {
+        self.misses.iter().position(|(_, t)| *t == ticket)
+    }
+
+    /// How long a miss with `ahead` misses before it would wait for its turn, as far as the
+    /// pause and the bucket tell (requests in flight aside): what a caller that cannot wait is
+    /// told to come back after.
+    pub fn turn_in(&mut self, now: Instant, ahead: usize) -> Duration {
+        let paused = self.paused_until(now).map_or(Duration::ZERO, |u| u - now);
+        let Some(rate) = self.limits.rate else { return paused };
+        self.refill(now);
+        let per_token = rate.per.as_secs_f64() / f64::from(rate.count);
+        let needed = (ahead as f64 + 1.0 - self.tokens).max(0.0);
+        paused.max(Duration::from_secs_f64(needed * per_token))
     }
 
     /// Undoes a [`Poll::Go`] whose caller had gone: it sent nothing.
@@ -269,7 +298,7 @@ impl Limiter {
         Arc::new(Limiter {
             name: name.to_string(),
             inner: Mutex::new(Inner {
-                gate: Gate::new(limits),
+                gate: Gate::new(limits).with_fill(fastrand::f64()),
                 waiting: HashMap::new(),
             }),
             miss_wait: RwLock::new(miss_wait),
@@ -334,14 +363,11 @@ impl Limiter {
             if give_up.is_some_and(|g| Instant::now() >= g) {
                 let mut inner = self.lock();
                 if inner.waiting.remove(&ticket).is_some() {
+                    let ahead = inner.gate.misses_ahead(ticket).unwrap_or(0);
                     inner.gate.cancel(ticket);
                     queued.ticket = None;
                     let now = Instant::now();
-                    let retry = inner
-                        .gate
-                        .paused_until(now)
-                        .map_or(Duration::from_secs(1), |u| u - now)
-                        .max(Duration::from_secs(1));
+                    let retry = inner.gate.turn_in(now, ahead).max(Duration::from_secs(1));
                     let paused = inner.gate.paused_until(now).is_some();
                     let mut e = ProviderError::unreachable(format!(
                         "provider {:?} is {}; this request waited {}s for a turn",
@@ -566,6 +592,13 @@ mod tests {
         );
         assert_eq!(g.poll(t0 + Duration::from_secs(2)), Poll::WaitUntil(until));
         assert_eq!(g.poll(until), Poll::Go(tickets[3]));
+        assert_eq!(g.misses_ahead(tickets[4]), Some(0));
+        assert_eq!(g.turn_in(until, 0), Duration::ZERO, "one token is left");
+        assert_eq!(
+            g.turn_in(until, 2),
+            Duration::from_millis(1000),
+            "two ahead: 0.5 s a token"
+        );
         assert!(g.cancel(tickets[4]));
         assert_eq!(g.poll(until), Poll::Idle);
         assert_eq!((g.sent, g.pauses), (4, 1));

@@ -31,7 +31,7 @@ pub use key::Source;
 pub use key::Spec;
 pub(crate) use key::{ExchangeFuture, Exchanger};
 pub use schedule::RefreshSettings;
-pub(crate) use schedule::{backoff, hand_out_floor, refresh_in};
+pub use schedule::{backoff, hand_out_floor, refresh_in};
 
 use schedule::jitter_unit;
 
