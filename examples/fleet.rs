@@ -648,7 +648,8 @@ fn scenario(name: &str, o: &Opts) -> (Sim, Report) {
                 from,
                 to: from + hour,
                 served_in,
-                capacity_time: Some(backlog as f64 / f64::from(o.capacity)),
+                // What the capacity leaves beside the steady renewals.
+                capacity_time: Some(backlog as f64 / (f64::from(o.capacity) - ideal).max(1.0)),
             };
             (sim, r)
         }

@@ -26,7 +26,8 @@ use crate::error::ProviderError;
 /// A renewal is urgent this long before its deadline (or a tenth of the lifetime, if shorter).
 pub const URGENT_WINDOW: Duration = Duration::from_secs(120);
 /// A pause asked for with `Retry-After` is lengthened by up to this fraction, at random, so the
-/// agents of a fleet paused together do not come back together.
+/// agents of a fleet paused together do not come back together (with a `rate`, their buckets
+/// also restart at a random phase).
 pub const PAUSE_JITTER: f64 = 0.2;
 /// The longest pause a `Retry-After` can impose.
 pub const MAX_PAUSE: Duration = Duration::from_secs(300);
@@ -259,8 +260,15 @@ impl Gate {
     /// 0..1 picks where) has passed. A longer running pause is kept.
     pub fn pause(&mut self, now: Instant, retry_after: Duration, unit: f64) -> Instant {
         let base = retry_after.min(MAX_PAUSE);
-        let until = now + base.mul_f64(1.0 + PAUSE_JITTER * unit.clamp(0.0, 1.0));
+        let unit = unit.clamp(0.0, 1.0);
+        let until = now + base.mul_f64(1.0 + PAUSE_JITTER * unit);
         self.pauses += 1;
+        // The bucket also starts again at a random phase (up to one refill later): agents
+        // refused in the same second would otherwise come back in step, at their next refill.
+        if self.limits.rate.is_some() {
+            self.refill(now);
+            self.tokens = self.tokens.min(0.0) - unit;
+        }
         let until = self.paused_until.map_or(until, |u| u.max(until));
         self.paused_until = Some(until);
         until
