@@ -257,3 +257,41 @@ async fn a_corrupted_state_file_is_moved_aside_and_the_agent_starts() {
         .collect();
     assert_eq!(aside.len(), 1, "moved aside: {aside:?}");
 }
+
+/// An attack from an unprivileged user: where `state_dir` lies in a directory everyone can
+/// write (like /tmp), the attacker makes it first, with a link planted as the key. The agent
+/// refuses the directory (and so never reads or writes through the link), and says why.
+#[tokio::test]
+async fn a_state_dir_an_attacker_made_first_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let mut h = Harness::new(Duration::from_secs(300), Setup::default()).await;
+    open_dir(h.fx.dir());
+    let shared = h.fx.dir().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let state = shared.join("state");
+    let victim = h.fx.dir().join("victim");
+    std::fs::write(&victim, "untouched\n").unwrap();
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"mkdir -m 0700 "$1" && ln -s "$2" "$1/state.key""#)
+        .arg("attacker")
+        .arg(&state)
+        .arg(&victim)
+        .uid(4242)
+        .gid(4242)
+        .status()
+        .unwrap();
+    assert!(status.success(), "the attacker prepared the directory");
+    h.stop().await;
+    h.config.agent.state_dir = Some(state.clone());
+    h.config.agent.persist_tokens = true;
+    h.write_config();
+    let err = cortexid::agent::load_config(&h.config_path).unwrap_err().to_string();
+    assert!(
+        err.contains("agent.state_dir") && err.contains("belongs to uid 4242"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched\n");
+}
