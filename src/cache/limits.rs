@@ -291,6 +291,8 @@ pub struct LimiterView {
 struct Inner {
     gate: Gate,
     waiting: HashMap<u64, oneshot::Sender<()>>,
+    /// The time a timer task will pump the gate at, if one is armed.
+    timer: Option<Instant>,
 }
 
 /// A [`Gate`] for async callers: [`Limiter::acquire`] waits for a turn.
@@ -308,6 +310,7 @@ impl Limiter {
             inner: Mutex::new(Inner {
                 gate: Gate::new(limits).with_fill(fastrand::f64()),
                 waiting: HashMap::new(),
+                timer: None,
             }),
             miss_wait: RwLock::new(miss_wait),
         })
@@ -317,8 +320,10 @@ impl Limiter {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Lets through every queued request the gate allows now; returns when to look again.
-    fn pump(&self) -> Option<Instant> {
+    /// Lets through every queued request the gate allows now. When the gate says "not before
+    /// T" (the bucket refills, a pause ends), one timer task pumps again at T, so waiters sleep on
+    /// their own turn only and a long queue does not wake all at once.
+    fn pump(self: &Arc<Self>) {
         let mut inner = self.lock();
         loop {
             match inner.gate.poll(Instant::now()) {
@@ -328,8 +333,26 @@ impl Limiter {
                         inner.gate.unsent();
                     }
                 }
-                Poll::WaitUntil(t) => return Some(t),
-                Poll::Idle => return None,
+                Poll::WaitUntil(t) => {
+                    if inner.timer.is_none_or(|armed| armed > t) {
+                        inner.timer = Some(t);
+                        let limiter = Arc::downgrade(self);
+                        tokio::spawn(async move {
+                            tokio::time::sleep_until(t).await;
+                            if let Some(l) = limiter.upgrade() {
+                                {
+                                    let mut inner = l.lock();
+                                    if inner.timer == Some(t) {
+                                        inner.timer = None;
+                                    }
+                                }
+                                l.pump();
+                            }
+                        });
+                    }
+                    return;
+                }
+                Poll::Idle => return,
             }
         }
     }
@@ -351,12 +374,8 @@ impl Limiter {
             limiter: self,
             ticket: Some(ticket),
         };
+        self.pump();
         loop {
-            let wake = self.pump();
-            let next = match (wake, give_up) {
-                (Some(w), Some(g)) => Some(w.min(g)),
-                (w, g) => w.or(g),
-            };
             tokio::select! {
                 biased;
                 granted = &mut rx => {
@@ -366,7 +385,7 @@ impl Limiter {
                         Err(_) => Err(ProviderError::local("the provider limiter was dropped")),
                     };
                 }
-                _ = sleep_until(next) => {}
+                _ = sleep_until(give_up) => {}
             }
             if give_up.is_some_and(|g| Instant::now() >= g) {
                 let mut inner = self.lock();
@@ -405,7 +424,7 @@ impl Limiter {
         );
     }
 
-    pub fn set_limits(&self, limits: Limits, miss_wait: Duration) {
+    pub fn set_limits(self: &Arc<Self>, limits: Limits, miss_wait: Duration) {
         self.lock().gate.set_limits(limits);
         *self.miss_wait.write().unwrap_or_else(|p| p.into_inner()) = miss_wait;
         self.pump();
@@ -628,5 +647,26 @@ mod tests {
         assert_eq!(l.view().in_flight, 1, "a renewal waits out the pause");
         drop(renew);
         assert_eq!((l.view().in_flight, l.view().sent), (0, 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queue_behind_the_bucket_is_let_through_one_turn_at_a_time() {
+        let l = Limiter::new("corp", limits(None, Some((1, 1))), Duration::from_secs(60));
+        let mut tasks = Vec::new();
+        for _ in 0..3 {
+            let l = l.clone();
+            tasks.push(tokio::spawn(async move {
+                l.acquire(renewal(Instant::now(), 3600)).await.map(|_| Instant::now())
+            }));
+        }
+        let mut at = Vec::new();
+        for t in tasks {
+            at.push(t.await.unwrap().unwrap());
+        }
+        at.sort();
+        for pair in at.windows(2) {
+            assert!(pair[1] - pair[0] >= Duration::from_millis(999), "{at:?}");
+        }
+        assert_eq!((l.view().sent, l.view().queued), (3, 0));
     }
 }
