@@ -63,6 +63,8 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::CheckConfig(args) => check_config::run(args),
         Command::Keygen(args) => keygen::run(args),
+        // Blocking, without a runtime: it runs once per token, so its start-up is its cost.
+        Command::Token(args) => token::run(args),
         command => match runtime() {
             Ok(rt) => rt.block_on(async move {
                 match command {
@@ -81,14 +83,13 @@ fn main() -> ExitCode {
                         }
                         dev::run(dir, uids, systemd::Notifier::from_env()).await
                     }
-                    Command::Token(args) => token::run(args).await,
                     Command::Identities(args) => identities::run(args).await,
                     Command::Status(args) => status::run(args).await,
                     Command::Doctor(args) => doctor::run(args).await,
                     Command::Login(args) => people::login(args).await,
                     Command::Logout(args) => people::logout(args).await,
                     Command::Whoami(args) => people::whoami(args).await,
-                    Command::CheckConfig(_) | Command::Keygen(_) => EXIT_USAGE,
+                    Command::CheckConfig(_) | Command::Keygen(_) | Command::Token(_) => EXIT_USAGE,
                 }
             }),
             Err(e) => {

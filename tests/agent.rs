@@ -340,7 +340,7 @@ async fn identities_and_health_describe_what_this_caller_may_do() {
 }
 
 #[tokio::test]
-async fn a_rotated_subject_credential_is_used_by_the_next_exchange() {
+async fn a_rotated_subject_credential_starts_a_new_cache_key_within_the_recheck_interval() {
     let h = Harness::new(Duration::from_secs(300), Setup::default()).await;
     let (_, first) = h.get(&token_path("payments", PAYMENTS, "")).await;
     assert_eq!(
@@ -349,12 +349,18 @@ async fn a_rotated_subject_credential_is_used_by_the_next_exchange() {
     );
     let rotated = h.mint_sa("system:serviceaccount:prod:payments-v2");
     write_secret(&h.sa_path, &rotated);
+    // README's promise: the file is looked at again at most CREDENTIAL_RECHECK after the last look.
+    tokio::time::sleep(cortexid::secrets::CREDENTIAL_RECHECK + Duration::from_millis(50)).await;
     let (status, second) = h.get(&token_path("payments", PAYMENTS, "")).await;
     assert_eq!(status, 200, "{second}");
     assert_eq!(
         claims(second["access_token"].as_str().unwrap())["sub"],
         "system:serviceaccount:prod:payments-v2"
     );
+    assert_eq!(h.idp.counters().exchanges, 2, "the new credential made a new key");
+    // The new key is the one served from now on, from the cache.
+    let (_, third) = h.get(&token_path("payments", PAYMENTS, "")).await;
+    assert_eq!(third["access_token"], second["access_token"]);
     assert_eq!(h.idp.counters().exchanges, 2);
 }
 

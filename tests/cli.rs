@@ -304,7 +304,14 @@ async fn cortexid_status_summarises_a_real_agents_health() {
     let text = tokio::task::spawn_blocking(move || (status(false), status(true)));
     let (text, json) = text.await.unwrap();
     assert!(text.starts_with("status: ok\n"), "{text}");
-    assert!(text.contains("providers:\n  corp: reachable\n"), "{text}");
+    let sent = &health["providers"]["corp"]["limits"]["sent"];
+    assert!(sent.as_u64().is_some_and(|n| n >= 2), "{health}");
+    assert!(
+        text.contains(&format!(
+            "providers:\n  corp: reachable; {sent} sent, 0 queued, 0 in flight, 0 pauses\n"
+        )),
+        "{text}"
+    );
     assert!(text.contains("cache: 2 entries\n"), "{text}");
     let keys = health["cache"]["keys"].as_array().unwrap();
     assert_eq!(keys.len(), 2, "{health}");

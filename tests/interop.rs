@@ -199,6 +199,8 @@ impl Interop {
                 ca_file: Some(ca.clone()),
                 client_id: client_id.into(),
                 auth,
+                max_concurrent: None,
+                rate: None,
             });
             config.identities.extend([
                 Identity::exchange(&format!("{name}-exchange"), name, d.join("sa.jwt"))

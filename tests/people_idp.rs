@@ -51,6 +51,8 @@ async fn setup() -> Setup {
         client_auth: ClientAuth::None,
         verify_tokens: true,
         target_parameter: None,
+        max_concurrent: None,
+        rate: None,
     };
     let client = ProviderClient::new(Arc::new(settings), Duration::from_secs(10)).unwrap();
     let http = reqwest::Client::builder()

@@ -18,7 +18,9 @@ use super::Shared;
 pub(super) fn providers_for(config: &Config, current: Option<&Providers>) -> Result<Providers, ProviderSetupError> {
     let mut out = HashMap::new();
     for p in &config.providers {
-        let reuse = current.and_then(|c| c.get(&p.name)).filter(|c| **c.settings() == **p);
+        let reuse = current
+            .and_then(|c| c.get(&p.name))
+            .filter(|c| c.settings().same_client(p));
         let client = match reuse {
             Some(c) => c.clone(),
             None => Arc::new(

@@ -6,6 +6,7 @@
 
 mod exchanger;
 mod people;
+mod persisted;
 mod request;
 mod sinks;
 mod status;
@@ -100,6 +101,7 @@ impl Agent {
             cancel.clone(),
         );
         let people = people::start(&shared, &cache, state_store.clone(), cancel);
+        configure_limits(&cache, &shared.state().config);
         Ok(Arc::new(Agent {
             shared,
             cache,
@@ -252,6 +254,7 @@ impl Agent {
             let mut kubelet = self.kubelet.write().unwrap_or_else(|p| p.into_inner());
             *kubelet = kubelet_for(&config, kubelet.as_ref());
         }
+        configure_limits(&self.cache, &config);
         let audit_changed = *self.shared.audit().target() != config.agent.audit_log;
         if audit_changed {
             *self.shared.audit.write().unwrap_or_else(|p| p.into_inner()) =
@@ -285,6 +288,23 @@ fn kubelet_for(config: &Config, current: Option<&Arc<crate::caller::Kubelet>>) -
             config.agent.upstream_timeout,
         ))),
     }
+}
+
+/// Gives each provider's limiter its `max_concurrent` and `rate`; a miss waits for a turn at
+/// most `upstream_timeout`.
+fn configure_limits(cache: &Cache, config: &Config) {
+    let limits: Vec<(String, crate::cache::limits::Limits)> = config
+        .providers
+        .iter()
+        .map(|p| {
+            let limits = crate::cache::limits::Limits {
+                max_concurrent: p.max_concurrent,
+                rate: p.rate,
+            };
+            (p.name.clone(), limits)
+        })
+        .collect();
+    cache.limiters.configure(&limits, config.agent.upstream_timeout);
 }
 
 /// Reads and validates the configuration at `path`, as start and reload do.

@@ -351,7 +351,13 @@ impl Agent {
             }),
             session: session.as_ref().map(|s| s.audit_ref()),
         };
-        if let Err(e) = self.shared.audit().write_event("token.issued", &event) {
+        // The line is rendered now; the answer waits until its batch is written.
+        let line = crate::output::audit::render("token.issued", &event);
+        let written = match line {
+            Ok(line) => self.shared.audit().commit_line("token.issued", &line).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
             tracing::error!(error = %e, fingerprint = %token.fingerprint, "cannot write the token.issued audit event");
             if config.agent.audit_failure == AuditFailure::Closed {
                 return Err(ApiError::new(

@@ -22,6 +22,9 @@ impl Agent {
             let h = p.health();
             unreachable |= h.reachable == Some(false);
             let mut view = serde_json::json!({"reachable": h.reachable.unwrap_or(false)});
+            if let Some(l) = self.cache.limiters.get(name) {
+                view["limits"] = serde_json::to_value(l.view()).unwrap_or_default();
+            }
             if details {
                 view["last_error"] = h.last_error.into();
             }
@@ -77,6 +80,20 @@ impl Agent {
             sink_writes: self.sinks.writes(),
             sink_failures: self.sinks.failures(),
             providers_up,
+            limits: self
+                .cache
+                .limiters
+                .views()
+                .into_iter()
+                .map(|v| crate::output::metrics::LimitGauges {
+                    provider: v.provider,
+                    queued: v.queued as u64,
+                    in_flight: u64::from(v.in_flight),
+                    paused_seconds: v.paused_for.unwrap_or(0.0),
+                    pauses: v.pauses,
+                    sent: v.sent,
+                })
+                .collect(),
         })
     }
 }

@@ -61,29 +61,31 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>, cancel: Cancellati
                 continue;
             }
         };
-        let attested = Arc::new(caller::attest(cred.uid(), cred.gid(), cred.pid(), accepted_ticks));
-        // A caller's pod is looked up at the kubelet once per connection, at its first request
-        // (off the accept loop: the kubelet may take a moment).
-        let seen = Arc::new(tokio::sync::OnceCell::new());
         let agent = agent.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let agent = agent.clone();
-            let attested = attested.clone();
-            let seen = seen.clone();
-            async move {
-                let caller = seen.get_or_init(|| agent.with_pod(&attested)).await;
-                Ok::<_, Infallible>(handle(&agent, caller, req).await)
-            }
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .max_buf_size(MAX_HEADERS * 4)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let watcher = graceful.watcher();
+        // Attested in the connection's own task, not here: the `/proc` reads of one caller do
+        // not hold up the next accept, and the runtime's workers attest connections side by side.
         tokio::spawn(async move {
             let _guard = guard;
-            if let Err(e) = conn.await {
+            let attested = Arc::new(caller::attest(cred.uid(), cred.gid(), cred.pid(), accepted_ticks));
+            // A caller's pod is looked up at the kubelet once per connection, at its first
+            // request (the kubelet may take a moment).
+            let seen = Arc::new(tokio::sync::OnceCell::new());
+            let service = hyper::service::service_fn(move |req| {
+                let agent = agent.clone();
+                let attested = attested.clone();
+                let seen = seen.clone();
+                async move {
+                    let caller = seen.get_or_init(|| agent.with_pod(&attested)).await;
+                    Ok::<_, Infallible>(handle(&agent, caller, req).await)
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_HEADERS * 4)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });

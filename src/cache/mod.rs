@@ -20,6 +20,8 @@ use crate::error::{ApiError, ErrorKind, ProviderError};
 use crate::token::IssuedToken;
 
 mod key;
+pub mod limits;
+pub mod persist;
 mod schedule;
 
 pub use key::CacheKey;
@@ -29,7 +31,7 @@ pub use key::Source;
 pub use key::Spec;
 pub(crate) use key::{ExchangeFuture, Exchanger};
 pub use schedule::RefreshSettings;
-pub(crate) use schedule::{backoff, hand_out_floor, refresh_in};
+pub use schedule::{backoff, hand_out_floor, refresh_in};
 
 use schedule::jitter_unit;
 
@@ -113,6 +115,8 @@ pub struct Cache {
     exchanger: Arc<dyn Exchanger>,
     cancel: CancellationToken,
     pub counters: CacheCounters,
+    /// Provider-wide limits and pauses (`limits.rs`), one limiter per provider.
+    pub limiters: limits::Limiters,
     /// [`MAX_KEYS`] and [`MAX_KEYS_PER_UID`] (smaller in unit tests).
     max_keys: usize,
     max_keys_per_uid: usize,
@@ -197,6 +201,7 @@ impl Cache {
             exchanger,
             cancel,
             counters: CacheCounters::default(),
+            limiters: Default::default(),
             max_keys,
             max_keys_per_uid,
         });
@@ -393,12 +398,17 @@ impl Cache {
         }
         let (tx, rx) = watch::channel(None);
         st.inflight = Some(rx.clone());
+        let want = self.want(st, reason);
         let cache = self.clone();
         let entry = entry.clone();
         tokio::spawn(async move {
             use std::sync::atomic::Ordering::Relaxed;
             cache.counters.exchanges.fetch_add(1, Relaxed);
-            let result = cache.exchanger.exchange(entry.spec.clone(), reason).await.map(Arc::new);
+            let exchange = cache.exchanger.exchange(entry.spec.clone(), reason);
+            let provider = &entry.spec.identity.provider;
+            let result = limits::limited(&cache.limiters, provider, want, exchange)
+                .await
+                .map(Arc::new);
             {
                 let mut st = entry.lock();
                 st.inflight = None;
@@ -419,6 +429,21 @@ impl Cache {
             let _ = tx.send(Some(result));
         });
         rx
+    }
+
+    /// How a fetch waits at the provider's limiter: a renewal by the moment its token falls
+    /// below the hand-out floor, anything else as a miss.
+    fn want(&self, st: &State, reason: FetchReason) -> limits::Want {
+        match (&st.token, reason) {
+            (Some(t), FetchReason::Renewal) => {
+                let floor = hand_out_floor(t.lifetime, self.settings().min_remaining, Duration::ZERO);
+                limits::Want::Renewal {
+                    deadline: t.expires_at.checked_sub(floor).unwrap_or(t.expires_at),
+                    lifetime: t.lifetime,
+                }
+            }
+            _ => limits::Want::Miss,
+        }
     }
 
     fn ensure_refresher(self: &Arc<Self>, entry: &Arc<Entry>, st: &mut State) {

@@ -28,7 +28,7 @@ impl From<&AgentSettings> for RefreshSettings {
 
 /// The least remaining lifetime a token may be handed out with:
 /// `max(min_valid, min(min_remaining, lifetime/4))`.
-pub(crate) fn hand_out_floor(lifetime: Duration, min_remaining: Duration, min_valid: Duration) -> Duration {
+pub fn hand_out_floor(lifetime: Duration, min_remaining: Duration, min_valid: Duration) -> Duration {
     min_valid.max(min_remaining.min(lifetime / 4))
 }
 
@@ -36,7 +36,7 @@ pub(crate) fn hand_out_floor(lifetime: Duration, min_remaining: Duration, min_va
 /// `jitter × lifetime` (`unit` in -1..=1 picks where in the jitter band), but early enough that
 /// the token is still servable (above the hand-out floor, with a small margin for the exchange
 /// itself) and never sooner than a tenth of the lifetime.
-pub(crate) fn refresh_in(lifetime: Duration, s: &RefreshSettings, unit: f64) -> Duration {
+pub fn refresh_in(lifetime: Duration, s: &RefreshSettings, unit: f64) -> Duration {
     let l = lifetime.as_secs_f64();
     let wanted = l * (s.refresh_at + s.refresh_jitter * unit.clamp(-1.0, 1.0));
     let floor = hand_out_floor(lifetime, s.min_remaining, Duration::ZERO).as_secs_f64();
@@ -47,7 +47,7 @@ pub(crate) fn refresh_in(lifetime: Duration, s: &RefreshSettings, unit: f64) -> 
 
 /// Exponential backoff with full jitter: uniform in `[0, min(60 s, 1 s × 2^(attempt-1))]`, but at
 /// least what the provider asked for with `Retry-After`.
-pub(crate) fn backoff(attempt: u32, unit: f64, retry_after: Option<Duration>) -> Duration {
+pub fn backoff(attempt: u32, unit: f64, retry_after: Option<Duration>) -> Duration {
     let cap = 2f64.powi(attempt.saturating_sub(1).min(6) as i32).min(60.0);
     let d = Duration::from_secs_f64(cap * unit.clamp(0.0, 1.0));
     retry_after.map_or(d, |r| d.max(r.min(Duration::from_secs(300))))

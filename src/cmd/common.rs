@@ -229,6 +229,11 @@ mod tests {
         }
     }
 
+    /// `token` blocks on its socket: off the runtime that serves the stand-in agent.
+    async fn run_token(args: TokenArgs) -> i32 {
+        tokio::task::spawn_blocking(move || token::run(args)).await.unwrap()
+    }
+
     #[tokio::test]
     async fn commands_return_the_right_exit_codes() {
         let dir = tempfile::tempdir().unwrap();
@@ -236,20 +241,20 @@ mod tests {
         let socket = SocketArg {
             socket: Some(path.clone()),
         };
-        assert_eq!(token::run(token_args(&path, "https://ok")).await, EXIT_OK);
-        assert_eq!(token::run(token_args(&path, "denied")).await, EXIT_FAILURE);
-        assert_eq!(token::run(token_args(&path, "busy")).await, EXIT_FAILURE);
-        assert_eq!(token::run(token_args(&path, "garbage")).await, EXIT_FAILURE);
-        assert_eq!(token::run(token_args(&path, " ")).await, EXIT_USAGE);
+        assert_eq!(run_token(token_args(&path, "https://ok")).await, EXIT_OK);
+        assert_eq!(run_token(token_args(&path, "denied")).await, EXIT_FAILURE);
+        assert_eq!(run_token(token_args(&path, "busy")).await, EXIT_FAILURE);
+        assert_eq!(run_token(token_args(&path, "garbage")).await, EXIT_FAILURE);
+        assert_eq!(run_token(token_args(&path, " ")).await, EXIT_USAGE);
         let mut with_file = token_args(&path, "https://ok");
         with_file.actor_token_file = Some(dir.path().join("missing.jwt"));
-        assert_eq!(token::run(with_file).await, EXIT_FAILURE);
+        assert_eq!(run_token(with_file).await, EXIT_FAILURE);
         let actor = dir.path().join("actor.jwt");
         std::fs::write(&actor, "eyJ.actor.sig\n").unwrap();
         let mut with_file = token_args(&path, "https://ok");
         with_file.actor_token_file = Some(actor);
         with_file.format = OutputFormat::Google;
-        assert_eq!(token::run(with_file).await, EXIT_OK);
+        assert_eq!(run_token(with_file).await, EXIT_OK);
         let ids = IdentitiesArgs { socket: socket.clone() };
         assert_eq!(identities::run(ids).await, EXIT_OK);
         assert_eq!(
@@ -287,7 +292,7 @@ mod tests {
             socket: Some(dir.path().join("none.sock")),
         };
         assert_eq!(
-            token::run(token_args(&dir.path().join("none.sock"), "a")).await,
+            run_token(token_args(&dir.path().join("none.sock"), "a")).await,
             EXIT_FAILURE
         );
         assert_eq!(

@@ -94,6 +94,20 @@ pub(crate) fn format_status(h: &serde_json::Value) -> String {
             if let Some(err) = p["last_error"].as_str().filter(|e| !e.is_empty()) {
                 out.push_str(&format!(" (last error: {err})"));
             }
+            let limits = &p["limits"];
+            if limits.is_object() {
+                let n = |f: &str| limits[f].as_u64().unwrap_or(0);
+                out.push_str(&format!(
+                    "; {} sent, {} queued, {} in flight, {} pauses",
+                    n("sent"),
+                    n("queued"),
+                    n("in_flight"),
+                    n("pauses")
+                ));
+                if let Some(s) = limits["paused_for"].as_f64() {
+                    out.push_str(&format!(", paused for {s:.1}s more (the provider asked: Retry-After)"));
+                }
+            }
             out.push('\n');
         }
     }

@@ -198,6 +198,22 @@ pub struct ProviderSettings {
     /// Which parameter carries the audience; none means `audience` for token exchange and
     /// `resource` for client credentials.
     pub target_parameter: Option<TargetParameter>,
+    /// Requests in flight to this provider at most, for the agent as a whole (none: no limit).
+    pub max_concurrent: Option<u32>,
+    /// Exchanges per second to this provider at most, a token bucket of `rate.count` (none: no
+    /// limit). Misses go before renewals.
+    pub rate: Option<Rate>,
+}
+
+impl ProviderSettings {
+    /// Whether `other` needs the same client (everything but the limits, which change in place).
+    pub fn same_client(&self, other: &ProviderSettings) -> bool {
+        ProviderSettings {
+            max_concurrent: other.max_concurrent,
+            rate: other.rate,
+            ..self.clone()
+        } == *other
+    }
 }
 
 /// The OAuth grant an identity's tokens are obtained with.

@@ -67,6 +67,20 @@ impl Validator<'_> {
             if p.client_id.is_empty() {
                 self.problem(&at("provider", i, "client_id"), "must not be empty".into());
             }
+            if p.max_concurrent == Some(0) {
+                self.problem(
+                    &at("provider", i, "max_concurrent"),
+                    "0 would send nothing; use 1 or more, or leave it out for no limit".into(),
+                );
+            }
+            let max_concurrent = p.max_concurrent.filter(|m| *m > 0);
+            let rate = p.rate.as_ref().and_then(|r| match crate::config::Rate::parse(r) {
+                Ok(rate) => Some(rate),
+                Err(e) => {
+                    self.problem(&at("provider", i, "rate"), e.to_string());
+                    None
+                }
+            });
             out.push(Arc::new(ProviderSettings {
                 name: p.name.clone(),
                 issuer,
@@ -77,6 +91,8 @@ impl Validator<'_> {
                 client_auth,
                 verify_tokens: p.verify_tokens.unwrap_or(true),
                 target_parameter,
+                max_concurrent,
+                rate,
             }));
         }
         out

@@ -73,6 +73,8 @@ pub(super) struct RawProvider {
     pub(super) key_id: Option<String>,
     pub(super) verify_tokens: Option<bool>,
     pub(super) target_parameter: Option<String>,
+    pub(super) max_concurrent: Option<u32>,
+    pub(super) rate: Option<String>,
 }
 
 /// One entry of an identity's `trusted_issuers`.

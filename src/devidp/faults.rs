@@ -31,6 +31,8 @@ pub enum Fault {
     Status(u16),
     /// Like [`Fault::Status`], with `Retry-After: secs` whatever the status.
     StatusRetryAfter(u16, u64),
+    /// Like [`Fault::StatusRetryAfter`] for the next request only; then normal service.
+    OnceRetryAfter(u16, u64),
     /// Accept the request and never answer (the connection stays open until shutdown).
     Hang,
     /// Answer normally, but only after this delay.
@@ -59,8 +61,16 @@ pub enum Fault {
 /// connection), or `None` to serve it (after [`Fault::Delay`]; the token-shaping faults apply when
 /// the token is issued).
 pub(super) async fn before_token(shared: &Shared, close: &Notify) -> Option<Resp> {
-    let fault = lock(&shared.state).fault;
+    let fault = {
+        let mut st = lock(&shared.state);
+        let fault = st.fault;
+        if let Fault::OnceRetryAfter(..) = fault {
+            st.fault = Fault::None;
+        }
+        fault
+    };
     match fault {
+        Fault::OnceRetryAfter(code, secs) => Some(fault_response(code, Some(secs))),
         Fault::Status(code) => Some(fault_response(code, (code == 429 || code == 503).then_some(1))),
         Fault::StatusRetryAfter(code, secs) => Some(fault_response(code, Some(secs))),
         Fault::Hang => std::future::pending().await,

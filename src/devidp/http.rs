@@ -178,25 +178,10 @@ async fn handle(shared: Arc<Shared>, close: Arc<Notify>, req: Request<Incoming>)
         }
         "/token" => {
             bump(&shared.counters.token_requests);
-            if let Some(answer) = faults::before_token(&shared, &close).await {
-                return answer;
-            }
-            if req.method() != Method::POST {
-                return method_not_allowed("POST");
-            }
-            let headers = req.headers().clone();
-            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(_) => {
-                    return error_response(&OAuthError::invalid_request(format!(
-                        "the request body is unreadable or larger than {MAX_BODY} bytes"
-                    )));
-                }
-            };
-            match shared.token(&headers, &body) {
-                Ok(v) => json_response(StatusCode::OK, &v, true),
-                Err(e) => error_response(&e),
-            }
+            let seen = shared.requests.arrive();
+            let answer = token(&shared, &close, req).await;
+            seen.answered(answer.status().as_u16());
+            answer
         }
         path if super::signin::ROUTES.contains(&path) => super::signin::handle(&shared, req).await,
         other => json_response(
@@ -204,6 +189,29 @@ async fn handle(shared: Arc<Shared>, close: Arc<Notify>, req: Request<Incoming>)
             &json!({"error": "not_found", "error_description": format!("no such endpoint: {other}")}),
             false,
         ),
+    }
+}
+
+/// `/token`: the injected fault, else the grant.
+async fn token(shared: &Arc<Shared>, close: &Notify, req: Request<Incoming>) -> Resp {
+    if let Some(answer) = faults::before_token(shared, close).await {
+        return answer;
+    }
+    if req.method() != Method::POST {
+        return method_not_allowed("POST");
+    }
+    let headers = req.headers().clone();
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error_response(&OAuthError::invalid_request(format!(
+                "the request body is unreadable or larger than {MAX_BODY} bytes"
+            )));
+        }
+    };
+    match shared.token(&headers, &body) {
+        Ok(v) => json_response(StatusCode::OK, &v, true),
+        Err(e) => error_response(&e),
     }
 }
 

@@ -19,6 +19,7 @@ mod grants;
 mod http;
 mod oauth;
 mod people;
+mod requests;
 mod session_grants;
 mod signin;
 #[cfg(test)]
@@ -40,6 +41,7 @@ use crate::upstream::keys::{self, KeyAlg, SigningKey};
 
 pub use faults::{Fault, WRONG_AUDIENCE, WRONG_ISSUER};
 pub use people::{PeopleCounters, person_sub};
+pub use requests::TokenRequest;
 pub use signin::SignInRefused;
 
 /// Why the development provider could not start.
@@ -207,6 +209,7 @@ struct Shared {
     token_endpoint: String,
     ca_pem: String,
     counters: AtomicCounters,
+    requests: requests::RequestLog,
     state: Mutex<State>,
     /// People: sign-ins, codes, grants (`people.rs`); locked before `state` when both are.
     people: Mutex<people::PeopleState>,
@@ -265,6 +268,7 @@ impl DevIdp {
             issuer,
             ca_pem,
             counters: AtomicCounters::default(),
+            requests: Default::default(),
             state: Mutex::new(State {
                 keys: vec![key],
                 trusted: Vec::new(),
@@ -317,12 +321,19 @@ impl DevIdp {
         }
     }
 
-    /// Sets every counter back to zero.
+    /// Sets every counter back to zero and empties the request log.
     pub fn reset_counters(&self) {
         self.reset_people_counters();
         for c in self.shared.counters.all() {
             c.store(0, Ordering::Relaxed);
         }
+        self.shared.requests.clear();
+    }
+
+    /// Every `/token` request since start (or the last [`DevIdp::reset_counters`]), in arrival
+    /// order, with the concurrency it arrived into and its answer.
+    pub fn token_requests(&self) -> Vec<TokenRequest> {
+        self.shared.requests.all()
     }
 
     pub fn set_fault(&self, f: Fault) {

@@ -1,18 +1,21 @@
 //! Audit events (`docs/audit.md`): one JSON object per line, to a file, the journal, or stderr.
 //!
-//! Writing is synchronous and complete before a token is handed out: with
-//! `audit_failure = "closed"` a `token.issued` event that cannot be written means no token.
-//! Events never hold a token or secret; tokens are named by `jti` and fingerprint.
+//! Writing is complete before a token is handed out: with `audit_failure = "closed"` a
+//! `token.issued` event that cannot be written means no token. `token.issued` lines of requests
+//! answered at the same moment share one write ([`Audit::commit_line`], `group_commit.rs`);
+//! other events are written one by one. Events never hold a token or secret; tokens are named by
+//! `jti` and fingerprint.
 
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::AuditTarget;
+
+use super::group_commit::GroupCommit;
 
 /// How often a file sink checks whether log rotation moved its file away.
 const ROTATION_CHECK: Duration = Duration::from_secs(1);
@@ -44,7 +47,7 @@ pub(crate) fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
 
 /// The audit log.
 pub struct Audit {
-    writer: Mutex<Writer>,
+    writer: GroupCommit<Writer>,
     target: AuditTarget,
 }
 
@@ -85,7 +88,7 @@ impl Audit {
             AuditTarget::Journal => Writer::Journal(UnixDatagram::unbound().ok()),
         };
         Audit {
-            writer: Mutex::new(writer),
+            writer: GroupCommit::new(writer),
             target: target.clone(),
         }
     }
@@ -96,7 +99,7 @@ impl Audit {
 
     /// Reopens a file target (SIGHUP, log rotation).
     pub(crate) fn reopen(&self) -> std::io::Result<()> {
-        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut w = self.writer.target();
         if let Writer::File {
             path,
             file,
@@ -129,63 +132,85 @@ impl Audit {
     /// Like [`write`](Self::write) for any value that serialises as a JSON object (a typed event
     /// struct on the hot path, so no intermediate map is built).
     pub(crate) fn write_event<T: serde::Serialize + ?Sized>(&self, event: &str, fields: &T) -> std::io::Result<()> {
-        let mut line = Vec::with_capacity(512);
-        line.extend_from_slice(b"{\"ts\":\"");
-        line.extend_from_slice(crate::token::rfc3339_millis(SystemTime::now()).as_bytes());
-        line.extend_from_slice(b"\",\"event\":");
-        serde_json::to_writer(&mut line, event).map_err(std::io::Error::other)?;
-        let body = serde_json::to_vec(fields).map_err(std::io::Error::other)?;
-        match body.as_slice() {
-            [b'{', b'}'] => line.push(b'}'),
-            [b'{', rest @ ..] => {
-                line.push(b',');
-                line.extend_from_slice(rest);
-            }
-            _ => return Err(std::io::Error::other("an audit event's fields must be a JSON object")),
+        let line = render(event, fields)?;
+        write_lines(&mut self.writer.target(), event, &line)
+    }
+
+    /// Writes one line [`render`]ed for `event` in a batch with the lines other requests commit
+    /// at the same moment; returns once the batch was written, or with the error that every line
+    /// of the batch shares. The journal takes one datagram per event, so its lines go one by one.
+    pub(crate) async fn commit_line(&self, event: &str, line: &[u8]) -> std::io::Result<()> {
+        if matches!(self.target, AuditTarget::Journal) {
+            return write_lines(&mut self.writer.target(), event, line);
         }
-        line.push(b'\n');
-        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        match &mut *w {
-            Writer::Stderr => {
-                let mut err = std::io::stderr().lock();
-                err.write_all(&line)?;
-                err.flush()
-            }
-            Writer::Journal(sock) => {
-                let sock = sock
-                    .as_ref()
-                    .ok_or_else(|| std::io::Error::other("no journal socket"))?;
-                let message = &line[..line.len() - 1];
-                let mut datagram = Vec::with_capacity(message.len() + 96);
-                datagram.extend_from_slice(b"SYSLOG_IDENTIFIER=cortexid-audit\nCORTEXID_EVENT=");
-                datagram.extend_from_slice(event.as_bytes());
-                datagram.extend_from_slice(b"\nPRIORITY=6\nMESSAGE\n");
-                datagram.extend_from_slice(&(message.len() as u64).to_le_bytes());
-                datagram.extend_from_slice(message);
-                datagram.push(b'\n');
-                sock.send_to(&datagram, JOURNAL_SOCKET).map(|_| ())
-            }
-            Writer::File {
-                path,
-                file,
-                ino,
-                checked,
-            } => {
-                // Log rotation: the file we hold was moved away or deleted; follow the path.
-                if file.is_none() || checked.elapsed() >= ROTATION_CHECK {
-                    *checked = Instant::now();
-                    let current = std::fs::metadata(&*path).ok().map(|m| (m.dev(), m.ino()));
-                    if file.is_none() || current != *ino {
-                        let (f, i) = open_append(path)?;
-                        *file = Some(f);
-                        *ino = Some(i);
-                    }
+        self.writer.commit(line, |w, lines| write_lines(w, event, lines)).await
+    }
+}
+
+/// One event as its audit line: `{"ts":..., "event": name, ...fields}` and a newline.
+pub(crate) fn render<T: serde::Serialize + ?Sized>(event: &str, fields: &T) -> std::io::Result<Vec<u8>> {
+    let mut line = Vec::with_capacity(512);
+    line.extend_from_slice(b"{\"ts\":\"");
+    line.extend_from_slice(crate::token::rfc3339_millis(SystemTime::now()).as_bytes());
+    line.extend_from_slice(b"\",\"event\":");
+    serde_json::to_writer(&mut line, event).map_err(std::io::Error::other)?;
+    let start = line.len();
+    serde_json::to_writer(&mut line, fields).map_err(std::io::Error::other)?;
+    match line.get(start..) {
+        Some(b"{}") => {
+            line.truncate(start);
+            line.push(b'}');
+        }
+        Some([b'{', ..]) => line[start] = b',',
+        _ => return Err(std::io::Error::other("an audit event's fields must be a JSON object")),
+    }
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// Writes complete lines (one or more, each ending in a newline) to the target; `event` names
+/// them for the journal, which only ever gets one line at a time.
+fn write_lines(w: &mut Writer, event: &str, lines: &[u8]) -> std::io::Result<()> {
+    match w {
+        Writer::Stderr => {
+            let mut err = std::io::stderr().lock();
+            err.write_all(lines)?;
+            err.flush()
+        }
+        Writer::Journal(sock) => {
+            let sock = sock
+                .as_ref()
+                .ok_or_else(|| std::io::Error::other("no journal socket"))?;
+            let message = lines.strip_suffix(b"\n").unwrap_or(lines);
+            let mut datagram = Vec::with_capacity(message.len() + 96);
+            datagram.extend_from_slice(b"SYSLOG_IDENTIFIER=cortexid-audit\nCORTEXID_EVENT=");
+            datagram.extend_from_slice(event.as_bytes());
+            datagram.extend_from_slice(b"\nPRIORITY=6\nMESSAGE\n");
+            datagram.extend_from_slice(&(message.len() as u64).to_le_bytes());
+            datagram.extend_from_slice(message);
+            datagram.push(b'\n');
+            sock.send_to(&datagram, JOURNAL_SOCKET).map(|_| ())
+        }
+        Writer::File {
+            path,
+            file,
+            ino,
+            checked,
+        } => {
+            // Log rotation: the file we hold was moved away or deleted; follow the path.
+            if file.is_none() || checked.elapsed() >= ROTATION_CHECK {
+                *checked = Instant::now();
+                let current = std::fs::metadata(&*path).ok().map(|m| (m.dev(), m.ino()));
+                if file.is_none() || current != *ino {
+                    let (f, i) = open_append(path)?;
+                    *file = Some(f);
+                    *ino = Some(i);
                 }
-                let f = file
-                    .as_mut()
-                    .ok_or_else(|| std::io::Error::other("audit log not open"))?;
-                f.write_all(&line)
             }
+            let f = file
+                .as_mut()
+                .ok_or_else(|| std::io::Error::other("audit log not open"))?;
+            f.write_all(lines)
         }
     }
 }

@@ -60,6 +60,17 @@ pub(crate) struct Gauges {
     pub sink_writes: u64,
     pub sink_failures: u64,
     pub providers_up: Vec<(String, bool)>,
+    pub limits: Vec<LimitGauges>,
+}
+
+/// One provider's limiter: its queue, what is in flight, its pause, what it let through.
+pub(crate) struct LimitGauges {
+    pub provider: String,
+    pub queued: u64,
+    pub in_flight: u64,
+    pub paused_seconds: f64,
+    pub pauses: u64,
+    pub sent: u64,
 }
 
 impl Metrics {
@@ -205,6 +216,45 @@ impl Metrics {
                 u8::from(*up)
             )?;
         }
+        type Field = fn(&LimitGauges) -> String;
+        let limits: [(&str, &str, &str, Field); 5] = [
+            (
+                "cortexid_provider_queue",
+                "gauge",
+                "Exchanges waiting for a turn at the provider's limits.",
+                |l| l.queued.to_string(),
+            ),
+            (
+                "cortexid_provider_in_flight",
+                "gauge",
+                "Requests to the provider in flight.",
+                |l| l.in_flight.to_string(),
+            ),
+            (
+                "cortexid_provider_paused_seconds",
+                "gauge",
+                "Time left of a pause the provider asked for with Retry-After.",
+                |l| l.paused_seconds.to_string(),
+            ),
+            (
+                "cortexid_provider_pauses_total",
+                "counter",
+                "Pauses the provider asked for with 429/503 and Retry-After.",
+                |l| l.pauses.to_string(),
+            ),
+            (
+                "cortexid_provider_exchanges_sent_total",
+                "counter",
+                "Exchanges let through the provider's limits.",
+                |l| l.sent.to_string(),
+            ),
+        ];
+        for (name, kind, help, field) in limits {
+            writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}")?;
+            for l in &g.limits {
+                writeln!(out, "{name}{{provider=\"{}\"}} {}", escape(&l.provider), field(l))?;
+            }
+        }
         Ok(())
     }
 }
@@ -233,7 +283,18 @@ mod tests {
             sink_writes: 0,
             sink_failures: 0,
             providers_up: vec![("corp".into(), true)],
+            limits: vec![LimitGauges {
+                provider: "corp".into(),
+                queued: 4,
+                in_flight: 2,
+                paused_seconds: 1.5,
+                pauses: 1,
+                sent: 9,
+            }],
         });
+        assert!(text.contains("cortexid_provider_queue{provider=\"corp\"} 4"), "{text}");
+        assert!(text.contains("cortexid_provider_paused_seconds{provider=\"corp\"} 1.5"));
+        assert!(text.contains("cortexid_provider_exchanges_sent_total{provider=\"corp\"} 9"));
         assert!(text.contains("cortexid_requests_total{endpoint=\"token\",outcome=\"ok\"} 2"));
         assert!(text.contains("cortexid_exchange_duration_seconds_bucket{provider=\"corp\",le=\"0.05\"} 1"));
         assert!(text.contains("cortexid_exchange_duration_seconds_bucket{provider=\"corp\",le=\"0.025\"} 0"));

@@ -359,49 +359,63 @@ pub(crate) fn authorize_with(
         .filter(|r| r.identities.iter().any(|i| i == identity_name))
         .collect();
 
-    let mut audiences: Vec<&String> = Vec::new();
-    for role in &granting {
-        for a in role_audiences(role, &identity) {
-            if !audiences.contains(&a) {
-                audiences.push(a);
+    // The hot path (an allowed audience and scopes) checks membership only; the deduplicated
+    // lists are built when the answer needs them (no audience given, or a refusal that names
+    // what is allowed). Identities may list hundreds of audiences.
+    let all_audiences = || {
+        let mut audiences: Vec<&String> = Vec::new();
+        for role in &granting {
+            for a in role_audiences(role, &identity) {
+                if !audiences.contains(&a) {
+                    audiences.push(a);
+                }
             }
         }
-    }
+        audiences
+    };
     let audience = match ask.audience {
         Some(a) => a.to_string(),
-        None => match audiences.as_slice() {
+        None => match all_audiences().as_slice() {
             [only] => (*only).clone(),
-            _ => {
+            audiences => {
                 return Err(ApiError::invalid_request(format!(
                     "audience is required for identity {identity_name:?}; one of: {}",
-                    join(&audiences)
+                    join(audiences)
                 )));
             }
         },
     };
-    if !audiences.iter().any(|a| **a == audience) {
+    let role_allows_audience = |role: &Role| {
+        identity.audiences.contains(&audience)
+            && role.audiences.as_ref().is_none_or(|narrow| narrow.contains(&audience))
+    };
+    if !granting.iter().any(|r| role_allows_audience(r)) {
         return Err(ApiError::invalid_target(format!(
             "audience {audience:?} is not allowed for the caller ({}) with identity {identity_name:?}; allowed: {}",
             caller.describe(),
-            join(&audiences)
+            join(&all_audiences())
         )));
     }
 
+    let candidates = || granting.iter().filter(|r| role_allows_audience(r));
+    let role_allows_scope = |role: &Role, s: &String| {
+        identity.scopes.contains(s)
+            && match &role.scopes {
+                Some(narrow) => narrow.contains(s),
+                None => !role.agent,
+            }
+    };
+    if let Some(role) = candidates().find(|r| ask.scopes.iter().all(|s| role_allows_scope(r, s))) {
+        return Ok(Grant {
+            role: (*role).clone(),
+            identity,
+            audience,
+            scopes: ask.scopes.clone(),
+        });
+    }
     let mut allowed_scopes: BTreeSet<&String> = BTreeSet::new();
-    for role in granting
-        .iter()
-        .filter(|r| role_audiences(r, &identity).any(|a| *a == audience))
-    {
-        let scopes: BTreeSet<&String> = role_scopes(role, &identity).collect();
-        if ask.scopes.iter().all(|s| scopes.contains(s)) {
-            return Ok(Grant {
-                role: (*role).clone(),
-                identity,
-                audience,
-                scopes: ask.scopes.clone(),
-            });
-        }
-        allowed_scopes.extend(scopes);
+    for role in candidates() {
+        allowed_scopes.extend(role_scopes(role, &identity));
     }
     let refused: Vec<&String> = ask.scopes.iter().filter(|s| !allowed_scopes.contains(s)).collect();
     let detail = if refused.is_empty() {

@@ -142,6 +142,7 @@ pub(crate) async fn start_with(
         None => None,
     };
     let agent = Agent::new(config, state, cancel.clone())?;
+    agent.resume_tokens(&cancel);
     let metrics = match agent.config().agent.metrics_listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -249,6 +250,7 @@ impl RunningAgent {
             .audit_best_effort("agent.stopping", serde_json::json!({"pid": std::process::id()}));
         self.cancel.cancel();
         let _ = self.server.await;
+        self.agent.save_tokens();
         if !self.activated {
             let _ = std::fs::remove_file(&self.socket);
         }

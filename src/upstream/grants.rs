@@ -317,6 +317,8 @@ mod tests {
             client_auth: ClientAuth::None,
             verify_tokens,
             target_parameter: None,
+            max_concurrent: None,
+            rate: None,
         };
         ProviderClient::new(Arc::new(settings), Duration::from_secs(5)).unwrap()
     }

@@ -126,6 +126,8 @@ mod tests {
             client_auth: ClientAuth::None,
             verify_tokens: true,
             target_parameter: None,
+            max_concurrent: None,
+            rate: None,
         };
         let client = ProviderClient::new(Arc::new(settings), Duration::from_secs(5)).unwrap();
         let meta = client.metadata().await.unwrap();

@@ -260,6 +260,8 @@ mod tests {
             client_auth: ClientAuth::None,
             verify_tokens: true,
             target_parameter: None,
+            max_concurrent: None,
+            rate: None,
         };
         ProviderClient::new(Arc::new(settings), Duration::from_secs(5)).unwrap()
     }

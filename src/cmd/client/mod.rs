@@ -3,6 +3,7 @@
 //! connections are kept alive between requests.
 //!
 //! - this file: [`SocketClient`], its [`Response`] and its [`ClientError`];
+//! - `blocking.rs`: one request over a plain blocking socket, for `cortexid token`;
 //! - `request.rs`: `TokenRequest`, what to ask `/v1/token` for and how it is encoded;
 //! - `trust.rs`: whether the uid serving the socket may be trusted (checked on every connection);
 //! - `test_agent.rs` (tests only): a stand-in agent on a Unix socket for unit tests.
@@ -10,6 +11,7 @@
 //! Credentials (`subject_token`, `actor_token`) only ever travel in a `POST` body, never in a URL,
 //! and nothing here prints or `Debug`s a token: `TokenRequest` and [`Response`] redact.
 
+pub(crate) mod blocking;
 mod request;
 #[cfg(test)]
 pub(crate) mod test_agent;
@@ -308,7 +310,9 @@ impl SocketClient {
     }
 
     /// `GET /v1/token?…` without credentials, `POST /v1/token` with them (credentials never go
-    /// in a URL).
+    /// in a URL). `cortexid token` asks the same way over a blocking socket
+    /// ([`blocking::token`]); this one serves the tests of the encoding.
+    #[cfg(test)]
     pub(crate) async fn token(&self, req: &TokenRequest) -> Result<Response, ClientError> {
         if req.presents_credential() {
             self.post_json("/v1/token", &req.body()).await

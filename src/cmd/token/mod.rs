@@ -11,7 +11,7 @@ use std::time::Duration;
 pub(crate) use format::OutputFormat;
 use format::{format_error, format_token};
 
-use crate::cmd::client::TokenRequest;
+use crate::cmd::client::{TokenRequest, blocking};
 use crate::cmd::common::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE, SocketArg, describe_error, emit, error_line};
 use crate::oauth::TOKEN_TYPE_JWT;
 
@@ -153,8 +153,9 @@ impl TokenArgs {
     }
 }
 
-/// `cortexid token`.
-pub async fn run(args: TokenArgs) -> i32 {
+/// `cortexid token`: one request over a blocking socket, with no async runtime to start (it runs
+/// once per token for kubectl's exec plugin and scripts, so its start-up is its cost).
+pub fn run(args: TokenArgs) -> i32 {
     let format = args.format;
     if args.audience.trim().is_empty() {
         let msg = "--audience must not be empty";
@@ -177,7 +178,7 @@ pub async fn run(args: TokenArgs) -> i32 {
             );
         }
     };
-    let resp = match args.socket.client().token(&req).await {
+    let resp = match blocking::token(&args.socket.path(), &req) {
         Ok(r) => r,
         Err(e) => {
             let msg = e.to_string();

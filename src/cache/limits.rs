@@ -1,0 +1,672 @@
+//! Provider-wide limits: at most `max_concurrent` requests in flight and `rate` exchanges per
+//! second (a token bucket) to one provider, for the agent as a whole; and a pause of the whole
+//! provider when it answers 429 or 503 with `Retry-After`.
+//!
+//! The decisions are a pure function of time in [`Gate`] (what may go now, and when to look
+//! again), so the fleet simulation (`examples/fleet.rs`) and the unit tests drive the very code
+//! the agent runs; [`Limiter`] wraps a gate for async callers, and [`Limiters`] holds one per
+//! provider.
+//!
+//! Order of the queue: a caller waiting on a miss goes before any background renewal. A renewal
+//! is not starved by a stream of misses: it becomes *urgent* [`URGENT_WINDOW`] (at most; a tenth
+//! of its token's lifetime for short tokens) before its deadline (the moment its token falls
+//! below the hand-out floor), and from then on it competes with misses as if it had arrived at
+//! that moment, first come first served. Renewals that are not urgent go earliest deadline first.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::config::Rate;
+use crate::error::ProviderError;
+
+/// A renewal is urgent this long before its deadline (or a tenth of the lifetime, if shorter).
+pub const URGENT_WINDOW: Duration = Duration::from_secs(120);
+/// A pause asked for with `Retry-After` is lengthened by up to this fraction, at random, so the
+/// agents of a fleet paused together do not come back together (with a `rate`, their buckets
+/// also restart at a random phase).
+pub const PAUSE_JITTER: f64 = 0.2;
+/// The longest pause a `Retry-After` can impose.
+pub const MAX_PAUSE: Duration = Duration::from_secs(300);
+
+/// The limits of one provider (`[[provider]] max_concurrent` and `rate`); none means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    pub max_concurrent: Option<u32>,
+    pub rate: Option<Rate>,
+}
+
+/// What an exchange waits for the gate as.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Want {
+    /// A caller is waiting on it.
+    Miss,
+    /// A background renewal of a token that stops being handed out at `deadline`.
+    Renewal { deadline: Instant, lifetime: Duration },
+}
+
+impl Want {
+    /// When a renewal starts to compete with misses (a miss: at once).
+    pub fn urgent_at(self, now: Instant) -> Instant {
+        match self {
+            Want::Miss => now,
+            Want::Renewal { deadline, lifetime } => {
+                let window = URGENT_WINDOW.min(lifetime / 10);
+                deadline.checked_sub(window).unwrap_or(deadline)
+            }
+        }
+    }
+}
+
+/// What the gate says to a poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Poll {
+    /// This ticket may send its request now (it now counts as in flight).
+    Go(u64),
+    /// Nothing may go before this time (the bucket refills, or a pause ends).
+    WaitUntil(Instant),
+    /// Nothing may go until a request in flight finishes (or nothing is waiting).
+    Idle,
+}
+
+/// The provider-wide limiter as a pure function of time: every method takes `now`.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    limits: Limits,
+    in_flight: u32,
+    tokens: f64,
+    refilled: Option<Instant>,
+    paused_until: Option<Instant>,
+    next_ticket: u64,
+    /// Misses, in arrival order: (arrived, ticket).
+    misses: VecDeque<(Instant, u64)>,
+    /// Renewals by the time they become urgent: (urgent_at, ticket).
+    renewals: BTreeMap<(Instant, u64), ()>,
+    /// Requests let through.
+    pub sent: u64,
+    /// Pauses asked for by the provider.
+    pub pauses: u64,
+}
+
+impl Gate {
+    pub fn new(limits: Limits) -> Gate {
+        Gate {
+            limits,
+            in_flight: 0,
+            tokens: limits.rate.map_or(0.0, |r| f64::from(r.count)),
+            refilled: None,
+            paused_until: None,
+            next_ticket: 0,
+            misses: VecDeque::new(),
+            renewals: BTreeMap::new(),
+            sent: 0,
+            pauses: 0,
+        }
+    }
+
+    /// The same gate with its bucket `fill` (0..1) full instead of full: the agent starts at a
+    /// random fill, so the agents of a fleet started together do not spend and refill their
+    /// buckets in step (with a rate of one per 96 s, each would otherwise send at 0 s, 96 s, ...).
+    pub fn with_fill(mut self, fill: f64) -> Gate {
+        if let Some(r) = self.limits.rate {
+            self.tokens = f64::from(r.count) * fill.clamp(0.0, 1.0);
+        }
+        self
+    }
+
+    /// Changes the limits (a reload), keeping what is queued, in flight and paused.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+        if let Some(r) = limits.rate {
+            self.tokens = self.tokens.min(f64::from(r.count));
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Queues a request; the ticket names it in [`Poll::Go`] and [`Gate::cancel`].
+    pub fn enqueue(&mut self, want: Want, now: Instant) -> u64 {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        match want {
+            Want::Miss => self.misses.push_back((now, ticket)),
+            Want::Renewal { .. } => {
+                self.renewals.insert((want.urgent_at(now), ticket), ());
+            }
+        }
+        ticket
+    }
+
+    /// Takes a queued ticket out (its caller gave up). False if it was not queued.
+    pub fn cancel(&mut self, ticket: u64) -> bool {
+        if let Some(i) = self.misses.iter().position(|(_, t)| *t == ticket) {
+            self.misses.remove(i);
+            return true;
+        }
+        let key = self.renewals.keys().find(|(_, t)| *t == ticket).copied();
+        key.is_some_and(|k| self.renewals.remove(&k).is_some())
+    }
+
+    /// Requests waiting.
+    pub fn queued(&self) -> usize {
+        self.misses.len() + self.renewals.len()
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight
+    }
+
+    /// The end of the current pause, if one is running at `now`.
+    pub fn paused_until(&self, now: Instant) -> Option<Instant> {
+        self.paused_until.filter(|u| *u > now)
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let Some(rate) = self.limits.rate else { return };
+        let cap = f64::from(rate.count);
+        if let Some(last) = self.refilled {
+            let per_token = rate.per.as_secs_f64() / cap;
+            self.tokens = (self.tokens + now.saturating_duration_since(last).as_secs_f64() / per_token).min(cap);
+        }
+        self.refilled = Some(now);
+    }
+
+    /// The next request that may go at `now`, in queue order (see the module's documentation),
+    /// or when to ask again.
+    pub fn poll(&mut self, now: Instant) -> Poll {
+        if self.queued() == 0 {
+            return Poll::Idle;
+        }
+        if let Some(until) = self.paused_until(now) {
+            return Poll::WaitUntil(until);
+        }
+        if self.limits.max_concurrent.is_some_and(|m| self.in_flight >= m) {
+            return Poll::Idle;
+        }
+        self.refill(now);
+        // (A hair below one is one: rounding in the refill must not make a caller wait a
+        // microsecond at a time.)
+        if let Some(rate) = self.limits.rate
+            && self.tokens < 1.0 - 1e-9
+        {
+            let per_token = rate.per.as_secs_f64() / f64::from(rate.count);
+            let wait = Duration::from_secs_f64(((1.0 - self.tokens) * per_token).max(1e-6));
+            return Poll::WaitUntil(now + wait);
+        }
+        let renewal = self.renewals.keys().next().copied();
+        let miss = self.misses.front().copied();
+        let renewal_first = match (renewal, miss) {
+            (Some((urgent_at, _)), Some((arrived, _))) => urgent_at <= now && urgent_at <= arrived,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        let ticket = match (renewal_first, renewal, miss) {
+            (true, Some(key), _) => {
+                self.renewals.remove(&key);
+                key.1
+            }
+            (_, _, Some((_, t))) => {
+                self.misses.pop_front();
+                t
+            }
+            _ => return Poll::Idle,
+        };
+        self.in_flight += 1;
+        if self.limits.rate.is_some() {
+            self.tokens -= 1.0;
+        }
+        self.sent += 1;
+        Poll::Go(ticket)
+    }
+
+    /// How many misses are queued ahead of `ticket` (`None`: it is not a queued miss).
+    pub fn misses_ahead(&self, ticket: u64) -> Option<usize> {
+        self.misses.iter().position(|(_, t)| *t == ticket)
+    }
+
+    /// How long a miss with `ahead` misses before it would wait for its turn, as far as the
+    /// pause and the bucket tell (requests in flight aside): what a caller that cannot wait is
+    /// told to come back after.
+    pub fn turn_in(&mut self, now: Instant, ahead: usize) -> Duration {
+        let paused = self.paused_until(now).map_or(Duration::ZERO, |u| u - now);
+        let Some(rate) = self.limits.rate else { return paused };
+        self.refill(now);
+        let per_token = rate.per.as_secs_f64() / f64::from(rate.count);
+        let needed = (ahead as f64 + 1.0 - self.tokens).max(0.0);
+        paused.max(Duration::from_secs_f64(needed * per_token))
+    }
+
+    /// Undoes a [`Poll::Go`] whose caller had gone: it sent nothing.
+    pub fn unsent(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if self.limits.rate.is_some() {
+            self.tokens += 1.0;
+        }
+        self.sent = self.sent.saturating_sub(1);
+    }
+
+    /// A request let through has finished.
+    pub fn finished(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
+    /// The provider asked for a pause (429 or 503 with `Retry-After`): nothing is sent to it
+    /// until `retry_after` (at most [`MAX_PAUSE`]) plus up to [`PAUSE_JITTER`] of it (`unit` in
+    /// 0..1 picks where) has passed. A longer running pause is kept.
+    pub fn pause(&mut self, now: Instant, retry_after: Duration, unit: f64) -> Instant {
+        let base = retry_after.min(MAX_PAUSE);
+        let unit = unit.clamp(0.0, 1.0);
+        let until = now + base.mul_f64(1.0 + PAUSE_JITTER * unit);
+        self.pauses += 1;
+        // The bucket also starts again at a random phase (up to one refill later): agents
+        // refused in the same second would otherwise come back in step, at their next refill.
+        if self.limits.rate.is_some() {
+            self.refill(now);
+            self.tokens = self.tokens.min(0.0) - unit;
+        }
+        let until = self.paused_until.map_or(until, |u| u.max(until));
+        self.paused_until = Some(until);
+        until
+    }
+}
+
+/// What `status` and `/metrics` show of one provider's limiter.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LimiterView {
+    pub provider: String,
+    pub queued: usize,
+    pub in_flight: u32,
+    /// Seconds left of a pause the provider asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_for: Option<f64>,
+    pub pauses: u64,
+    pub sent: u64,
+}
+
+struct Inner {
+    gate: Gate,
+    waiting: HashMap<u64, oneshot::Sender<()>>,
+    /// The time a timer task will pump the gate at, if one is armed.
+    timer: Option<Instant>,
+}
+
+/// A [`Gate`] for async callers: [`Limiter::acquire`] waits for a turn.
+pub struct Limiter {
+    name: String,
+    inner: Mutex<Inner>,
+    /// How long a miss waits in the queue at most before its caller is told to retry.
+    miss_wait: RwLock<Duration>,
+}
+
+impl Limiter {
+    pub fn new(name: &str, limits: Limits, miss_wait: Duration) -> Arc<Limiter> {
+        Arc::new(Limiter {
+            name: name.to_string(),
+            inner: Mutex::new(Inner {
+                gate: Gate::new(limits).with_fill(fastrand::f64()),
+                waiting: HashMap::new(),
+                timer: None,
+            }),
+            miss_wait: RwLock::new(miss_wait),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lets through every queued request the gate allows now. When the gate says "not before
+    /// T" (the bucket refills, a pause ends), one timer task pumps again at T, so waiters sleep on
+    /// their own turn only and a long queue does not wake all at once.
+    fn pump(self: &Arc<Self>) {
+        let mut inner = self.lock();
+        loop {
+            match inner.gate.poll(Instant::now()) {
+                Poll::Go(ticket) => {
+                    let sent = inner.waiting.remove(&ticket).is_some_and(|tx| tx.send(()).is_ok());
+                    if !sent {
+                        inner.gate.unsent();
+                    }
+                }
+                Poll::WaitUntil(t) => {
+                    if inner.timer.is_none_or(|armed| armed > t) {
+                        inner.timer = Some(t);
+                        let limiter = Arc::downgrade(self);
+                        tokio::spawn(async move {
+                            tokio::time::sleep_until(t).await;
+                            if let Some(l) = limiter.upgrade() {
+                                {
+                                    let mut inner = l.lock();
+                                    if inner.timer == Some(t) {
+                                        inner.timer = None;
+                                    }
+                                }
+                                l.pump();
+                            }
+                        });
+                    }
+                    return;
+                }
+                Poll::Idle => return,
+            }
+        }
+    }
+
+    /// Waits for a turn to send one request to the provider. A miss that cannot go within the
+    /// wait limit (the provider is paused, or the queue is long) gets an error that says when to
+    /// retry; a renewal waits for as long as it takes.
+    pub async fn acquire(self: &Arc<Self>, want: Want) -> Result<Permit, ProviderError> {
+        let (tx, mut rx) = oneshot::channel();
+        let started = Instant::now();
+        let ticket = {
+            let mut inner = self.lock();
+            let t = inner.gate.enqueue(want, started);
+            inner.waiting.insert(t, tx);
+            t
+        };
+        let give_up = (want == Want::Miss).then(|| started + *self.miss_wait.read().unwrap_or_else(|p| p.into_inner()));
+        let mut queued = Queued {
+            limiter: self,
+            ticket: Some(ticket),
+        };
+        self.pump();
+        loop {
+            tokio::select! {
+                biased;
+                granted = &mut rx => {
+                    queued.ticket = None;
+                    return match granted {
+                        Ok(()) => Ok(Permit { limiter: self.clone(), done: false }),
+                        Err(_) => Err(ProviderError::local("the provider limiter was dropped")),
+                    };
+                }
+                _ = sleep_until(give_up) => {}
+            }
+            if give_up.is_some_and(|g| Instant::now() >= g) {
+                let mut inner = self.lock();
+                if inner.waiting.remove(&ticket).is_some() {
+                    let ahead = inner.gate.misses_ahead(ticket).unwrap_or(0);
+                    inner.gate.cancel(ticket);
+                    queued.ticket = None;
+                    let now = Instant::now();
+                    let retry = inner.gate.turn_in(now, ahead).max(Duration::from_secs(1));
+                    let paused = inner.gate.paused_until(now).is_some();
+                    let mut e = ProviderError::unreachable(format!(
+                        "provider {:?} is {}; this request waited {}s for a turn",
+                        self.name,
+                        if paused {
+                            "paused: it answered 429/503 with Retry-After"
+                        } else {
+                            "busy: max_concurrent or rate of this provider is reached"
+                        },
+                        (now - started).as_secs()
+                    ));
+                    e.retry_after = Some(retry);
+                    return Err(e);
+                }
+                // Granted meanwhile: the permit is in `rx`.
+            }
+        }
+    }
+
+    /// The provider asked to pause (429/503 with `Retry-After`).
+    pub fn pause(&self, retry_after: Duration) {
+        let until = self.lock().gate.pause(Instant::now(), retry_after, fastrand::f64());
+        tracing::warn!(
+            provider = %self.name,
+            pause_s = format!("{:.1}", until.saturating_duration_since(Instant::now()).as_secs_f64()),
+            "the provider asked to slow down (Retry-After); pausing every request to it"
+        );
+    }
+
+    pub fn set_limits(self: &Arc<Self>, limits: Limits, miss_wait: Duration) {
+        self.lock().gate.set_limits(limits);
+        *self.miss_wait.write().unwrap_or_else(|p| p.into_inner()) = miss_wait;
+        self.pump();
+    }
+
+    pub fn view(&self) -> LimiterView {
+        let inner = self.lock();
+        let now = Instant::now();
+        LimiterView {
+            provider: self.name.clone(),
+            queued: inner.gate.queued(),
+            in_flight: inner.gate.in_flight(),
+            paused_for: inner.gate.paused_until(now).map(|u| (u - now).as_secs_f64()),
+            pauses: inner.gate.pauses,
+            sent: inner.gate.sent,
+        }
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Takes a ticket out of the queue if its waiter goes away before its turn.
+struct Queued<'a> {
+    limiter: &'a Arc<Limiter>,
+    ticket: Option<u64>,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if let Some(t) = self.ticket {
+            let mut inner = self.limiter.lock();
+            if inner.waiting.remove(&t).is_some() {
+                inner.gate.cancel(t);
+            }
+        }
+    }
+}
+
+/// A turn to send one request; the next waiter goes when it is dropped.
+pub struct Permit {
+    limiter: Arc<Limiter>,
+    done: bool,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.limiter.lock().gate.finished();
+            self.limiter.pump();
+        }
+    }
+}
+
+/// One limiter per provider, by name, kept across reloads.
+#[derive(Default)]
+pub struct Limiters {
+    by_provider: RwLock<HashMap<String, Arc<Limiter>>>,
+}
+
+impl Limiters {
+    /// Makes or updates the limiter of each provider; limiters of providers no longer
+    /// configured are dropped.
+    pub fn configure(&self, providers: &[(String, Limits)], miss_wait: Duration) {
+        let mut map = self.by_provider.write().unwrap_or_else(|p| p.into_inner());
+        map.retain(|name, _| providers.iter().any(|(n, _)| n == name));
+        for (name, limits) in providers {
+            match map.get(name) {
+                Some(l) => l.set_limits(*limits, miss_wait),
+                None => {
+                    map.insert(name.clone(), Limiter::new(name, *limits, miss_wait));
+                }
+            }
+        }
+    }
+
+    pub fn get(&self, provider: &str) -> Option<Arc<Limiter>> {
+        self.by_provider
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(provider)
+            .cloned()
+    }
+
+    /// Every provider's limiter, by name.
+    pub fn views(&self) -> Vec<LimiterView> {
+        let mut v: Vec<LimiterView> = self
+            .by_provider
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|l| l.view())
+            .collect();
+        v.sort_by(|a, b| a.provider.cmp(&b.provider));
+        v
+    }
+}
+
+/// Runs `exchange` in its turn at `provider`'s limiter, and pauses the provider when the answer
+/// carries `Retry-After`.
+pub(crate) async fn limited<F>(
+    limiters: &Limiters,
+    provider: &str,
+    want: Want,
+    exchange: F,
+) -> Result<crate::token::IssuedToken, ProviderError>
+where
+    F: std::future::Future<Output = Result<crate::token::IssuedToken, ProviderError>>,
+{
+    let Some(limiter) = limiters.get(provider) else {
+        return exchange.await;
+    };
+    let permit = limiter.acquire(want).await?;
+    let result = exchange.await;
+    if let Err(e) = &result
+        && let Some(ra) = e.retry_after
+    {
+        limiter.pause(ra);
+    }
+    drop(permit);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max: Option<u32>, rate: Option<(u32, u64)>) -> Limits {
+        Limits {
+            max_concurrent: max,
+            rate: rate.map(|(count, secs)| Rate {
+                count,
+                per: Duration::from_secs(secs),
+            }),
+        }
+    }
+
+    fn renewal(now: Instant, deadline_in: u64) -> Want {
+        Want::Renewal {
+            deadline: now + Duration::from_secs(deadline_in),
+            lifetime: Duration::from_secs(3600),
+        }
+    }
+
+    #[test]
+    fn misses_go_before_renewals_until_a_renewal_nears_its_deadline() {
+        let t0 = Instant::now();
+        let mut g = Gate::new(limits(Some(1), None));
+        let far = g.enqueue(renewal(t0, 700), t0);
+        let near = g.enqueue(renewal(t0, 600), t0);
+        let m1 = g.enqueue(Want::Miss, t0);
+        assert_eq!(g.poll(t0), Poll::Go(m1), "the miss goes first");
+        assert_eq!(g.poll(t0), Poll::Idle, "max_concurrent = 1");
+        g.finished();
+        let m2 = g.enqueue(Want::Miss, t0 + Duration::from_secs(1));
+        assert_eq!(g.poll(t0 + Duration::from_secs(1)), Poll::Go(m2));
+        g.finished();
+        assert_eq!(
+            g.poll(t0 + Duration::from_secs(2)),
+            Poll::Go(near),
+            "earliest deadline first"
+        );
+        g.finished();
+        // 120 s before its deadline, a renewal competes with misses by that time.
+        let t = t0 + Duration::from_secs(590);
+        let late_miss = g.enqueue(Want::Miss, t);
+        assert_eq!(g.poll(t), Poll::Go(far), "urgent since t0+580 s, before the miss came");
+        g.finished();
+        assert_eq!(g.poll(t), Poll::Go(late_miss));
+        assert_eq!(g.queued(), 0);
+    }
+
+    #[test]
+    fn the_bucket_spaces_requests_and_a_pause_stops_everything() {
+        let t0 = Instant::now();
+        let mut g = Gate::new(limits(None, Some((2, 1))));
+        let tickets: Vec<u64> = (0..5).map(|_| g.enqueue(Want::Miss, t0)).collect();
+        assert_eq!(g.poll(t0), Poll::Go(tickets[0]));
+        assert_eq!(g.poll(t0), Poll::Go(tickets[1]), "a burst of `count`");
+        assert_eq!(g.poll(t0), Poll::WaitUntil(t0 + Duration::from_millis(500)));
+        assert_eq!(g.poll(t0 + Duration::from_millis(500)), Poll::Go(tickets[2]));
+        let until = g.pause(t0 + Duration::from_millis(500), Duration::from_secs(2), 0.5);
+        assert_eq!(
+            until,
+            t0 + Duration::from_millis(2700),
+            "at 0.5 s: 2 s + 20 % × 0.5 of jitter"
+        );
+        assert_eq!(g.poll(t0 + Duration::from_secs(2)), Poll::WaitUntil(until));
+        assert_eq!(g.poll(until), Poll::Go(tickets[3]));
+        assert_eq!(g.misses_ahead(tickets[4]), Some(0));
+        assert_eq!(g.turn_in(until, 0), Duration::ZERO, "one token is left");
+        assert_eq!(
+            g.turn_in(until, 2),
+            Duration::from_millis(1000),
+            "two ahead: 0.5 s a token"
+        );
+        assert!(g.cancel(tickets[4]));
+        assert_eq!(g.poll(until), Poll::Idle);
+        assert_eq!((g.sent, g.pauses), (4, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_miss_that_cannot_get_a_turn_is_told_when_to_retry() {
+        let l = Limiter::new("corp", limits(Some(1), None), Duration::from_secs(3));
+        let held = l.acquire(Want::Miss).await.unwrap();
+        let e = l.acquire(Want::Miss).await.err().unwrap();
+        assert!(e.message.contains("busy"), "{}", e.message);
+        assert_eq!(l.view().queued, 0, "the one that gave up left the queue");
+        drop(held);
+        l.pause(Duration::from_secs(10));
+        let e = l.acquire(Want::Miss).await.err().unwrap();
+        assert!(e.message.contains("paused"), "{}", e.message);
+        assert!(e.retry_after.unwrap() >= Duration::from_secs(7), "{:?}", e.retry_after);
+        let renew = l.acquire(renewal(Instant::now(), 3600)).await.unwrap();
+        assert_eq!(l.view().in_flight, 1, "a renewal waits out the pause");
+        drop(renew);
+        assert_eq!((l.view().in_flight, l.view().sent), (0, 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queue_behind_the_bucket_is_let_through_one_turn_at_a_time() {
+        let l = Limiter::new("corp", limits(None, Some((1, 1))), Duration::from_secs(60));
+        let mut tasks = Vec::new();
+        for _ in 0..3 {
+            let l = l.clone();
+            tasks.push(tokio::spawn(async move {
+                l.acquire(renewal(Instant::now(), 3600)).await.map(|_| Instant::now())
+            }));
+        }
+        let mut at = Vec::new();
+        for t in tasks {
+            at.push(t.await.unwrap().unwrap());
+        }
+        at.sort();
+        for pair in at.windows(2) {
+            assert!(pair[1] - pair[0] >= Duration::from_millis(999), "{at:?}");
+        }
+        assert_eq!((l.view().sent, l.view().queued), (3, 0));
+    }
+}
