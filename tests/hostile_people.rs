@@ -774,6 +774,46 @@ async fn a_fake_agent_on_the_socket_path_gets_no_code_from_the_cli() {
     );
 }
 
+/// Another uid's fake agent on the socket path argv[1]: answers every request with a token of
+/// its own making, and says when it is listening.
+const FAKE_TOKEN_AGENT: &str = r#"
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(sys.argv[1])
+os.chmod(sys.argv[1], 0o777)
+srv.listen(4)
+print("listening", flush=True)
+while True:
+    c, _ = srv.accept()
+    c.recv(65536)
+    b = json.dumps({"access_token": "planted-by-mallory", "token_type": "Bearer", "expires_in": 300}).encode()
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(b) + b)
+    c.close()
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fake_agent_on_the_socket_path_cannot_plant_a_token_in_cortexid_token() {
+    let h = people().await;
+    let shared = h.dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let fake_socket = shared.join("agent.sock");
+    let mut fake = python_as(MALLORY_UID, FAKE_TOKEN_AGENT, &[fake_socket.to_str().unwrap()]);
+    let mut said = BufReader::new(fake.stdout.take().unwrap()).lines();
+    assert_eq!(said.next_line().await.unwrap().as_deref(), Some("listening"));
+    let (code, out, err) = run_as(
+        ALICE_UID,
+        &fake_socket,
+        &["token", "--identity", "me", "--audience", PAYMENTS],
+    )
+    .await;
+    assert_ne!(code, 0, "cortexid token took an answer from uid {MALLORY_UID}: {out}");
+    assert!(!out.contains("planted-by-mallory"), "{out}");
+    assert!(
+        err.contains("refusing the agent") && err.contains(&format!("uid {MALLORY_UID}")),
+        "{err}"
+    );
+}
+
 /// As another uid: holds 127.0.0.1:argv[1] open and says so, then waits.
 const HOLD_PORT: &str = r#"
 import time

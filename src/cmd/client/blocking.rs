@@ -35,6 +35,11 @@ pub(crate) fn request(
         std::io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(socket.to_path_buf()),
         _ => transport(&e),
     })?;
+    // Who serves the socket, before anything is sent (see trust.rs).
+    let server = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|e| transport(&e))?
+        .uid();
+    super::trust::check(server, socket).map_err(|e| ClientError::Untrusted(e.to_string()))?;
     if !path_and_query.starts_with('/') || path_and_query.bytes().any(|b| b <= b' ' || b == 0x7f) {
         return Err(ClientError::Request(format!(
             "invalid path {path_and_query:?}: it must start with '/' and hold no spaces or control characters"
