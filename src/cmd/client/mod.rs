@@ -1,6 +1,6 @@
 //! A client of the agent's socket API (used by the CLI, the daemon's watchdog and the tests):
-//! HTTP/1.1 over the Unix socket with hyperlocal's connector and hyper-util's pooling client, so
-//! connections are kept alive between requests.
+//! HTTP/1.1 over the Unix socket with its own connector (which checks who serves the socket) and
+//! hyper-util's pooling client, so connections are kept alive between requests.
 //!
 //! - this file: [`SocketClient`], its [`Response`] and its [`ClientError`];
 //! - `blocking.rs`: one request over a plain blocking socket, for `cortexid token`;
@@ -230,7 +230,8 @@ impl SocketClient {
         }
     }
 
-    /// The `unix://` URI hyperlocal's connector understands: the socket path hex-encoded as host.
+    /// The request's `unix://` URI: the socket path hex-encoded as host, so the pool never mixes
+    /// connections to different sockets (the connector itself always dials `self.path`).
     fn uri(&self, path_and_query: &str) -> Result<hyper::Uri, ClientError> {
         if !path_and_query.starts_with('/') {
             return Err(ClientError::Request(format!(
