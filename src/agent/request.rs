@@ -207,7 +207,6 @@ impl Agent {
             identity_name = Some(identity.name.clone());
             claims = Some(verified);
         }
-        let scopes = ask.scopes.clone();
         let sessions = self.sessions_for(caller);
         let grant = policy::authorize_with(
             config,
@@ -217,7 +216,7 @@ impl Agent {
             &Ask {
                 identity: identity_name.as_deref(),
                 audience: ask.audience.as_deref(),
-                scopes: &scopes,
+                scopes: &ask.scopes,
             },
         )
         .map_err(|e| {
@@ -326,7 +325,7 @@ impl Agent {
             denied(&e, Some(role));
             return Err(e);
         }
-        let scope_str = grant.scopes.iter().cloned().collect::<Vec<_>>().join(" ");
+        let scope_str = grant.scopes.iter().map(String::as_str).collect::<Vec<_>>().join(" ");
         let actor_fp = ask.actor_token.as_ref().map(|t| t.token.fingerprint());
         let subject_fp = ask.subject_token.as_ref().map(|t| t.token.fingerprint());
         let event = IssuedEvent {
