@@ -86,10 +86,11 @@ pub fn parse_token_answer(body: &[u8]) -> Result<TokenAnswer, ParseError> {
     })
 }
 
+/// An OAuth error answer (RFC 6749 section 5.2), from the token endpoint and the people grants.
 #[derive(Deserialize)]
-struct OAuthError {
-    error: String,
-    error_description: Option<String>,
+pub(super) struct OAuthError {
+    pub error: String,
+    pub error_description: Option<String>,
 }
 
 impl ProviderClient {

@@ -16,6 +16,7 @@ use crate::token::Secret;
 
 use super::client::ProviderClient;
 use super::discovery::Metadata;
+use super::grants::OAuthError;
 use super::id_token::IdTokenCheck;
 use super::jwks::decode_unverified;
 use super::parse_token_answer;
@@ -41,12 +42,6 @@ pub struct SessionGrant {
 struct SessionExtras {
     refresh_token: Option<String>,
     id_token: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct OAuthError {
-    error: String,
-    error_description: Option<String>,
 }
 
 /// A provider's answer to one form POST: status, body and `Retry-After`.
