@@ -228,16 +228,7 @@ impl Agent {
                 format!("actor identity {name:?} is not configured"),
             )
         })?;
-        let subject = match &identity.subject {
-            crate::config::SubjectSource::File(file) => {
-                self.credential(file, &identity.subject_token_type, "subject")?
-            }
-            _ => Credential::None,
-        };
-        let actor = match &identity.actor_token_file {
-            Some(file) => self.credential(file, &identity.actor_token_type, "actor")?,
-            None => Credential::None,
-        };
+        let (subject, actor) = self.own_credentials(&identity)?;
         let spec = Spec {
             identity: identity.clone(),
             audience: identity.audiences.first().cloned().unwrap_or_default(),

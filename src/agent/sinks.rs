@@ -3,12 +3,28 @@
 use std::sync::Arc;
 
 use crate::cache::{Credential, Spec};
-use crate::config::{SinkSettings, SubjectSource};
+use crate::config::{IdentitySettings, SinkSettings, SubjectSource};
 use crate::error::{ApiError, ErrorKind};
 use crate::output::sink::SinkSource;
 use crate::token::IssuedToken;
 
 use super::Agent;
+
+impl Agent {
+    /// The subject and actor credentials the agent reads from files for `identity` (a sink's,
+    /// or an `actor_identity`'s); `Credential::None` where it names no file.
+    pub(super) fn own_credentials(&self, identity: &IdentitySettings) -> Result<(Credential, Credential), ApiError> {
+        let subject = match &identity.subject {
+            SubjectSource::File(file) => self.credential(file, &identity.subject_token_type, "subject")?,
+            _ => Credential::None,
+        };
+        let actor = match &identity.actor_token_file {
+            Some(file) => self.credential(file, &identity.actor_token_type, "actor")?,
+            None => Credential::None,
+        };
+        Ok((subject, actor))
+    }
+}
 
 impl SinkSource for Agent {
     /// The token for a `[[sink]]`: its key stays pinned (renewed for as long as the agent runs).
@@ -20,14 +36,7 @@ impl SinkSource for Agent {
                 format!("sink identity {:?} is not configured", sink.identity),
             )
         })?;
-        let subject = match &identity.subject {
-            SubjectSource::File(file) => self.credential(file, &identity.subject_token_type, "subject")?,
-            _ => Credential::None,
-        };
-        let actor = match &identity.actor_token_file {
-            Some(file) => self.credential(file, &identity.actor_token_type, "actor")?,
-            None => Credential::None,
-        };
+        let (subject, actor) = self.own_credentials(&identity)?;
         let spec = Spec {
             identity: identity.clone(),
             audience: sink.audience.clone(),

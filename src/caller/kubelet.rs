@@ -181,7 +181,7 @@ impl Kubelet {
         let url = format!("{}/pods", self.settings.kubelet_url);
         let unreachable = |e: reqwest::Error| KubeletError::Unreachable {
             url: url.clone(),
-            error: chain(&e),
+            error: crate::upstream::error_chain(&e),
         };
         let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.as_str()))
             .map_err(|_| KubeletError::Setup("the service-account token is not a valid header value".into()))?;
@@ -318,21 +318,6 @@ struct ContainerStatus {
     image: String,
     #[serde(rename = "containerID")]
     container_id: Option<String>,
-}
-
-/// The full chain of an error, which reqwest hides behind "error sending request".
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        let msg = inner.to_string();
-        if !s.contains(&msg) {
-            s.push_str(": ");
-            s.push_str(&msg);
-        }
-        cur = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::roles::{claim_matches, lookup_claim};
+use super::roles::first_unmet_claim;
 use crate::config::{Config, Role};
 
 /// The caller's live sessions, by login, with their current claims.
@@ -68,18 +68,12 @@ pub(super) fn session_need(role: &Role, sessions: &Sessions) -> Option<SessionNe
         return Some(SessionNeed::Login(login.clone()));
     };
     let conds = role.claims.as_ref()?;
-    conds
-        .iter()
-        .find(|(path, accepted)| !claim_matches(claims, path, accepted))
-        .map(|(path, accepted)| {
-            let seen = lookup_claim(claims, path)
-                .map(|v| v.to_string())
-                .unwrap_or_else(|| "nothing".into());
-            SessionNeed::Claims(format!(
-                "role {:?} needs claim {path} in {accepted:?} at login {login:?}, and your session has {seen}; if you were added at the provider, it shows after the next refresh or `cortexid login {login}`",
-                role.name
-            ))
-        })
+    first_unmet_claim(claims, conds).map(|(path, accepted, seen)| {
+        SessionNeed::Claims(format!(
+            "role {:?} needs claim {path} in {accepted:?} at login {login:?}, and your session has {seen}; if you were added at the provider, it shows after the next refresh or `cortexid login {login}`",
+            role.name
+        ))
+    })
 }
 
 /// Why a caller refused an identity would be let in by some role with `login`: it meets every

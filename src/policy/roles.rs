@@ -145,18 +145,27 @@ fn claims_mismatch(
             ));
         }
     };
-    conds
+    first_unmet_claim(claims, conds).map(|(path, accepted, seen)| {
+        format!(
+            "role {:?} needs claim {path} in {:?}, the credential has {seen}",
+            role.name, accepted
+        )
+    })
+}
+
+/// The first of `conds` that `claims` do not meet: its path, the values it accepts, and what
+/// `claims` hold there (`nothing` when absent).
+pub(super) fn first_unmet_claim<'c>(
+    claims: &serde_json::Value,
+    conds: &'c std::collections::BTreeMap<String, Vec<String>>,
+) -> Option<(&'c str, &'c [String], String)> {
+    let (path, accepted) = conds
         .iter()
-        .find(|(path, accepted)| !claim_matches(claims, path, accepted))
-        .map(|(path, accepted)| {
-            let seen = lookup_claim(claims, path)
-                .map(|v| v.to_string())
-                .unwrap_or_else(|| "nothing".into());
-            format!(
-                "role {:?} needs claim {path} in {:?}, the credential has {seen}",
-                role.name, accepted
-            )
-        })
+        .find(|(path, accepted)| !claim_matches(claims, path, accepted))?;
+    let seen = lookup_claim(claims, path)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "nothing".into());
+    Some((path, accepted, seen))
 }
 
 /// Looks up a claim by a dotted path (`tenant.id`); a key that itself contains dots is found too.

@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
-use zeroize::Zeroizing;
 
 use crate::config::{Grant, IdentitySettings, TargetParameter};
 use crate::error::ProviderError;
@@ -87,10 +86,11 @@ pub fn parse_token_answer(body: &[u8]) -> Result<TokenAnswer, ParseError> {
     })
 }
 
+/// An OAuth error answer (RFC 6749 section 5.2), from the token endpoint and the people grants.
 #[derive(Deserialize)]
-struct OAuthError {
-    error: String,
-    error_description: Option<String>,
+pub(super) struct OAuthError {
+    pub error: String,
+    pub error_description: Option<String>,
 }
 
 impl ProviderClient {
@@ -137,41 +137,19 @@ impl ProviderClient {
         if !req.scopes.is_empty() {
             form.push(("scope", req.scopes.iter().cloned().collect::<Vec<_>>().join(" ")));
         }
-        let mut builder = self
+        let builder = self
             .http
             .post(&meta.token_endpoint)
             .header("Accept", "application/json");
-        builder = self.authenticate(builder, &mut form, &meta.token_endpoint)?;
-        let mut body = Zeroizing::new(
-            url::form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
-                .finish(),
-        );
-        for (_, v) in form.iter_mut() {
-            zeroize::Zeroize::zeroize(v);
-        }
+        let builder = self.authenticate(builder, &mut form, &meta.token_endpoint)?;
         let sent = SystemTime::now();
-        let resp = builder
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .body(std::mem::take(&mut *body))
-            .send()
-            .await
-            .map_err(|e| self.transport_error("the token request", &meta.token_endpoint, &e))?;
-        let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error("the token request", &meta.token_endpoint, &e))?;
-        if !status.is_success() {
-            return Err(self.error_response(status.as_u16(), &bytes, retry_after, req));
+        let answer = self
+            .send_form(builder, form, "the token request", &meta.token_endpoint)
+            .await?;
+        if !(200..300).contains(&answer.status) {
+            return Err(self.error_response(answer.status, &answer.body, answer.retry_after, req));
         }
-        let answer = parse_token_answer(&bytes)
+        let answer = parse_token_answer(&answer.body)
             .map_err(|e| ProviderError::bad_response(format!("provider {:?} {e}", s.name)))?;
         self.accept(answer, req, &meta, sent).await
     }

@@ -161,7 +161,7 @@ pub(super) fn unix_now() -> u64 {
 }
 
 /// The full chain of an error, which reqwest hides behind "error sending request".
-pub(super) fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(inner) = cur {

@@ -37,7 +37,7 @@ pub use discovery::{FlowUnsupported, LoginFlow, LoginSupport, Metadata, parse_di
 pub(crate) use grants::ExchangeRequest;
 pub use grants::PresentedToken;
 pub use grants::parse_token_answer;
-pub(crate) use http::http_client;
+pub(crate) use http::{chain as error_chain, http_client};
 pub(crate) use jwks::KeySet;
 pub use jwks::{decode_unverified, find_key, looks_like_jwt, parse_jwks};
 pub use session::SessionGrant;

@@ -16,6 +16,7 @@ use crate::token::Secret;
 
 use super::client::ProviderClient;
 use super::discovery::Metadata;
+use super::grants::OAuthError;
 use super::id_token::IdTokenCheck;
 use super::jwks::decode_unverified;
 use super::parse_token_answer;
@@ -41,12 +42,6 @@ pub struct SessionGrant {
 struct SessionExtras {
     refresh_token: Option<String>,
     id_token: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct OAuthError {
-    error: String,
-    error_description: Option<String>,
 }
 
 /// A provider's answer to one form POST: status, body and `Retry-After`.
@@ -97,6 +92,26 @@ impl ProviderClient {
     ) -> Result<Answer, ProviderError> {
         let builder = self.http.post(url).header("Accept", "application/json");
         let builder = self.authenticate_as(client_id, auth, builder, &mut form, &meta.token_endpoint)?;
+        let result = self.send_form(builder, form, step.what(), url).await;
+        // Only reachability goes into the provider's health: one person's refused sign-in is
+        // not the provider's fault.
+        match &result {
+            Err(e) if e.kind == ProviderErrorKind::Unreachable => self.record(Err(e)),
+            _ => self.record(Ok(())),
+        }
+        result
+    }
+
+    /// Sends `form` on `builder` as `application/x-www-form-urlencoded`, zeroising it once
+    /// encoded. A transport failure is `Unreachable`, naming `what` and `url`; any answer is
+    /// returned for the caller to read.
+    pub(super) async fn send_form(
+        &self,
+        builder: reqwest::RequestBuilder,
+        mut form: Vec<(&'static str, String)>,
+        what: &str,
+        url: &str,
+    ) -> Result<Answer, ProviderError> {
         let mut body = Zeroizing::new(
             url::form_urlencoded::Serializer::new(String::new())
                 .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
@@ -105,38 +120,25 @@ impl ProviderClient {
         for (_, v) in form.iter_mut() {
             zeroize::Zeroize::zeroize(v);
         }
-        let result: Result<Answer, ProviderError> = async {
-            let resp = builder
-                .header("Content-Type", "application/x-www-form-urlencoded")
-                .body(std::mem::take(&mut *body))
-                .send()
-                .await
-                .map_err(|e| self.transport_error(step.what(), url, &e))?;
-            let status = resp.status().as_u16();
-            let retry_after = resp
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
-            let body = resp
-                .bytes()
-                .await
-                .map_err(|e| self.transport_error(step.what(), url, &e))?;
-            Ok(Answer {
-                status,
-                body: Zeroizing::new(body.to_vec()),
-                retry_after,
-            })
-        }
-        .await;
-        // Only reachability goes into the provider's health: one person's refused sign-in is
-        // not the provider's fault.
-        match &result {
-            Err(e) if e.kind == ProviderErrorKind::Unreachable => self.record(Err(e)),
-            _ => self.record(Ok(())),
-        }
-        result
+        let resp = builder
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(std::mem::take(&mut *body))
+            .send()
+            .await
+            .map_err(|e| self.transport_error(what, url, &e))?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = resp.bytes().await.map_err(|e| self.transport_error(what, url, &e))?;
+        Ok(Answer {
+            status,
+            body: Zeroizing::new(body.to_vec()),
+            retry_after,
+        })
     }
 
     /// The RFC 6749 `error` of a refusal, with its description; `None` when the body has none.

@@ -7,6 +7,8 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use super::escape;
+
 /// The private page the browser was given; removed (with its directory) when dropped.
 pub(super) struct RedirectPage {
     dir: PathBuf,
@@ -75,13 +77,6 @@ fn write_page(url: &str) -> std::io::Result<(RedirectPage, PathBuf)> {
 /// Whether `dir` is a directory (not a link) of `uid` that no one else may enter.
 fn private_to(dir: &Path, uid: u32) -> bool {
     std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir() && m.uid() == uid && m.permissions().mode() & 0o077 == 0)
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 #[cfg(test)]

@@ -15,6 +15,14 @@ pub use session::{LogoutArgs, WhoamiArgs, logout, whoami};
 use crate::cmd::client::{ClientError, Response, SocketClient};
 use crate::cmd::common::{EXIT_FAILURE, describe_error, error_line, printable};
 
+/// `s` as HTML text or a quoted attribute value (the sign-in pages the browser shows).
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
 /// A successful JSON answer, or the exit code after saying why not.
 async fn answer(
     sent: impl std::future::Future<Output = Result<Response, ClientError>>,
