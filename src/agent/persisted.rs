@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::persist::{self, SavedKey, TOKENS};
-use crate::cache::{Credential, Spec};
+use crate::cache::Spec;
 use crate::config::{Config, SubjectSource};
 
 use super::Agent;
@@ -53,15 +53,10 @@ impl Agent {
         if !identity.audiences.contains(&k.audience) || !scopes.iter().all(|s| identity.scopes.contains(s)) {
             return None;
         }
-        let subject = match &identity.subject {
-            SubjectSource::Client => Credential::None,
-            SubjectSource::File(file) => self.credential(file, &identity.subject_token_type, "subject").ok()?,
-            SubjectSource::Caller | SubjectSource::Login(_) => return None,
-        };
-        let actor = match &identity.actor_token_file {
-            Some(file) => self.credential(file, &identity.actor_token_type, "actor").ok()?,
-            None => Credential::None,
-        };
+        if matches!(identity.subject, SubjectSource::Caller | SubjectSource::Login(_)) {
+            return None;
+        }
+        let (subject, actor) = self.own_credentials(&identity).ok()?;
         Some(Spec {
             audience: k.audience.clone(),
             scopes,
