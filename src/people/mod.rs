@@ -17,7 +17,7 @@ mod provider;
 mod refresh;
 mod session;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -54,7 +54,8 @@ pub(crate) struct SessionToken(pub(crate) Secret);
 pub struct People {
     host: Arc<dyn PeopleHost>,
     /// Live sessions by (uid, login).
-    sessions: Mutex<HashMap<(u32, String), Arc<Session>>>,
+    /// Ordered by (uid, login), so one uid's sessions are a range, found without a scan.
+    sessions: Mutex<BTreeMap<(u32, String), Arc<Session>>>,
     /// Why the last session of (uid, login) ended, and when: what `login_required` tells.
     ended: Mutex<HashMap<(u32, String), (EndReason, SystemTime)>>,
     attempts: Mutex<HashMap<String, Arc<attempt::Attempt>>>,
@@ -72,7 +73,7 @@ impl People {
         })
     }
 
-    fn sessions(&self) -> MutexGuard<'_, HashMap<(u32, String), Arc<Session>>> {
+    fn sessions(&self) -> MutexGuard<'_, BTreeMap<(u32, String), Arc<Session>>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -114,14 +115,13 @@ impl People {
 
     /// `uid`'s live sessions, by login.
     pub fn sessions_of(&self, uid: u32) -> Vec<Arc<Session>> {
-        let mut out: Vec<Arc<Session>> = self
-            .sessions()
-            .iter()
-            .filter(|((u, _), s)| *u == uid && !s.is_ended())
+        // The map is ordered by (uid, login): this uid's sessions, by login, are one range.
+        self.sessions()
+            .range((uid, String::new())..)
+            .take_while(|((u, _), _)| *u == uid)
+            .filter(|(_, s)| !s.is_ended())
             .map(|(_, s)| s.clone())
-            .collect();
-        out.sort_by(|a, b| a.login.cmp(&b.login));
-        out
+            .collect()
     }
 
     /// The current claims of `uid`'s sessions, by login (what roles with `login` match).
