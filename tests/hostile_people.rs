@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::people::{api_as, cli_as, line_where, people_with, raw_as, run_as};
+use common::people::{api_as, browser_login, cli_as, line_where, people_with, raw_as, run_as};
 use common::{AgentProcess, Harness, PAYMENTS};
 use cortexid::devidp::fixture::Login;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -356,9 +356,7 @@ print(status, "Sign-in failed" in page, flush=True)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_forged_redirect_from_another_uid_does_not_spoil_a_browser_sign_in() {
     let h = people().await;
-    let mut alice = cli_as(ALICE_UID, &h.socket, &["login", "--browser", "--no-browser"], &[]);
-    let mut lines = BufReader::new(alice.stdout.take().unwrap()).lines();
-    let url = line_where(&mut lines, |l| l.trim_start().starts_with("https://")).await;
+    let (alice, _lines, url) = browser_login(ALICE_UID, &h.socket).await;
     let port = redirect_port(&url);
     let mut mallory = python_as(
         MALLORY_UID,
@@ -525,9 +523,7 @@ time.sleep(120)
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_connections_from_another_uid_do_not_hold_back_the_browsers_redirect() {
     let h = people().await;
-    let mut alice = cli_as(ALICE_UID, &h.socket, &["login", "--browser", "--no-browser"], &[]);
-    let mut lines = BufReader::new(alice.stdout.take().unwrap()).lines();
-    let url = line_where(&mut lines, |l| l.trim_start().starts_with("https://")).await;
+    let (mut alice, _lines, url) = browser_login(ALICE_UID, &h.socket).await;
     let port = redirect_port(&url);
     let mut mallory = python_as(MALLORY_UID, IDLE_ON_LOOPBACK, &[&port.to_string(), "60"]);
     let mut said = BufReader::new(mallory.stdout.take().unwrap()).lines();
@@ -550,9 +546,7 @@ async fn idle_connections_of_an_accepted_uid_do_not_hold_back_the_browsers_redir
     // Root's connections pass the listener's uid check (as a browser's own preconnects would):
     // each is served on its own, so idle ones still hold nothing back.
     let h = people().await;
-    let mut alice = cli_as(ALICE_UID, &h.socket, &["login", "--browser", "--no-browser"], &[]);
-    let mut lines = BufReader::new(alice.stdout.take().unwrap()).lines();
-    let url = line_where(&mut lines, |l| l.trim_start().starts_with("https://")).await;
+    let (mut alice, _lines, url) = browser_login(ALICE_UID, &h.socket).await;
     let port = redirect_port(&url);
     let mut idle = Vec::new();
     for _ in 0..60 {
@@ -1196,9 +1190,7 @@ async fn no_refresh_token_id_token_session_token_or_verifier_shows_in_answers_lo
     };
 
     // The browser flow through the CLI: remember the challenge, to recognise the verifier.
-    let mut child = cli_as(ALICE_UID, &h.socket, &["login", "--browser", "--no-browser"], &[]);
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = line_where(&mut lines, |l| l.trim_start().starts_with("https://")).await;
+    let (child, _lines, url) = browser_login(ALICE_UID, &h.socket).await;
     let challenge = url::Url::parse(url.trim())
         .unwrap()
         .query_pairs()

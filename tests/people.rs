@@ -8,7 +8,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::people::{api_as, cli_as, line_where, people_with, run_as};
+use common::people::{api_as, browser_login, cli_as, line_where, people_with, run_as};
 use common::{Harness, PAYMENTS, claims, open_dir};
 use cortexid::devidp::fixture::{Identity, Login, Role};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -143,9 +143,7 @@ async fn the_browser_flow_comes_back_through_the_cli_and_refuses_a_tampered_stat
 
     // A tampered state: the CLI answers 400, relays nothing and keeps waiting; the real
     // redirect then completes the sign-in.
-    let mut child = cli_as(ALICE_UID, &h.socket, &["login", "--browser", "--no-browser"], &[]);
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = line_where(&mut lines, |l| l.trim_start().starts_with("https://")).await;
+    let (child, _lines, url) = browser_login(ALICE_UID, &h.socket).await;
     let back = h.idp.approve_authorization(url.trim(), PERSON, &["payments"]).unwrap();
     let tampered = back.replace("state=", "state=x");
     let answered = http.get(&tampered).send().await.unwrap();
@@ -160,9 +158,7 @@ async fn the_browser_flow_comes_back_through_the_cli_and_refuses_a_tampered_stat
     assert_eq!(h.idp.people_counters().code_redemptions, 1);
 
     // The real thing.
-    let mut child = cli_as(ALICE_UID, &h.socket, &["login", "--browser", "--no-browser"], &[]);
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = line_where(&mut lines, |l| l.trim_start().starts_with("https://")).await;
+    let (mut child, _lines, url) = browser_login(ALICE_UID, &h.socket).await;
     assert!(
         url.contains("code_challenge=") && url.contains("prompt=consent"),
         "{url}"

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use cortexid::devidp::fixture::{Identity, Login, Role};
-use tokio::io::BufReader;
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::{Harness, PAYMENTS, Setup, open_dir};
 
@@ -101,11 +101,21 @@ pub async fn api_as(uid: u32, h: &Harness, method: &str, path: &str, body: Optio
     (status, serde_json::from_str(&text).unwrap_or_default())
 }
 
+/// A child's stdout, line by line.
+pub type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
+
+/// Starts `cortexid login --browser --no-browser` as `uid` and reads its output up to the
+/// authorization URL: (the CLI, the rest of its output, the URL's line). Keep the output until
+/// the CLI is done: dropped, it closes the pipe the CLI still prints to.
+pub async fn browser_login(uid: u32, socket: &Path) -> (tokio::process::Child, Lines, String) {
+    let mut child = cli_as(uid, socket, &["login", "--browser", "--no-browser"], &[]);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = line_where(&mut lines, |l| l.trim_start().starts_with("https://")).await;
+    (child, lines, url)
+}
+
 /// Reads the child's stdout until a line satisfies `want`; returns that line.
-pub async fn line_where(
-    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-    want: impl Fn(&str) -> bool,
-) -> String {
+pub async fn line_where(lines: &mut Lines, want: impl Fn(&str) -> bool) -> String {
     while let Some(line) = lines.next_line().await.unwrap() {
         if want(&line) {
             return line;
