@@ -14,8 +14,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{AgentProcess, Harness, PAYMENTS, Setup, open_dir};
-use cortexid::devidp::fixture::{Identity, Login, Role};
+use common::people::{api_as, browser_login, cli_as, line_where, people_with, raw_as, run_as};
+use common::{AgentProcess, Harness, PAYMENTS};
+use cortexid::devidp::fixture::Login;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const PERSON: &str = "Alice Smith";
@@ -24,29 +25,6 @@ const ATTACKER: &str = "Mallory Evil";
 const ATTACKER_SUB: &str = "mallory-evil";
 const ALICE_UID: u32 = 1000;
 const MALLORY_UID: u32 = 1001;
-
-/// The harness with a `[[login]]` "corp" (`login`), the person identity "me" and the role "team"
-/// for sessions whose groups hold "payments"; `before_start` may change the written config, then
-/// the agent starts.
-async fn people_with(lifetime: Duration, login: Login, before_start: impl FnOnce(&Harness)) -> Harness {
-    let mut h = Harness::new(lifetime, Setup::default()).await;
-    h.stop().await;
-    h.config.identities.push(
-        Identity::person("me", "corp", "corp")
-            .audiences(&[PAYMENTS])
-            .scopes(&["payments.read"]),
-    );
-    h.config
-        .roles
-        .push(Role::new("team", &["me"]).login("corp").claim("groups", &["payments"]));
-    h.config.logins.push(login);
-    h.write_config();
-    before_start(&h);
-    h.start().await;
-    h.idp.set_device_interval(Duration::from_millis(200));
-    open_dir(h.dir.path());
-    h
-}
 
 async fn people() -> Harness {
     people_with(Duration::from_secs(300), Login::new("corp", "corp"), |_| {}).await
@@ -61,75 +39,6 @@ fn add_state_dir(h: &Harness, state: &Path, key_file: Option<&Path>) {
         lines.push_str(&format!("state_key_file = \"{}\"\n", k.display()));
     }
     std::fs::write(&h.config_path, text.replacen("[agent]\n", &lines, 1)).unwrap();
-}
-
-/// `cortexid ARGS` as `uid`, stdout and stderr piped, with no display and no `$BROWSER` unless
-/// `env` sets one.
-fn cli_as(uid: u32, socket: &Path, args: &[&str], env: &[(&str, &str)]) -> tokio::process::Child {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cortexid"));
-    cmd.args(args)
-        .env("CORTEXID_SOCKET", socket)
-        .env_remove("DISPLAY")
-        .env_remove("WAYLAND_DISPLAY")
-        .env_remove("BROWSER")
-        .envs(env.iter().copied())
-        .uid(uid)
-        .gid(uid)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    tokio::process::Command::from(cmd).kill_on_drop(true).spawn().unwrap()
-}
-
-async fn run_as(uid: u32, socket: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = cli_as(uid, socket, args, &[]).wait_with_output().await.unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// The socket API as `uid` through curl, optionally behind a command such as `unshare -Ur`:
-/// (status, the answer as text).
-async fn raw_as(uid: u32, wrap: &[&str], socket: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    let mut cmd = std::process::Command::new(wrap.first().copied().unwrap_or("curl"));
-    if !wrap.is_empty() {
-        cmd.args(&wrap[1..]).arg("curl");
-    }
-    cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, "--unix-socket"])
-        .arg(socket)
-        .arg(format!("http://localhost{path}"))
-        .uid(uid)
-        .gid(uid);
-    if let Some(b) = body {
-        cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
-    }
-    let out = tokio::process::Command::from(cmd)
-        .output()
-        .await
-        .expect("curl plays the other users");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (answer, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (status.trim().parse().unwrap_or(0), answer.to_string())
-}
-
-async fn api_as(uid: u32, h: &Harness, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
-    let (status, text) = raw_as(uid, &[], &h.socket, method, path, body).await;
-    (status, serde_json::from_str(&text).unwrap_or_default())
-}
-
-/// Reads the child's stdout until a line satisfies `want`; returns that line.
-async fn line_where(
-    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-    want: impl Fn(&str) -> bool,
-) -> String {
-    while let Some(line) = lines.next_line().await.unwrap() {
-        if want(&line) {
-            return line;
-        }
-    }
-    panic!("the process ended without printing the expected line");
 }
 
 /// Starts `python3 -c script args…` as `uid`, stdin and stdout piped; [`PY`] is defined first.
@@ -449,9 +358,7 @@ print(status, "Sign-in failed" in page, flush=True)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_forged_redirect_from_another_uid_does_not_spoil_a_browser_sign_in() {
     let h = people().await;
-    let mut alice = cli_as(ALICE_UID, &h.socket, &["login", "--browser", "--no-browser"], &[]);
-    let mut lines = BufReader::new(alice.stdout.take().unwrap()).lines();
-    let url = line_where(&mut lines, |l| l.trim_start().starts_with("https://")).await;
+    let (alice, _lines, url) = browser_login(ALICE_UID, &h.socket).await;
     let port = redirect_port(&url);
     let mut mallory = python_as(
         MALLORY_UID,
@@ -618,9 +525,7 @@ time.sleep(120)
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_connections_from_another_uid_do_not_hold_back_the_browsers_redirect() {
     let h = people().await;
-    let mut alice = cli_as(ALICE_UID, &h.socket, &["login", "--browser", "--no-browser"], &[]);
-    let mut lines = BufReader::new(alice.stdout.take().unwrap()).lines();
-    let url = line_where(&mut lines, |l| l.trim_start().starts_with("https://")).await;
+    let (mut alice, _lines, url) = browser_login(ALICE_UID, &h.socket).await;
     let port = redirect_port(&url);
     let mut mallory = python_as(MALLORY_UID, IDLE_ON_LOOPBACK, &[&port.to_string(), "60"]);
     let mut said = BufReader::new(mallory.stdout.take().unwrap()).lines();
@@ -643,9 +548,7 @@ async fn idle_connections_of_an_accepted_uid_do_not_hold_back_the_browsers_redir
     // Root's connections pass the listener's uid check (as a browser's own preconnects would):
     // each is served on its own, so idle ones still hold nothing back.
     let h = people().await;
-    let mut alice = cli_as(ALICE_UID, &h.socket, &["login", "--browser", "--no-browser"], &[]);
-    let mut lines = BufReader::new(alice.stdout.take().unwrap()).lines();
-    let url = line_where(&mut lines, |l| l.trim_start().starts_with("https://")).await;
+    let (mut alice, _lines, url) = browser_login(ALICE_UID, &h.socket).await;
     let port = redirect_port(&url);
     let mut idle = Vec::new();
     for _ in 0..60 {
@@ -1289,9 +1192,7 @@ async fn no_refresh_token_id_token_session_token_or_verifier_shows_in_answers_lo
     };
 
     // The browser flow through the CLI: remember the challenge, to recognise the verifier.
-    let mut child = cli_as(ALICE_UID, &h.socket, &["login", "--browser", "--no-browser"], &[]);
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = line_where(&mut lines, |l| l.trim_start().starts_with("https://")).await;
+    let (child, _lines, url) = browser_login(ALICE_UID, &h.socket).await;
     let challenge = url::Url::parse(url.trim())
         .unwrap()
         .query_pairs()

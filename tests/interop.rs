@@ -26,17 +26,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use common::oidc_people::{interop_dir, node_missing, start_provider, write_tls};
 use common::*;
 use cortexid::cmd::client::SocketClient;
 use cortexid::config::AuditTarget;
 use cortexid::devidp::fixture::{Agent, ConfigFile, Identity, Provider, ProviderAuth, Role};
 use cortexid::run::daemon::RunningAgent;
 use cortexid::upstream::keys::{KeyAlg, SigningKey};
-use tokio::io::AsyncBufReadExt;
 
 const SUBJECT_ISSUER: &str = "https://sa-issuer.interop.test";
 const TTL: u64 = 300;
@@ -44,24 +43,6 @@ const BASIC_SECRET: &str = "interop basic secret, long enough for HS256 too";
 const POST_SECRET: &str = "interop post secret, long enough for HS256 as well";
 const SA_SUB: &str = "system:serviceaccount:prod:payments";
 const BOT_SUB: &str = "bot:deploy-agent";
-
-fn interop_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
-}
-
-/// Why the oidc-provider tests cannot run here, if they cannot.
-fn node_missing() -> Option<String> {
-    if !interop_dir().join("node_modules/oidc-provider/package.json").is_file() {
-        return Some(format!(
-            "{}/node_modules is missing; run tests/interop/setup.sh (npm ci) to test against oidc-provider",
-            interop_dir().display()
-        ));
-    }
-    match std::process::Command::new("node").arg("--version").output() {
-        Ok(out) if out.status.success() => None,
-        _ => Some("node is not installed; the oidc-provider interop tests need Node.js 18 or newer".into()),
-    }
-}
 
 /// Returns from the test when oidc-provider cannot run here (a failure under `CI=true`).
 macro_rules! require_node {
@@ -71,31 +52,6 @@ macro_rules! require_node {
             return;
         }
     };
-}
-
-/// A throw-away CA and a server certificate for 127.0.0.1: (ca.pem, cert.pem, key.pem).
-fn write_tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "cortexid interop CA");
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, &ca_key);
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let mut leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-    leaf.distinguished_name.push(rcgen::DnType::CommonName, "127.0.0.1");
-    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf = leaf.signed_by(&leaf_key, &issuer).unwrap();
-    let paths = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
-    std::fs::write(&paths.1, leaf.pem()).unwrap();
-    write_secret(&paths.2, &leaf_key.serialize_pem());
-    (paths.0, paths.1, paths.2)
 }
 
 /// oidc-provider in a node child process, with an agent configured for it.
@@ -137,30 +93,7 @@ impl Interop {
             "subject_jwks": {"keys": [sa_key.public_jwk()]},
         });
         std::fs::write(d.join("setup.json"), setup.to_string()).unwrap();
-        let mut node = tokio::process::Command::new("node")
-            .arg(interop_dir().join("provider.mjs"))
-            .arg(d.join("setup.json"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(d.join("node.log")).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = tokio::io::BufReader::new(node.stdout.take().unwrap()).lines();
-        let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("oidc-provider did not start within 60 s")
-            .unwrap()
-            .unwrap_or_else(|| {
-                panic!(
-                    "oidc-provider exited: {}",
-                    std::fs::read_to_string(d.join("node.log")).unwrap_or_default()
-                )
-            });
-        let issuer = serde_json::from_str::<serde_json::Value>(&first).unwrap()["issuer"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let (node, issuer) = start_provider(d).await;
 
         write_secret(&d.join("basic-secret"), BASIC_SECRET);
         write_secret(&d.join("post-secret"), POST_SECRET);

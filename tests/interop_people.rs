@@ -150,6 +150,27 @@ async fn device_flow_refresh_rotation_groups_and_revocation_at_oidc_provider() {
     assert!(invalid_grant(&e), "{e}");
 }
 
+/// The provider's authorization URL for the login client at [`REDIRECT`], asking for
+/// `openid groups offline_access`.
+async fn authorization_url(p: &People, state: &str, nonce: &str, pkce: &Pkce) -> String {
+    p.client
+        .authorization_url(
+            LOGIN,
+            REDIRECT,
+            &scopes(&["openid", "groups", "offline_access"]),
+            state,
+            nonce,
+            pkce,
+        )
+        .await
+        .unwrap()
+}
+
+/// The query parameters of the URL the browser was sent back to.
+fn query(back: &str) -> BTreeMap<String, String> {
+    url::Url::parse(back).unwrap().query_pairs().into_owned().collect()
+}
+
 #[tokio::test]
 async fn browser_flow_with_pkce_and_prompt_consent_gets_a_refresh_token_at_oidc_provider() {
     if let Some(why) = node_missing() {
@@ -162,23 +183,12 @@ async fn browser_flow_with_pkce_and_prompt_consent_gets_a_refresh_token_at_oidc_
     let p = People::start().await;
     let pkce = Pkce::generate().unwrap();
     let (state, nonce) = (random_urlsafe(32).unwrap(), random_urlsafe(32).unwrap());
-    let url = p
-        .client
-        .authorization_url(
-            LOGIN,
-            REDIRECT,
-            &scopes(&["openid", "groups", "offline_access"]),
-            &state,
-            &nonce,
-            &pkce,
-        )
-        .await
-        .unwrap();
+    let url = authorization_url(&p, &state, &nonce, &pkce).await;
     let mut browser = Browser::new(&p, "alice");
     let Ended::Redirect(back) = browser.sign_in(&url, REDIRECT).await else {
         panic!("the browser is sent back to the loopback redirect_uri\n{}", p.log())
     };
-    let q: BTreeMap<String, String> = url::Url::parse(&back).unwrap().query_pairs().into_owned().collect();
+    let q = query(&back);
     assert_eq!(q.get("state"), Some(&state), "{back}");
     let code = q.get("code").unwrap_or_else(|| panic!("no code in {back}"));
 
@@ -198,22 +208,11 @@ async fn browser_flow_with_pkce_and_prompt_consent_gets_a_refresh_token_at_oidc_
     assert!(invalid_grant(&e), "{e}");
 
     // A new sign-in (oidc-provider spends a code on a failed redemption), redeemed right.
-    let url = p
-        .client
-        .authorization_url(
-            LOGIN,
-            REDIRECT,
-            &scopes(&["openid", "groups", "offline_access"]),
-            &state,
-            &nonce,
-            &pkce,
-        )
-        .await
-        .unwrap();
+    let url = authorization_url(&p, &state, &nonce, &pkce).await;
     let Ended::Redirect(back) = browser.sign_in(&url, REDIRECT).await else {
         panic!("redirected")
     };
-    let q: BTreeMap<String, String> = url::Url::parse(&back).unwrap().query_pairs().into_owned().collect();
+    let q = query(&back);
     let grant = p
         .client
         .redeem_code(LOGIN, &ClientAuth::None, &q["code"], REDIRECT, &pkce, &nonce)

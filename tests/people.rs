@@ -5,11 +5,11 @@
 
 mod common;
 
-use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Harness, PAYMENTS, Setup, claims, open_dir};
+use common::people::{api_as, browser_login, cli_as, line_where, people_with, run_as};
+use common::{Harness, PAYMENTS, claims, open_dir};
 use cortexid::devidp::fixture::{Identity, Login, Role};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -18,93 +18,15 @@ const SUB: &str = "alice-smith";
 const ALICE_UID: u32 = 1000;
 const MALLORY_UID: u32 = 1001;
 
-/// The harness with a `[[login]]` "corp", the person identity "me" (its subject is the caller's
-/// session) and the role "team" for sessions whose groups hold "payments".
+/// The harness with a `[[login]]` "corp", the person identity "me" and the role "team".
 async fn people(lifetime: Duration) -> Harness {
-    let mut h = Harness::new(lifetime, Setup::default()).await;
-    h.stop().await;
-    h.config.identities.push(
-        Identity::person("me", "corp", "corp")
-            .audiences(&[PAYMENTS])
-            .scopes(&["payments.read"]),
-    );
-    h.config
-        .roles
-        .push(Role::new("team", &["me"]).login("corp").claim("groups", &["payments"]));
-    h.config.logins.push(Login::new("corp", "corp"));
-    h.write_config();
-    h.start().await;
-    // Polls closer than the announced interval get slow_down; the agent polls every second.
-    h.idp.set_device_interval(Duration::from_millis(200));
-    open_dir(h.dir.path());
-    h
-}
-
-/// `cortexid ARGS` as `uid` (gid the same, no supplementary groups), stdout piped.
-fn cli_as(uid: u32, socket: &std::path::Path, args: &[&str]) -> tokio::process::Child {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cortexid"));
-    cmd.args(args)
-        .env("CORTEXID_SOCKET", socket)
-        .env_remove("DISPLAY")
-        .env_remove("WAYLAND_DISPLAY")
-        .env_remove("BROWSER")
-        .uid(uid)
-        .gid(uid)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    tokio::process::Command::from(cmd).kill_on_drop(true).spawn().unwrap()
-}
-
-/// Runs `cortexid ARGS` as `uid` to the end: (exit code, stdout, stderr).
-async fn run_as(uid: u32, h: &Harness, args: &[&str]) -> (i32, String, String) {
-    let out = cli_as(uid, &h.socket, args).wait_with_output().await.unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// The socket API as `uid`, through curl: (status, JSON body).
-async fn api_as(uid: u32, h: &Harness, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
-    let mut cmd = std::process::Command::new("curl");
-    cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, "--unix-socket"])
-        .arg(&h.socket)
-        .arg(format!("http://localhost{path}"))
-        .uid(uid)
-        .gid(uid);
-    if let Some(b) = body {
-        cmd.args(["-H", "Content-Type: application/json", "--data", b]);
-    }
-    let out = tokio::process::Command::from(cmd)
-        .output()
-        .await
-        .expect("curl plays the other users");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (json, status) = text.rsplit_once('\n').unwrap();
-    (
-        status.trim().parse().unwrap(),
-        serde_json::from_str(json).unwrap_or_default(),
-    )
-}
-
-/// Reads the child's stdout until a line satisfies `want`; returns that line.
-async fn line_where(
-    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-    want: impl Fn(&str) -> bool,
-) -> String {
-    while let Some(line) = lines.next_line().await.unwrap() {
-        if want(&line) {
-            return line;
-        }
-    }
-    panic!("the CLI ended without printing the expected line");
+    people_with(lifetime, Login::new("corp", "corp"), |_| {}).await
 }
 
 /// Signs ALICE_UID in through `cortexid login --device`, approved at the provider as Alice with
 /// `groups`; returns the CLI's whole output.
 async fn sign_in_device(h: &Harness, groups: &[&str]) -> String {
-    let mut child = cli_as(ALICE_UID, &h.socket, &["login", "--device"]);
+    let mut child = cli_as(ALICE_UID, &h.socket, &["login", "--device"], &[]);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let complete = line_where(&mut lines, |l| l.contains("user_code=")).await;
     let code = complete.trim().rsplit('=').next().unwrap().to_string();
@@ -123,7 +45,7 @@ async fn sign_in_device(h: &Harness, groups: &[&str]) -> String {
 
 /// `cortexid token --identity me` as `uid`.
 async fn my_token(h: &Harness, uid: u32) -> (i32, String, String) {
-    run_as(uid, h, &["token", "--identity", "me", "--audience", PAYMENTS]).await
+    run_as(uid, &h.socket, &["token", "--identity", "me", "--audience", PAYMENTS]).await
 }
 
 /// Waits (bounded) until the audit log has an event `name` matching `pred`.
@@ -184,7 +106,7 @@ async fn a_person_signs_in_by_device_code_and_only_their_uid_gets_tokens_as_them
     assert_eq!(me["caller"]["uid"], MALLORY_UID);
     let (status, _) = api_as(MALLORY_UID, &h, "DELETE", "/v1/sessions/corp", None).await;
     assert_eq!(status, 404, "another uid cannot end the session either");
-    let (code, who, _) = run_as(ALICE_UID, &h, &["whoami"]).await;
+    let (code, who, _) = run_as(ALICE_UID, &h.socket, &["whoami"]).await;
     assert_eq!(code, 0);
     assert!(
         who.contains(&format!("signed in as {SUB}")) && who.contains("roles: team"),
@@ -221,9 +143,7 @@ async fn the_browser_flow_comes_back_through_the_cli_and_refuses_a_tampered_stat
 
     // A tampered state: the CLI answers 400, relays nothing and keeps waiting; the real
     // redirect then completes the sign-in.
-    let mut child = cli_as(ALICE_UID, &h.socket, &["login", "--browser", "--no-browser"]);
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = line_where(&mut lines, |l| l.trim_start().starts_with("https://")).await;
+    let (child, _lines, url) = browser_login(ALICE_UID, &h.socket).await;
     let back = h.idp.approve_authorization(url.trim(), PERSON, &["payments"]).unwrap();
     let tampered = back.replace("state=", "state=x");
     let answered = http.get(&tampered).send().await.unwrap();
@@ -238,9 +158,7 @@ async fn the_browser_flow_comes_back_through_the_cli_and_refuses_a_tampered_stat
     assert_eq!(h.idp.people_counters().code_redemptions, 1);
 
     // The real thing.
-    let mut child = cli_as(ALICE_UID, &h.socket, &["login", "--browser", "--no-browser"]);
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = line_where(&mut lines, |l| l.trim_start().starts_with("https://")).await;
+    let (mut child, _lines, url) = browser_login(ALICE_UID, &h.socket).await;
     assert!(
         url.contains("code_challenge=") && url.contains("prompt=consent"),
         "{url}"
@@ -340,10 +258,10 @@ async fn logout_revokes_at_the_provider_and_forgets_the_session() {
             .any(|k| k["identity"] == "me"),
         "{health}"
     );
-    let (code, _, err) = run_as(MALLORY_UID, &h, &["logout", "corp"]).await;
+    let (code, _, err) = run_as(MALLORY_UID, &h.socket, &["logout", "corp"]).await;
     assert_ne!(code, 0);
     assert!(err.contains("no session"), "{err}");
-    let (code, out, err) = run_as(ALICE_UID, &h, &["logout"]).await;
+    let (code, out, err) = run_as(ALICE_UID, &h.socket, &["logout"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("revoked at the provider"), "{out}");
     assert_eq!(
@@ -471,7 +389,7 @@ async fn an_agent_working_for_a_person_gets_tokens_with_the_person_as_sub_and_it
     sign_in_device(&h, &["payments"]).await;
     let (code, token, err) = run_as(
         ALICE_UID,
-        &h,
+        &h.socket,
         &[
             "token",
             "--identity",
@@ -497,7 +415,7 @@ async fn an_agent_working_for_a_person_gets_tokens_with_the_person_as_sub_and_it
     // Without the person's session, the agent gets nothing.
     let (code, _, err) = run_as(
         MALLORY_UID,
-        &h,
+        &h.socket,
         &[
             "token",
             "--identity",
@@ -526,7 +444,7 @@ async fn no_token_reaches_the_agent_s_logs_or_the_audit_log() {
     assert_eq!(code, 0, "{err}");
     // At least one refresh, so refreshed tokens went through too.
     audited(&h, "session.refreshed", |_| true).await;
-    let (code, _, err) = run_as(ALICE_UID, &h, &["logout"]).await;
+    let (code, _, err) = run_as(ALICE_UID, &h.socket, &["logout"]).await;
     assert_eq!(code, 0, "{err}");
     let logs = agent.logs();
     assert!(logs.contains("signed in"), "the logs were captured: {logs}");
@@ -700,7 +618,7 @@ scopes = ["openid", "email", "groups", "offline_access"]
     .unwrap();
 
     // Device flow: the person opens verification_uri_complete and goes through the forms.
-    let mut child = cli_as(ALICE_UID, &socket, &["login", "--device"]);
+    let mut child = cli_as(ALICE_UID, &socket, &["login", "--device"], &[]);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let url = line_where(&mut lines, |l| l.contains("user_code=")).await;
     let Ended::Page(page) = Browser::new(&p, "alice").sign_in(url.trim(), "http://never").await else {
@@ -712,7 +630,7 @@ scopes = ["openid", "email", "groups", "offline_access"]
     assert!(out.contains("signed in as alice") && out.contains("payments"), "{out}");
 
     // Browser flow: the browser follows the redirect into the CLI's loopback listener.
-    let mut child = cli_as(ALICE_UID, &socket, &["login", "--browser", "--no-browser"]);
+    let mut child = cli_as(ALICE_UID, &socket, &["login", "--browser", "--no-browser"], &[]);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let url = line_where(&mut lines, |l| l.trim_start().starts_with("https://")).await;
     let Ended::Page(page) = Browser::new(&p, "alice").sign_in(url.trim(), "http://never").await else {
@@ -724,7 +642,7 @@ scopes = ["openid", "email", "groups", "offline_access"]
 
     let socket_client = cortexid::cmd::client::SocketClient::new(&socket);
     let (ok, who) = {
-        let out = cli_as(ALICE_UID, &socket, &["whoami"])
+        let out = cli_as(ALICE_UID, &socket, &["whoami"], &[])
             .wait_with_output()
             .await
             .unwrap();
@@ -733,7 +651,7 @@ scopes = ["openid", "email", "groups", "offline_access"]
     assert!(ok && who.contains("signed in as alice"), "{who}");
     let root = socket_client.get("/v1/sessions").await.unwrap().json().unwrap();
     assert_eq!(root["sessions"], serde_json::json!([]), "root sees no one's session");
-    let out = cli_as(ALICE_UID, &socket, &["logout"])
+    let out = cli_as(ALICE_UID, &socket, &["logout"], &[])
         .wait_with_output()
         .await
         .unwrap();

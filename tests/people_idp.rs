@@ -9,7 +9,7 @@ use std::time::Duration;
 use cortexid::config::{ClientAuth, ProviderSettings};
 use cortexid::devidp::{DevClient, DevClientAuth, DevIdp, DevIdpConfig};
 use cortexid::error::{ProviderError, ProviderErrorKind};
-use cortexid::upstream::{DevicePoll, Pkce, ProviderClient, SessionGrant, random_urlsafe};
+use cortexid::upstream::{DeviceAuthorization, DevicePoll, Pkce, ProviderClient, SessionGrant, random_urlsafe};
 use serde_json::{Value, json};
 
 const LOGIN: &str = "cortexid-login";
@@ -79,18 +79,20 @@ fn code_of(e: &ProviderError) -> Option<&str> {
     }
 }
 
-/// Signs `name` in with the device flow (approved by the test control) and returns the grant.
-async fn device_sign_in(s: &Setup, name: &str, groups: &[&str]) -> SessionGrant {
-    let auth = s
-        .client
+/// Starts a device sign-in of the login client for `openid groups offline_access`.
+async fn start_device(s: &Setup) -> DeviceAuthorization {
+    s.client
         .device_authorization(
             LOGIN,
             &ClientAuth::None,
             &scopes(&["openid", "groups", "offline_access"]),
         )
         .await
-        .unwrap();
-    assert!(s.idp.approve_device(&auth.user_code, name, groups));
+        .unwrap()
+}
+
+/// Polls an approved device sign-in once; it must be granted.
+async fn granted(s: &Setup, auth: &DeviceAuthorization) -> SessionGrant {
     match s
         .client
         .poll_device(LOGIN, &ClientAuth::None, &auth.device_code)
@@ -100,6 +102,13 @@ async fn device_sign_in(s: &Setup, name: &str, groups: &[&str]) -> SessionGrant 
         DevicePoll::Granted(g) => *g,
         other => panic!("expected a grant, got {other:?}"),
     }
+}
+
+/// Signs `name` in with the device flow (approved by the test control) and returns the grant.
+async fn device_sign_in(s: &Setup, name: &str, groups: &[&str]) -> SessionGrant {
+    let auth = start_device(s).await;
+    assert!(s.idp.approve_device(&auth.user_code, name, groups));
+    granted(s, &auth).await
 }
 
 fn groups(g: &SessionGrant) -> Value {
@@ -550,15 +559,7 @@ fn input_value(page: &str, name: &str) -> String {
 async fn the_sign_in_pages_work_over_http_as_a_browser_uses_them() {
     let s = setup().await;
     // Device: open verification_uri_complete, submit the form.
-    let auth = s
-        .client
-        .device_authorization(
-            LOGIN,
-            &ClientAuth::None,
-            &scopes(&["openid", "groups", "offline_access"]),
-        )
-        .await
-        .unwrap();
+    let auth = start_device(&s).await;
     let page = s
         .http
         .get(auth.verification_uri_complete.as_deref().unwrap())
@@ -594,14 +595,7 @@ async fn the_sign_in_pages_work_over_http_as_a_browser_uses_them() {
     let done = r.text().await.unwrap();
     assert!(done.contains("Frank &lt;b&gt;O&#39;Neil&lt;/b&gt;"), "{done}");
     assert!(!done.contains("<b>O'Neil</b>"), "echoed names are escaped");
-    let DevicePoll::Granted(g) = s
-        .client
-        .poll_device(LOGIN, &ClientAuth::None, &auth.device_code)
-        .await
-        .unwrap()
-    else {
-        panic!("approved on the page")
-    };
+    let g = granted(&s, &auth).await;
     assert_eq!(g.id_claims.as_ref().unwrap()["sub"], "frank-b-o-neil-b");
     assert_eq!(groups(&g), json!(["payments", "developers", "team:a", "team:b"]));
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod oidc_people;
+pub mod people;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -38,6 +38,36 @@ pub fn node_missing() -> Option<String> {
     }
 }
 
+/// Starts oidc-provider (tests/interop/provider.mjs) in a node child process with the
+/// `setup.json` already written in `d`, its log in `d/node.log`: (the child, its issuer).
+pub async fn start_provider(d: &Path) -> (tokio::process::Child, String) {
+    let mut node = tokio::process::Command::new("node")
+        .arg(interop_dir().join("provider.mjs"))
+        .arg(d.join("setup.json"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(d.join("node.log")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(node.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("oidc-provider did not start within 60 s")
+        .unwrap()
+        .unwrap_or_else(|| {
+            panic!(
+                "oidc-provider exited: {}",
+                std::fs::read_to_string(d.join("node.log")).unwrap_or_default()
+            )
+        });
+    let issuer = serde_json::from_str::<serde_json::Value>(&first).unwrap()["issuer"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (node, issuer)
+}
+
 /// A throw-away CA and a server certificate for 127.0.0.1: (ca.pem, cert.pem, key.pem).
 pub fn write_tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
@@ -93,30 +123,7 @@ impl People {
             "people": d.join("people.json"),
         });
         std::fs::write(d.join("setup.json"), setup.to_string()).unwrap();
-        let mut node = tokio::process::Command::new("node")
-            .arg(interop_dir().join("provider.mjs"))
-            .arg(d.join("setup.json"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(d.join("node.log")).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = tokio::io::BufReader::new(node.stdout.take().unwrap()).lines();
-        let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("oidc-provider did not start within 60 s")
-            .unwrap()
-            .unwrap_or_else(|| {
-                panic!(
-                    "oidc-provider exited: {}",
-                    std::fs::read_to_string(d.join("node.log")).unwrap_or_default()
-                )
-            });
-        let issuer = serde_json::from_str::<serde_json::Value>(&first).unwrap()["issuer"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let (node, issuer) = start_provider(d).await;
         let settings = ProviderSettings {
             name: "oidc-provider".into(),
             issuer: issuer.clone(),
