@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::persist::{self, SavedKey, TOKENS};
 use crate::cache::Spec;
+use crate::cache::persist::{self, SavedKey, TOKENS};
 use crate::config::{Config, SubjectSource};
 
 use super::Agent;
