@@ -377,7 +377,7 @@ impl Sim {
         let floor = self.floor();
         let retry_after = (outcome == Outcome::Refused).then(|| Duration::from_secs(self.o.retry_after));
         let unit = self.rng.f64();
-        let jitter = fastrand::f64() * 2.0 - 1.0;
+        let jitter = self.rng.f64() * 2.0 - 1.0;
         let backoff_unit = self.rng.f64();
         let at_now = self.at(now);
         let n = &mut self.nodes[node as usize];
