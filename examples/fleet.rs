@@ -35,6 +35,8 @@ const MISS_WAIT: u64 = 10 * US;
 const WARM_UP: u64 = 600 * US;
 const DOWNTIME: u64 = 30 * US;
 const OUTAGE: u64 = 300 * US;
+/// `--rate auto`: each node's rate is this fraction of the provider's capacity divided by the nodes.
+const SHARE: f64 = 0.9;
 
 #[derive(Clone)]
 struct Opts {
@@ -724,9 +726,14 @@ fn main() {
     if o.capacity == 0 {
         o.capacity = (ideal * 1.5).ceil() as u32;
     }
-    // The recommended per-node rate: the provider's capacity shared by the nodes.
+    // The recommended per-node rate (docs/configuration.md): a tenth below the provider's
+    // capacity shared by the nodes.
     o.rate = match rate_arg.as_deref() {
         None | Some("auto") => Some(Rate {
+            count: 1,
+            per: Duration::from_secs_f64(o.nodes as f64 / (SHARE * f64::from(o.capacity))),
+        }),
+        Some("share") => Some(Rate {
             count: 1,
             per: Duration::from_secs_f64(o.nodes as f64 / f64::from(o.capacity)),
         }),

@@ -31,6 +31,11 @@ pub const URGENT_WINDOW: Duration = Duration::from_secs(120);
 pub const PAUSE_JITTER: f64 = 0.2;
 /// The longest pause a `Retry-After` can impose.
 pub const MAX_PAUSE: Duration = Duration::from_secs(300);
+/// After a `Retry-After` pause, the bucket's next token comes at a random point of this many
+/// refills: agents refused in the same second come back spread out, not all at the pause's end.
+/// (A whole refill spreads them more but costs each refusal half a refill on average: at one
+/// exchange per 95 s, the unluckiest nodes of a cold start then finish 25 % late.)
+pub const REPHASE: f64 = 0.25;
 
 /// The limits of one provider (`[[provider]] max_concurrent` and `rate`); none means unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -166,11 +171,16 @@ impl Gate {
         self.paused_until.filter(|u| *u > now)
     }
 
+    /// Seconds between two tokens.
+    fn per_token(&self, rate: Rate) -> f64 {
+        rate.per.as_secs_f64() / f64::from(rate.count)
+    }
+
     fn refill(&mut self, now: Instant) {
         let Some(rate) = self.limits.rate else { return };
         let cap = f64::from(rate.count);
         if let Some(last) = self.refilled {
-            let per_token = rate.per.as_secs_f64() / cap;
+            let per_token = self.per_token(rate);
             self.tokens = (self.tokens + now.saturating_duration_since(last).as_secs_f64() / per_token).min(cap);
         }
         self.refilled = Some(now);
@@ -194,7 +204,7 @@ impl Gate {
         if let Some(rate) = self.limits.rate
             && self.tokens < 1.0 - 1e-9
         {
-            let per_token = rate.per.as_secs_f64() / f64::from(rate.count);
+            let per_token = self.per_token(rate);
             let wait = Duration::from_secs_f64(((1.0 - self.tokens) * per_token).max(1e-6));
             return Poll::WaitUntil(now + wait);
         }
@@ -236,7 +246,7 @@ impl Gate {
         let paused = self.paused_until(now).map_or(Duration::ZERO, |u| u - now);
         let Some(rate) = self.limits.rate else { return paused };
         self.refill(now);
-        let per_token = rate.per.as_secs_f64() / f64::from(rate.count);
+        let per_token = self.per_token(rate);
         let needed = (ahead as f64 + 1.0 - self.tokens).max(0.0);
         paused.max(Duration::from_secs_f64(needed * per_token))
     }
@@ -258,19 +268,24 @@ impl Gate {
     /// The provider asked for a pause (429 or 503 with `Retry-After`): nothing is sent to it
     /// until `retry_after` (at most [`MAX_PAUSE`]) plus up to [`PAUSE_JITTER`] of it (`unit` in
     /// 0..1 picks where) has passed. A longer running pause is kept.
+    ///
+    /// With a `rate`, the refused exchange gives its token back (it did not use the provider's
+    /// capacity), and the bucket's next token comes at a random point of a window after the
+    /// pause: agents refused in the same second would otherwise all come back at its end.
     pub fn pause(&mut self, now: Instant, retry_after: Duration, unit: f64) -> Instant {
         let base = retry_after.min(MAX_PAUSE);
         let unit = unit.clamp(0.0, 1.0);
         let until = now + base.mul_f64(1.0 + PAUSE_JITTER * unit);
         self.pauses += 1;
-        // The bucket also starts again at a random phase (up to one refill later): agents
-        // refused in the same second would otherwise come back in step, at their next refill.
-        if self.limits.rate.is_some() {
-            self.refill(now);
-            self.tokens = self.tokens.min(0.0) - unit;
-        }
         let until = self.paused_until.map_or(until, |u| u.max(until));
         self.paused_until = Some(until);
+        if let Some(rate) = self.limits.rate {
+            self.refill(now);
+            let per_token = self.per_token(rate);
+            self.tokens = (self.tokens + 1.0).min(f64::from(rate.count));
+            let pause = (until - now).as_secs_f64() / per_token;
+            self.tokens = self.tokens.min(1.0 - pause - unit * REPHASE);
+        }
         until
     }
 }
@@ -618,17 +633,49 @@ mod tests {
             "at 0.5 s: 2 s + 20 % × 0.5 of jitter"
         );
         assert_eq!(g.poll(t0 + Duration::from_secs(2)), Poll::WaitUntil(until));
-        assert_eq!(g.poll(until), Poll::Go(tickets[3]));
+        // The bucket starts again 0.5 × a quarter of a token (62.5 ms) after the pause.
+        let resumed = until + Duration::from_micros(62_500);
+        assert_eq!(g.poll(until), Poll::WaitUntil(resumed));
+        assert_eq!(g.poll(resumed), Poll::Go(tickets[3]));
         assert_eq!(g.misses_ahead(tickets[4]), Some(0));
-        assert_eq!(g.turn_in(until, 0), Duration::ZERO, "one token is left");
+        assert_eq!(g.turn_in(resumed, 0), Duration::from_millis(500), "the next token");
         assert_eq!(
-            g.turn_in(until, 2),
-            Duration::from_millis(1000),
+            g.turn_in(resumed, 2),
+            Duration::from_millis(1500),
             "two ahead: 0.5 s a token"
         );
         assert!(g.cancel(tickets[4]));
-        assert_eq!(g.poll(until), Poll::Idle);
+        assert_eq!(g.poll(resumed), Poll::Idle);
         assert_eq!((g.sent, g.pauses), (4, 1));
+    }
+
+    /// One exchange per 100 s: a refused exchange gives its token back, so an agent the provider
+    /// refused sends again when the pause ends, not a whole refill later; agents refused in the
+    /// same second resume spread over a quarter of a refill after their pauses.
+    #[test]
+    fn a_refused_exchange_gives_its_token_back_and_agents_resume_spread_out() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let resume = |unit: f64| {
+            let mut g = Gate::new(limits(None, Some((1, 100))));
+            let t = g.enqueue(Want::Miss, t0);
+            assert_eq!(g.poll(t0), Poll::Go(t));
+            let until = g.pause(t0, s(5), unit);
+            g.finished();
+            let again = g.enqueue(Want::Miss, t0);
+            match g.poll(until) {
+                Poll::Go(t) if t == again => until,
+                Poll::WaitUntil(at) => {
+                    assert_eq!(g.poll(at), Poll::Go(again));
+                    at
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(resume(0.0), t0 + s(5), "at the pause's end: the refused token is back");
+        assert_eq!(resume(1.0), t0 + s(6) + s(25), "6 s of pause, then a quarter of 100 s");
+        let mid = resume(0.5) - t0;
+        assert!(mid > s(17) && mid < s(19), "{mid:?}");
     }
 
     #[tokio::test(start_paused = true)]
