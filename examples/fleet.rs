@@ -91,6 +91,7 @@ struct Key {
     failures: u32,
     busy: bool,
     served_at: Option<u64>,
+    lapsed: bool,
 }
 
 struct Node {
@@ -120,6 +121,9 @@ struct Sim {
     seconds: Vec<Second>,
     window: (u64, u32),
     down: Option<(u64, u64)>,
+    /// Keys that had a token and whose workload then asked while the agent held none it may
+    /// hand out (each key counted once).
+    lapsed: u64,
 }
 
 impl Sim {
@@ -142,6 +146,7 @@ impl Sim {
             seconds: Vec::new(),
             window: (0, 0),
             down: None,
+            lapsed: 0,
         };
         sim.nodes = (0..o.nodes)
             .map(|_| Node {
@@ -236,8 +241,12 @@ impl Sim {
         match ev {
             Ev::Want { node, key } => {
                 let floor = self.floor();
-                let k = &self.nodes[node as usize].keys[key as usize];
+                let k = &mut self.nodes[node as usize].keys[key as usize];
                 let usable = k.expires.is_some_and(|e| e > self.now + floor);
+                if !usable && k.served_at.is_some() && !k.lapsed {
+                    k.lapsed = true;
+                    self.lapsed += 1;
+                }
                 if !usable && !k.busy {
                     self.enqueue(node, key, Reason::Miss);
                 }
@@ -486,6 +495,8 @@ struct Report {
     to: u64,
     served_in: Option<f64>,
     capacity_time: Option<f64>,
+    /// Keys whose workload found no token after having had one (see `Sim::lapsed`).
+    lapsed: Option<u64>,
 }
 
 fn summarize(sim: &Sim, r: &Report, o: &Opts) -> String {
@@ -504,7 +515,7 @@ fn summarize(sim: &Sim, r: &Report, o: &Opts) -> String {
     let peak10 = ten.iter().copied().max().unwrap_or(0);
     let ideal = (o.nodes * o.keys) as f64 / (0.8 * o.lifetime.as_secs_f64());
     format!(
-        "| {} | {} | {:.1} | {:.1} | {:.1} | {} ({:.2}× cap) | {} ({:.2}× ideal) | {} | {} | {} |",
+        "| {} | {} | {:.1} | {:.1} | {:.1} | {} ({:.2}× cap) | {} ({:.2}× ideal) | {} | {} | {} | {} |",
         r.name,
         (to - from.min(to)),
         att as f64 / secs,
@@ -517,6 +528,7 @@ fn summarize(sim: &Sim, r: &Report, o: &Opts) -> String {
         peak_first,
         r.served_in.map_or("-".into(), |s| format!("{s:.0} s")),
         r.capacity_time.map_or("-".into(), |s| format!("{s:.0} s")),
+        r.lapsed.map_or("-".into(), |n| n.to_string()),
     )
 }
 
@@ -552,6 +564,7 @@ fn scenario(name: &str, o: &Opts) -> (Sim, Report) {
                 to: hour,
                 served_in: None,
                 capacity_time: None,
+                lapsed: Some(sim.lapsed),
             };
             let measured = sim.seconds.iter().map(|s| u64::from(s.accepted)).sum::<u64>() as f64 / 3600.0;
             eprintln!(
@@ -598,12 +611,14 @@ fn scenario(name: &str, o: &Opts) -> (Sim, Report) {
                 to: end,
                 served_in: (served != u64::MAX).then(|| served as f64 / US as f64),
                 capacity_time: Some(capacity_time),
+                lapsed: None,
             };
             (sim, r)
         }
         "restart" => {
             sim.warm();
             sim.run_until(WARM_UP);
+            sim.lapsed = 0;
             sim.restart_with_persisted_tokens();
             let from = sim.now;
             sim.run_until(from + hour);
@@ -613,12 +628,15 @@ fn scenario(name: &str, o: &Opts) -> (Sim, Report) {
                 to: from + hour,
                 served_in: Some(0.0),
                 capacity_time: None,
+                lapsed: Some(sim.lapsed),
             };
             (sim, r)
         }
         "outage" => {
             sim.warm();
             sim.down = Some((WARM_UP, WARM_UP + OUTAGE));
+            sim.run_until(WARM_UP);
+            sim.lapsed = 0;
             sim.run_until(WARM_UP + OUTAGE);
             // The keys the outage left failing or expired: served once each was renewed since.
             let floor = sim.floor();
@@ -652,6 +670,7 @@ fn scenario(name: &str, o: &Opts) -> (Sim, Report) {
                 served_in,
                 // What the capacity leaves beside the steady renewals.
                 capacity_time: Some(backlog as f64 / (f64::from(o.capacity) - ideal).max(1.0)),
+                lapsed: Some(sim.lapsed),
             };
             (sim, r)
         }
@@ -760,9 +779,9 @@ fn main() {
     );
     println!();
     println!(
-        "| scenario | seconds | attempted/s | accepted/s | refused/s | peak attempted/s after the first second | peak 10 s average | first second | all served in | capacity allows |"
+        "| scenario | seconds | attempted/s | accepted/s | refused/s | peak attempted/s after the first second | peak 10 s average | first second | all served in | capacity allows | keys that lapsed |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for s in scenarios {
         let (sim, r) = scenario(s, &o);
         println!("{}", summarize(&sim, &r, &o));
