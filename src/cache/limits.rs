@@ -678,6 +678,34 @@ mod tests {
         assert!(mid > s(17) && mid < s(19), "{mid:?}");
     }
 
+    /// Through `limited`, as the agent calls it: at one exchange per 100 s, the exchange after a
+    /// 429 with `Retry-After: 5` goes 5 to 31 s later (the pause, its jitter and a quarter of a
+    /// refill at most), not a refill later.
+    #[tokio::test(start_paused = true)]
+    async fn after_a_429_the_next_exchange_waits_for_the_pause_not_for_a_refill() {
+        let limiters = Limiters::default();
+        limiters.configure(
+            &[("corp".into(), limits(None, Some((1, 100))))],
+            Duration::from_secs(600),
+        );
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        for answer in [Some(Duration::from_secs(5)), None] {
+            let sent = sent.clone();
+            let exchange = async move {
+                sent.lock().unwrap().push(Instant::now());
+                let mut e = ProviderError::rejected("slow_down", "busy");
+                e.retry_after = answer;
+                Err(e)
+            };
+            let _ = limited(&limiters, "corp", renewal(Instant::now(), 3600), exchange).await;
+        }
+        let sent = sent.lock().unwrap();
+        let waited = sent[1] - sent[0];
+        assert!(waited >= Duration::from_secs(5), "{waited:?}");
+        assert!(waited <= Duration::from_secs(31), "{waited:?}");
+        assert_eq!(limiters.views()[0].pauses, 1);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_miss_that_cannot_get_a_turn_is_told_when_to_retry() {
         let l = Limiter::new("corp", limits(Some(1), None), Duration::from_secs(3));
