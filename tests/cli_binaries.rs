@@ -47,6 +47,23 @@ async fn cortexid_answers_token_itself_and_hands_every_other_command_to_cortexid
         .unwrap();
     assert_eq!(issued["caller"]["exe"], lonely.to_str().unwrap());
 
+    // A stdout nobody reads is an error `cortexid` reports, not a silent death by SIGPIPE.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let child = tokio::process::Command::new(&lonely)
+        .args(token)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "{:?}", out.status);
+    assert!(
+        text(&out.stderr).contains("cannot write to stdout"),
+        "{}",
+        text(&out.stderr)
+    );
+
     // Every other command needs `cortexid-agent` next to it, and says so.
     let out = run(&lonely, &status).await;
     assert_eq!(out.status.code(), Some(1));
