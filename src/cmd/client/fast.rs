@@ -1,12 +1,14 @@
 //! `cortexid token`'s command line read by hand, before (and without) clap: kubectl's exec plugin
 //! and scripts start `cortexid token` for every token, so building clap's tree of every
-//! subcommand is part of each token's cost. [`token`] takes only the well-formed common case:
-//! every option known, each given once (`--scope` any number of times), every value non-empty,
-//! UTF-8 and not starting with `-`. Anything else (`--help`, an unknown or repeated option, a
-//! value clap would reject or read differently) is left to the full parser, so every message and
-//! exit code for a command line it declines stays clap's.
+//! subcommand is part of each token's cost. [`token`] takes only what clap would read the same
+//! way: every option known, each given once (`--scope` any number of times), every value UTF-8
+//! (paths need not be) and not starting with `-` unless it is `-` or follows `=`, and no path,
+//! duration or format empty. Anything else (`--help`, an unknown or repeated option, a value clap
+//! would reject or read differently) is left to the full parser, so every message and exit code
+//! for a command line it declines stays clap's.
 
 use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -30,29 +32,31 @@ pub(crate) fn token_args(args: &[OsString]) -> Option<TokenArgs> {
     let mut socket = None;
     let mut it = rest.iter();
     while let Some(arg) = it.next() {
-        let arg = arg.to_str()?;
-        let (name, value) = match arg.split_once('=') {
-            Some((name, value)) => (name, OsStr::new(value)),
+        let bytes = arg.as_bytes();
+        let (name, value) = match bytes.iter().position(|&b| b == b'=') {
+            Some(eq) => (&bytes[..eq], OsStr::from_bytes(&bytes[eq + 1..])),
             None => {
                 let value = it.next()?;
-                if value.as_encoded_bytes().starts_with(b"-") {
+                // clap reads `-x` as an option, but `-` as a value.
+                if value.as_bytes().starts_with(b"-") && value != "-" {
                     return None;
                 }
-                (arg, value.as_os_str())
+                (bytes, value.as_os_str())
             }
         };
-        if value.is_empty() {
-            return None;
-        }
+        let text = || value.to_str().map(str::to_string);
+        // clap refuses an empty path; an empty string it passes on (and `run` refuses an empty
+        // audience or identity itself).
+        let path = || (!value.is_empty()).then(|| PathBuf::from(value));
         match name {
-            "--audience" => set(&mut audience, value.to_str()?.to_string())?,
-            "--scope" => scope.push(value.to_str()?.to_string()),
-            "--identity" => set(&mut identity, value.to_str()?.to_string())?,
-            "--min-valid" => set(&mut min_valid, parse_duration(value.to_str()?).ok()?)?,
-            "--format" => set(&mut format, output_format(value.to_str()?)?)?,
-            "--subject-token-file" => set(&mut subject_token_file, PathBuf::from(value))?,
-            "--actor-token-file" => set(&mut actor_token_file, PathBuf::from(value))?,
-            "--socket" => set(&mut socket, PathBuf::from(value))?,
+            b"--audience" => set(&mut audience, text()?)?,
+            b"--scope" => scope.push(text()?),
+            b"--identity" => set(&mut identity, text()?)?,
+            b"--min-valid" => set(&mut min_valid, parse_duration(value.to_str()?).ok()?)?,
+            b"--format" => set(&mut format, output_format(value.to_str()?)?)?,
+            b"--subject-token-file" => set(&mut subject_token_file, path()?)?,
+            b"--actor-token-file" => set(&mut actor_token_file, path()?)?,
+            b"--socket" => set(&mut socket, path()?)?,
             _ => return None,
         }
     }
@@ -168,6 +172,9 @@ mod tests {
                 "--actor-token-file=/a.jwt",
             ],
             &["token", "--audience", "a=b", "--identity", "x=y"],
+            &["token", "--audience", "-", "--scope", "", "--scope="],
+            &["token", "--audience", "", "--identity="],
+            &["token", "--audience=", "--identity", ""],
         ] {
             let fast = token_args(&os(args)).unwrap_or_else(|| panic!("declined {args:?}"));
             let clap = clap_reads(args).unwrap_or_else(|| panic!("clap rejects {args:?}"));
@@ -195,9 +202,12 @@ mod tests {
             &["token", "--audience", "a", "--format", "JSON"],
             &["token", "--audience", "a", "--min-valid", "soon"],
             &["token", "--audience", "-a"],
-            &["token", "--audience", ""],
-            &["token", "--audience="],
+            &["token", "--audience", "--"],
             &["token", "--audience", "a", "--socket", ""],
+            &["token", "--audience", "a", "--socket="],
+            &["token", "--audience", "a", "--actor-token-file", ""],
+            &["token", "--audience", "a", "--min-valid", ""],
+            &["token", "--audience", "a", "--format="],
             &["token", "--audience", "a", "--sock", "/s"],
             &["token", "--audience", "a", "extra"],
             &["token", "--audience", "a", "--"],
@@ -205,7 +215,20 @@ mod tests {
         ] {
             assert!(token_args(&os(args)).is_none(), "took {args:?}");
         }
-        let bad = std::os::unix::ffi::OsStringExt::from_vec(vec![0xff]);
-        assert!(token_args(&[OsString::from("token"), OsString::from("--audience"), bad]).is_none());
+        // A value that is not UTF-8 is clap's to refuse, unless it is a path.
+        let bad = || std::os::unix::ffi::OsStringExt::from_vec(vec![0xff]);
+        let with = |opt: &str| [OsString::from("token"), "--audience=a".into(), opt.into(), bad()];
+        assert!(token_args(&with("--audience")).is_none());
+        assert!(token_args(&with("--scope")).is_none());
+        let t = token_args(&with("--socket")).unwrap();
+        assert_eq!(t.socket.path().as_os_str().as_bytes(), b"\xff");
+        let mut eq = b"--socket=".to_vec();
+        eq.push(0xff);
+        let argv = [
+            OsString::from("token"),
+            "--audience=a".into(),
+            OsStr::from_bytes(&eq).to_owned(),
+        ];
+        assert_eq!(token_args(&argv).unwrap().socket.path().as_os_str().as_bytes(), b"\xff");
     }
 }
