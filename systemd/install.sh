@@ -2,10 +2,14 @@
 # Installs cortexid as a systemd service. Run from the repository root as root, after
 # `cargo build --release`. Idempotent: an existing /etc/cortexid/cortexid.toml is kept.
 set -eu
+# `cortexid` runs every command but `token` with `cortexid-agent`, which must sit next to it.
 bin=${1:-target/release/cortexid}
-[ -x "$bin" ] || { echo "no binary at $bin: run cargo build --release first" >&2; exit 1; }
+for b in "$bin" "$(dirname "$bin")/cortexid-agent"; do
+  [ -x "$b" ] || { echo "no binary at $b: run cargo build --release first" >&2; exit 1; }
+done
 
 install -m 0755 "$bin" /usr/local/bin/cortexid
+install -m 0755 "$(dirname "$bin")/cortexid-agent" /usr/local/bin/cortexid-agent
 install -m 0644 systemd/cortexid.service systemd/cortexid.socket /etc/systemd/system/
 install -D -m 0644 systemd/cortexid.sysusers /usr/lib/sysusers.d/cortexid.conf
 install -D -m 0644 systemd/cortexid.tmpfiles /usr/lib/tmpfiles.d/cortexid.conf

@@ -129,7 +129,12 @@ pub async fn run(dir: Option<PathBuf>, uids: Vec<u32>, notifier: crate::run::sys
             return 1;
         }
     };
+    // The commands to copy name `cortexid`, installed next to `cortexid-agent` (which runs this).
     let exe = std::env::current_exe()
+        .map(|p| match p.with_file_name("cortexid") {
+            thin if thin.is_file() => thin,
+            _ => p,
+        })
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "cortexid".into());
     let sock = setup.socket.display();

@@ -4,6 +4,7 @@
 //!
 //! - this file: [`SocketClient`], its [`Response`] and its [`ClientError`];
 //! - `blocking.rs`: one request over a plain blocking socket, for `cortexid token`;
+//! - `fast.rs`: `cortexid token`'s command line read without clap, when it is the common case;
 //! - `request.rs`: `TokenRequest`, what to ask `/v1/token` for and how it is encoded;
 //! - `trust.rs`: whether the uid serving the socket may be trusted (checked on every connection);
 //! - `test_agent.rs` (tests only): a stand-in agent on a Unix socket for unit tests.
@@ -12,6 +13,7 @@
 //! and nothing here prints or `Debug`s a token: `TokenRequest` and [`Response`] redact.
 
 pub(crate) mod blocking;
+pub mod fast;
 mod request;
 #[cfg(test)]
 pub(crate) mod test_agent;
