@@ -5,8 +5,12 @@
 //! (`/proc/<pid>/ns/mnt`, `/proc/<pid>/ns/user`); two processes share one when a `stat` of those
 //! files gives the same device and inode.
 
+use std::os::fd::BorrowedFd;
 use std::path::Path;
 use std::sync::LazyLock;
+
+use nix::fcntl::AtFlags;
+use nix::sys::stat::fstatat;
 
 use super::exe::FileId;
 
@@ -43,7 +47,21 @@ impl Namespaces {
 
     /// Those of the process whose `/proc` directory is `dir`, against the agent's.
     pub(crate) fn read(dir: &Path) -> Namespaces {
-        let one = |name: &str, agent: Option<FileId>| match (FileId::at(&dir.join("ns").join(name)).ok(), agent) {
+        Namespaces::from_stat(|name| FileId::at(&dir.join("ns").join(name)).ok())
+    }
+
+    /// The same, through an open `/proc/<pid>` directory.
+    pub(crate) fn read_at(dir: BorrowedFd<'_>) -> Namespaces {
+        Namespaces::from_stat(|name| {
+            fstatat(dir, format!("ns/{name}").as_str(), AtFlags::empty())
+                .ok()
+                .map(|st| FileId::of_stat(&st))
+        })
+    }
+
+    /// From `stat`, which gives the file of a namespace by name (`mnt`, `user`).
+    fn from_stat(stat: impl Fn(&str) -> Option<FileId>) -> Namespaces {
+        let one = |name: &str, agent: Option<FileId>| match (stat(name), agent) {
             (Some(caller), Some(agent)) if caller == agent => Namespace::Agent,
             (Some(caller), Some(agent)) => Namespace::Other {
                 caller: caller.ino,
