@@ -67,7 +67,7 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>, cancel: Cancellati
         // not hold up the next accept, and the runtime's workers attest connections side by side.
         tokio::spawn(async move {
             let _guard = guard;
-            let attested = Arc::new(caller::attest(cred.uid(), cred.gid(), cred.pid(), accepted_ticks));
+            let attested = Arc::new(caller::attest_peer(&stream, &cred, accepted_ticks));
             // A caller's pod is looked up at the kubelet once per connection, at its first
             // request (the kubelet may take a moment).
             let seen = Arc::new(tokio::sync::OnceCell::new());

@@ -51,6 +51,13 @@ impl FileId {
         }
     }
 
+    pub(crate) fn of_stat(st: &nix::sys::stat::FileStat) -> FileId {
+        FileId {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        }
+    }
+
     /// The file `path` leads to in the agent's own mount namespace (symbolic links followed).
     pub(crate) fn at(path: &Path) -> std::io::Result<FileId> {
         std::fs::metadata(path).map(|m| FileId::of(&m))
@@ -89,6 +96,21 @@ impl Executable {
                 meta.ctime_nsec(),
             ),
             deleted: meta.nlink() == 0,
+        }
+    }
+
+    /// The same as [`Executable::of`], from a `stat(2)` the agent made itself.
+    pub(crate) fn of_stat(st: &nix::sys::stat::FileStat) -> Executable {
+        Executable {
+            file: FileId::of_stat(st),
+            stamp: (
+                st.st_size as u64,
+                st.st_mtime,
+                st.st_mtime_nsec,
+                st.st_ctime,
+                st.st_ctime_nsec,
+            ),
+            deleted: st.st_nlink == 0,
         }
     }
 

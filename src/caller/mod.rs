@@ -1,10 +1,15 @@
 //! Who is on the other end of the socket: peer credentials from the kernel (`SO_PEERCRED`), then
-//! what `/proc/<pid>` says about that process (supplementary groups, executable, systemd unit).
+//! what `/proc/<pid>` says about that process (executable, namespaces, systemd unit, pod).
 //!
-//! `SO_PEERCRED` is a snapshot taken at `connect()`, and a PID can be reused. What `/proc/<pid>`
-//! says is trusted only if the process there started no later than the moment the connection was
-//! accepted and still has the same start time after everything was read; otherwise those
-//! attributes are left unknown, and only roles that do not need them can match.
+//! `SO_PEERCRED` is a snapshot taken at `connect()`, and a PID can be reused. Where the kernel
+//! has pidfds for socket peers (Linux 6.13 and later), the process is read through its pidfd and
+//! an open `/proc/<pid>` directory whose owner the pidfd confirms (`pidfd.rs` states why that is
+//! the peer), and the supplementary groups are the kernel's snapshot at `connect()`
+//! (`SO_PEERGROUPS`), like the uid. Elsewhere what `/proc/<pid>` says is trusted only if the
+//! process there started no later than the moment the connection was accepted and still has the
+//! same start time after everything was read, and the groups are those it has then. Either way,
+//! when the process cannot be confirmed, those attributes are left unknown, and only roles that
+//! do not need them can match.
 //!
 //! The executable is recorded twice: as the file the kernel runs ([`Executable`], a `stat` of
 //! `/proc/<pid>/exe` followed to the file), which roles match, and as the path the caller's own
@@ -14,11 +19,15 @@
 mod exe;
 mod kubelet;
 mod namespaces;
+mod pidfd;
 mod pod;
+mod users;
 
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+use tokio::net::unix::UCred;
 
 pub(crate) use exe::hex;
 pub use exe::{ExeName, Executable, FileId, HashError, Sha256};
@@ -115,23 +124,40 @@ impl Caller {
     }
 }
 
-/// Attests a caller from its peer credentials. `accepted_ticks` is the boot-time clock, in
-/// clock ticks, when the connection was accepted (see [`boot_ticks_now`]).
-pub(crate) fn attest(uid: u32, gid: u32, pid: Option<i32>, accepted_ticks: Option<u64>) -> Caller {
-    attest_at(Path::new("/proc"), uid, gid, pid, accepted_ticks)
+/// Attests the caller on the other end of `socket`, from its peer credentials `cred`.
+/// `accepted_ticks` is the boot-time clock, in clock ticks, when the connection was accepted (see
+/// [`boot_ticks_now`]); only a kernel without pidfds for socket peers needs it.
+pub(crate) fn attest_peer(socket: &impl AsFd, cred: &UCred, accepted_ticks: Option<u64>) -> Caller {
+    let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid());
+    attest_at(Path::new("/proc"), Some(socket.as_fd()), uid, gid, pid, accepted_ticks)
 }
 
-fn attest_at(proc_root: &Path, uid: u32, gid: u32, pid: Option<i32>, accepted_ticks: Option<u64>) -> Caller {
+/// Attests process `pid` without its socket: the way a kernel without pidfds is read.
+#[cfg(test)]
+pub(crate) fn attest(uid: u32, gid: u32, pid: Option<i32>, accepted_ticks: Option<u64>) -> Caller {
+    attest_at(Path::new("/proc"), None, uid, gid, pid, accepted_ticks)
+}
+
+/// `socket`, when given, is read through the peer's pidfd if the kernel can; otherwise (and
+/// without a socket) `/proc/<pid>` is read by number and checked by start time.
+fn attest_at(
+    proc_root: &Path,
+    socket: Option<BorrowedFd<'_>>,
+    uid: u32,
+    gid: u32,
+    pid: Option<i32>,
+    accepted_ticks: Option<u64>,
+) -> Caller {
     let mut caller = Caller::from_ids(uid, gid, pid);
-    caller.user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .map(|u| u.name);
+    caller.user = users::name_of(uid);
     let Some(pid) = pid.filter(|p| *p > 0) else {
         caller.unreadable = Some("the kernel gave no pid".into());
         return caller;
     };
-    match read_process(proc_root, pid, uid, accepted_ticks) {
+    let read = socket
+        .and_then(|socket| pidfd::read_process(socket, pid, uid))
+        .unwrap_or_else(|| read_process(proc_root, pid, uid, accepted_ticks));
+    match read {
         Ok(p) => {
             caller.groups = p.groups;
             caller.exe = p.exe;
@@ -179,6 +205,9 @@ enum ProcessError {
     /// The pid was reused while it was being read.
     #[error("pid {0} was reused while being read")]
     ReusedWhileRead(i32),
+    /// The peer's pidfd names another pid than its credentials.
+    #[error("the process that connected is not pid {0}")]
+    NotThePeer(i32),
 }
 
 fn read_process(

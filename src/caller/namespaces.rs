@@ -3,10 +3,13 @@
 //! In a mount namespace of its own, a path can name any file: roles by path only mean what they
 //! say for callers that see the agent's mounts. Each namespace is a file in `nsfs`
 //! (`/proc/<pid>/ns/mnt`, `/proc/<pid>/ns/user`); two processes share one when a `stat` of those
-//! files gives the same device and inode.
+//! files gives the same device and inode (or, read as links, the same inode number).
 
+use std::os::fd::BorrowedFd;
 use std::path::Path;
 use std::sync::LazyLock;
+
+use nix::fcntl::readlinkat;
 
 use super::exe::FileId;
 
@@ -43,7 +46,32 @@ impl Namespaces {
 
     /// Those of the process whose `/proc` directory is `dir`, against the agent's.
     pub(crate) fn read(dir: &Path) -> Namespaces {
-        let one = |name: &str, agent: Option<FileId>| match (FileId::at(&dir.join("ns").join(name)).ok(), agent) {
+        Namespaces::from_stat(|name| FileId::at(&dir.join("ns").join(name)).ok())
+    }
+
+    /// The same, through an open `/proc/<pid>` directory, by reading the links instead of
+    /// following them: `mnt:[4026531841]` names the namespace's inode in `nsfs`, and a `stat`
+    /// would have to make a dentry for it first. Inode numbers are unique among the namespaces
+    /// that exist, and the agent's exist while it runs, so the same number is the same namespace.
+    pub(crate) fn read_at(dir: BorrowedFd<'_>) -> Namespaces {
+        Namespaces::from_stat(|name| {
+            let link = readlinkat(dir, format!("ns/{name}").as_str()).ok()?;
+            let ino = link
+                .to_str()?
+                .strip_prefix(name)?
+                .strip_prefix(":[")?
+                .strip_suffix(']')?;
+            let ino = ino.parse().ok()?;
+            // nsfs is one file system: the device is the agent's own namespaces'.
+            let [mount, user] = *AGENT;
+            let dev = if name == "mnt" { mount } else { user }?.dev;
+            Some(FileId { dev, ino })
+        })
+    }
+
+    /// From `stat`, which gives the file of a namespace by name (`mnt`, `user`).
+    fn from_stat(stat: impl Fn(&str) -> Option<FileId>) -> Namespaces {
+        let one = |name: &str, agent: Option<FileId>| match (stat(name), agent) {
             (Some(caller), Some(agent)) if caller == agent => Namespace::Agent,
             (Some(caller), Some(agent)) => Namespace::Other {
                 caller: caller.ino,
@@ -75,6 +103,7 @@ impl Namespace {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     #[test]
     fn this_process_shares_the_agents_namespaces() {
@@ -87,6 +116,32 @@ mod tests {
                 user: Namespace::Agent
             }
         );
+    }
+
+    #[test]
+    fn the_links_read_through_a_directory_say_what_a_stat_says() {
+        let mut child = std::process::Command::new("unshare")
+            .args(["-Um", "sleep", "30"])
+            .spawn()
+            .unwrap();
+        for pid in [std::process::id(), child.id()] {
+            let path = Path::new("/proc").join(pid.to_string());
+            // unshare makes its namespaces before it runs sleep.
+            for _ in 0..100 {
+                if Namespaces::read(&path).user != Namespace::Agent {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let dir = std::fs::File::open(&path).unwrap();
+            assert_eq!(Namespaces::read_at(dir.as_fd()), Namespaces::read(&path));
+        }
+        let dir = std::fs::File::open(Path::new("/proc").join(child.id().to_string())).unwrap();
+        let theirs = Namespaces::read_at(dir.as_fd());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(matches!(theirs.mount, Namespace::Other { .. }), "{theirs:?}");
+        assert!(matches!(theirs.user, Namespace::Other { .. }), "{theirs:?}");
     }
 
     #[test]
