@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use cortexid::cache::limits::{Gate, Limits, Poll, Want};
 use cortexid::cache::persist::resume_in;
-use cortexid::cache::{RefreshSettings, backoff, hand_out_floor, refresh_in};
+use cortexid::cache::{RefreshSettings, backoff, hand_out_floor, refresh_in, renewal_retry_in};
 use cortexid::config::Rate;
 use tokio::time::Instant;
 
@@ -49,6 +49,7 @@ struct Opts {
     retry_after: u64,
     seed: u64,
     per_second: bool,
+    trace: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -92,6 +93,8 @@ struct Key {
     busy: bool,
     served_at: Option<u64>,
     lapsed: bool,
+    /// With `--trace`: what happened to this key (printed for the keys that lapsed).
+    log: Vec<String>,
 }
 
 struct Node {
@@ -181,6 +184,15 @@ impl Sim {
         self.heap.push(Reverse((t.max(self.now), self.seq, ev)));
     }
 
+    /// With `--trace`, notes `what` in the key's log at the current time (seconds).
+    fn note(&mut self, node: u32, key: u32, what: impl FnOnce() -> String) {
+        if self.o.trace {
+            let t = self.now as f64 / US as f64;
+            let line = format!("{t:9.3} {}", what());
+            self.nodes[node as usize].keys[key as usize].log.push(line);
+        }
+    }
+
     fn lifetime(&self) -> u64 {
         self.o.lifetime.as_micros() as u64
     }
@@ -246,7 +258,16 @@ impl Sim {
                 if !usable && k.served_at.is_some() && !k.lapsed {
                     k.lapsed = true;
                     self.lapsed += 1;
+                    let expires = k.expires;
+                    let busy = k.busy;
+                    self.note(node, key, || {
+                        format!(
+                            "LAPSED: no token to hand out (expires at {:?} s, busy {busy})",
+                            expires.map(|e| e / US)
+                        )
+                    });
                 }
+                let k = &self.nodes[node as usize].keys[key as usize];
                 if !usable && !k.busy {
                     self.enqueue(node, key, Reason::Miss);
                 }
@@ -259,7 +280,14 @@ impl Sim {
                     return;
                 }
                 match k.expires {
-                    Some(e) if e > now => self.enqueue(node, key, Reason::Renewal),
+                    Some(e) if e > now => {
+                        let deadline = e.saturating_sub(floor) as f64 / US as f64;
+                        let failures = k.failures;
+                        self.note(node, key, || {
+                            format!("renewal due (failures {failures}), deadline {deadline:.1}")
+                        });
+                        self.enqueue(node, key, Reason::Renewal)
+                    }
                     _ => {
                         // Expired: the refresher stops; the workload's next request is a miss.
                         self.push(now, Ev::Want { node, key });
@@ -332,6 +360,10 @@ impl Sim {
                     };
                     let (_, key, reason) = n.tickets.swap_remove(i);
                     let outcome = self.provider();
+                    let queued = self.nodes[node as usize].gate.queued();
+                    self.note(node, key, || {
+                        format!("{reason:?} sent: {outcome:?} ({queued} still queued on the node)")
+                    });
                     if reason == Reason::Renewal {
                         self.second().renewals += 1;
                     }
@@ -396,6 +428,9 @@ impl Sim {
         if let Some(ra) = retry_after {
             n.gate.pause(at_now, ra, unit);
         }
+        if outcome == Outcome::Down {
+            n.gate.no_answer(at_now);
+        }
         let k = &mut n.keys[key as usize];
         k.busy = false;
         k.epoch += 1;
@@ -418,7 +453,18 @@ impl Sim {
                 }
                 Reason::Renewal => {
                     k.failures += 1;
-                    let wait = backoff(k.failures, backoff_unit, retry_after).as_micros() as u64;
+                    let until_deadline =
+                        Duration::from_micros(k.expires.unwrap_or(now).saturating_sub(floor).saturating_sub(now));
+                    let wait = renewal_retry_in(backoff(k.failures, backoff_unit, retry_after), until_deadline)
+                        .as_micros() as u64;
+                    if self.o.trace {
+                        k.log.push(format!(
+                            "{:9.3} failed {}; backoff {:.1} s",
+                            now as f64 / US as f64,
+                            k.failures,
+                            wait as f64 / US as f64
+                        ));
+                    }
                     let expires = k.expires.unwrap_or(now);
                     let next = (now + wait).min(expires.max(now));
                     k.planned = None;
@@ -692,6 +738,7 @@ fn main() {
         retry_after: 5,
         seed: 1,
         per_second: false,
+        trace: false,
     };
     let mut scenarios = vec!["steady", "cold", "restart", "outage"];
     let mut rate_arg: Option<String> = None;
@@ -728,6 +775,11 @@ fn main() {
                         }
                     }],
                 }
+            }
+            "--trace" => {
+                o.trace = true;
+                i += 1;
+                continue;
             }
             "--per-second" => {
                 o.per_second = true;
@@ -787,6 +839,16 @@ fn main() {
         println!("{}", summarize(&sim, &r, &o));
         if o.per_second {
             per_second(&sim, &r);
+        }
+        if o.trace {
+            for (n, node) in sim.nodes.iter().enumerate() {
+                for (k, key) in node.keys.iter().enumerate().filter(|(_, k)| k.lapsed) {
+                    println!("node {n} key {k} lapsed:");
+                    for line in &key.log {
+                        println!("  {line}");
+                    }
+                }
+            }
         }
     }
 }

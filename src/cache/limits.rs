@@ -12,6 +12,17 @@
 //! of its token's lifetime for short tokens) before its deadline (the moment its token falls
 //! below the hand-out floor), and from then on it competes with misses as if it had arrived at
 //! that moment, first come first served. Renewals that are not urgent go earliest deadline first.
+//!
+//! An urgent renewal that finds the bucket empty may draw on a small *reserve* instead ([`URGENT_RESERVE`] tokens, refilling at
+//! [`RESERVE_REFILL`] of the `rate`): the time between a renewal and its deadline is what keeps
+//! tokens served through a provider outage, and a renewal that waits for its agent's bucket
+//! spends it (after an outage, a key of an agent with a backlog would otherwise be lost to the
+//! agent's own limiter). Only such renewals use it, and only outside a `Retry-After` pause, so
+//! over any span T an agent has the provider process at most
+//! `rate × T × (1 + RESERVE_REFILL) + 1 + URGENT_RESERVE` exchanges. An exchange that got no
+//! answer (the provider unreachable) or was refused with `Retry-After` gives a token back to
+//! the reserve: it used none of the provider's capacity, and a renewal must still be able to try
+//! once the provider is back.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -36,6 +47,11 @@ pub const MAX_PAUSE: Duration = Duration::from_secs(300);
 /// (A whole refill spreads them more but costs each refusal half a refill on average: at one
 /// exchange per 95 s, the unluckiest nodes of a cold start then finish 25 % late.)
 pub const REPHASE: f64 = 0.25;
+/// Tokens an urgent renewal may draw on when the bucket is empty.
+pub const URGENT_RESERVE: f64 = 2.0;
+/// The reserve refills at this fraction of the `rate`: an agent whose renewals are all urgent sends
+/// at most 1.5 × its `rate` over time.
+pub const RESERVE_REFILL: f64 = 0.5;
 
 /// The limits of one provider (`[[provider]] max_concurrent` and `rate`); none means unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -83,6 +99,8 @@ pub struct Gate {
     limits: Limits,
     in_flight: u32,
     tokens: f64,
+    /// Tokens only urgent renewals may use (see the module's documentation).
+    reserve: f64,
     refilled: Option<Instant>,
     paused_until: Option<Instant>,
     next_ticket: u64,
@@ -102,6 +120,7 @@ impl Gate {
             limits,
             in_flight: 0,
             tokens: limits.rate.map_or(0.0, |r| f64::from(r.count)),
+            reserve: URGENT_RESERVE,
             refilled: None,
             paused_until: None,
             next_ticket: 0,
@@ -181,7 +200,9 @@ impl Gate {
         let cap = f64::from(rate.count);
         if let Some(last) = self.refilled {
             let per_token = self.per_token(rate);
-            self.tokens = (self.tokens + now.saturating_duration_since(last).as_secs_f64() / per_token).min(cap);
+            let refills = now.saturating_duration_since(last).as_secs_f64() / per_token;
+            self.tokens = (self.tokens + refills).min(cap);
+            self.reserve = (self.reserve + refills * RESERVE_REFILL).min(URGENT_RESERVE);
         }
         self.refilled = Some(now);
     }
@@ -199,6 +220,7 @@ impl Gate {
             return Poll::Idle;
         }
         self.refill(now);
+        let renewal = self.renewals.keys().next().copied();
         // (A hair below one is one: rounding in the refill must not make a caller wait a
         // microsecond at a time.)
         if let Some(rate) = self.limits.rate
@@ -206,9 +228,21 @@ impl Gate {
         {
             let per_token = self.per_token(rate);
             let wait = Duration::from_secs_f64(((1.0 - self.tokens) * per_token).max(1e-6));
-            return Poll::WaitUntil(now + wait);
+            let Some(key @ (urgent_at, ticket)) = renewal else {
+                return Poll::WaitUntil(now + wait);
+            };
+            // The earliest renewal may draw on the reserve once it is urgent, or wait for it.
+            if urgent_at <= now && self.reserve >= 1.0 - 1e-9 {
+                self.renewals.remove(&key);
+                self.reserve -= 1.0;
+                self.in_flight += 1;
+                self.sent += 1;
+                return Poll::Go(ticket);
+            }
+            let reserve_wait = ((1.0 - self.reserve) * per_token / RESERVE_REFILL).max(1e-6);
+            let reserve_go = urgent_at.max(now + Duration::from_secs_f64(reserve_wait));
+            return Poll::WaitUntil((now + wait).min(reserve_go));
         }
-        let renewal = self.renewals.keys().next().copied();
         let miss = self.misses.front().copied();
         let renewal_first = match (renewal, miss) {
             (Some((urgent_at, _)), Some((arrived, _))) => urgent_at <= now && urgent_at <= arrived,
@@ -254,10 +288,17 @@ impl Gate {
     /// Undoes a [`Poll::Go`] whose caller had gone: it sent nothing.
     pub fn unsent(&mut self) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        if self.limits.rate.is_some() {
-            self.tokens += 1.0;
+        if let Some(rate) = self.limits.rate {
+            self.tokens = (self.tokens + 1.0).min(f64::from(rate.count));
         }
         self.sent = self.sent.saturating_sub(1);
+    }
+
+    /// A request let through got no answer (the provider could not be reached): it gives a
+    /// token back to the urgent renewals' reserve.
+    pub fn no_answer(&mut self, now: Instant) {
+        self.refill(now);
+        self.reserve = (self.reserve + 1.0).min(URGENT_RESERVE);
     }
 
     /// A request let through has finished.
@@ -283,6 +324,7 @@ impl Gate {
             self.refill(now);
             let per_token = self.per_token(rate);
             self.tokens = (self.tokens + 1.0).min(f64::from(rate.count));
+            self.reserve = (self.reserve + 1.0).min(URGENT_RESERVE);
             let pause = (until - now).as_secs_f64() / per_token;
             self.tokens = self.tokens.min(1.0 - pause - unit * REPHASE);
         }
@@ -429,6 +471,11 @@ impl Limiter {
         }
     }
 
+    /// The exchange got no answer (see [`Gate::no_answer`]).
+    pub fn no_answer(&self) {
+        self.lock().gate.no_answer(Instant::now());
+    }
+
     /// The provider asked to pause (429/503 with `Retry-After`).
     pub fn pause(&self, retry_after: Duration) {
         let until = self.lock().gate.pause(Instant::now(), retry_after, fastrand::f64());
@@ -559,10 +606,12 @@ where
     };
     let permit = limiter.acquire(want).await?;
     let result = exchange.await;
-    if let Err(e) = &result
-        && let Some(ra) = e.retry_after
-    {
-        limiter.pause(ra);
+    if let Err(e) = &result {
+        match e.retry_after {
+            Some(ra) => limiter.pause(ra),
+            None if e.kind == crate::error::ProviderErrorKind::Unreachable => limiter.no_answer(),
+            None => {}
+        }
     }
     drop(permit);
     result
@@ -676,6 +725,56 @@ mod tests {
         assert_eq!(resume(1.0), t0 + s(6) + s(25), "6 s of pause, then a quarter of 100 s");
         let mid = resume(0.5) - t0;
         assert!(mid > s(17) && mid < s(19), "{mid:?}");
+    }
+
+    #[test]
+    fn an_urgent_renewal_draws_on_the_reserve_when_the_bucket_is_empty_and_others_wait() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        // One exchange per 100 s; the bucket is spent.
+        let mut g = Gate::new(limits(None, Some((1, 100)))).with_fill(1.0);
+        let first = g.enqueue(Want::Miss, t0);
+        assert_eq!(g.poll(t0), Poll::Go(first));
+        // Not urgent (deadline in 10 min): waits for the bucket, 100 s.
+        let calm = g.enqueue(renewal(t0, 600), t0);
+        assert_eq!(g.poll(t0), Poll::WaitUntil(t0 + s(100)));
+        // Urgent (deadline in 60 s): goes on the reserve now, twice (URGENT_RESERVE), then waits
+        // for the bucket (100 s) before the reserve's refill (half the rate: 200 s a token).
+        let a = g.enqueue(renewal(t0, 60), t0);
+        assert_eq!(g.poll(t0), Poll::Go(a));
+        let b = g.enqueue(renewal(t0, 61), t0);
+        assert_eq!(g.poll(t0), Poll::Go(b));
+        let c = g.enqueue(renewal(t0, 62), t0);
+        assert_eq!(g.poll(t0), Poll::WaitUntil(t0 + s(100)));
+        // A miss is not helped by the reserve; the urgent renewal became urgent before it came.
+        let miss = g.enqueue(Want::Miss, t0 + s(1));
+        assert_eq!(g.poll(t0 + s(100)), Poll::Go(c));
+        assert_eq!(g.poll(t0 + s(100)), Poll::WaitUntil(t0 + s(200)));
+        assert_eq!(g.poll(t0 + s(200)), Poll::Go(miss));
+        assert_eq!(g.poll(t0 + s(300)), Poll::Go(calm));
+        assert_eq!(g.sent, 6);
+    }
+
+    #[test]
+    fn an_exchange_that_got_no_answer_gives_the_reserve_its_token_back() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut g = Gate::new(limits(None, Some((1, 100)))).with_fill(0.0);
+        let tickets: Vec<u64> = (0..3).map(|i| g.enqueue(renewal(t0, 60 + i), t0)).collect();
+        assert_eq!(g.poll(t0), Poll::Go(tickets[0]));
+        assert_eq!(g.poll(t0), Poll::Go(tickets[1]));
+        // The provider is down: both attempts come back unanswered and give their tokens back.
+        g.no_answer(t0 + s(1));
+        g.finished();
+        g.no_answer(t0 + s(1));
+        g.finished();
+        assert_eq!(g.poll(t0 + s(1)), Poll::Go(tickets[2]), "the reserve is full again");
+        // A refused one (429) gives its token back too, usable after the pause.
+        let until = g.pause(t0 + s(2), s(5), 0.0);
+        g.finished();
+        let again = g.enqueue(renewal(t0, 70), t0 + s(2));
+        assert_eq!(g.poll(t0 + s(2)), Poll::WaitUntil(until));
+        assert_eq!(g.poll(until), Poll::Go(again));
     }
 
     /// Through `limited`, as the agent calls it: at one exchange per 100 s, the exchange after a

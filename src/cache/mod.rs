@@ -31,7 +31,7 @@ pub use key::Source;
 pub use key::Spec;
 pub(crate) use key::{ExchangeFuture, Exchanger};
 pub use schedule::RefreshSettings;
-pub use schedule::{backoff, hand_out_floor, refresh_in};
+pub use schedule::{backoff, hand_out_floor, refresh_in, renewal_retry_in};
 
 use schedule::jitter_unit;
 
@@ -565,7 +565,12 @@ async fn refresher(cache: Arc<Cache>, entry: Arc<Entry>) {
                 t.issued_at + refresh_in(t.lifetime, &settings, jitter_unit())
             } else {
                 let retry_after = st.last_error.as_ref().and_then(|(_, e)| e.retry_after);
-                let next = now + backoff(st.failures, fastrand::f64(), retry_after);
+                let floor = hand_out_floor(t.lifetime, settings.min_remaining, Duration::ZERO);
+                let until_deadline = t
+                    .expires_at
+                    .checked_sub(floor)
+                    .map_or(Duration::ZERO, |d| d - now.min(d));
+                let next = now + renewal_retry_in(backoff(st.failures, fastrand::f64(), retry_after), until_deadline);
                 // Never past expiry while the token is still valid.
                 if t.expires_at > now {
                     next.min(t.expires_at)

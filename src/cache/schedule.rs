@@ -53,6 +53,21 @@ pub fn backoff(attempt: u32, unit: f64, retry_after: Option<Duration>) -> Durati
     retry_after.map_or(d, |r| d.max(r.min(Duration::from_secs(300))))
 }
 
+/// The shortest wait of a failed renewal near its deadline (see [`renewal_retry_in`]).
+pub const LAST_CHANCE: Duration = Duration::from_secs(1);
+
+/// How long a failed renewal waits, given its `backoff` and the time left until its deadline (the
+/// moment its token falls below the hand-out floor): the backoff, but at most half the time left
+/// (at least [`LAST_CHANCE`]), so a renewal that keeps failing near its deadline is still tried
+/// shortly before it, and a provider back from an outage is asked before the token stops being
+/// served. Past the deadline, the backoff.
+pub fn renewal_retry_in(backoff: Duration, until_deadline: Duration) -> Duration {
+    if until_deadline.is_zero() {
+        return backoff;
+    }
+    backoff.min((until_deadline / 2).max(LAST_CHANCE))
+}
+
 /// A uniform draw in -1..1: where in the jitter band a renewal lands.
 pub(super) fn jitter_unit() -> f64 {
     fastrand::f64() * 2.0 - 1.0
@@ -106,5 +121,24 @@ pub(super) mod tests {
         assert_eq!(backoff(30, 1.0, None), Duration::from_secs(60));
         assert_eq!(backoff(30, 0.0, None), Duration::ZERO);
         assert_eq!(backoff(1, 0.5, Some(Duration::from_secs(7))), Duration::from_secs(7));
+    }
+
+    #[test]
+    fn a_failed_renewal_near_its_deadline_waits_at_most_half_the_time_left() {
+        let minute = Duration::from_secs(60);
+        // Far from the deadline: the backoff as it is.
+        assert_eq!(renewal_retry_in(minute, Duration::from_secs(600)), minute);
+        // 11 s before the deadline: retried 5.5 s later, not a minute later.
+        assert_eq!(
+            renewal_retry_in(minute, Duration::from_secs(11)),
+            Duration::from_millis(5500)
+        );
+        // Never sooner than a second; past the deadline, the backoff.
+        assert_eq!(renewal_retry_in(minute, Duration::from_millis(300)), LAST_CHANCE);
+        assert_eq!(renewal_retry_in(minute, Duration::ZERO), minute);
+        assert_eq!(
+            renewal_retry_in(Duration::from_secs(2), Duration::from_secs(11)),
+            Duration::from_secs(2)
+        );
     }
 }
