@@ -53,8 +53,9 @@ pub(super) enum Head<'a> {
     Other,
 }
 
-/// Reads the head at the front of `buf`.
-pub(super) fn parse_head(buf: &[u8]) -> Head<'_> {
+/// Reads the head at the front of `buf`. `valid` is the last request target found valid on this
+/// connection (a client asks the same again and again): only another one is parsed as a URI.
+pub(super) fn parse_head<'a>(buf: &'a [u8], valid: &mut Vec<u8>) -> Head<'a> {
     let mut headers = [httparse::EMPTY_HEADER; LOOP_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
@@ -71,8 +72,15 @@ pub(super) fn parse_head(buf: &[u8]) -> Head<'_> {
         None => (target, None),
     };
     // Over MAX_HEADERS, the router answers 431; a target hyper would refuse gets its 400.
-    if path != "/v1/token" || len > MAX_HEADERS || target.parse::<hyper::Uri>().is_err() {
+    if path != "/v1/token" || len > MAX_HEADERS {
         return Head::Other;
+    }
+    if target.as_bytes() != valid.as_slice() {
+        if target.parse::<hyper::Uri>().is_err() {
+            return Head::Other;
+        }
+        valid.clear();
+        valid.extend_from_slice(target.as_bytes());
     }
     let mut close = false;
     for h in req.headers.iter() {
@@ -113,6 +121,7 @@ pub(super) async fn serve(
     let mut out: Vec<u8> = Vec::with_capacity(2048);
     let mut memo = crate::agent::TokenMemo::default();
     let mut answers = AnswerCache::default();
+    let mut valid = Vec::new();
     let mut head_since = Instant::now();
     // One timer for the connection, moved only when it fires early (see below).
     let deadline = tokio::time::sleep(HEADER_READ_TIMEOUT);
@@ -124,7 +133,7 @@ pub(super) async fn serve(
         let mut close = false;
         let mut hand_off = false;
         while let Some(rest) = buf.get(used..) {
-            match parse_head(rest) {
+            match parse_head(rest, &mut valid) {
                 Head::Token {
                     query,
                     len,
@@ -275,6 +284,24 @@ mod tests {
 
     fn token(query: Option<&str>, len: usize, close: bool) -> Head<'_> {
         Head::Token { query, len, close }
+    }
+
+    fn parse_head(buf: &[u8]) -> Head<'_> {
+        super::parse_head(buf, &mut Vec::new())
+    }
+
+    #[test]
+    fn a_target_is_parsed_as_a_uri_until_it_was_found_valid() {
+        let mut valid = Vec::new();
+        let req = b"GET /v1/token?audience=a HTTP/1.1\r\n\r\n";
+        assert_eq!(
+            super::parse_head(req, &mut valid),
+            token(Some("audience=a"), req.len(), false)
+        );
+        assert_eq!(valid, b"/v1/token?audience=a");
+        let bad = b"GET /v1/token?a=\"b\" HTTP/1.1\r\n\r\n";
+        assert_eq!(super::parse_head(bad, &mut valid), Head::Other);
+        assert_eq!(valid, b"/v1/token?audience=a", "an invalid target is not remembered");
     }
 
     #[test]

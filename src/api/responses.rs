@@ -2,6 +2,7 @@
 //! errors are `{"error","error_description"}` with `Retry-After` when the caller should wait;
 //! a granted token is rendered here from the agent's [`Granted`].
 
+use std::io::Write as _;
 use std::sync::Arc;
 
 use http_body_util::Full;
@@ -91,16 +92,12 @@ pub(super) fn token_answer(cache: &mut AnswerCache, granted: &Arc<Granted>, clos
     let Some((_, head, tail)) = &cache.last else {
         return;
     };
-    let left = granted
-        .token
-        .remaining(tokio::time::Instant::now())
-        .as_secs()
-        .to_string();
-    let len = head.len() + left.len() + tail.len();
+    let left = granted.token.remaining(tokio::time::Instant::now()).as_secs();
+    let len = head.len() + decimal_len(left) + tail.len();
     head_of(out, StatusCode::OK, len, close);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(head);
-    out.extend_from_slice(left.as_bytes());
+    let _ = write!(out, "{left}");
     out.extend_from_slice(tail);
 }
 
@@ -124,13 +121,18 @@ fn head_of(out: &mut Vec<u8>, status: StatusCode, len: usize, close: bool) {
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncache-control: no-store\r\ncontent-length: ");
-    out.extend_from_slice(len.to_string().as_bytes());
+    let _ = write!(out, "{len}");
     out.extend_from_slice(b"\r\ndate: ");
     http_date(out);
     out.extend_from_slice(b"\r\n");
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
+}
+
+/// How many digits `n` has in decimal.
+fn decimal_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
 }
 
 /// The `Date` header's value, rendered once a second per thread.
@@ -147,4 +149,16 @@ fn http_date(out: &mut Vec<u8>) {
         }
         out.extend_from_slice(text.as_bytes());
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_lengths() {
+        for n in [0u64, 1, 9, 10, 99, 100, 299, 300, 86_400, u64::MAX] {
+            assert_eq!(decimal_len(n), n.to_string().len(), "{n}");
+        }
+    }
 }
