@@ -748,6 +748,29 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_token_is_handed_out_again_only_while_its_key_still_holds_it_with_time_left() {
+        let f = fake(300);
+        let cache = Cache::new(settings(), f.clone(), CancellationToken::new());
+        let (token, _, held) = cache.get_for(0, spec(), Duration::ZERO).await.unwrap();
+        let hits = || cache.counters.hits.load(Ordering::SeqCst);
+        assert!(cache.again(&held, &token, Duration::ZERO));
+        assert_eq!(hits(), 1, "counted as a hit");
+        // Not for a min_valid the token does not have.
+        assert!(!cache.again(&held, &token, Duration::from_secs(310)));
+        // Not once the key holds another token (renewed).
+        let (other, _, _) = cache.get_for(0, spec_for("b"), Duration::ZERO).await.unwrap();
+        assert!(!cache.again(&held, &other, Duration::ZERO));
+        // Not near its expiry (by then renewed in the background, or past the hand-out floor).
+        tokio::time::advance(Duration::from_secs(290)).await;
+        assert!(!cache.again(&held, &token, Duration::ZERO));
+        // Not once the key is out of the cache (a reload that changed its identity, eviction).
+        let (token, _, held) = cache.get_for(0, spec(), Duration::ZERO).await.unwrap();
+        assert!(cache.again(&held, &token, Duration::ZERO));
+        cache.retain(|s| s.audience != "aud");
+        assert!(!cache.again(&held, &token, Duration::ZERO));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn status_says_renewing_only_while_an_exchange_is_in_flight() {
         let f = fake(300);
         let cache = Cache::new(settings(), f.clone(), CancellationToken::new());
