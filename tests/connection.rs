@@ -313,3 +313,41 @@ async fn an_idle_connection_is_closed_at_shutdown() {
     h.stop().await;
     assert!(closes(&mut s).await, "the idle connection is closed, not left open");
 }
+
+#[tokio::test]
+async fn a_caller_that_does_not_read_its_answers_is_not_answered_further() {
+    let h = Harness::new(Duration::from_secs(300), Setup::default()).await;
+    let request = get(&token_path("payments", PAYMENTS, ""));
+    const N: usize = 4000;
+    let s = UnixStream::connect(&h.socket).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let burst = request.repeat(N);
+    let writer = tokio::spawn(async move {
+        wr.write_all(burst.as_bytes()).await.unwrap();
+        wr
+    });
+    // Nothing is read for a while: the agent stops once its answers fill the socket.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let answered = issued(&h);
+    println!("{answered} of {N} answered while nothing was read");
+    assert!(
+        answered < N / 8,
+        "{answered} of {N} pipelined requests were answered to a caller that reads nothing"
+    );
+    // Once read, every request is answered, in order, and each token audited.
+    let mut rest = Vec::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    let mut answers = 0;
+    while answers < N {
+        let n = tokio::time::timeout(Duration::from_secs(40), rd.read(&mut chunk))
+            .await
+            .expect("the agent goes on answering")
+            .unwrap();
+        assert!(n > 0, "closed after {answers} answers");
+        rest.extend_from_slice(&chunk[..n]);
+        answers = rest.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count();
+    }
+    assert_eq!(answers, N);
+    drop(writer.await.unwrap());
+    assert_eq!(issued(&h), N);
+}

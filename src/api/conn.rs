@@ -33,6 +33,9 @@ use super::responses::{AnswerCache, Body, error_answer, token_answer};
 use super::routes::{MAX_HEADERS, handle, token_get};
 use super::server::HEADER_READ_TIMEOUT;
 
+/// Bytes of answers to pipelined requests the loop holds before it writes them and waits.
+const MAX_PENDING_ANSWERS: usize = 64 * 1024;
+
 /// Largest number of headers the loop parses; a request with more goes to hyper (whose limit is
 /// higher).
 const LOOP_HEADERS: usize = 32;
@@ -168,7 +171,9 @@ pub(super) async fn serve(
                         Err(e) => error_answer(&e, close, &mut out),
                     }
                     used += len;
-                    if close {
+                    // Answers are written before more pipelined requests are read: a caller
+                    // that does not read its answers is not answered further.
+                    if close || out.len() >= MAX_PENDING_ANSWERS {
                         break;
                     }
                 }
@@ -191,6 +196,10 @@ pub(super) async fn serve(
             return;
         }
         buf.drain(..used);
+        if !hand_off && !buf.is_empty() && used > 0 && parse_head(&buf, &mut valid) != Head::Partial {
+            // More whole requests are waiting in the buffer (the answers were written first).
+            continue;
+        }
         if hand_off {
             let io = Prefixed {
                 prefix: buf,
