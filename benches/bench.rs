@@ -16,7 +16,8 @@
 //!
 //! Settings (environment): `BENCH_SECS` seconds measured per throughput point and round (default
 //! 2, after 0.5 s of warm-up); `BENCH_ROUNDS` rounds, servers alternating, pooled (default 2); `BENCH_ECONOMY_LIFETIMES` (default 10); `BENCH_KEEP=1` keeps the work dir;
-//! `BENCH_ONLY=rss-idle` measures only the idle RSS and stops; `BENCH_QUICK=1` measures the
+//! `BENCH_ONLY=rss-idle` measures only the idle RSS and stops; `BENCH_ONLY=keep-alive` only the
+//! keep-alive rows of the throughput table (with their targets); `BENCH_QUICK=1` measures the
 //! throughput table (1 s per point), the `cortexid token` timing and memory only, for a quick
 //! before/after while working.
 
@@ -786,7 +787,11 @@ async fn run() {
         ("new connection per request, 16 concurrent", 16, Mode::NewConnection),
     ];
     let dash = || "—".to_string();
+    let keep_alive_only = std::env::var("BENCH_ONLY").as_deref() == Ok("keep-alive");
     for (name, conns, mode) in points {
+        if keep_alive_only && mode == Mode::NewConnection {
+            continue;
+        }
         // A B C, A B C, …: each server measured in every round, the rounds pooled, so a burst of
         // load from elsewhere on the machine falls on all three alike.
         let (mut cs, mut ns, mut bs) = (Vec::new(), Vec::new(), Vec::new());
@@ -880,7 +885,7 @@ async fn run() {
         ("16 keep-alive, audit file on /tmp (disk)", &disk_dir, &disk_cfg),
         ("16 keep-alive, audit to stderr → /dev/null", &err_dir, &err_cfg),
     ] {
-        if quick {
+        if quick || keep_alive_only {
             break;
         }
         let mut a = spawn_agent(c, &d.join("agent.sock"), Stdio::null());
@@ -907,6 +912,13 @@ async fn run() {
     }
     drop(baseline);
     drop(nginx);
+    if keep_alive_only {
+        print!("\n{table}\n");
+        for [a, b, c, d] in &v.rows {
+            println!("| {a} | {b} | {c} | {d} |");
+        }
+        return;
+    }
     let _ = std::fs::remove_file(fx.audit_log()); // tmpfs space; the agent keeps its fd, lines go nowhere visible.
     // ---- `cortexid token` end to end ---------------------------------------------------------
     {

@@ -4,6 +4,7 @@
 //! providers in [`exchanger`]; what health, metrics and `/v1/identities` show in [`status`]; the
 //! tokens of `[[sink]]` files in [`sinks`].
 
+mod again;
 mod exchanger;
 mod people;
 mod persisted;
@@ -24,6 +25,7 @@ use crate::upstream::{ProviderSetupError, Providers};
 
 use crate::secrets::CredentialFiles;
 
+pub use again::TokenMemo;
 pub use request::Granted;
 pub use request::TokenAsk;
 

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::cache::{Credential, Spec};
+use crate::cache::{Credential, Source, Spec};
 use crate::caller::Caller;
-use crate::config::{AuditFailure, Config, IdentitySettings, SubjectSource};
+use crate::config::{Config, IdentitySettings, SubjectSource};
 use crate::error::{ApiError, ErrorKind};
 use crate::output::audit::clip;
 use crate::policy::{self, Ask};
@@ -70,6 +70,9 @@ pub struct Granted {
     pub audience: String,
     /// The granted scopes, space-separated.
     pub scope: String,
+    /// What it takes to hand it out again on the same connection ([`super::again`]), when the
+    /// request allows that (no presented credential, session or delegation).
+    pub(crate) again: Option<super::again::Again>,
 }
 
 impl Agent {
@@ -162,7 +165,7 @@ impl Agent {
         &self,
         caller: &Caller,
         ask: &TokenAsk,
-        state: &super::State,
+        state: &Arc<super::State>,
         reference: &std::sync::Mutex<Option<String>>,
         about_own_session: &std::sync::atomic::AtomicBool,
     ) -> Result<Granted, ApiError> {
@@ -304,6 +307,20 @@ impl Agent {
             return Err(e);
         }
         let caller_presented = ask.subject_token.is_some() || ask.actor_token.is_some();
+        // Handed out again on the same connection only when nothing but the configuration, the
+        // credential file, the rate and the cache decide it.
+        let again_subject = match &subject {
+            Credential::None => Some(None),
+            Credential::File { file, value } => Some(Some((file.clone(), value.token.fingerprint()))),
+            Credential::Presented(_) | Credential::Session { .. } => None,
+        }
+        .filter(|_| {
+            claims.is_none()
+                && !caller_presented
+                && session.is_none()
+                && sessions.is_empty()
+                && matches!(actor, Credential::None)
+        });
         let spec = Spec {
             identity: identity.clone(),
             audience: grant.audience.clone(),
@@ -312,7 +329,7 @@ impl Agent {
             actor,
         };
         let min_valid = Duration::from_secs(ask.min_valid.unwrap_or(0));
-        let (token, source) = self
+        let (token, source, held) = self
             .cache
             .get_for(caller.uid, spec, min_valid)
             .await
@@ -356,22 +373,35 @@ impl Agent {
             Ok(line) => self.shared.audit().commit_line("token.issued", &line).await,
             Err(e) => Err(e),
         };
-        if let Err(e) = written {
-            tracing::error!(error = %e, fingerprint = %token.fingerprint, "cannot write the token.issued audit event");
-            if config.agent.audit_failure == AuditFailure::Closed {
-                return Err(ApiError::new(
-                    ErrorKind::AuditUnavailable,
-                    format!(
-                        "the audit log cannot be written ({e}); no token is handed out until it can (audit_failure = \"closed\")"
-                    ),
-                ));
-            }
+        if let Some(e) = super::again::audit_refusal(state, written, &token) {
+            return Err(e);
         }
+        // The line of the same grant again: from the cache, only its time to fill in.
+        let again = again_subject.and_then(|subject| {
+            let tail = crate::output::audit::render_tail(
+                "token.issued",
+                &IssuedEvent {
+                    source: Source::Cache.as_str(),
+                    ..event
+                },
+            )
+            .ok()?;
+            Some(super::again::Again {
+                state: Arc::downgrade(state),
+                held,
+                token: token.clone(),
+                subject,
+                rate: grant.role.rate.map(|r| (role.to_string(), r)),
+                min_valid,
+                tail,
+            })
+        });
         Ok(Granted {
             token,
             identity: identity.clone(),
             audience: grant.audience,
             scope: scope_str,
+            again,
         })
     }
 }

@@ -10,7 +10,9 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response};
 use serde::Deserialize;
 
-use crate::agent::{Agent, TokenAsk};
+use std::sync::Arc;
+
+use crate::agent::{Agent, Granted, TokenAsk, TokenMemo};
 use crate::caller::Caller;
 use crate::error::{ApiError, ErrorKind};
 use crate::oauth::TOKEN_TYPE_JWT;
@@ -98,6 +100,35 @@ pub(super) async fn handle(agent: &Agent, caller: &Caller, req: Request<Incoming
             error_response(&e)
         }
     }
+}
+
+/// `GET /v1/token` as the connection loop serves it: the grant remembered on this connection for
+/// the same query if it still holds ([`Agent::token_again`]), else decided, and remembered.
+pub(super) async fn token_get(
+    agent: &Agent,
+    caller: &Caller,
+    memo: &mut TokenMemo,
+    query: Option<&str>,
+    others: bool,
+) -> Result<Arc<Granted>, ApiError> {
+    let result = match agent.token_again(caller, memo, query.unwrap_or(""), others).await {
+        Some(again) => again,
+        None => match parse_query(query) {
+            Ok(ask) => agent.token(caller, ask).await.map(Arc::new),
+            Err(e) => {
+                audit_malformed(agent, caller, &e);
+                Err(e)
+            }
+        },
+    };
+    match &result {
+        Ok(granted) => {
+            memo.remember(query.unwrap_or(""), granted);
+            agent.metrics().request("token", "ok");
+        }
+        Err(e) => agent.metrics().request("token", e.code()),
+    }
+    result
 }
 
 /// A request too malformed to reach the policy is still a denial worth recording.

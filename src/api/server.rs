@@ -19,7 +19,6 @@ use crate::error::{ApiError, ErrorKind};
 
 use super::limits::{ConnLimits, refuse};
 use super::responses::{error_response, json_response};
-use super::routes::{MAX_HEADERS, handle};
 
 /// A client must send its request head within this time.
 pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,31 +62,13 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>, cancel: Cancellati
         };
         let agent = agent.clone();
         let watcher = graceful.watcher();
+        let stop = cancel.child_token();
         // Attested in the connection's own task, not here: the `/proc` reads of one caller do
         // not hold up the next accept, and the runtime's workers attest connections side by side.
         tokio::spawn(async move {
             let _guard = guard;
             let attested = Arc::new(caller::attest_peer(&stream, &cred, accepted_ticks));
-            // A caller's pod is looked up at the kubelet once per connection, at its first
-            // request (the kubelet may take a moment).
-            let seen = Arc::new(tokio::sync::OnceCell::new());
-            let service = hyper::service::service_fn(move |req| {
-                let agent = agent.clone();
-                let attested = attested.clone();
-                let seen = seen.clone();
-                async move {
-                    let caller = seen.get_or_init(|| agent.with_pod(&attested)).await;
-                    Ok::<_, Infallible>(handle(&agent, caller, req).await)
-                }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .max_buf_size(MAX_HEADERS * 4)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
+            super::conn::serve(stream, agent, attested, watcher, stop).await;
         });
     }
     drop(listener);

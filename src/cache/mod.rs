@@ -72,6 +72,16 @@ struct Entry {
     state: Mutex<State>,
 }
 
+/// A key of the cache as one request found it, for [`Cache::again`]: holding it keeps nothing
+/// alive in the cache (a removed key is never served through it).
+pub(crate) struct Held(Arc<Entry>);
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Held").field(&self.0.spec.identity.name).finish()
+    }
+}
+
 impl Entry {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -242,7 +252,9 @@ impl Cache {
         spec: Spec,
         min_valid: Duration,
     ) -> Result<(Arc<IssuedToken>, Source), ApiError> {
-        self.get_entry(spec, min_valid, false, None).await
+        self.get_entry(spec, min_valid, false, None)
+            .await
+            .map(|(t, s, _)| (t, s))
     }
 
     /// Like [`get`](Self::get) for a caller: a key it makes counts against
@@ -252,13 +264,33 @@ impl Cache {
         uid: u32,
         spec: Spec,
         min_valid: Duration,
-    ) -> Result<(Arc<IssuedToken>, Source), ApiError> {
-        self.get_entry(spec, min_valid, false, Some(uid)).await
+    ) -> Result<(Arc<IssuedToken>, Source, Held), ApiError> {
+        self.get_entry(spec, min_valid, false, Some(uid))
+            .await
+            .map(|(t, s, e)| (t, s, Held(e)))
+    }
+
+    /// Hands out `token` again from the key `held` (see [`Held`]) if it is still that key's token,
+    /// the key is still in the cache, and the token still has the hand-out floor for `min_valid`
+    /// left: a cache hit without the look-up. `false`: ask [`get_for`](Self::get_for).
+    pub(crate) fn again(self: &Arc<Self>, held: &Held, token: &Arc<IssuedToken>, min_valid: Duration) -> bool {
+        let now = Instant::now();
+        let mut st = held.0.lock();
+        let same = !st.removed && st.token.as_ref().is_some_and(|t| Arc::ptr_eq(t, token));
+        if !same || !self.servable(token, now, min_valid) {
+            return false;
+        }
+        st.last_used = now;
+        self.ensure_refresher(&held.0, &mut st);
+        self.counters.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        true
     }
 
     /// Like [`get`](Self::get), and keeps the key renewed for as long as the agent runs (sinks).
     pub(crate) async fn get_pinned(self: &Arc<Self>, spec: Spec) -> Result<(Arc<IssuedToken>, Source), ApiError> {
-        self.get_entry(spec, Duration::ZERO, true, None).await
+        self.get_entry(spec, Duration::ZERO, true, None)
+            .await
+            .map(|(t, s, _)| (t, s))
     }
 
     async fn get_entry(
@@ -267,7 +299,7 @@ impl Cache {
         min_valid: Duration,
         pin: bool,
         owner: Option<u32>,
-    ) -> Result<(Arc<IssuedToken>, Source), ApiError> {
+    ) -> Result<(Arc<IssuedToken>, Source, Arc<Entry>), ApiError> {
         use std::sync::atomic::Ordering::Relaxed;
         let key = spec.key();
         let entry = {
@@ -334,7 +366,8 @@ impl Cache {
                 let t = t.clone();
                 self.ensure_refresher(&entry, &mut st);
                 self.counters.hits.fetch_add(1, Relaxed);
-                return Ok((t, Source::Cache));
+                drop(st);
+                return Ok((t, Source::Cache, entry));
             }
             self.counters.misses.fetch_add(1, Relaxed);
             // The provider's tokens for this key live shorter than min_valid asks (a fresh one
@@ -359,7 +392,8 @@ impl Cache {
             Ok(t) => {
                 self.ensure_refresher(&entry, &mut st);
                 if self.servable(&t, Instant::now(), min_valid) {
-                    Ok((t, Source::Exchange))
+                    drop(st);
+                    Ok((t, Source::Exchange, entry))
                 } else {
                     st.known_short = st.token.as_ref().is_some_and(|cached| Arc::ptr_eq(cached, &t));
                     Err(too_short(&t, min_valid))
@@ -716,6 +750,29 @@ mod tests {
         let keys: Vec<String> = cache.snapshot().into_iter().map(|v| v.audience).collect();
         assert_eq!(keys, ["a", "c", "d", "e"]);
         cache.get_for(4242, spec_for("f"), Duration::ZERO).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_is_handed_out_again_only_while_its_key_still_holds_it_with_time_left() {
+        let f = fake(300);
+        let cache = Cache::new(settings(), f.clone(), CancellationToken::new());
+        let (token, _, held) = cache.get_for(0, spec(), Duration::ZERO).await.unwrap();
+        let hits = || cache.counters.hits.load(Ordering::SeqCst);
+        assert!(cache.again(&held, &token, Duration::ZERO));
+        assert_eq!(hits(), 1, "counted as a hit");
+        // Not for a min_valid the token does not have.
+        assert!(!cache.again(&held, &token, Duration::from_secs(310)));
+        // Not once the key holds another token (renewed).
+        let (other, _, _) = cache.get_for(0, spec_for("b"), Duration::ZERO).await.unwrap();
+        assert!(!cache.again(&held, &other, Duration::ZERO));
+        // Not near its expiry (by then renewed in the background, or past the hand-out floor).
+        tokio::time::advance(Duration::from_secs(290)).await;
+        assert!(!cache.again(&held, &token, Duration::ZERO));
+        // Not once the key is out of the cache (a reload that changed its identity, eviction).
+        let (token, _, held) = cache.get_for(0, spec(), Duration::ZERO).await.unwrap();
+        assert!(cache.again(&held, &token, Duration::ZERO));
+        cache.retain(|s| s.audience != "aud");
+        assert!(!cache.again(&held, &token, Duration::ZERO));
     }
 
     #[tokio::test(start_paused = true)]

@@ -143,15 +143,32 @@ impl Audit {
         if matches!(self.target, AuditTarget::Journal) {
             return write_lines(&mut self.writer.target(), event, line);
         }
-        self.writer.commit(line, |w, lines| write_lines(w, event, lines)).await
+        self.commit_line_gathering(event, line, false).await
+    }
+
+    /// Like [`commit_line`](Self::commit_line); with `gather`, the batch waits for the other
+    /// tasks ready to run at this moment (one pass of the scheduler, no timer) before it is
+    /// written, so answers of other connections that are ready at once share the write.
+    pub(crate) async fn commit_line_gathering(&self, event: &str, line: &[u8], gather: bool) -> std::io::Result<()> {
+        if matches!(self.target, AuditTarget::Journal) {
+            return write_lines(&mut self.writer.target(), event, line);
+        }
+        self.writer
+            .commit(line, gather, |w, lines| write_lines(w, event, lines))
+            .await
     }
 }
 
 /// One event as its audit line: `{"ts":..., "event": name, ...fields}` and a newline.
 pub(crate) fn render<T: serde::Serialize + ?Sized>(event: &str, fields: &T) -> std::io::Result<Vec<u8>> {
+    let tail = render_tail(event, fields)?;
+    Ok(with_time(SystemTime::now(), &tail))
+}
+
+/// An event's audit line without its time: everything after `{"ts":"…`, for [`with_time`] to
+/// complete. A line written again and again (the same token to the same caller) is rendered once.
+pub(crate) fn render_tail<T: serde::Serialize + ?Sized>(event: &str, fields: &T) -> std::io::Result<Vec<u8>> {
     let mut line = Vec::with_capacity(512);
-    line.extend_from_slice(b"{\"ts\":\"");
-    line.extend_from_slice(crate::token::rfc3339_millis(SystemTime::now()).as_bytes());
     line.extend_from_slice(b"\",\"event\":");
     serde_json::to_writer(&mut line, event).map_err(std::io::Error::other)?;
     let start = line.len();
@@ -166,6 +183,15 @@ pub(crate) fn render<T: serde::Serialize + ?Sized>(event: &str, fields: &T) -> s
     }
     line.push(b'\n');
     Ok(line)
+}
+
+/// The audit line of a [`render_tail`]ed event at time `at`.
+pub(crate) fn with_time(at: SystemTime, tail: &[u8]) -> Vec<u8> {
+    let mut line = Vec::with_capacity(tail.len() + 40);
+    line.extend_from_slice(b"{\"ts\":\"");
+    line.extend_from_slice(crate::token::rfc3339_millis(at).as_bytes());
+    line.extend_from_slice(tail);
+    line
 }
 
 /// Writes complete lines (one or more, each ending in a newline) to the target; `event` names

@@ -26,6 +26,11 @@ impl Sessions {
         Sessions::default()
     }
 
+    /// No live session.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.by_login.is_empty()
+    }
+
     /// These sessions, (login, current claims).
     pub(crate) fn of(sessions: impl IntoIterator<Item = (String, Arc<Value>)>) -> Sessions {
         Sessions {

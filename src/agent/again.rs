@@ -1,0 +1,132 @@
+//! The same token request again on the same connection: the caller is attested once per
+//! connection, so a grant decided for one query can be handed out again for the same query
+//! without deciding it again — while nothing it was decided on has changed:
+//!
+//! - the configuration (a reload makes a new one, so every remembered grant is decided again);
+//! - the caller's sessions (remembered only while it has none: a session can change which role
+//!   matches);
+//! - the credential file in the key (read through the same once-a-second check as any request,
+//!   so a rotated credential starts a new key just as soon);
+//! - the cache key and its token (the same key still cached, the same token in it, with the
+//!   hand-out floor and `min_valid` left; a renewed token is decided again, once).
+//!
+//! The role's rate is checked and the `token.issued` line is written for every request, as on
+//! the full path; only its time changes, the rest of the line is rendered once. Anything that
+//! does not hold sends the request down the full path ([`Agent::token`]), which remembers its
+//! grant afresh.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use crate::cache::Held;
+use crate::caller::Caller;
+use crate::config::Rate;
+use crate::error::ApiError;
+use crate::secrets::SecretFile;
+use crate::token::IssuedToken;
+
+use super::{Agent, Granted, State};
+
+/// What a grant needs to be handed out again (see the module's text).
+pub(crate) struct Again {
+    pub(super) state: Weak<State>,
+    pub(super) held: Held,
+    pub(super) token: Arc<IssuedToken>,
+    /// The subject credential file and the fingerprint of what it held.
+    pub(super) subject: Option<(SecretFile, String)>,
+    pub(super) rate: Option<(String, Rate)>,
+    pub(super) min_valid: Duration,
+    /// The `token.issued` line after its time, with `"source":"cache"`.
+    pub(super) tail: Vec<u8>,
+}
+
+impl std::fmt::Debug for Again {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Again")
+            .field("token", &self.token.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The grants one connection may hand out again: the last one, by its query.
+#[derive(Default)]
+pub struct TokenMemo {
+    last: Option<(Box<str>, Arc<Granted>)>,
+}
+
+impl TokenMemo {
+    /// Remembers `granted` for `query` if it can be handed out again.
+    pub fn remember(&mut self, query: &str, granted: &Arc<Granted>) {
+        if granted.again.is_some() {
+            self.last = Some((query.into(), granted.clone()));
+        }
+    }
+
+    fn get(&self, query: &str) -> Option<&Arc<Granted>> {
+        self.last.as_ref().filter(|(q, _)| &**q == query).map(|(_, g)| g)
+    }
+}
+
+impl Agent {
+    /// The grant remembered for `query` on this connection, handed out again and audited, if
+    /// nothing it was decided on has changed; `None`: decide it with [`Agent::token`].
+    ///
+    /// `others`: other connections are open, so the audit line waits one pass of the scheduler
+    /// for the lines of those ready at the same moment, to share their write.
+    pub async fn token_again(
+        &self,
+        caller: &Caller,
+        memo: &TokenMemo,
+        query: &str,
+        others: bool,
+    ) -> Option<Result<Arc<Granted>, ApiError>> {
+        let granted = memo.get(query)?;
+        let again = granted.again.as_ref()?;
+        let state = self.state();
+        if !std::ptr::eq(Arc::as_ptr(&state), again.state.as_ptr()) {
+            return None;
+        }
+        if !state.config.logins.is_empty() && !self.people.claims_of(caller.uid).is_empty() {
+            return None;
+        }
+        if let Some((file, fingerprint)) = &again.subject {
+            let now = self.creds.read(file).ok()?;
+            if now.fingerprint() != *fingerprint {
+                return None;
+            }
+        }
+        if let Some((role, rate)) = &again.rate {
+            let process = caller.pid.map_or(-i64::from(caller.uid), i64::from);
+            // Over the rate: the full path refuses it and audits the refusal.
+            self.limiter.check(role, process, *rate).ok()?;
+        }
+        if !self.cache.again(&again.held, &again.token, again.min_valid) {
+            return None;
+        }
+        let line = crate::output::audit::with_time(SystemTime::now(), &again.tail);
+        let written = self
+            .shared
+            .audit()
+            .commit_line_gathering("token.issued", &line, others)
+            .await;
+        Some(match audit_refusal(&state, written, &again.token) {
+            Some(e) => Err(e),
+            None => Ok(granted.clone()),
+        })
+    }
+}
+
+/// What a token whose `token.issued` line could not be written becomes: a refusal with
+/// `audit_failure = "closed"`, nothing with `"open"` (the failure is logged either way).
+pub(super) fn audit_refusal(state: &State, written: std::io::Result<()>, token: &IssuedToken) -> Option<ApiError> {
+    let e = written.err()?;
+    tracing::error!(error = %e, fingerprint = %token.fingerprint, "cannot write the token.issued audit event");
+    (state.config.agent.audit_failure == crate::config::AuditFailure::Closed).then(|| {
+        ApiError::new(
+            crate::error::ErrorKind::AuditUnavailable,
+            format!(
+                "the audit log cannot be written ({e}); no token is handed out until it can (audit_failure = \"closed\")"
+            ),
+        )
+    })
+}
