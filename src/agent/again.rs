@@ -70,15 +70,11 @@ impl TokenMemo {
 impl Agent {
     /// The grant remembered for `query` on this connection, handed out again and audited, if
     /// nothing it was decided on has changed; `None`: decide it with [`Agent::token`].
-    ///
-    /// `others`: other connections are open, so the audit line waits one pass of the scheduler
-    /// for the lines of those ready at the same moment, to share their write.
     pub async fn token_again(
         &self,
         caller: &Caller,
         memo: &TokenMemo,
         query: &str,
-        others: bool,
     ) -> Option<Result<Arc<Granted>, ApiError>> {
         let granted = memo.get(query)?;
         let again = granted.again.as_ref()?;
@@ -104,11 +100,7 @@ impl Agent {
             return None;
         }
         let line = crate::output::audit::with_time(SystemTime::now(), &again.tail);
-        let written = self
-            .shared
-            .audit()
-            .commit_line_gathering("token.issued", &line, others)
-            .await;
+        let written = self.shared.audit().commit_line("token.issued", &line).await;
         Some(match audit_refusal(&state, written, &again.token) {
             Some(e) => Err(e),
             None => Ok(granted.clone()),

@@ -40,26 +40,6 @@ const MAX_PENDING_ANSWERS: usize = 64 * 1024;
 /// higher).
 const LOOP_HEADERS: usize = 32;
 
-/// Connections in this loop now (not those handed to hyper): with others open, a token's audit
-/// line waits one pass of the scheduler for theirs ([`Agent::token_again`]).
-static OPEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// Counts a connection in [`OPEN`] while it lives.
-struct Open;
-
-impl Open {
-    fn count() -> Open {
-        OPEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Open
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        OPEN.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 /// What the front of a connection's buffer holds.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Head<'a> {
@@ -140,7 +120,6 @@ pub(super) async fn serve(
     // A caller's pod is looked up at the kubelet once per connection, at its first request (the
     // kubelet may take a moment).
     let seen: Arc<tokio::sync::OnceCell<Arc<Caller>>> = Arc::new(tokio::sync::OnceCell::new());
-    let _open = Open::count();
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut out: Vec<u8> = Vec::with_capacity(2048);
     let mut memo = crate::agent::TokenMemo::default();
@@ -165,8 +144,7 @@ pub(super) async fn serve(
                 } => {
                     let caller = seen.get_or_init(|| agent.with_pod(&attested)).await;
                     close = asked || stop.is_cancelled();
-                    let others = OPEN.load(std::sync::atomic::Ordering::Relaxed) > 1;
-                    match token_get(&agent, caller, &mut memo, query, others).await {
+                    match token_get(&agent, caller, &mut memo, query).await {
                         Ok(granted) => token_answer(&mut answers, &granted, close, &mut out),
                         Err(e) => error_answer(&e, close, &mut out),
                     }

@@ -109,9 +109,8 @@ pub(super) async fn token_get(
     caller: &Caller,
     memo: &mut TokenMemo,
     query: Option<&str>,
-    others: bool,
 ) -> Result<Arc<Granted>, ApiError> {
-    let result = match agent.token_again(caller, memo, query.unwrap_or(""), others).await {
+    let result = match agent.token_again(caller, memo, query.unwrap_or("")).await {
         Some(again) => again,
         None => match parse_query(query) {
             Ok(ask) => agent.token(caller, ask).await.map(Arc::new),

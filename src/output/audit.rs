@@ -143,19 +143,7 @@ impl Audit {
         if matches!(self.target, AuditTarget::Journal) {
             return write_lines(&mut self.writer.target(), event, line);
         }
-        self.commit_line_gathering(event, line, false).await
-    }
-
-    /// Like [`commit_line`](Self::commit_line); with `gather`, the batch waits for the other
-    /// tasks ready to run at this moment (one pass of the scheduler, no timer) before it is
-    /// written, so answers of other connections that are ready at once share the write.
-    pub(crate) async fn commit_line_gathering(&self, event: &str, line: &[u8], gather: bool) -> std::io::Result<()> {
-        if matches!(self.target, AuditTarget::Journal) {
-            return write_lines(&mut self.writer.target(), event, line);
-        }
-        self.writer
-            .commit(line, gather, |w, lines| write_lines(w, event, lines))
-            .await
+        self.writer.commit(line, |w, lines| write_lines(w, event, lines)).await
     }
 }
 

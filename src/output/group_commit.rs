@@ -3,9 +3,7 @@
 //!
 //! A line joins the open batch. The first line of a batch makes its request the batch's leader.
 //! When the output is free, the leader closes the batch and writes it at once (no added delay,
-//! so a lone request pays nothing) or, when its request says other connections are open, after
-//! one pass of the scheduler (the tasks ready at that moment run first, and the lines they commit
-//! join its batch; no timer). While another batch is being written, the leader waits for
+//! so a lone request pays nothing). While another batch is being written, the leader waits for
 //! it without blocking its thread, and the lines that arrive meanwhile join the leader's batch:
 //! they are written together when the output is free again. The others wait for their batch's
 //! result. A batch that cannot be written fails every line in it, so with
@@ -144,11 +142,7 @@ impl<T> GroupCommit<T> {
     /// Writes `line` (complete, newline included) together with the lines that join the same
     /// batch, by one call of `write` on the output. Returns once that batch was written (`Ok`)
     /// or could not be (the error, shared by every line of the batch).
-    ///
-    /// With `gather`, a leader first lets the other tasks that are ready to run have their turn
-    /// (one pass of the scheduler, no timer), so the lines they commit meanwhile share its
-    /// write: for answers of many connections that arrive together.
-    pub(crate) async fn commit<W>(&self, line: &[u8], gather: bool, write: W) -> std::io::Result<()>
+    pub(crate) async fn commit<W>(&self, line: &[u8], write: W) -> std::io::Result<()>
     where
         W: Fn(&mut T, &[u8]) -> std::io::Result<()>,
     {
@@ -167,10 +161,6 @@ impl<T> GroupCommit<T> {
             write,
             done: false,
         };
-        if gather {
-            // Dropped while it yields, the leader still writes its batch (`Leader`'s drop).
-            tokio::task::yield_now().await;
-        }
         loop {
             // Registered before trying, so a release between the two still wakes us.
             let released = self.released.notified();
@@ -246,7 +236,7 @@ mod tests {
         let tasks: Vec<_> = (0..n)
             .map(|i| {
                 let group = group.clone();
-                tokio::spawn(async move { group.commit(format!("line {i}\n").as_bytes(), false, write).await })
+                tokio::spawn(async move { group.commit(format!("line {i}\n").as_bytes(), write).await })
             })
             .collect();
         // Every task joins while the output is busy; none is answered before the write.
@@ -315,7 +305,7 @@ mod tests {
             writes: Vec::new(),
             fail: |_| false,
         });
-        let mut lone = std::pin::pin!(group.commit(b"alone\n", false, write));
+        let mut lone = std::pin::pin!(group.commit(b"alone\n", write));
         assert!(
             matches!(futures_poll_once(lone.as_mut()), Some(Ok(()))),
             "written and answered in one go"
@@ -332,14 +322,14 @@ mod tests {
         // The output is busy; the leader joins and waits; a follower joins; the output is
         // released; then the leader's request goes away before it was polled again.
         let busy = group.target();
-        let mut leader = Box::pin(group.commit(b"leader\n", false, write));
+        let mut leader = Box::pin(group.commit(b"leader\n", write));
         assert!(
             futures_poll_once(leader.as_mut()).is_none(),
             "the leader waits for the output"
         );
         let follower = {
             let group = group.clone();
-            tokio::spawn(async move { group.commit(b"follower\n", false, write).await })
+            tokio::spawn(async move { group.commit(b"follower\n", write).await })
         };
         tokio::task::yield_now().await;
         drop(busy);
@@ -347,27 +337,6 @@ mod tests {
         follower.await.unwrap().unwrap();
         let writes = group.target().writes.clone();
         assert_eq!(writes, [b"leader\nfollower\n".to_vec()]);
-    }
-
-    #[tokio::test]
-    async fn a_gathering_leader_writes_the_lines_of_the_tasks_that_ran_meanwhile() {
-        let group = Arc::new(GroupCommit::new(Recorder {
-            writes: Vec::new(),
-            fail: |_| false,
-        }));
-        // The leader is spawned first and yields; the others run in that pass and join it.
-        let tasks: Vec<_> = (0..5)
-            .map(|i| {
-                let group = group.clone();
-                tokio::spawn(async move { group.commit(format!("line {i}\n").as_bytes(), true, write).await })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap().unwrap();
-        }
-        let writes = group.target().writes.clone();
-        assert_eq!(writes.len(), 1, "one write for the lines of one pass");
-        assert_eq!(String::from_utf8_lossy(&writes[0]).lines().count(), 5);
     }
 
     /// Polls a future once with a no-op waker: its output if it is ready at once.
