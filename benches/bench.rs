@@ -17,7 +17,8 @@
 //! Settings (environment): `BENCH_SECS` seconds measured per throughput point and round (default
 //! 2, after 0.5 s of warm-up); `BENCH_ROUNDS` rounds, servers alternating, pooled (default 2); `BENCH_ECONOMY_LIFETIMES` (default 10); `BENCH_KEEP=1` keeps the work dir;
 //! `BENCH_ONLY=rss-idle` measures only the idle RSS and stops; `BENCH_ONLY=keep-alive` only the
-//! keep-alive rows of the throughput table (with their targets); `BENCH_QUICK=1` measures the
+//! keep-alive rows of the throughput table (with their targets); `BENCH_ONLY=memory` only the
+//! memory rows, on an agent that has served nothing else; `BENCH_QUICK=1` measures the
 //! throughput table (1 s per point), the `cortexid token` timing and memory only, for a quick
 //! before/after while working.
 
@@ -788,8 +789,9 @@ async fn run() {
     ];
     let dash = || "—".to_string();
     let keep_alive_only = std::env::var("BENCH_ONLY").as_deref() == Ok("keep-alive");
+    let memory_only = std::env::var("BENCH_ONLY").as_deref() == Ok("memory");
     for (name, conns, mode) in points {
-        if keep_alive_only && mode == Mode::NewConnection {
+        if (keep_alive_only && mode == Mode::NewConnection) || memory_only {
             continue;
         }
         // A B C, A B C, …: each server measured in every round, the rounds pooled, so a burst of
@@ -885,7 +887,7 @@ async fn run() {
         ("16 keep-alive, audit file on /tmp (disk)", &disk_dir, &disk_cfg),
         ("16 keep-alive, audit to stderr → /dev/null", &err_dir, &err_cfg),
     ] {
-        if quick || keep_alive_only {
+        if quick || keep_alive_only || memory_only {
             break;
         }
         let mut a = spawn_agent(c, &d.join("agent.sock"), Stdio::null());
@@ -921,7 +923,7 @@ async fn run() {
     }
     let _ = std::fs::remove_file(fx.audit_log()); // tmpfs space; the agent keeps its fd, lines go nowhere visible.
     // ---- `cortexid token` end to end ---------------------------------------------------------
-    {
+    if !memory_only {
         let socket = agent.socket.clone();
         let (tok, tru) = tokio::task::spawn_blocking(move || {
             let run = |cmd: &mut Command| {
@@ -979,7 +981,7 @@ async fn run() {
     }
 
     // ---- Cold burst: 1,000 concurrent requests for one uncached key ----------------------------
-    if !quick {
+    if !quick && !memory_only {
         let cold = token_path(AUDIENCES - 1, 100);
         let n = 1000;
         // Four client processes of 250 connections, over two uids when root (the agent may cap
@@ -1071,10 +1073,12 @@ async fn run() {
         let entries = metric(&agent.socket, "cortexid_cache_entries").await;
         let r10 = agent.rss_kib() as f64 / 1024.0;
         let hwm = status_field(agent.pid(), "VmHWM:") as f64 / 1024.0;
+        let anon = status_field(agent.pid(), "RssAnon:") as f64 / 1024.0;
+        let file = status_field(agent.pid(), "RssFile:") as f64 / 1024.0;
         v.add(
             "RSS with 10,000 cached keys",
             format!(
-                "{r10:.1} MiB (peak {hwm:.1} MiB; {entries} keys; filled in {:.1} s, {bad} errors)",
+                "{r10:.1} MiB (anonymous {anon:.1}, file {file:.1}; peak {hwm:.1} MiB; {entries} keys; filled in {:.1} s, {bad} errors)",
                 took.as_secs_f64()
             ),
             "< 64 MiB",
@@ -1084,7 +1088,7 @@ async fn run() {
     drop(agent);
 
     // ---- Upstream economy: 100 keys kept warm for 10 lifetimes of 3 s --------------------------
-    if !quick {
+    if !quick && !memory_only {
         let lifetime = Duration::from_secs(3);
         let fx3 = start_fixture(&root.path().join("economy"), lifetime).await;
         let idp3 = fx3.idp();
@@ -1143,7 +1147,7 @@ async fn run() {
     }
 
     // ---- Start-up with 100 identities --------------------------------------------------------
-    if !quick {
+    if !quick && !memory_only {
         let startup = provision(&fx, &root.path().join("startup"));
         let c = write_config(&startup, AuditTarget::File(startup.audit_log()), None, 100);
         let socket = startup.socket();
