@@ -147,18 +147,6 @@ fn elsewhere() -> Vec<(Place, &'static str)> {
     places
 }
 
-/// The last `token.denied` line, and the reasons it gives (all the roles' near misses).
-fn denied(h: &Harness) -> (serde_json::Value, String) {
-    let line = h
-        .audit_lines()
-        .into_iter()
-        .rev()
-        .find(|l| l["event"] == "token.denied")
-        .expect("a token.denied line");
-    let why = line["error_description"].as_str().unwrap_or_default().to_string();
-    (line, why)
-}
-
 #[tokio::test]
 async fn a_program_bind_mounted_over_the_allowed_path_in_a_namespace_of_its_own_is_refused() {
     let place = if unprivileged_userns() {
@@ -208,7 +196,7 @@ async fn a_program_bind_mounted_over_the_allowed_path_in_a_namespace_of_its_own_
             h.audit_lines().iter().all(|l| l["event"] != "token.issued"),
             "{name}: no token was issued"
         );
-        let (line, why) = denied(&h);
+        let (line, why) = h.last_denial();
         assert_eq!(line["role"], serde_json::Value::Null, "{line}");
         assert_eq!(line["caller"]["uid"], ATTACKER);
         // The name is what the caller's namespace calls the impostor, and the reasons say so.
@@ -226,7 +214,7 @@ async fn the_genuine_binary_in_another_namespace_is_refused_unless_the_role_says
         let uid = ATTACKER + 1 + i as u32;
         let (code, _, err) = token_in(place, uid, None, cortexid(), &h.socket).await;
         assert_eq!(code, 1, "{place:?} was admitted: {err}");
-        let (line, why) = denied(&h);
+        let (line, why) = h.last_denial();
         assert_eq!(line["caller"]["uid"], uid, "{line}");
         assert!(
             why.contains(r#"role "by-file" needs executable in"#),
@@ -259,7 +247,7 @@ async fn the_genuine_binary_in_another_namespace_is_refused_unless_the_role_says
     let uid = ATTACKER + 10;
     let (code, _, err) = token_in(Place::OtherMount, uid, None, &copy, &h.socket).await;
     assert_eq!(code, 1, "{err}");
-    let (line, why) = denied(&h);
+    let (line, why) = h.last_denial();
     assert_eq!(line["caller"]["uid"], uid, "{line}");
     assert!(why.contains("is not the file at"), "{why}");
 }
@@ -300,7 +288,7 @@ async fn a_role_by_digest_admits_the_binary_and_copies_of_it_but_not_one_changed
     let (code, out, err) = token_as(uid, &tampered, &h.socket, &ARGS).await;
     assert_eq!(code, 1, "the changed binary was admitted: {err}");
     assert!(out.is_empty());
-    let (line, why) = denied(&h);
+    let (line, why) = h.last_denial();
     assert_eq!(line["caller"]["uid"], uid, "{line}");
     assert!(
         why.contains(&format!(
@@ -320,7 +308,7 @@ async fn a_role_by_digest_admits_the_binary_and_copies_of_it_but_not_one_changed
     let uid = ATTACKER + 2;
     let (code, _, err) = token_as(uid, &copy, &h.socket, &ARGS).await;
     assert_eq!(code, 1, "a stale digest admitted the changed file: {err}");
-    let (line, why) = denied(&h);
+    let (line, why) = h.last_denial();
     assert_eq!(line["caller"]["uid"], uid, "{line}");
     assert!(why.contains(&sha256_hex(&changed)), "{why}");
     let issued = h

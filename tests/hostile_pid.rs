@@ -132,16 +132,7 @@ async fn a_caller_that_hands_its_socket_on_and_exits_does_not_pass_for_the_progr
         "pid {pid} now runs {}",
         sleep.display()
     );
-    let (line, why) = {
-        let line = h
-            .audit_lines()
-            .into_iter()
-            .rev()
-            .find(|l| l["event"] == "token.denied")
-            .expect("a token.denied line");
-        let why = line["error_description"].as_str().unwrap_or_default().to_string();
-        (line, why)
-    };
+    let (line, why) = h.last_denial();
     assert_eq!(line["caller"]["uid"], ATTACKER, "{line}");
     assert_eq!(line["caller"]["exe"], serde_json::Value::Null, "{line}");
     assert!(why.contains(&format!("process {pid} is gone")), "{why}");

@@ -198,6 +198,18 @@ impl Harness {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }
+
+    /// The last `token.denied` line, and the reasons it gives (all the roles' near misses).
+    pub fn last_denial(&self) -> (serde_json::Value, String) {
+        let line = self
+            .audit_lines()
+            .into_iter()
+            .rev()
+            .find(|l| l["event"] == "token.denied")
+            .expect("a token.denied line");
+        let why = line["error_description"].as_str().unwrap_or_default().to_string();
+        (line, why)
+    }
 }
 
 pub fn token_path(identity: &str, audience: &str, scope: &str) -> String {
