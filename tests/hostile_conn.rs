@@ -1,0 +1,312 @@
+//! A hostile local user against one connection on the socket: the agent's own HTTP/1.1 loop
+//! (which answers `GET /v1/token` itself and hands the rest to hyper), the grant a connection
+//! hands out again, and the attestation of the process that connected. Tests run as root; each
+//! attack runs as an unprivileged uid (`python3` plays the attacker) and is kept so it stays
+//! refused.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use cortexid::config::Rate;
+use cortexid::devidp::fixture::Role;
+use tokio::io::AsyncBufReadExt;
+
+const ATTACKER: u32 = 4343;
+const HOLDER: u32 = 4344;
+
+/// Starts `python3 -c script args…` as `uid`; its stdout is piped.
+fn python_as(uid: u32, script: &str, args: &[&str]) -> tokio::process::Child {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg("-c")
+        .arg(script)
+        .args(args)
+        .uid(uid)
+        .gid(uid)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 is needed by this test (it plays the attacker)")
+}
+
+/// Every line a child prints, once it has exited.
+async fn lines_of(child: tokio::process::Child) -> Vec<String> {
+    let out = child.wait_with_output().await.unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Sends argv[2] (hex) at once on one connection to argv[1] and reads until the agent closes
+/// it; prints the status code of each answer, one a line (hyper's and the loop's answers alike:
+/// each starts with `HTTP/1.x `, and bodies here are JSON without that text).
+const PIPELINE: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(bytes.fromhex(sys.argv[2]))
+data = b""
+while True:
+    b = s.recv(65536)
+    if not b:
+        break
+    data += b
+for part in data.split(b"HTTP/1.")[1:]:
+    print(part[2:5].decode(), flush=True)
+"#;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The token.issued lines for `identity`.
+fn issued_for(h: &Harness, identity: &str) -> usize {
+    h.audit_lines()
+        .iter()
+        .filter(|l| l["event"] == "token.issued" && l["identity"] == identity)
+        .count()
+}
+
+fn harness_setup(uids: &[u32], roles: Vec<Role>) -> Setup {
+    Setup {
+        role_uids: uids.to_vec(),
+        roles,
+        ..Setup::default()
+    }
+}
+
+/// Pipelined, in one write: requests the loop answers itself mixed with requests that carry a
+/// second request in a body (chunked, or a `Content-Length` on a GET). The body is never read
+/// as a request: one answer per request, in order, and the smuggled `batch` token is never
+/// issued.
+#[tokio::test]
+async fn a_request_smuggled_in_a_body_is_not_answered() {
+    let h = Harness::new(Duration::from_secs(300), harness_setup(&[ATTACKER], vec![])).await;
+    open_dir(h.dir.path());
+    let ok = token_path("payments", PAYMENTS, "");
+    let smuggled = format!("GET {} HTTP/1.1\r\nHost: x\r\n\r\n", token_path("batch", LEDGER, ""));
+    let mut wire = String::new();
+    // Answered by the loop; duplicate equal lengths of 0 are no body to hyper either.
+    wire += &format!("GET {ok} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n");
+    // Bare LF line ends: the same head to httparse in the loop and in hyper.
+    wire += &format!("GET {ok} HTTP/1.1\nHost: x\n\n");
+    // A chunked body holding a request: hyper reads it as the body of this one.
+    wire += &format!(
+        "GET {ok} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{smuggled}\r\n0\r\n\r\n",
+        smuggled.len()
+    );
+    // A Content-Length body holding a request.
+    wire += &format!(
+        "GET {ok} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{smuggled}",
+        smuggled.len()
+    );
+    wire += &format!("GET {ok} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let statuses = lines_of(python_as(
+        ATTACKER,
+        PIPELINE,
+        &[h.socket.to_str().unwrap(), &hex(wire.as_bytes())],
+    ))
+    .await;
+    // A body on a GET is read and ignored: each request is answered once, none of the bodies.
+    assert_eq!(statuses, ["200"; 5], "one answer per request, none for the bodies");
+    assert_eq!(issued_for(&h, "payments"), 5);
+    assert_eq!(issued_for(&h, "batch"), 0, "the smuggled request got no token");
+}
+
+/// Heads the loop must not answer: folded headers (hiding a `Transfer-Encoding`), a NUL in the
+/// target, a target longer than the router takes, HTTP/1.0 keep-alive. Each goes to hyper with
+/// what was read, after the token before it is answered.
+#[tokio::test]
+async fn malformed_heads_after_a_token_get_hypers_answer_in_order() {
+    let h = Harness::new(Duration::from_secs(300), harness_setup(&[ATTACKER], vec![])).await;
+    open_dir(h.dir.path());
+    let ok = token_path("payments", PAYMENTS, "");
+    let first = format!("GET {ok} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let last = format!("GET {ok} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let long = format!("{ok}&x={}", "a".repeat(20 * 1024));
+    // A malformed head gets 400 and the connection closes; a target over the limit gets 431
+    // and the connection goes on.
+    for (bad, want) in [
+        (
+            format!("GET {ok} HTTP/1.1\r\nHost: x\r\nX-A: b\r\n Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+            &["200", "400"][..],
+        ),
+        (format!("GET {ok}\0 HTTP/1.1\r\nHost: x\r\n\r\n"), &["200", "400"]),
+        (format!("GET {ok}\r HTTP/1.1\r\nHost: x\r\n\r\n"), &["200", "400"]),
+        (
+            format!("GET {long} HTTP/1.1\r\nHost: x\r\n\r\n"),
+            &["200", "431", "200"],
+        ),
+    ] {
+        let wire = format!("{first}{bad}{last}");
+        let statuses = lines_of(python_as(
+            ATTACKER,
+            PIPELINE,
+            &[h.socket.to_str().unwrap(), &hex(wire.as_bytes())],
+        ))
+        .await;
+        assert_eq!(statuses, want, "{}", bad.escape_debug());
+    }
+    // HTTP/1.0 with keep-alive: hyper keeps the connection, the next token is answered too.
+    let wire = format!(
+        "GET {ok} HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET {ok} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let statuses = lines_of(python_as(
+        ATTACKER,
+        PIPELINE,
+        &[h.socket.to_str().unwrap(), &hex(wire.as_bytes())],
+    ))
+    .await;
+    assert_eq!(statuses, ["200", "200"]);
+    assert_eq!(issued_for(&h, "batch"), 0);
+}
+
+/// A role's per-process rate holds for the same query asked again and again on one connection:
+/// the grant handed out again (no actor, no session, so it is remembered) checks it, as the
+/// full path does.
+#[tokio::test]
+async fn the_same_query_again_on_one_connection_is_held_to_the_roles_rate() {
+    let mut limited = Role::new("limited", &["payments"]).uids(&[ATTACKER]);
+    limited.rate = Some(Rate::parse("2/m").unwrap());
+    let h = Harness::new(Duration::from_secs(300), harness_setup(&[HOLDER], vec![limited])).await;
+    open_dir(h.dir.path());
+    let ok = token_path("payments", PAYMENTS, "");
+    let one = format!("GET {ok} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let wire = format!(
+        "{}GET {ok} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        one.repeat(4)
+    );
+    let statuses = lines_of(python_as(
+        ATTACKER,
+        PIPELINE,
+        &[h.socket.to_str().unwrap(), &hex(wire.as_bytes())],
+    ))
+    .await;
+    assert_eq!(statuses, ["200", "200", "429", "429", "429"]);
+    assert_eq!(issued_for(&h, "payments"), 2);
+}
+
+/// Listens on argv[1] (a path), takes one connection and the socket passed over it with
+/// SCM_RIGHTS, asks argv[2] on that socket and prints the status line of the answer.
+const RECEIVER: &str = r#"
+import os, socket, sys
+l = socket.socket(socket.AF_UNIX)
+l.bind(sys.argv[1])
+os.chmod(sys.argv[1], 0o777)
+l.listen(1)
+print("ready", flush=True)
+c, _ = l.accept()
+_, fds, _, _ = socket.recv_fds(c, 16, 1)
+s = socket.socket(fileno=fds[0])
+s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % sys.argv[2]).encode())
+data = b""
+while True:
+    b = s.recv(65536)
+    if not b:
+        break
+    data += b
+print(data.split(b"\r\n", 1)[0].decode(), flush=True)
+c.close()
+"#;
+
+/// Connects to the agent at argv[1], passes that socket to the listener at argv[2] and waits
+/// until it is done.
+const SENDER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+r = socket.socket(socket.AF_UNIX)
+r.connect(sys.argv[2])
+socket.send_fds(r, [b"x"], [s.fileno()])
+r.recv(1)
+"#;
+
+/// A caller without a role connects and passes the connection with SCM_RIGHTS to a process of a
+/// uid that has one: the request it sends is the connector's, refused.
+#[tokio::test]
+async fn a_socket_passed_to_another_uid_keeps_the_identity_of_the_process_that_connected() {
+    let h = Harness::new(Duration::from_secs(300), harness_setup(&[HOLDER], vec![])).await;
+    open_dir(h.dir.path());
+    let relay_dir = h.dir.path().join("relay");
+    std::fs::create_dir(&relay_dir).unwrap();
+    std::fs::set_permissions(&relay_dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let relay = relay_dir.join("r.sock");
+    let ok = token_path("payments", PAYMENTS, "");
+    let mut receiver = python_as(HOLDER, RECEIVER, &[relay.to_str().unwrap(), &ok]);
+    let mut lines = tokio::io::BufReader::new(receiver.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next_line().await.unwrap().unwrap(), "ready");
+    let sender = python_as(ATTACKER, SENDER, &[h.socket.to_str().unwrap(), relay.to_str().unwrap()]);
+    let status = lines.next_line().await.unwrap().unwrap_or_default();
+    drop(sender);
+    assert_eq!(status, "HTTP/1.1 403 Forbidden");
+    let (line, _) = h.last_denial();
+    assert_eq!(line["caller"]["uid"], ATTACKER, "{line}");
+    assert_eq!(issued_for(&h, "payments"), 0);
+}
+
+/// A thread other than the leader connects, then the leader exits (its thread group lives on
+/// with a zombie leader), then the thread asks argv[2]; prints the status line.
+const THREAD_AFTER_LEADER: &str = r#"
+import ctypes, os, socket, sys, threading, time
+def run():
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    connected.set()
+    time.sleep(0.5)
+    s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % sys.argv[2]).encode())
+    data = b""
+    while True:
+        b = s.recv(65536)
+        if not b:
+            break
+        data += b
+    os.write(1, data.split(b"\r\n", 1)[0] + b"\n")
+    os._exit(0)
+connected = threading.Event()
+threading.Thread(target=run).start()
+connected.wait()
+ctypes.CDLL(None).syscall(60, 0)
+"#;
+
+/// The leader of the connecting process exits after a thread of it connected: whatever the
+/// agent reads of the process, it is not another program's.
+#[tokio::test]
+async fn a_connection_from_a_thread_whose_leader_exited_is_not_admitted_as_another_program() {
+    let python = which("python3");
+    let sleep = which("sleep");
+    let roles = vec![
+        Role::new("sleepers", &["payments"]).executables(&[&sleep]),
+        Role::new("pythons", &["batch"])
+            .uids(&[ATTACKER])
+            .executables(&[&python]),
+    ];
+    let h = Harness::new(Duration::from_secs(300), harness_setup(&[HOLDER], roles)).await;
+    open_dir(h.dir.path());
+    let ok = token_path("payments", PAYMENTS, "");
+    let lines = lines_of(python_as(
+        ATTACKER,
+        THREAD_AFTER_LEADER,
+        &[h.socket.to_str().unwrap(), &ok],
+    ))
+    .await;
+    assert_eq!(lines, ["HTTP/1.1 403 Forbidden"]);
+    let (line, why) = h.last_denial();
+    assert_eq!(line["caller"]["uid"], ATTACKER, "{line}");
+    println!("{line} {why}");
+}
+
+fn which(name: &str) -> std::path::PathBuf {
+    std::fs::canonicalize(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap())
+            .map(|d: std::path::PathBuf| d.join(name))
+            .find(|p: &std::path::PathBuf| p.exists())
+            .unwrap(),
+    )
+    .unwrap()
+}
