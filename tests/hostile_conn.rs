@@ -310,3 +310,48 @@ fn which(name: &str) -> std::path::PathBuf {
     )
     .unwrap()
 }
+
+/// Sends a head asking argv[3] in three parts on one connection to argv[1], argv[2] seconds apart: the
+/// request line and 30 headers, 3 more headers (past what the loop parses: hyper takes the
+/// connection over), the blank line. Prints the first line of what comes back, or `closed`.
+const SLOW_PAST_THE_LOOP: &str = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+wait = float(sys.argv[2])
+s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\n" % sys.argv[3]).encode() + b"X-A: b\r\n" * 29)
+time.sleep(wait)
+try:
+    s.sendall(b"X-B: c\r\n" * 3)
+    time.sleep(wait)
+    s.sendall(b"\r\n")
+except OSError:
+    pass
+data = b""
+while True:
+    try:
+        b = s.recv(65536)
+    except OSError:
+        break
+    if not b:
+        break
+    data += b
+print(data.split(b"\r\n", 1)[0].decode() or "closed", flush=True)
+"#;
+
+/// A head that trickles in past the loop's header count goes to hyper part-way: the head
+/// deadline (10 s from the accept) still holds, hyper does not start a new one (it did: the
+/// token was handed out for a head whole 12 s after the accept).
+#[tokio::test]
+async fn a_head_handed_to_hyper_part_way_keeps_its_deadline() {
+    let h = Harness::new(Duration::from_secs(300), harness_setup(&[ATTACKER], vec![])).await;
+    open_dir(h.dir.path());
+    let lines = lines_of(python_as(
+        ATTACKER,
+        SLOW_PAST_THE_LOOP,
+        &[h.socket.to_str().unwrap(), "6", &token_path("payments", PAYMENTS, "")],
+    ))
+    .await;
+    assert_eq!(lines, ["closed"]);
+    assert_eq!(issued_for(&h, "payments"), 0);
+}

@@ -184,7 +184,8 @@ pub(super) async fn serve(
                 at: 0,
                 stream,
             };
-            return with_hyper(io, agent, attested, seen, watcher).await;
+            let due = head_since + HEADER_READ_TIMEOUT;
+            return with_hyper(io, agent, attested, seen, watcher, due).await;
         }
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(4096);
@@ -212,15 +213,22 @@ pub(super) async fn serve(
     }
 }
 
-/// The rest of the connection, served by hyper as every connection was before this loop.
+/// The rest of the connection, served by hyper as every connection was before this loop. The
+/// head hyper takes over may be part-read (more headers than the loop parses): it must still be
+/// whole by `due`, the loop's deadline, or the connection is closed without an answer (hyper's
+/// own deadline would start again at the hand-off).
 async fn with_hyper(
     io: Prefixed,
     agent: Arc<Agent>,
     attested: Arc<Caller>,
     seen: Arc<tokio::sync::OnceCell<Arc<Caller>>>,
     watcher: Watcher,
+    due: Instant,
 ) {
+    let headed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let first_head = headed.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        first_head.store(true, std::sync::atomic::Ordering::Relaxed);
         let agent = agent.clone();
         let attested = attested.clone();
         let seen = seen.clone();
@@ -234,7 +242,24 @@ async fn with_hyper(
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_HEADERS * 4)
         .serve_connection(TokioIo::new(io), service);
-    if let Err(e) = watcher.watch(conn).await {
+    let served = watcher.watch(conn);
+    tokio::pin!(served);
+    let late = tokio::time::sleep_until(due);
+    tokio::pin!(late);
+    let mut before_due = true;
+    let ended = loop {
+        tokio::select! {
+            ended = &mut served => break ended,
+            () = &mut late, if before_due => {
+                if !headed.load(std::sync::atomic::Ordering::Relaxed) {
+                    tracing::debug!("no whole request head within {HEADER_READ_TIMEOUT:?}; closing the connection");
+                    return;
+                }
+                before_due = false;
+            }
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }
