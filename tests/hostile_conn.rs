@@ -385,7 +385,7 @@ s.connect(sys.argv[1])
 s.sendall(bytes.fromhex(sys.argv[2]))
 want = bytes.fromhex(sys.argv[2]).count(b"GET ")
 data = b""
-while data.count(b"HTTP/1.1 200") < want:
+while data.count(b"HTTP/1.1 ") < want:
     b = s.recv(65536)
     if not b:
         break
@@ -463,3 +463,64 @@ connected.wait()
 os.write(1, b"%d\n" % os.getpid())
 ctypes.CDLL(None).syscall(60, 0)
 "#;
+
+/// Sends argv[2] then argv[4] times argv[3] (hex) on a connection to argv[1] from a thread
+/// without reading; prints `sent` after 2 s, then, once a line comes on stdin, reads the answers
+/// until all came (or the connection closes) and prints how many came.
+const NEVER_READS: &str = r#"
+import socket, sys, threading, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+n = int(sys.argv[4])
+burst = bytes.fromhex(sys.argv[2]) + bytes.fromhex(sys.argv[3]) * n
+threading.Thread(target=s.sendall, args=(burst,), daemon=True).start()
+time.sleep(2)
+print("sent", flush=True)
+sys.stdin.readline()
+want = n + 1
+data = b""
+while data.count(b"HTTP/1.1 ") < want:
+    b = s.recv(1 << 16)
+    if not b:
+        break
+    data += b
+print(data.count(b"HTTP/1.1 "), flush=True)
+"#;
+
+/// After a request the loop hands to hyper, a caller pipelines thousands of token requests and
+/// reads nothing: hyper stops answering once its answers fill the socket (the agent does not
+/// buffer them), and answers them all, in order, once they are read.
+#[tokio::test]
+async fn a_caller_that_does_not_read_hypers_answers_is_not_answered_further() {
+    use std::os::unix::process::CommandExt;
+    use tokio::io::AsyncWriteExt;
+    const N: usize = 4000;
+    let h = Harness::new(Duration::from_secs(300), harness_setup(&[ATTACKER], vec![])).await;
+    open_dir(h.dir.path());
+    let ok = token_path("payments", PAYMENTS, "");
+    let first = hex(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n");
+    let each = hex(format!("GET {ok} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg("-c")
+        .arg(NEVER_READS)
+        .args([h.socket.to_str().unwrap(), &first, &each, &N.to_string()])
+        .uid(ATTACKER)
+        .gid(ATTACKER)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut attacker = tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 is needed by this test (it plays the attacker)");
+    let mut stdin = attacker.stdin.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(attacker.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next_line().await.unwrap().unwrap(), "sent");
+    let answered = issued_for(&h, "payments");
+    assert!(
+        answered < N / 8,
+        "{answered} of {N} pipelined requests were answered to a caller that reads nothing"
+    );
+    stdin.write_all(b"go\n").await.unwrap();
+    assert_eq!(lines.next_line().await.unwrap().unwrap(), (N + 1).to_string());
+    assert_eq!(issued_for(&h, "payments"), N);
+}
