@@ -524,3 +524,62 @@ async fn a_caller_that_does_not_read_hypers_answers_is_not_answered_further() {
     assert_eq!(lines.next_line().await.unwrap().unwrap(), (N + 1).to_string());
     assert_eq!(issued_for(&h, "payments"), N);
 }
+
+/// Connects to argv[1], prints its pid and runs bash on the connection (fd 9); bash, once a line
+/// comes on stdin, asks argv[2] on it and prints the first 12 bytes of the answer.
+const CONNECT_THEN_EXEC: &str = r#"
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+os.dup2(s.fileno(), 9)
+print(os.getpid(), flush=True)
+script = 'read go; printf "GET %s HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n" "$1" >&9; head -c 12 <&9; echo'
+os.execv("/usr/bin/bash", ["bash", "-c", script, "bash", sys.argv[2]])
+"#;
+
+/// Inherent, and documented (src/caller/pidfd.rs): a caller that connects and then runs a
+/// program a role admits, before the agent attests the connection (stopped here), is that
+/// program: the agent attests the process as it is, and it runs bash now. Kept so a change in
+/// what is attested shows here.
+#[tokio::test]
+async fn a_caller_that_execs_an_admitted_program_before_attestation_is_that_program() {
+    use nix::sys::signal::Signal;
+    use std::os::unix::process::CommandExt;
+    use tokio::io::AsyncWriteExt;
+    let bash = std::fs::canonicalize("/usr/bin/bash").unwrap();
+    let roles = vec![Role::new("shells", &["payments"]).executables(&[&bash])];
+    let mut h = Harness::new(Duration::from_secs(300), harness_setup(&[HOLDER], roles)).await;
+    open_dir(h.dir.path());
+    h.stop().await;
+    let agent = AgentProcess::spawn(&h.config_path, &h.socket, h.dir.path().join("agent.log"), &[]).await;
+    agent.signal(Signal::SIGSTOP);
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg("-c")
+        .arg(CONNECT_THEN_EXEC)
+        .args([h.socket.to_str().unwrap(), &token_path("payments", PAYMENTS, "")])
+        .uid(ATTACKER)
+        .gid(ATTACKER)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut attacker = tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 is needed by this test (it plays the attacker)");
+    let mut stdin = attacker.stdin.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(attacker.stdout.take().unwrap()).lines();
+    let pid: u32 = lines.next_line().await.unwrap().unwrap().parse().unwrap();
+    let exe = format!("/proc/{pid}/exe");
+    while std::fs::read_link(&exe).ok().as_deref() != Some(bash.as_path()) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    agent.signal(Signal::SIGCONT);
+    stdin.write_all(b"go\n").await.unwrap();
+    assert_eq!(lines.next_line().await.unwrap().unwrap(), "HTTP/1.1 200");
+    let line = h
+        .audit_lines()
+        .into_iter()
+        .rfind(|l| l["event"] == "token.issued")
+        .unwrap();
+    assert_eq!(line["caller"]["uid"], ATTACKER, "{line}");
+    assert_eq!(line["caller"]["exe"], bash.display().to_string(), "{line}");
+}
