@@ -583,3 +583,25 @@ async fn a_caller_that_execs_an_admitted_program_before_attestation_is_that_prog
     assert_eq!(line["caller"]["uid"], ATTACKER, "{line}");
     assert_eq!(line["caller"]["exe"], bash.display().to_string(), "{line}");
 }
+
+/// Requests pipelined after one that asks to close the connection are not answered, whether
+/// the loop (`Connection: close`) or hyper (`Connection: keep-alive, close`, a list the loop
+/// hands over) reads it.
+#[tokio::test]
+async fn nothing_pipelined_after_connection_close_is_answered() {
+    let h = Harness::new(Duration::from_secs(300), harness_setup(&[ATTACKER], vec![])).await;
+    open_dir(h.dir.path());
+    let ok = token_path("payments", PAYMENTS, "");
+    let more = format!("GET {ok} HTTP/1.1\r\nHost: x\r\n\r\n").repeat(3);
+    for close in ["close", "keep-alive, close"] {
+        let wire = format!("GET {ok} HTTP/1.1\r\nHost: x\r\nConnection: {close}\r\n\r\n{more}");
+        let statuses = lines_of(python_as(
+            ATTACKER,
+            PIPELINE,
+            &[h.socket.to_str().unwrap(), &hex(wire.as_bytes())],
+        ))
+        .await;
+        assert_eq!(statuses, ["200"], "Connection: {close}");
+    }
+    assert_eq!(issued_for(&h, "payments"), 2);
+}
