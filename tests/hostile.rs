@@ -4,29 +4,15 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
 use tokio::io::AsyncBufReadExt;
 
-/// Starts `python3 -c script socket args…` as `uid`, with [`ASK`] defined for the script; its
-/// stdout is piped.
+/// Starts `python3 -c script socket args…` as `uid`, with [`ASK`] defined for the script.
 fn python_as(uid: u32, script: &str, socket: &Path, args: &[&str]) -> tokio::process::Child {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = std::process::Command::new("python3");
-    cmd.arg("-c")
-        .arg(format!("{ASK}{script}"))
-        .arg(socket)
-        .args(args)
-        .uid(uid)
-        .gid(uid)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    tokio::process::Command::from(cmd)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 is needed by this test (it plays the attacker)")
+    let args = std::iter::once(socket.as_os_str()).chain(args.iter().map(std::ffi::OsStr::new));
+    attacker(uid, &format!("{ASK}{script}"), args)
 }
 
 /// The first line a child prints.

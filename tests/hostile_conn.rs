@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -17,21 +16,9 @@ use tokio::io::AsyncBufReadExt;
 const ATTACKER: u32 = 4343;
 const HOLDER: u32 = 4344;
 
-/// Starts `python3 -c script args…` as `uid`; its stdout is piped.
+/// Starts `python3 -c script args…` as `uid`.
 fn python_as(uid: u32, script: &str, args: &[&str]) -> tokio::process::Child {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = std::process::Command::new("python3");
-    cmd.arg("-c")
-        .arg(script)
-        .args(args)
-        .uid(uid)
-        .gid(uid)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    tokio::process::Command::from(cmd)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 is needed by this test (it plays the attacker)")
+    attacker(uid, script, args)
 }
 
 /// Every line a child prints, once it has exited.
@@ -492,7 +479,6 @@ print(data.count(b"HTTP/1.1 "), flush=True)
 /// buffer them), and answers them all, in order, once they are read.
 #[tokio::test]
 async fn a_caller_that_does_not_read_hypers_answers_is_not_answered_further() {
-    use std::os::unix::process::CommandExt;
     use tokio::io::AsyncWriteExt;
     const N: usize = 4000;
     let h = Harness::new(Duration::from_secs(300), harness_setup(&[ATTACKER], vec![])).await;
@@ -500,18 +486,11 @@ async fn a_caller_that_does_not_read_hypers_answers_is_not_answered_further() {
     let ok = token_path("payments", PAYMENTS, "");
     let first = hex(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n");
     let each = hex(format!("GET {ok} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
-    let mut cmd = std::process::Command::new("python3");
-    cmd.arg("-c")
-        .arg(NEVER_READS)
-        .args([h.socket.to_str().unwrap(), &first, &each, &N.to_string()])
-        .uid(ATTACKER)
-        .gid(ATTACKER)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-    let mut attacker = tokio::process::Command::from(cmd)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 is needed by this test (it plays the attacker)");
+    let mut attacker = attacker(
+        ATTACKER,
+        NEVER_READS,
+        [h.socket.to_str().unwrap(), &first, &each, &N.to_string()],
+    );
     let mut stdin = attacker.stdin.take().unwrap();
     let mut lines = tokio::io::BufReader::new(attacker.stdout.take().unwrap()).lines();
     assert_eq!(lines.next_line().await.unwrap().unwrap(), "sent");
@@ -544,7 +523,6 @@ os.execv("/usr/bin/bash", ["bash", "-c", script, "bash", sys.argv[2]])
 #[tokio::test]
 async fn a_caller_that_execs_an_admitted_program_before_attestation_is_that_program() {
     use nix::sys::signal::Signal;
-    use std::os::unix::process::CommandExt;
     use tokio::io::AsyncWriteExt;
     let bash = std::fs::canonicalize("/usr/bin/bash").unwrap();
     let roles = vec![Role::new("shells", &["payments"]).executables(&[&bash])];
@@ -553,18 +531,11 @@ async fn a_caller_that_execs_an_admitted_program_before_attestation_is_that_prog
     h.stop().await;
     let agent = AgentProcess::spawn(&h.config_path, &h.socket, h.dir.path().join("agent.log"), &[]).await;
     agent.signal(Signal::SIGSTOP);
-    let mut cmd = std::process::Command::new("python3");
-    cmd.arg("-c")
-        .arg(CONNECT_THEN_EXEC)
-        .args([h.socket.to_str().unwrap(), &token_path("payments", PAYMENTS, "")])
-        .uid(ATTACKER)
-        .gid(ATTACKER)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-    let mut attacker = tokio::process::Command::from(cmd)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 is needed by this test (it plays the attacker)");
+    let mut attacker = attacker(
+        ATTACKER,
+        CONNECT_THEN_EXEC,
+        [h.socket.to_str().unwrap(), &token_path("payments", PAYMENTS, "")],
+    );
     let mut stdin = attacker.stdin.take().unwrap();
     let mut lines = tokio::io::BufReader::new(attacker.stdout.take().unwrap()).lines();
     let pid: u32 = lines.next_line().await.unwrap().unwrap().parse().unwrap();

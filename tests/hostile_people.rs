@@ -43,19 +43,7 @@ fn add_state_dir(h: &Harness, state: &Path, key_file: Option<&Path>) {
 
 /// Starts `python3 -c script args…` as `uid`, stdin and stdout piped; [`PY`] is defined first.
 fn python_as(uid: u32, script: &str, args: &[&str]) -> tokio::process::Child {
-    let mut cmd = std::process::Command::new("python3");
-    cmd.arg("-c")
-        .arg(format!("{PY}{script}"))
-        .args(args)
-        .uid(uid)
-        .gid(uid)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    tokio::process::Command::from(cmd)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 is needed by this test (it plays the attacker)")
+    common::attacker(uid, &format!("{PY}{script}"), args)
 }
 
 /// What the attacker scripts share: `call(sock, method, path, body)` makes one request to the

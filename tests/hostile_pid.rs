@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -99,20 +98,14 @@ async fn a_caller_that_hands_its_socket_on_and_exits_does_not_pass_for_the_progr
     agent.signal(Signal::SIGSTOP);
     wait_stopped(agent.child.id()).await;
 
-    use std::os::unix::process::CommandExt;
-    let mut cmd = std::process::Command::new("python3");
-    cmd.arg("-c")
-        .arg(HAND_ON_AND_EXIT)
-        .arg(&h.socket)
-        .arg(token_path("payments", PAYMENTS, "payments.read"))
-        .uid(ATTACKER)
-        .gid(ATTACKER)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-    let mut attacker = tokio::process::Command::from(cmd)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 is needed by this test (it plays the attacker)");
+    let mut attacker = attacker(
+        ATTACKER,
+        HAND_ON_AND_EXIT,
+        [
+            h.socket.as_os_str(),
+            token_path("payments", PAYMENTS, "payments.read").as_ref(),
+        ],
+    );
     let mut stdin = attacker.stdin.take().unwrap();
     let mut lines = tokio::io::BufReader::new(attacker.stdout.take().unwrap()).lines();
     let pid: i32 = lines.next_line().await.unwrap().unwrap().parse().unwrap();

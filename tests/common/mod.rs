@@ -212,6 +212,29 @@ impl Harness {
     }
 }
 
+/// Starts `python3 -c script args…` as `uid` (and as group `uid`), stdin and stdout piped, stderr
+/// shown, killed when dropped: the attacker of the hostile tests.
+pub fn attacker<I, S>(uid: u32, script: &str, args: I) -> tokio::process::Child
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg("-c")
+        .arg(script)
+        .args(args)
+        .uid(uid)
+        .gid(uid)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 is needed by this test (it plays the attacker)")
+}
+
 pub fn token_path(identity: &str, audience: &str, scope: &str) -> String {
     let q = url::form_urlencoded::Serializer::new(String::new())
         .append_pair("identity", identity)
