@@ -23,8 +23,12 @@ mod pidfd;
 mod pod;
 mod users;
 
+use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
+
+use nix::fcntl::{AtFlags, OFlag, readlinkat};
+use nix::sys::stat::{Mode, fstatat};
 
 use serde::Serialize;
 use tokio::net::unix::UCred;
@@ -228,27 +232,48 @@ fn read_process(
     if real_uid != Some(uid) {
         return Err(ProcessError::OtherUser(pid));
     }
-    let exe = std::fs::read_link(dir.join("exe"))
-        .ok()
-        .map(|p| ExeName::new(strip_deleted(p)));
-    // Followed, the link reaches the file itself, whatever the caller's namespace calls it.
-    let executable = std::fs::metadata(dir.join("exe")).ok().map(|m| Executable::of(&m));
-    let namespaces = Namespaces::read(&dir);
-    let cgroup = std::fs::read_to_string(dir.join("cgroup")).ok();
-    let unit = cgroup.as_deref().and_then(unit_from_cgroup);
-    let pod = cgroup.as_deref().and_then(pod_from_cgroup);
+    // Read as the pidfd path reads it; the start time, read again below, says whether the
+    // directory was still this process's.
+    let open = nix::fcntl::open(
+        &dir,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|_| ProcessError::ExitedWhileRead(pid))?;
+    let facts = read_dir(open.as_fd(), groups);
     let after = start_ticks(&dir).ok_or(ProcessError::ExitedWhileRead(pid))?;
     if after != before {
         return Err(ProcessError::ReusedWhileRead(pid));
     }
-    Ok(ProcessFacts {
+    Ok(facts)
+}
+
+/// What the `/proc/<pid>` directory `dir` says: executable, namespaces, cgroup.
+fn read_dir(dir: BorrowedFd<'_>, groups: Vec<u32>) -> ProcessFacts {
+    let exe = readlinkat(dir, "exe")
+        .ok()
+        .map(|p| ExeName::new(strip_deleted(PathBuf::from(p))));
+    // Followed, the link reaches the file itself, whatever the caller's namespace calls it.
+    let executable = fstatat(dir, "exe", AtFlags::empty())
+        .ok()
+        .map(|st| Executable::of_stat(&st));
+    let namespaces = Namespaces::read_at(dir);
+    let cgroup = read_to_string(dir, "cgroup");
+    ProcessFacts {
         groups,
         exe,
         executable,
         namespaces,
-        unit,
-        pod,
-    })
+        unit: cgroup.as_deref().and_then(unit_from_cgroup),
+        pod: cgroup.as_deref().and_then(pod_from_cgroup),
+    }
+}
+
+fn read_to_string(dir: BorrowedFd<'_>, name: &str) -> Option<String> {
+    let fd = nix::fcntl::openat(dir, name, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).ok()?;
+    let mut s = String::new();
+    std::fs::File::from(fd).read_to_string(&mut s).ok()?;
+    Some(s)
 }
 
 /// `/proc/<pid>/exe` of a replaced binary reads "/path (deleted)"; [`Executable::deleted`] says so.

@@ -44,7 +44,9 @@ impl Namespaces {
         user: Namespace::Unknown,
     };
 
-    /// Those of the process whose `/proc` directory is `dir`, against the agent's.
+    /// Those of the process whose `/proc` directory is `dir`, against the agent's, by following
+    /// the links: what the tests hold [`Namespaces::read_at`] to.
+    #[cfg(test)]
     pub(crate) fn read(dir: &Path) -> Namespaces {
         Namespaces::from_stat(|name| FileId::at(&dir.join("ns").join(name)).ok())
     }

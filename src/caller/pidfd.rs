@@ -25,19 +25,14 @@
 //! Where the kernel lacks any of these, [`read_process`] says so and the caller is read the older
 //! way (`super::read_process`).
 
-use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::path::PathBuf;
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, readlinkat};
+use nix::fcntl::OFlag;
 use nix::libc;
-use nix::sys::stat::{Mode, fstatat};
+use nix::sys::stat::Mode;
 
-use super::exe::{ExeName, Executable};
-use super::namespaces::Namespaces;
-use super::pod::pod_from_cgroup;
-use super::{ProcessError, ProcessFacts, strip_deleted, unit_from_cgroup};
+use super::{ProcessError, ProcessFacts, read_dir};
 
 #[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
 const SO_PEERGROUPS: libc::c_int = 59;
@@ -185,40 +180,12 @@ pub(super) fn read_process(socket: BorrowedFd<'_>, pid: i32, uid: u32) -> Option
     }
 }
 
-/// What the `/proc/<pid>` directory `dir` says: executable, namespaces, cgroup.
-fn read_dir(dir: BorrowedFd<'_>, groups: Vec<u32>) -> ProcessFacts {
-    let exe = readlinkat(dir, "exe")
-        .ok()
-        .map(|p| ExeName::new(strip_deleted(PathBuf::from(p))));
-    // Followed, the link reaches the file itself, whatever the caller's namespace calls it.
-    let executable = fstatat(dir, "exe", AtFlags::empty())
-        .ok()
-        .map(|st| Executable::of_stat(&st));
-    let namespaces = Namespaces::read_at(dir);
-    let cgroup = read_to_string(dir, "cgroup");
-    ProcessFacts {
-        groups,
-        exe,
-        executable,
-        namespaces,
-        unit: cgroup.as_deref().and_then(unit_from_cgroup),
-        pod: cgroup.as_deref().and_then(pod_from_cgroup),
-    }
-}
-
-fn read_to_string(dir: BorrowedFd<'_>, name: &str) -> Option<String> {
-    let fd = nix::fcntl::openat(dir, name, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).ok()?;
-    let mut s = String::new();
-    std::fs::File::from(fd).read_to_string(&mut s).ok()?;
-    Some(s)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::caller::{Caller, attest_at, boot_ticks_now};
     use std::os::unix::net::{UnixListener, UnixStream};
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Stdio};
 
     /// A listening socket in a directory anyone may enter (the attackers are other uids).
