@@ -174,8 +174,9 @@ pub(super) async fn serve(
             return;
         }
         buf.drain(..used);
-        if !hand_off && !buf.is_empty() && used > 0 && parse_head(&buf, &mut valid) != Head::Partial {
-            // More whole requests are waiting in the buffer (the answers were written first).
+        if !hand_off && !buf.is_empty() && used > 0 {
+            // More may be waiting in the buffer (the answers were written first): the next pass
+            // answers what is whole, and reads only if nothing is.
             continue;
         }
         if hand_off {
