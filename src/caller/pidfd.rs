@@ -118,30 +118,47 @@ fn peer_pidfd(socket: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
 }
 
 /// `SO_PEERGROUPS`: the peer's supplementary groups at `connect()`.
-#[allow(unsafe_code)]
 pub(super) fn peer_groups(socket: BorrowedFd<'_>) -> Result<Vec<u32>, Errno> {
-    let mut groups = vec![0u32; 32];
+    // Most callers have a few groups or none: read into the stack, allocate only what is there.
+    let mut few = [0u32; 32];
+    let mut needed = match groups_into(socket, &mut few) {
+        Ok(n) => return Ok(few.get(..n).unwrap_or(&few).to_vec()),
+        Err((Errno::ERANGE, needed)) if needed > few.len() => needed,
+        Err((e, _)) => return Err(e),
+    };
     loop {
-        let mut len = (groups.len() * 4) as libc::socklen_t;
-        // SAFETY: the kernel writes at most `len` bytes into `groups`' buffer, which is that long.
-        let r = unsafe {
-            libc::getsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                SO_PEERGROUPS,
-                groups.as_mut_ptr().cast(),
-                &mut len,
-            )
-        };
-        match Errno::result(r) {
-            Ok(_) => {
-                groups.truncate(len as usize / 4);
+        let mut groups = vec![0u32; needed];
+        match groups_into(socket, &mut groups) {
+            Ok(n) => {
+                groups.truncate(n);
                 return Ok(groups);
             }
-            // Too small: the kernel wrote the length it needs (the list is fixed at connect).
-            Err(Errno::ERANGE) if len as usize / 4 > groups.len() => groups.resize(len as usize / 4, 0),
-            Err(e) => return Err(e),
+            // The list is fixed at connect, so this is not expected; the kernel says what it needs.
+            Err((Errno::ERANGE, more)) if more > groups.len() => needed = more,
+            Err((e, _)) => return Err(e),
         }
+    }
+}
+
+/// One `getsockopt(SO_PEERGROUPS)` into `groups`: how many it wrote, or the error and how many
+/// the kernel says it needs.
+#[allow(unsafe_code)]
+fn groups_into(socket: BorrowedFd<'_>, groups: &mut [u32]) -> Result<usize, (Errno, usize)> {
+    let mut len = std::mem::size_of_val(groups) as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `groups`, which is that long.
+    let r = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERGROUPS,
+            groups.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    let entries = len as usize / 4;
+    match Errno::result(r) {
+        Ok(_) => Ok(entries.min(groups.len())),
+        Err(e) => Err((e, entries)),
     }
 }
 
@@ -155,8 +172,17 @@ pub(super) fn read_process(socket: BorrowedFd<'_>, pid: i32, uid: u32) -> Option
         Err(_) => return None,
     };
     let groups = peer_groups(socket).ok()?;
+    // "/proc/<pid>" formatted on the stack: a pid has at most 10 digits.
+    let mut path = [0u8; 24];
+    let unused = {
+        use std::io::Write;
+        let mut at = &mut path[..];
+        let _ = write!(at, "/proc/{pid}");
+        at.len()
+    };
+    let len = path.len() - unused;
     let dir = match nix::fcntl::open(
-        format!("/proc/{pid}").as_str(),
+        path.get(..len)?,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     ) {
@@ -275,6 +301,29 @@ mod tests {
         assert!(pidfd.in_group(4343) && !pidfd.in_group(4444));
         assert_eq!(by_number.unreadable, None);
         assert_eq!(by_number.groups, [4444], "what the process has when it is read");
+    }
+
+    /// More groups than the first read holds (32), and none: all of them, and none.
+    #[test]
+    fn many_groups_and_none_are_read_whole() {
+        let (_dir, path, listener) = listener();
+        let many: Vec<u32> = (5000..5100).collect();
+        for (groups, set) in [(many.as_slice(), ""), (&[][..], "os.setgroups([]); ")] {
+            let script = format!(
+                "import os, socket, sys, time\n{set}s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n\
+                 print('connected', flush=True); time.sleep(30)\n"
+            );
+            let mut child = python_as(0, groups, &script, &path);
+            assert_eq!(line(&mut child), "connected");
+            let (server, _) = listener.accept().unwrap();
+            let read = peer_groups(server.as_fd());
+            let [pidfd, _] = both(&server, boot_ticks_now());
+            let _ = child.kill();
+            let _ = child.wait();
+            assert_eq!(read, Ok(groups.to_vec()), "{} groups", groups.len());
+            assert_eq!(pidfd.unreadable, None);
+            assert_eq!(pidfd.groups, groups);
+        }
     }
 
     /// Makes the next pid the kernel hands out `pid` (tests run as root), then starts `sleep` as
