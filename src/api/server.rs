@@ -67,7 +67,9 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>, cancel: Cancellati
         // not hold up the next accept, and the runtime's workers attest connections side by side.
         tokio::spawn(async move {
             let _guard = guard;
-            let attested = Arc::new(caller::attest_peer(&stream, &cred, accepted_ticks));
+            // What the roles use, as the configuration is at this connection (a reload changes it).
+            let needs = caller::Needs::of(&agent.config().roles);
+            let attested = Arc::new(caller::attest_peer(&stream, &cred, accepted_ticks, needs));
             super::conn::serve(stream, agent, attested, watcher, stop).await;
         });
     }

@@ -128,18 +128,56 @@ impl Caller {
     }
 }
 
-/// Attests the caller on the other end of `socket`, from its peer credentials `cred`.
-/// `accepted_ticks` is the boot-time clock, in clock ticks, when the connection was accepted (see
-/// [`boot_ticks_now`]); only a kernel without pidfds for socket peers needs it.
-pub(crate) fn attest_peer(socket: &impl AsFd, cred: &UCred, accepted_ticks: Option<u64>) -> Caller {
+/// Which facts about a caller are read beyond those every caller gets (uid, gid, pid, user name,
+/// groups, executable, unit and pod, which roles and the `token.issued` line use).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Needs {
+    /// The caller's mount and user namespaces ([`Namespaces`]): only a role with a condition on
+    /// the executable uses them (the user namespace decides whether `executables` may match; the
+    /// mount namespace tells, in the reasons of a refusal, that the executable's name is the
+    /// caller's own). Two `readlink`s of `/proc/<pid>/ns/*` per connection otherwise spent for
+    /// nothing. Not read, they are [`Namespace::NotRead`], which no role accepts: a connection
+    /// attested before a reload that adds the first such role is refused by it and says to
+    /// connect again.
+    pub namespaces: bool,
+}
+
+impl Needs {
+    /// Everything (what the tests attest with).
+    #[cfg(test)]
+    pub(crate) const ALL: Needs = Needs { namespaces: true };
+
+    /// What the roles of a configuration use.
+    pub(crate) fn of(roles: &[std::sync::Arc<crate::config::Role>]) -> Needs {
+        Needs {
+            namespaces: roles
+                .iter()
+                .any(|r| r.executables.is_some() || r.executable_sha256.is_some()),
+        }
+    }
+}
+
+/// Attests the caller on the other end of `socket`, from its peer credentials `cred`, reading
+/// what `needs` says beyond the rest. `accepted_ticks` is the boot-time clock, in clock ticks,
+/// when the connection was accepted (see [`boot_ticks_now`]); only a kernel without pidfds for
+/// socket peers needs it.
+pub(crate) fn attest_peer(socket: &impl AsFd, cred: &UCred, accepted_ticks: Option<u64>, needs: Needs) -> Caller {
     let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid());
-    attest_at(Path::new("/proc"), Some(socket.as_fd()), uid, gid, pid, accepted_ticks)
+    attest_at(
+        Path::new("/proc"),
+        Some(socket.as_fd()),
+        uid,
+        gid,
+        pid,
+        accepted_ticks,
+        needs,
+    )
 }
 
 /// Attests process `pid` without its socket: the way a kernel without pidfds is read.
 #[cfg(test)]
 pub(crate) fn attest(uid: u32, gid: u32, pid: Option<i32>, accepted_ticks: Option<u64>) -> Caller {
-    attest_at(Path::new("/proc"), None, uid, gid, pid, accepted_ticks)
+    attest_at(Path::new("/proc"), None, uid, gid, pid, accepted_ticks, Needs::ALL)
 }
 
 /// `socket`, when given, is read through the peer's pidfd if the kernel can; otherwise (and
@@ -151,6 +189,7 @@ fn attest_at(
     gid: u32,
     pid: Option<i32>,
     accepted_ticks: Option<u64>,
+    needs: Needs,
 ) -> Caller {
     let mut caller = Caller::from_ids(uid, gid, pid);
     caller.user = users::name_of(uid);
@@ -159,8 +198,8 @@ fn attest_at(
         return caller;
     };
     let read = socket
-        .and_then(|socket| pidfd::read_process(socket, pid, uid))
-        .unwrap_or_else(|| read_process(proc_root, pid, uid, accepted_ticks));
+        .and_then(|socket| pidfd::read_process(socket, pid, uid, needs))
+        .unwrap_or_else(|| read_process(proc_root, pid, uid, accepted_ticks, needs));
     match read {
         Ok(p) => {
             caller.groups = p.groups;
@@ -219,6 +258,7 @@ fn read_process(
     pid: i32,
     uid: u32,
     accepted_ticks: Option<u64>,
+    needs: Needs,
 ) -> Result<ProcessFacts, ProcessError> {
     let dir = proc_root.join(pid.to_string());
     let before = start_ticks(&dir).ok_or(ProcessError::Gone(pid))?;
@@ -240,7 +280,7 @@ fn read_process(
         Mode::empty(),
     )
     .map_err(|_| ProcessError::ExitedWhileRead(pid))?;
-    let facts = read_dir(open.as_fd(), groups);
+    let facts = read_dir(open.as_fd(), groups, needs);
     let after = start_ticks(&dir).ok_or(ProcessError::ExitedWhileRead(pid))?;
     if after != before {
         return Err(ProcessError::ReusedWhileRead(pid));
@@ -248,8 +288,8 @@ fn read_process(
     Ok(facts)
 }
 
-/// What the `/proc/<pid>` directory `dir` says: executable, namespaces, cgroup.
-fn read_dir(dir: BorrowedFd<'_>, groups: Vec<u32>) -> ProcessFacts {
+/// What the `/proc/<pid>` directory `dir` says: executable, namespaces (if `needs` them), cgroup.
+fn read_dir(dir: BorrowedFd<'_>, groups: Vec<u32>, needs: Needs) -> ProcessFacts {
     let exe = readlinkat(dir, "exe")
         .ok()
         .map(|p| ExeName::new(strip_deleted(PathBuf::from(p))));
@@ -257,7 +297,11 @@ fn read_dir(dir: BorrowedFd<'_>, groups: Vec<u32>) -> ProcessFacts {
     let executable = fstatat(dir, "exe", AtFlags::empty())
         .ok()
         .map(|st| Executable::of_stat(&st));
-    let namespaces = Namespaces::read_at(dir);
+    let namespaces = if needs.namespaces {
+        Namespaces::read_at(dir)
+    } else {
+        Namespaces::NOT_READ
+    };
     let cgroup = read_to_string(dir, "cgroup");
     ProcessFacts {
         groups,
@@ -391,6 +435,52 @@ mod tests {
         assert_eq!(
             unit_from_cgroup("12:pids:/system.slice/x.service\n1:name=systemd:/system.slice/cron.service\n").as_deref(),
             Some("cron.service")
+        );
+    }
+
+    #[test]
+    fn namespaces_are_read_only_when_a_role_has_a_condition_on_the_executable() {
+        use crate::config::Role;
+        let me = std::process::id() as i32;
+        let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+        let role = |executables: Option<Vec<PathBuf>>, executable_sha256: Option<Vec<[u8; 32]>>| Role {
+            name: "r".into(),
+            uids: Some([uid].into()),
+            gids: None,
+            units: None,
+            executables,
+            executables_any_namespace: false,
+            executable_sha256,
+            claims: None,
+            login: None,
+            pod: Default::default(),
+            identities: vec!["i".into()],
+            audiences: None,
+            scopes: None,
+            agent: false,
+            rate: None,
+        };
+        let by_uid = std::sync::Arc::new(role(None, None));
+        let by_path = std::sync::Arc::new(role(Some(vec![PathBuf::from("/bin/true")]), None));
+        let by_digest = std::sync::Arc::new(role(None, Some(vec![[0; 32]])));
+        assert_eq!(Needs::of(std::slice::from_ref(&by_uid)), Needs { namespaces: false });
+        assert_eq!(Needs::of(&[by_uid.clone(), by_path]), Needs::ALL);
+        assert_eq!(Needs::of(&[by_digest, by_uid]), Needs::ALL);
+
+        let read = |needs| attest_at(Path::new("/proc"), None, uid, gid, Some(me), boot_ticks_now(), needs);
+        let all = read(Needs::ALL);
+        assert_eq!(all.namespaces.user, Namespace::Agent);
+        let some = read(Needs { namespaces: false });
+        assert_eq!(some.namespaces, Namespaces::NOT_READ);
+        assert_eq!(some.unreadable, None);
+        assert_eq!(
+            (&some.exe, &some.executable, &some.unit),
+            (&all.exe, &all.executable, &all.unit)
+        );
+        assert!(
+            Namespace::NotRead
+                .describe("user", "user")
+                .contains("not read for this connection"),
         );
     }
 

@@ -28,6 +28,9 @@ pub enum Namespace {
     Other { caller: u64, agent: u64 },
     /// It could not be read (of the caller or of the agent).
     Unknown,
+    /// It was not read: when the connection was attested, no role had a condition on the
+    /// executable (see [`super::Needs`]).
+    NotRead,
 }
 
 /// The caller's mount and user namespaces, relative to the agent's.
@@ -42,6 +45,12 @@ impl Namespaces {
     pub(crate) const UNKNOWN: Namespaces = Namespaces {
         mount: Namespace::Unknown,
         user: Namespace::Unknown,
+    };
+
+    /// Not read (see [`super::Needs`]).
+    pub(crate) const NOT_READ: Namespaces = Namespaces {
+        mount: Namespace::NotRead,
+        user: Namespace::NotRead,
     };
 
     /// Those of the process whose `/proc` directory is `dir`, against the agent's, by following
@@ -98,6 +107,9 @@ impl Namespace {
                 format!("another {kind} namespace ({tag}:[{caller}]) than the agent ({tag}:[{agent}])")
             }
             Namespace::Unknown => format!("a {kind} namespace that could not be read"),
+            Namespace::NotRead => format!(
+                "a {kind} namespace not read for this connection (made while no role had a condition on the executable; connect again)"
+            ),
         }
     }
 }

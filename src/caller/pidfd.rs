@@ -32,7 +32,7 @@ use nix::fcntl::OFlag;
 use nix::libc;
 use nix::sys::stat::Mode;
 
-use super::{ProcessError, ProcessFacts, read_dir};
+use super::{Needs, ProcessError, ProcessFacts, read_dir};
 
 #[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
 const SO_PEERGROUPS: libc::c_int = 59;
@@ -165,7 +165,12 @@ fn groups_into(socket: BorrowedFd<'_>, groups: &mut [u32]) -> Result<usize, (Err
 /// Reads the process on the other end of `socket` (peer pid `pid`, uid `uid`) through its
 /// pidfd; `None` if the kernel cannot (no `SO_PEERPIDFD`, `SO_PEERGROUPS` or `PIDFD_GET_INFO`),
 /// for the caller to read it the older way.
-pub(super) fn read_process(socket: BorrowedFd<'_>, pid: i32, uid: u32) -> Option<Result<ProcessFacts, ProcessError>> {
+pub(super) fn read_process(
+    socket: BorrowedFd<'_>,
+    pid: i32,
+    uid: u32,
+    needs: Needs,
+) -> Option<Result<ProcessFacts, ProcessError>> {
     let pidfd = match peer_pidfd(socket) {
         Ok(fd) => fd,
         Err(Errno::ESRCH) => return Some(Err(ProcessError::Gone(pid))),
@@ -197,7 +202,7 @@ pub(super) fn read_process(socket: BorrowedFd<'_>, pid: i32, uid: u32) -> Option
         Err(Errno::ESRCH) => return Some(Err(ProcessError::Gone(pid))),
         Err(_) => return None,
     }
-    let facts = read_dir(dir.as_fd(), groups);
+    let facts = read_dir(dir.as_fd(), groups, needs);
     // And it lived through the reads.
     match now(pidfd.as_fd()) {
         Ok(n) if n.ruid != uid => Some(Err(ProcessError::OtherUser(pid))),
@@ -231,8 +236,8 @@ mod tests {
         let (uid, gid, pid) = (cred.uid(), cred.gid(), Some(cred.pid()));
         let proc_root = Path::new("/proc");
         [
-            attest_at(proc_root, Some(socket.as_fd()), uid, gid, pid, accepted),
-            attest_at(proc_root, None, uid, gid, pid, accepted),
+            attest_at(proc_root, Some(socket.as_fd()), uid, gid, pid, accepted, Needs::ALL),
+            attest_at(proc_root, None, uid, gid, pid, accepted, Needs::ALL),
         ]
     }
 
@@ -270,7 +275,7 @@ mod tests {
         let (server, _) = listener.accept().unwrap();
         let me = std::process::id() as i32;
         let uid = nix::unistd::getuid().as_raw();
-        let through_pidfd = read_process(server.as_fd(), me, uid)
+        let through_pidfd = read_process(server.as_fd(), me, uid, Needs::ALL)
             .expect("this kernel has SO_PEERPIDFD and PIDFD_GET_INFO (6.13 or later)")
             .unwrap();
         let [pidfd, by_number] = both(&server, boot_ticks_now());
