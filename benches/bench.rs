@@ -18,9 +18,13 @@
 //! 2, after 0.5 s of warm-up); `BENCH_ROUNDS` rounds, servers alternating, pooled (default 2); `BENCH_ECONOMY_LIFETIMES` (default 10); `BENCH_KEEP=1` keeps the work dir;
 //! `BENCH_ONLY=rss-idle` measures only the idle RSS and stops; `BENCH_ONLY=keep-alive` only the
 //! keep-alive rows of the throughput table (with their targets); `BENCH_ONLY=memory` only the
-//! memory rows, on an agent that has served nothing else; `BENCH_QUICK=1` measures the
+//! memory rows, on an agent that has served nothing else; `BENCH_ONLY=memory-after` the memory
+//! rows after a short pass of every throughput point and the cold burst (as `BENCH_QUICK=1` plus
+//! the cold burst: the "after every row" figure, cheaply); `BENCH_QUICK=1` measures the
 //! throughput table (1 s per point), the `cortexid token` timing and memory only, for a quick
-//! before/after while working.
+//! before/after while working. `BENCH_HOLD=SECS` pauses that long, printing the agent's pid,
+//! before the first fill and after the last memory row (to look at the agent with `gdb`,
+//! `heaptrack -p` or `/proc/PID/smaps_rollup`).
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -686,7 +690,9 @@ fn main() {
 }
 
 async fn run() {
-    let quick = std::env::var_os("BENCH_QUICK").is_some();
+    let memory_after = std::env::var("BENCH_ONLY").as_deref() == Ok("memory-after");
+    let quick = std::env::var_os("BENCH_QUICK").is_some() || memory_after;
+    let hold = Duration::from_secs(env_u64("BENCH_HOLD", 0));
     let secs = Duration::from_secs(env_u64("BENCH_SECS", if quick { 1 } else { 2 }));
     let rounds = env_u64("BENCH_ROUNDS", if quick { 1 } else { 2 });
     let warm = Duration::from_millis(500);
@@ -981,7 +987,7 @@ async fn run() {
     }
 
     // ---- Cold burst: 1,000 concurrent requests for one uncached key ----------------------------
-    if !quick && !memory_only {
+    if (!quick || memory_after) && !memory_only {
         let cold = token_path(AUDIENCES - 1, 100);
         let n = 1000;
         // Four client processes of 250 connections, over two uids when root (the agent may cap
@@ -1049,6 +1055,14 @@ async fn run() {
             "< 15 MiB",
             Some(idle_mib < 15.0),
         );
+        if !hold.is_zero() {
+            println!(
+                "(holding {} s before the first fill: agent pid {})",
+                hold.as_secs(),
+                agent.pid()
+            );
+            tokio::time::sleep(hold).await;
+        }
         let k1: Vec<(usize, usize)> = (1..=10).flat_map(|m| (0..AUDIENCES).map(move |a| (a, m))).collect();
         let t = Instant::now();
         let bad = fill(&agent.socket, k1, 16).await;
@@ -1084,6 +1098,14 @@ async fn run() {
             "< 64 MiB",
             Some(r10 < 64.0),
         );
+        if !hold.is_zero() {
+            println!(
+                "(holding {} s after the last memory row: agent pid {})",
+                hold.as_secs(),
+                agent.pid()
+            );
+            tokio::time::sleep(hold).await;
+        }
     }
     drop(agent);
 

@@ -33,4 +33,5 @@ pub mod run;
 pub mod secrets;
 pub mod state;
 pub mod token;
+pub mod trim;
 pub mod upstream;

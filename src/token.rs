@@ -6,13 +6,22 @@ use serde::Serialize;
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
-/// A token or credential value. Its `Debug` shows only the fingerprint, computed once.
+/// A token or credential value. Its `Debug` shows only the fingerprint, computed once. Clones
+/// share one zeroised buffer (a clone costs a reference count, not a copy of the token).
 #[derive(Clone)]
-pub struct Secret(Zeroizing<String>, std::sync::OnceLock<String>);
+pub struct Secret(std::sync::Arc<SecretBuf>);
+
+/// The bytes behind a [`Secret`]: the value is `text[range]` (an [`IssuedToken`]'s access token
+/// lives inside its rendered answer, so it is held once).
+struct SecretBuf {
+    text: Zeroizing<String>,
+    range: std::ops::Range<usize>,
+    fingerprint: std::sync::OnceLock<String>,
+}
 
 impl PartialEq for Secret {
     fn eq(&self, other: &Secret) -> bool {
-        self.0 == other.0
+        std::sync::Arc::ptr_eq(&self.0, &other.0) || self.expose() == other.expose()
     }
 }
 
@@ -20,25 +29,45 @@ impl Eq for Secret {}
 
 impl Secret {
     pub fn new(value: String) -> Secret {
-        Secret(Zeroizing::new(value), std::sync::OnceLock::new())
+        Secret::from(Zeroizing::new(value))
     }
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.text.get(self.0.range.clone()).unwrap_or_default()
     }
     pub fn fingerprint(&self) -> String {
-        self.1.get_or_init(|| fingerprint(self.0.as_bytes())).clone()
+        self.fingerprint_str().to_string()
+    }
+    /// [`fingerprint`](Self::fingerprint) without a copy.
+    pub fn fingerprint_str(&self) -> &str {
+        self.0.fingerprint.get_or_init(|| fingerprint(self.expose().as_bytes()))
+    }
+    /// This secret, held inside `text` at `range` (which must hold the same value), with the
+    /// fingerprint already computed.
+    fn within(&self, text: Zeroizing<String>, range: std::ops::Range<usize>) -> Secret {
+        let fingerprint = std::sync::OnceLock::new();
+        let _ = fingerprint.set(self.fingerprint());
+        Secret(std::sync::Arc::new(SecretBuf {
+            text,
+            range,
+            fingerprint,
+        }))
     }
 }
 
 impl From<Zeroizing<String>> for Secret {
-    fn from(v: Zeroizing<String>) -> Secret {
-        Secret(v, std::sync::OnceLock::new())
+    fn from(text: Zeroizing<String>) -> Secret {
+        let range = 0..text.len();
+        Secret(std::sync::Arc::new(SecretBuf {
+            text,
+            range,
+            fingerprint: std::sync::OnceLock::new(),
+        }))
     }
 }
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Secret(fingerprint {})", self.fingerprint())
+        write!(f, "Secret(fingerprint {})", self.fingerprint_str())
     }
 }
 
@@ -110,8 +139,12 @@ pub(crate) struct TokenAuditView<'a> {
     pub fingerprint: &'a str,
 }
 
-/// A token the provider issued, with its lifetime on this host's clocks.
+/// A token the provider issued, with its lifetime on this host's clocks. The parts of its answer
+/// and audit lines that depend only on the token are rendered when it is made, so its times are
+/// given then ([`new`](Self::new), [`restored`](Self::restored)) and not changed after.
 pub struct IssuedToken {
+    /// Held inside the rendered answer's members when its JSON string needs no escapes (a JWT
+    /// never does), so the token's bytes are in memory once.
     pub access_token: Secret,
     pub issued_token_type: String,
     /// The scope granted (the provider's answer, else what was asked).
@@ -123,13 +156,14 @@ pub struct IssuedToken {
     pub claims: Option<TokenClaims>,
     pub fingerprint: String,
     /// JSON fragments rendered once per token, not once per request.
-    rendered: std::sync::OnceLock<Rendered>,
+    rendered: Rendered,
 }
 
 /// The parts of every response and audit line that depend only on the token.
 struct Rendered {
-    /// `"access_token":"…","token_type":"Bearer","issued_token_type":"…","expires_at":"…"`
-    response: zeroize::Zeroizing<String>,
+    /// `"access_token":"…","token_type":"Bearer","issued_token_type":"…","expires_at":"…"`, when
+    /// the access token is not held inside it; `None`: it is the access token's own buffer.
+    response: Option<Zeroizing<String>>,
     /// The `token` object of audit lines.
     audit: Box<serde_json::value::RawValue>,
 }
@@ -145,6 +179,7 @@ impl std::fmt::Debug for IssuedToken {
 }
 
 impl IssuedToken {
+    /// A token received now, valid for `lifetime` from now.
     pub fn new(
         access_token: Secret,
         issued_token_type: String,
@@ -153,18 +188,54 @@ impl IssuedToken {
         claims: Option<TokenClaims>,
     ) -> IssuedToken {
         let issued_at = Instant::now();
+        let times = (issued_at, issued_at + lifetime, SystemTime::now() + lifetime);
+        IssuedToken::restored(access_token, issued_token_type, scope, lifetime, claims, times)
+    }
+
+    /// A token received earlier: `times` is when it was issued and when it expires, on the
+    /// monotonic clock and on the wall clock.
+    pub(crate) fn restored(
+        access_token: Secret,
+        issued_token_type: String,
+        scope: String,
+        lifetime: Duration,
+        claims: Option<TokenClaims>,
+        times: (Instant, Instant, SystemTime),
+    ) -> IssuedToken {
+        let (issued_at, expires_at, expires_at_system) = times;
         let fingerprint = access_token.fingerprint();
+        let audit = serde_json::to_string(&audit_view(claims.as_ref(), &fingerprint, unix_secs(expires_at_system)))
+            .ok()
+            .and_then(|s| serde_json::value::RawValue::from_string(s).ok())
+            .unwrap_or_else(|| serde_json::value::RawValue::from_string("null".into()).unwrap_or_default());
+        let token = access_token.expose();
+        let mut response = Zeroizing::new(String::with_capacity(token.len() + 160));
+        response.push_str("\"access_token\":\"");
+        let start = response.len();
+        response.pop();
+        push_json_str(&mut response, token);
+        // No escapes: the JSON string is the token between quotes.
+        let plain = response.len() == start + token.len() + 1;
+        response.push_str(",\"token_type\":\"Bearer\",\"issued_token_type\":");
+        push_json_str(&mut response, &issued_token_type);
+        response.push_str(",\"expires_at\":");
+        push_json_str(&mut response, &rfc3339(expires_at_system));
+        let (access_token, response) = if plain {
+            (access_token.within(response, start..start + token.len()), None)
+        } else {
+            (access_token, Some(response))
+        };
         IssuedToken {
             access_token,
             issued_token_type,
             scope,
             lifetime,
             issued_at,
-            expires_at: issued_at + lifetime,
-            expires_at_system: SystemTime::now() + lifetime,
+            expires_at,
+            expires_at_system,
             claims,
             fingerprint,
-            rendered: std::sync::OnceLock::new(),
+            rendered: Rendered { response, audit },
         }
     }
 
@@ -175,55 +246,45 @@ impl IssuedToken {
 
     /// `expires_at` as seconds since the epoch.
     pub(crate) fn expires_unix(&self) -> u64 {
-        self.expires_at_system
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
+        unix_secs(self.expires_at_system)
     }
 
     /// The `token` object of an audit event: never the token itself.
     pub(crate) fn audit_ref(&self) -> TokenAuditView<'_> {
-        let c = self.claims.as_ref();
-        TokenAuditView {
-            sub: c.and_then(|c| c.sub.as_deref()),
-            iss: c.and_then(|c| c.iss.as_deref()),
-            jti: c.and_then(|c| c.jti.as_deref()),
-            exp: c.and_then(|c| c.exp).unwrap_or_else(|| self.expires_unix()),
-            act: c.and_then(|c| c.act.as_ref()),
-            fingerprint: &self.fingerprint,
-        }
-    }
-
-    fn rendered(&self) -> &Rendered {
-        self.rendered.get_or_init(|| {
-            let mut response = zeroize::Zeroizing::new(String::with_capacity(self.access_token.expose().len() + 160));
-            response.push_str("\"access_token\":");
-            push_json_str(&mut response, self.access_token.expose());
-            response.push_str(",\"token_type\":\"Bearer\",\"issued_token_type\":");
-            push_json_str(&mut response, &self.issued_token_type);
-            response.push_str(",\"expires_at\":");
-            push_json_str(&mut response, &rfc3339(self.expires_at_system));
-            let audit = serde_json::to_string(&self.audit_ref())
-                .ok()
-                .and_then(|s| serde_json::value::RawValue::from_string(s).ok())
-                .unwrap_or_else(|| serde_json::value::RawValue::from_string("null".into()).unwrap_or_default());
-            Rendered { response, audit }
-        })
+        audit_view(self.claims.as_ref(), &self.fingerprint, self.expires_unix())
     }
 
     /// The `/v1/token` answer's fields that depend only on the token, as JSON object members.
     pub(crate) fn response_fields(&self) -> &str {
-        &self.rendered().response
+        match &self.rendered.response {
+            Some(r) => r,
+            None => &self.access_token.0.text,
+        }
     }
 
     /// The `token` object of audit lines, rendered once.
     pub(crate) fn audit_json(&self) -> &serde_json::value::RawValue {
-        &self.rendered().audit
+        &self.rendered.audit
     }
 
     /// [`audit_ref`](Self::audit_ref) as a JSON value.
     pub(crate) fn audit_view(&self) -> serde_json::Value {
         serde_json::to_value(self.audit_ref()).unwrap_or_default()
+    }
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn audit_view<'a>(claims: Option<&'a TokenClaims>, fingerprint: &'a str, expires_unix: u64) -> TokenAuditView<'a> {
+    TokenAuditView {
+        sub: claims.and_then(|c| c.sub.as_deref()),
+        iss: claims.and_then(|c| c.iss.as_deref()),
+        jti: claims.and_then(|c| c.jti.as_deref()),
+        exp: claims.and_then(|c| c.exp).unwrap_or(expires_unix),
+        act: claims.and_then(|c| c.act.as_ref()),
+        fingerprint,
     }
 }
 
@@ -265,6 +326,81 @@ mod tests {
         assert_eq!(s.fingerprint().len(), 16);
         let t = IssuedToken::new(s, "t".into(), String::new(), Duration::from_secs(60), None);
         assert!(!format!("{t:?}").contains("super"));
+    }
+
+    #[test]
+    fn clones_of_a_secret_share_its_bytes() {
+        let s = Secret::new("eyJ.a.b".into());
+        let c = s.clone();
+        assert_eq!(c, s);
+        assert_eq!(c.expose().as_ptr(), s.expose().as_ptr(), "a clone is not a copy");
+        assert_eq!(Secret::new("eyJ.a.b".into()), s, "equal by value");
+        assert_ne!(Secret::new("eyJ.a.c".into()), s);
+    }
+
+    #[test]
+    fn an_access_token_is_held_once_inside_its_rendered_answer() {
+        let jwt = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln";
+        let t = IssuedToken::new(
+            Secret::new(jwt.into()),
+            "urn:x".into(),
+            String::new(),
+            Duration::from_secs(60),
+            None,
+        );
+        let fields = t.response_fields();
+        let v: serde_json::Value = serde_json::from_str(&format!("{{{fields}}}")).unwrap();
+        assert_eq!(v["access_token"], jwt);
+        assert_eq!(v["token_type"], "Bearer");
+        assert_eq!(v["issued_token_type"], "urn:x");
+        assert_eq!(v["expires_at"], rfc3339(t.expires_at_system));
+        assert_eq!(t.access_token.expose(), jwt);
+        assert_eq!(t.fingerprint, fingerprint(jwt.as_bytes()));
+        let within = fields.as_bytes().as_ptr_range();
+        assert!(
+            within.contains(&t.access_token.expose().as_ptr()),
+            "the token's bytes are the answer's, not a second copy"
+        );
+        // A token whose JSON string needs escapes keeps its own bytes; the answer stays exact.
+        let odd = "a\"b\\c";
+        let t = IssuedToken::new(
+            Secret::new(odd.into()),
+            "urn:x".into(),
+            String::new(),
+            Duration::from_secs(60),
+            None,
+        );
+        let v: serde_json::Value = serde_json::from_str(&format!("{{{}}}", t.response_fields())).unwrap();
+        assert_eq!(v["access_token"], odd);
+        assert_eq!(t.access_token.expose(), odd);
+    }
+
+    #[test]
+    fn a_restored_token_is_rendered_with_its_own_expiry() {
+        let now = Instant::now();
+        let expires = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let times = (now - Duration::from_secs(10), now + Duration::from_secs(50), expires);
+        let t = IssuedToken::restored(
+            Secret::new("eyJ.a.b".into()),
+            "urn:x".into(),
+            String::new(),
+            Duration::from_secs(60),
+            None,
+            times,
+        );
+        assert!(
+            t.response_fields().ends_with("\"expires_at\":\"2027-01-15T08:00:00Z\""),
+            "{}",
+            t.response_fields()
+        );
+        assert_eq!(
+            t.audit_json().get(),
+            format!(
+                "{{\"sub\":null,\"iss\":null,\"jti\":null,\"exp\":1800000000,\"act\":null,\"fingerprint\":\"{}\"}}",
+                t.fingerprint
+            )
+        );
+        assert_eq!(t.remaining(now), Duration::from_secs(50));
     }
 
     #[test]

@@ -55,7 +55,8 @@ struct State {
     refresher: bool,
     pinned: bool,
     failures: u32,
-    last_error: Option<(Instant, ProviderError)>,
+    /// Boxed: most keys never fail, and a key's state is kept for every key.
+    last_error: Option<Box<(Instant, ProviderError)>>,
     next_refresh: Option<Instant>,
     /// Removed from the cache (evicted, or its identity changed at reload): its refresher stops.
     removed: bool,
@@ -379,7 +380,7 @@ impl Cache {
                 return Err(too_short(t, min_valid));
             }
             if st.inflight.is_none()
-                && let Some((at, e)) = &st.last_error
+                && let Some((at, e)) = st.last_error.as_deref()
                 && now.duration_since(*at) < FAILURE_HOLD
             {
                 return Err(self.unavailable(e, &st));
@@ -456,7 +457,7 @@ impl Cache {
                     Err(e) => {
                         cache.counters.failures.fetch_add(1, Relaxed);
                         st.failures = st.failures.saturating_add(1);
-                        st.last_error = Some((Instant::now(), e.clone()));
+                        st.last_error = Some(Box::new((Instant::now(), e.clone())));
                     }
                 }
             }
@@ -519,7 +520,7 @@ impl Cache {
                         .map(|n| n.saturating_duration_since(now).as_secs()),
                     renewing: st.inflight.is_some(),
                     failures: st.failures,
-                    last_error: st.last_error.as_ref().map(|(_, e)| e.message.clone()),
+                    last_error: st.last_error.as_deref().map(|(_, e)| e.message.clone()),
                 }
             })
             .collect()
@@ -598,7 +599,7 @@ async fn refresher(cache: Arc<Cache>, entry: Arc<Entry>) {
             let wake = if st.failures == 0 {
                 t.issued_at + refresh_in(t.lifetime, &settings, jitter_unit())
             } else {
-                let retry_after = st.last_error.as_ref().and_then(|(_, e)| e.retry_after);
+                let retry_after = st.last_error.as_deref().and_then(|(_, e)| e.retry_after);
                 let floor = hand_out_floor(t.lifetime, settings.min_remaining, Duration::ZERO);
                 let until_deadline = t
                     .expires_at

@@ -185,16 +185,18 @@ impl Cache {
                 dropped += 1;
                 continue;
             };
-            let mut token = IssuedToken::new(
+            let token = IssuedToken::restored(
                 Secret::new(t.access_token.clone()),
                 t.issued_token_type.clone(),
                 t.scope.clone(),
                 lifetime,
                 crate::upstream::decode_unverified(&t.access_token),
+                (
+                    now.checked_sub(lifetime - remaining).unwrap_or(now),
+                    now + remaining,
+                    UNIX_EPOCH + Duration::from_millis(t.expires_unix_ms),
+                ),
             );
-            token.issued_at = now.checked_sub(lifetime - remaining).unwrap_or(now);
-            token.expires_at = now + remaining;
-            token.expires_at_system = UNIX_EPOCH + Duration::from_millis(t.expires_unix_ms);
             let planned_in = t
                 .renew_unix_ms
                 .map(|r| Duration::from_millis(r.saturating_sub(now_sys)))

@@ -170,6 +170,7 @@ pub(crate) async fn start_with(
         });
     }
     tokio::spawn(flush_denials(agent.clone(), cancel.clone()));
+    crate::trim::start(cancel.clone());
     // The listener is bound and the accept loop runs: the socket answers.
     notifier.notify(&format!("READY=1\nSTATUS={status}"));
     tracing::info!(socket = %socket.display(), "{status}");
