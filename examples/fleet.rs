@@ -696,18 +696,46 @@ fn scenario(name: &str, o: &Opts) -> (Sim, Report) {
             let from = sim.now;
             let mut served_in = None;
             let mut t = from;
+            let mut done_at: Vec<Option<u64>> = vec![None; backlog.len()];
+            let waiting: usize = (0..o.nodes).map(|n| sim.nodes[n].gate.queued()).sum();
             while t < from + hour {
                 t += US;
                 sim.run_until(t);
-                if served_in.is_none()
-                    && backlog.iter().all(|&(n, k)| {
-                        let key = &sim.nodes[n].keys[k];
-                        key.failures == 0 && key.expires.is_some_and(|e| e > from + sim.lifetime())
-                    })
-                {
+                for (i, &(n, k)) in backlog.iter().enumerate() {
+                    let key = &sim.nodes[n].keys[k];
+                    if done_at[i].is_none()
+                        && key.failures == 0
+                        && key.expires.is_some_and(|e| e > from + sim.lifetime())
+                    {
+                        done_at[i] = Some((t - from) / US);
+                    }
+                }
+                if served_in.is_none() && done_at.iter().all(Option::is_some) {
                     served_in = Some((t - from) as f64 / US as f64);
                 }
             }
+            let mut d: Vec<u64> = done_at.iter().map(|x| x.unwrap_or(u64::MAX)).collect();
+            d.sort();
+            let q = |f: f64| d[((d.len() as f64 * f) as usize).min(d.len() - 1)];
+            if o.trace {
+                let mut idx: Vec<usize> = (0..backlog.len()).collect();
+                idx.sort_by_key(|&i| Reverse(done_at[i].unwrap_or(u64::MAX)));
+                for &i in idx.iter().take(3) {
+                    let (n, k) = backlog[i];
+                    eprintln!("slow backlog key node {n} key {k} done {:?}:", done_at[i]);
+                    for line in &sim.nodes[n].keys[k].log {
+                        eprintln!("  {line}");
+                    }
+                }
+            }
+            eprintln!(
+                "outage backlog {} (queued at recovery {waiting}): served by 50 % {} s, 90 % {} s, 99 % {} s, max {} s",
+                d.len(),
+                q(0.5),
+                q(0.9),
+                q(0.99),
+                q(1.0)
+            );
             let backlog = backlog.len();
             let r = Report {
                 name: "5 min outage",
