@@ -305,13 +305,11 @@ impl Sim {
             Ev::GiveUp { node, ticket } => {
                 let now = self.at(self.now);
                 let n = &mut self.nodes[node as usize];
-                let ahead = n.gate.misses_ahead(ticket).unwrap_or(0);
-                if n.gate.cancel(ticket) {
+                if let Some(told) = n.gate.give_up(ticket, now) {
                     let Some(i) = n.tickets.iter().position(|t| t.0 == ticket) else {
                         return;
                     };
                     let (_, key, _) = n.tickets.swap_remove(i);
-                    let told = n.gate.turn_in(now, ahead).max(Duration::from_secs(1));
                     let k = &mut n.keys[key as usize];
                     k.busy = false;
                     let wait = told.as_micros() as u64 + self.rng.u64(0..US);

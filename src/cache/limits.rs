@@ -12,6 +12,10 @@
 //! of its token's lifetime for short tokens) before its deadline (the moment its token falls
 //! below the hand-out floor), and from then on it competes with misses as if it had arrived at
 //! that moment, first come first served. Renewals that are not urgent go earliest deadline first.
+//! A miss that gave up waiting ([`Gate::give_up`]) is told when its turn would come, and a turn is
+//! kept for misses until then ([`MISS_HOLD`] after): on an agent whose renewals use its whole
+//! `rate`, a caller coming back as told would otherwise find every turn taken by a renewal that
+//! was queued all along, and never be served.
 //!
 //! An urgent renewal that finds the bucket empty may draw on a small *reserve* instead ([`URGENT_RESERVE`] tokens, refilling at
 //! [`RESERVE_REFILL`] of the `rate`): the time between a renewal and its deadline is what keeps
@@ -52,6 +56,12 @@ pub const URGENT_RESERVE: f64 = 2.0;
 /// The reserve refills at this fraction of the `rate`: an agent whose renewals are all urgent sends
 /// at most 1.5 × its `rate` over time.
 pub const RESERVE_REFILL: f64 = 0.5;
+/// A miss that gave up waiting is told when its turn would have come ([`Gate::give_up`]); the
+/// turn is kept for misses until then and this long after, so its caller, coming back as told,
+/// finds it and not a renewal that was queued all along.
+pub const MISS_HOLD: Duration = Duration::from_secs(2);
+/// The shortest `Retry-After` told to a miss that gave up.
+pub const MIN_RETRY: Duration = Duration::from_secs(1);
 
 /// The limits of one provider (`[[provider]] max_concurrent` and `rate`); none means unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -103,6 +113,8 @@ pub struct Gate {
     reserve: f64,
     refilled: Option<Instant>,
     paused_until: Option<Instant>,
+    /// Until then, renewals may not take a turn misses could use (see [`MISS_HOLD`]).
+    held_for_misses: Option<Instant>,
     next_ticket: u64,
     /// Misses, in arrival order: (arrived, ticket).
     misses: VecDeque<(Instant, u64)>,
@@ -123,6 +135,7 @@ impl Gate {
             reserve: URGENT_RESERVE,
             refilled: None,
             paused_until: None,
+            held_for_misses: None,
             next_ticket: 0,
             misses: VecDeque::new(),
             renewals: BTreeMap::new(),
@@ -221,17 +234,30 @@ impl Gate {
         }
         self.refill(now);
         let renewal = self.renewals.keys().next().copied();
+        let miss = self.misses.front().copied();
+        let held = self.held_for_misses.filter(|h| *h > now);
         // (A hair below one is one: rounding in the refill must not make a caller wait a
         // microsecond at a time.)
-        if let Some(rate) = self.limits.rate
-            && self.tokens < 1.0 - 1e-9
-        {
-            let per_token = self.per_token(rate);
-            let wait = Duration::from_secs_f64(((1.0 - self.tokens) * per_token).max(1e-6));
+        let bucket_wait = match self.limits.rate {
+            Some(rate) if self.tokens < 1.0 - 1e-9 => Some(Duration::from_secs_f64(
+                ((1.0 - self.tokens) * self.per_token(rate)).max(1e-6),
+            )),
+            _ => None,
+        };
+        // A turn held for a miss that was told to come back is not a renewal's.
+        let renewals_wait = match (bucket_wait, held, miss) {
+            (Some(wait), _, _) => Some(now + wait),
+            (None, Some(h), None) => Some(h),
+            (None, _, _) => None,
+        };
+        if let Some(ready) = renewals_wait {
             let Some(key @ (urgent_at, ticket)) = renewal else {
-                return Poll::WaitUntil(now + wait);
+                return Poll::WaitUntil(ready);
             };
             // The earliest renewal may draw on the reserve once it is urgent, or wait for it.
+            let Some(rate) = self.limits.rate else {
+                return Poll::WaitUntil(ready);
+            };
             if urgent_at <= now && self.reserve >= 1.0 - 1e-9 {
                 self.renewals.remove(&key);
                 self.reserve -= 1.0;
@@ -239,13 +265,12 @@ impl Gate {
                 self.sent += 1;
                 return Poll::Go(ticket);
             }
-            let reserve_wait = ((1.0 - self.reserve) * per_token / RESERVE_REFILL).max(1e-6);
+            let reserve_wait = ((1.0 - self.reserve) * self.per_token(rate) / RESERVE_REFILL).max(1e-6);
             let reserve_go = urgent_at.max(now + Duration::from_secs_f64(reserve_wait));
-            return Poll::WaitUntil((now + wait).min(reserve_go));
+            return Poll::WaitUntil(ready.min(reserve_go));
         }
-        let miss = self.misses.front().copied();
         let renewal_first = match (renewal, miss) {
-            (Some((urgent_at, _)), Some((arrived, _))) => urgent_at <= now && urgent_at <= arrived,
+            (Some((urgent_at, _)), Some((arrived, _))) => held.is_none() && urgent_at <= now && urgent_at <= arrived,
             (Some(_), None) => true,
             (None, _) => false,
         };
@@ -283,6 +308,21 @@ impl Gate {
         let per_token = self.per_token(rate);
         let needed = (ahead as f64 + 1.0 - self.tokens).max(0.0);
         paused.max(Duration::from_secs_f64(needed * per_token))
+    }
+
+    /// Takes out a queued miss whose caller will not wait any longer, and says when to come back:
+    /// when its turn would come, as far as the pause and the bucket tell (at least
+    /// [`MIN_RETRY`]). Until then and [`MISS_HOLD`] after, a turn is kept for misses, so the
+    /// caller that comes back as told is not overtaken by renewals queued meanwhile (on an agent
+    /// whose renewals use its whole `rate`, it would otherwise never find a turn free). `None`:
+    /// the ticket was not a queued miss.
+    pub fn give_up(&mut self, ticket: u64, now: Instant) -> Option<Duration> {
+        let ahead = self.misses_ahead(ticket)?;
+        self.cancel(ticket);
+        let told = self.turn_in(now, ahead).max(MIN_RETRY);
+        let hold = now + told + MISS_HOLD;
+        self.held_for_misses = Some(self.held_for_misses.map_or(hold, |h| h.max(hold)));
+        Some(told)
     }
 
     /// Undoes a [`Poll::Go`] whose caller had gone: it sent nothing.
@@ -447,11 +487,9 @@ impl Limiter {
             if give_up.is_some_and(|g| Instant::now() >= g) {
                 let mut inner = self.lock();
                 if inner.waiting.remove(&ticket).is_some() {
-                    let ahead = inner.gate.misses_ahead(ticket).unwrap_or(0);
-                    inner.gate.cancel(ticket);
                     queued.ticket = None;
                     let now = Instant::now();
-                    let retry = inner.gate.turn_in(now, ahead).max(Duration::from_secs(1));
+                    let retry = inner.gate.give_up(ticket, now).unwrap_or(MIN_RETRY);
                     let paused = inner.gate.paused_until(now).is_some();
                     let mut e = ProviderError::unreachable(format!(
                         "provider {:?} is {}; this request waited {}s for a turn",
@@ -775,6 +813,39 @@ mod tests {
         let again = g.enqueue(renewal(t0, 70), t0 + s(2));
         assert_eq!(g.poll(t0 + s(2)), Poll::WaitUntil(until));
         assert_eq!(g.poll(until), Poll::Go(again));
+    }
+
+    /// One exchange per 100 s, and renewals queued all along: a miss that gave up is told when
+    /// the next turn comes, and that turn is kept for it (2 s after), so its caller, coming back
+    /// as told, is served instead of finding the turn taken by a renewal again.
+    #[test]
+    fn a_miss_that_gave_up_finds_its_turn_kept_when_it_comes_back_as_told() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut g = Gate::new(limits(None, Some((1, 100)))).with_fill(0.0);
+        let renewals: Vec<u64> = (0..2).map(|i| g.enqueue(renewal(t0, 600 + i), t0)).collect();
+        let miss = g.enqueue(Want::Miss, t0);
+        assert_eq!(g.poll(t0), Poll::WaitUntil(t0 + s(100)));
+        // The caller waited 10 s (upstream_timeout) and goes away, told to come back in 90 s.
+        assert_eq!(g.give_up(miss, t0 + s(10)), Some(s(90)));
+        assert_eq!(g.queued(), 2, "the miss left the queue");
+        assert_eq!(
+            g.poll(t0 + s(100)),
+            Poll::WaitUntil(t0 + s(102)),
+            "the turn is kept for the caller that was told to come back"
+        );
+        let again = g.enqueue(Want::Miss, t0 + s(101));
+        assert_eq!(g.poll(t0 + s(101)), Poll::Go(again));
+        // A turn kept for no one is given to the renewals once the hold ends.
+        assert_eq!(g.give_up(renewals[0], t0 + s(101)), None, "not a miss");
+        assert_eq!(g.poll(t0 + s(201)), Poll::Go(renewals[0]));
+        let late = g.enqueue(Want::Miss, t0 + s(202));
+        assert_eq!(g.give_up(late, t0 + s(210)), Some(s(91)));
+        assert_eq!(
+            g.poll(t0 + s(303)),
+            Poll::Go(renewals[1]),
+            "its caller did not come back"
+        );
     }
 
     /// Through `limited`, as the agent calls it: at one exchange per 100 s, the exchange after a
