@@ -16,7 +16,8 @@
 //! Scenarios: `steady` (warm caches, an hour), `cold` (every node starts with an empty cache at
 //! once), `restart` (every node restarts at once after 30 s down, with `persist_tokens`),
 //! `outage` (the provider refuses every connection for 5 minutes, then recovers), `all`.
-//! `--per-second` prints each second's attempted, accepted and refused exchanges as CSV.
+//! `--per-second` prints each second's attempted, accepted and refused exchanges as CSV; `--phase even`
+//! starts node i's bucket i/nodes full (slots a coordinator would assign) instead of at random.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -49,6 +50,9 @@ struct Opts {
     retry_after: u64,
     seed: u64,
     per_second: bool,
+    /// `--phase even`: node i's bucket starts i/nodes full (slots assigned by a coordinator)
+    /// instead of at a random fill (what an agent alone can do).
+    even_phase: bool,
     trace: bool,
 }
 
@@ -152,8 +156,8 @@ impl Sim {
             lapsed: 0,
         };
         sim.nodes = (0..o.nodes)
-            .map(|_| Node {
-                gate: sim.new_gate(),
+            .map(|i| Node {
+                gate: sim.new_gate(i),
                 tickets: Vec::new(),
                 wake: None,
                 keys: vec![Key::default(); o.keys],
@@ -162,12 +166,16 @@ impl Sim {
         sim
     }
 
-    fn new_gate(&mut self) -> Gate {
+    fn new_gate(&mut self, node: usize) -> Gate {
+        let fill = match self.o.even_phase {
+            true => node as f64 / self.o.nodes as f64,
+            false => self.rng.f64(),
+        };
         Gate::new(Limits {
             max_concurrent: Some(self.o.max_concurrent),
             rate: self.o.rate,
         })
-        .with_fill(self.rng.f64())
+        .with_fill(fill)
     }
 
     fn at(&self, t: u64) -> Instant {
@@ -484,7 +492,7 @@ impl Sim {
         self.now += DOWNTIME;
         let floor = self.floor();
         for n in 0..self.nodes.len() {
-            let gate = self.new_gate();
+            let gate = self.new_gate(n);
             let node = &mut self.nodes[n];
             node.gate = gate;
             node.tickets.clear();
@@ -681,6 +689,7 @@ fn scenario(name: &str, o: &Opts) -> (Sim, Report) {
             sim.down = Some((WARM_UP, WARM_UP + OUTAGE));
             sim.run_until(WARM_UP);
             sim.lapsed = 0;
+            let queued_before: usize = sim.nodes.iter().map(|n| n.gate.queued()).sum();
             sim.run_until(WARM_UP + OUTAGE);
             // The keys the outage left failing or expired: served once each was renewed since.
             let floor = sim.floor();
@@ -691,6 +700,16 @@ fn scenario(name: &str, o: &Opts) -> (Sim, Report) {
                     key.failures > 0 || key.expires.is_none_or(|e| e <= sim.now + floor)
                 })
                 .collect();
+            // Wider: every key whose renewal was due and not done at the recovery (failing, or
+            // queued on its node), and when the last of them was renewed.
+            let due: Vec<(usize, usize)> = (0..o.nodes)
+                .flat_map(|n| (0..o.keys).map(move |k| (n, k)))
+                .filter(|&(n, k)| {
+                    let key = &sim.nodes[n].keys[k];
+                    key.busy || key.failures > 0 || key.expires.is_none_or(|e| e <= sim.now + floor)
+                })
+                .collect();
+            let mut due_done = 0;
             let from = sim.now;
             let mut served_in = None;
             let mut t = from;
@@ -707,6 +726,13 @@ fn scenario(name: &str, o: &Opts) -> (Sim, Report) {
                     {
                         done_at[i] = Some((t - from) / US);
                     }
+                }
+                let renewed = |&(n, k): &(usize, usize)| {
+                    let key = &sim.nodes[n].keys[k];
+                    key.failures == 0 && key.expires.is_some_and(|e| e > from + sim.lifetime())
+                };
+                if due_done == 0 && due.iter().all(renewed) {
+                    due_done = (t - from) / US;
                 }
                 if served_in.is_none() && done_at.iter().all(Option::is_some) {
                     served_in = Some((t - from) as f64 / US as f64);
@@ -727,12 +753,14 @@ fn scenario(name: &str, o: &Opts) -> (Sim, Report) {
                 }
             }
             eprintln!(
-                "outage backlog {} (queued at recovery {waiting}): served by 50 % {} s, 90 % {} s, 99 % {} s, max {} s",
+                "outage: {} keys failing at the recovery, served by 50 % {} s, 90 % {} s, 99 % {} s, all {} s after it; renewals queued on the nodes: {queued_before} when the outage began, {waiting} at the recovery; every key due at the recovery ({}) renewed {} s after it",
                 d.len(),
                 q(0.5),
                 q(0.9),
                 q(0.99),
-                q(1.0)
+                q(1.0),
+                due.len(),
+                due_done
             );
             let backlog = backlog.len();
             let r = Report {
@@ -765,6 +793,7 @@ fn main() {
         seed: 1,
         per_second: false,
         trace: false,
+        even_phase: false,
     };
     let mut scenarios = vec!["steady", "cold", "restart", "outage"];
     let mut rate_arg: Option<String> = None;
@@ -787,6 +816,16 @@ fn main() {
             "--retry-after" => o.retry_after = num(&value),
             "--seed" => o.seed = num(&value),
             "--rate" => rate_arg = Some(value),
+            "--phase" => {
+                o.even_phase = match value.as_str() {
+                    "random" => false,
+                    "even" => true,
+                    other => {
+                        eprintln!("--phase: random or even, not {other:?}");
+                        std::process::exit(2)
+                    }
+                }
+            }
             "--scenario" => {
                 scenarios = match value.as_str() {
                     "all" => vec!["steady", "cold", "restart", "outage"],
