@@ -894,6 +894,33 @@ mod tests {
         assert_eq!((l.view().in_flight, l.view().sent), (0, 2));
     }
 
+    /// As the agent waits: a caller that gave up behind a renewal, told `Retry-After`, is served
+    /// when it comes back as told, before the renewal queued all along.
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_that_comes_back_as_told_goes_before_the_renewal_queued_all_along() {
+        let l = Limiter::new("corp", limits(None, Some((1, 100))), Duration::from_secs(10));
+        l.lock().gate = Gate::new(limits(None, Some((1, 100)))).with_fill(0.0);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let renewing = {
+            let (l, order) = (l.clone(), order.clone());
+            tokio::spawn(async move {
+                let _p = l.acquire(renewal(Instant::now(), 3600)).await.unwrap();
+                order.lock().unwrap().push("renewal");
+            })
+        };
+        tokio::task::yield_now().await;
+        let told = l.acquire(Want::Miss).await.err().unwrap().retry_after.unwrap();
+        assert_eq!(told, Duration::from_secs(90), "the next token, 100 s after the start");
+        tokio::time::sleep(told + Duration::from_millis(500)).await;
+        let served = l.acquire(Want::Miss).await;
+        let message = served.as_ref().err().map(|e| e.message.clone());
+        assert!(served.is_ok(), "the caller that came back was not served: {message:?}");
+        order.lock().unwrap().push("miss");
+        drop(served);
+        renewing.await.unwrap();
+        assert_eq!(*order.lock().unwrap(), ["miss", "renewal"]);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_queue_behind_the_bucket_is_let_through_one_turn_at_a_time() {
         let l = Limiter::new("corp", limits(None, Some((1, 1))), Duration::from_secs(60));
