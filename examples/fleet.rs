@@ -18,6 +18,8 @@
 //! `outage` (the provider refuses every connection for 5 minutes, then recovers), `all`.
 //! `--per-second` prints each second's attempted, accepted and refused exchanges as CSV; `--phase even`
 //! starts node i's bucket i/nodes full (slots a coordinator would assign) instead of at random.
+//! `--spaced-renewals` is an experiment, not what the agent does: each node's renewals placed a
+//! turn of its `rate` apart inside their jitter bands (the warm start spaces them evenly).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -53,6 +55,9 @@ struct Opts {
     /// `--phase even`: node i's bucket starts i/nodes full (slots assigned by a coordinator)
     /// instead of at a random fill (what an agent alone can do).
     even_phase: bool,
+    /// `--spaced-renewals` (an experiment, not what the agent does): each node's renewals are
+    /// placed a turn apart inside their jitter bands, and the warm start spaces them evenly.
+    spaced: bool,
     trace: bool,
 }
 
@@ -223,7 +228,13 @@ impl Sim {
         for n in 0..self.nodes.len() {
             for k in 0..self.o.keys {
                 let period = (l as f64 * self.settings.refresh_at) as u64;
-                let planned = self.rng.u64(0..period);
+                let mut planned = self.rng.u64(0..period);
+                if self.o.spaced {
+                    // Each node's keys evenly spaced over the period, from a random phase per node.
+                    let phase = fastrand::Rng::with_seed(self.o.seed * 1_000_003 + n as u64).u64(0..period);
+                    let spaced = phase + k as u64 * period / self.o.keys as u64 + self.rng.u64(0..30 * US);
+                    planned = spaced % period;
+                }
                 let offset = refresh_in(self.o.lifetime, &self.settings, self.rng.f64() * 2.0 - 1.0).as_micros() as u64;
                 let issued = planned as i64 - offset as i64;
                 let key = &mut self.nodes[n].keys[k];
@@ -447,7 +458,34 @@ impl Sim {
                 k.expires = Some(now + l);
                 k.failures = 0;
                 k.served_at.get_or_insert(now);
-                let next = now + refresh_in(self.o.lifetime, &self.settings, jitter).as_micros() as u64;
+                let mut next = now + refresh_in(self.o.lifetime, &self.settings, jitter).as_micros() as u64;
+                if self.o.spaced {
+                    // The renewal lands, inside its jitter band, a turn (one token of the rate)
+                    // away from the node's other planned renewals when the random draw does not.
+                    let others: Vec<u64> = n
+                        .keys
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| *j != key as usize)
+                        .filter_map(|(_, o)| o.planned)
+                        .collect();
+                    let turn = self
+                        .o
+                        .rate
+                        .map_or(0, |r| (r.per.as_secs_f64() / f64::from(r.count) * US as f64) as u64);
+                    let gap = |t: u64| others.iter().map(|o| o.abs_diff(t)).min().unwrap_or(u64::MAX);
+                    let free: Vec<u64> = (0..=32)
+                        .map(|c| {
+                            let unit = -1.0 + 2.0 * f64::from(c) / 32.0;
+                            now + refresh_in(self.o.lifetime, &self.settings, unit).as_micros() as u64
+                        })
+                        .filter(|t| gap(*t) >= turn)
+                        .collect();
+                    if gap(next) < turn && !free.is_empty() {
+                        next = free[(jitter.abs() * free.len() as f64) as usize % free.len()];
+                    }
+                }
+                let k = &mut n.keys[key as usize];
                 k.planned = Some(next);
                 later.push((next, Ev::Renew { node, key, epoch }));
             }
@@ -794,6 +832,7 @@ fn main() {
         per_second: false,
         trace: false,
         even_phase: false,
+        spaced: false,
     };
     let mut scenarios = vec!["steady", "cold", "restart", "outage"];
     let mut rate_arg: Option<String> = None;
@@ -843,6 +882,11 @@ fn main() {
             }
             "--trace" => {
                 o.trace = true;
+                i += 1;
+                continue;
+            }
+            "--spaced-renewals" => {
+                o.spaced = true;
                 i += 1;
                 continue;
             }
