@@ -102,6 +102,8 @@ struct Key {
     busy: bool,
     served_at: Option<u64>,
     lapsed: bool,
+    /// Since when the key's workload has found no token (its first lapse), until it is served.
+    lapsed_since: Option<u64>,
     /// With `--trace`: what happened to this key (printed for the keys that lapsed).
     log: Vec<String>,
 }
@@ -136,6 +138,8 @@ struct Sim {
     /// Keys that had a token and whose workload then asked while the agent held none it may
     /// hand out (each key counted once).
     lapsed: u64,
+    /// How long each lapsed key went without a token, once it was served again.
+    without_token: Vec<u64>,
 }
 
 impl Sim {
@@ -159,6 +163,7 @@ impl Sim {
             window: (0, 0),
             down: None,
             lapsed: 0,
+            without_token: Vec::new(),
         };
         sim.nodes = (0..o.nodes)
             .map(|i| Node {
@@ -276,6 +281,7 @@ impl Sim {
                 let usable = k.expires.is_some_and(|e| e > self.now + floor);
                 if !usable && k.served_at.is_some() && !k.lapsed {
                     k.lapsed = true;
+                    k.lapsed_since = Some(self.now);
                     self.lapsed += 1;
                     let expires = k.expires;
                     let busy = k.busy;
@@ -453,8 +459,10 @@ impl Sim {
         k.epoch += 1;
         let epoch = k.epoch;
         let mut later = Vec::new();
+        let mut regained = None;
         match outcome {
             Outcome::Accepted => {
+                regained = k.lapsed_since.take().map(|since| now - since);
                 k.expires = Some(now + l);
                 k.failures = 0;
                 k.served_at.get_or_insert(now);
@@ -520,6 +528,7 @@ impl Sim {
         for (t, ev) in later {
             self.push(t, ev);
         }
+        self.without_token.extend(regained);
         self.pump(node);
     }
 
@@ -727,6 +736,7 @@ fn scenario(name: &str, o: &Opts) -> (Sim, Report) {
             sim.down = Some((WARM_UP, WARM_UP + OUTAGE));
             sim.run_until(WARM_UP);
             sim.lapsed = 0;
+            sim.without_token.clear();
             let queued_before: usize = sim.nodes.iter().map(|n| n.gate.queued()).sum();
             sim.run_until(WARM_UP + OUTAGE);
             // The keys the outage left failing or expired: served once each was renewed since.
@@ -776,6 +786,13 @@ fn scenario(name: &str, o: &Opts) -> (Sim, Report) {
                     served_in = Some((t - from) as f64 / US as f64);
                 }
             }
+            let mut without = sim.without_token.clone();
+            let still = sim
+                .nodes
+                .iter()
+                .flat_map(|n| n.keys.iter())
+                .filter_map(|k| k.lapsed_since);
+            without.extend(still.map(|since| sim.now - since));
             let mut d: Vec<u64> = done_at.iter().map(|x| x.unwrap_or(u64::MAX)).collect();
             d.sort();
             let q = |f: f64| d[((d.len() as f64 * f) as usize).min(d.len() - 1)];
@@ -791,14 +808,16 @@ fn scenario(name: &str, o: &Opts) -> (Sim, Report) {
                 }
             }
             eprintln!(
-                "outage: {} keys failing at the recovery, served by 50 % {} s, 90 % {} s, 99 % {} s, all {} s after it; renewals queued on the nodes: {queued_before} when the outage began, {waiting} at the recovery; every key due at the recovery ({}) renewed {} s after it",
+                "outage: {} keys failing at the recovery, served by 50 % {} s, 90 % {} s, 99 % {} s, all {} s after it; renewals queued on the nodes: {queued_before} when the outage began, {waiting} at the recovery; every key due at the recovery ({}) renewed {} s after it; the keys that lapsed went without a token {} s in all, {} s at most",
                 d.len(),
                 q(0.5),
                 q(0.9),
                 q(0.99),
                 q(1.0),
                 due.len(),
-                due_done
+                due_done,
+                without.iter().sum::<u64>() / US,
+                without.iter().max().unwrap_or(&0) / US
             );
             let backlog = backlog.len();
             let r = Report {
