@@ -12,10 +12,12 @@
 //! of its token's lifetime for short tokens) before its deadline (the moment its token falls
 //! below the hand-out floor), and from then on it competes with misses as if it had arrived at
 //! that moment, first come first served. Renewals that are not urgent go earliest deadline first.
-//! A miss that gave up waiting ([`Gate::give_up`]) is told when its turn would come, and a turn is
-//! kept for misses until then ([`MISS_HOLD`] after): on an agent whose renewals use its whole
-//! `rate`, a caller coming back as told would otherwise find every turn taken by a renewal that
-//! was queued all along, and never be served.
+//! A miss that gave up waiting ([`Gate::give_up`]) is told when its turn would come, and keeps
+//! its place in line until then ([`MISS_HOLD`] after): the turn goes to its caller when it comes
+//! back, not to a renewal queued meanwhile (a renewal urgent since before the miss came still
+//! goes first). On an agent whose renewals use its whole `rate`, a caller coming back as told
+//! would otherwise find every turn taken by a renewal that was queued all along, and never be
+//! served.
 //!
 //! An urgent renewal that finds the bucket empty may draw on a small *reserve* instead ([`URGENT_RESERVE`] tokens, refilling at
 //! [`RESERVE_REFILL`] of the `rate`): the time between a renewal and its deadline is what keeps
@@ -56,9 +58,9 @@ pub const URGENT_RESERVE: f64 = 2.0;
 /// The reserve refills at this fraction of the `rate`: an agent whose renewals are all urgent sends
 /// at most 1.5 × its `rate` over time.
 pub const RESERVE_REFILL: f64 = 0.5;
-/// A miss that gave up waiting is told when its turn would have come ([`Gate::give_up`]); the
-/// turn is kept for misses until then and this long after, so its caller, coming back as told,
-/// finds it and not a renewal that was queued all along.
+/// A miss that gave up waiting is told when its turn would have come ([`Gate::give_up`]); it
+/// keeps its place in line until then and this long after, so its caller, coming back as told,
+/// finds its turn and not a renewal that was queued all along.
 pub const MISS_HOLD: Duration = Duration::from_secs(2);
 /// The shortest `Retry-After` told to a miss that gave up.
 pub const MIN_RETRY: Duration = Duration::from_secs(1);
@@ -113,8 +115,9 @@ pub struct Gate {
     reserve: f64,
     refilled: Option<Instant>,
     paused_until: Option<Instant>,
-    /// Until then, renewals may not take a turn misses could use (see [`MISS_HOLD`]).
-    held_for_misses: Option<Instant>,
+    /// Turns kept for misses that gave up (see [`MISS_HOLD`]): when the earliest of them
+    /// arrived (renewals urgent since before that still go first), until when, and for how many.
+    held_for_misses: Option<(Instant, Instant, u32)>,
     next_ticket: u64,
     /// Misses, in arrival order: (arrived, ticket).
     misses: VecDeque<(Instant, u64)>,
@@ -235,7 +238,18 @@ impl Gate {
         self.refill(now);
         let renewal = self.renewals.keys().next().copied();
         let miss = self.misses.front().copied();
-        let held = self.held_for_misses.filter(|h| *h > now);
+        let held = self
+            .held_for_misses
+            .filter(|(_, until, _)| *until > now)
+            .map(|(arrived, until, _)| (arrived, until));
+        // A miss that gave up keeps its place in line (when it first arrived) while it is away.
+        let urgent_first = |urgent_at: Instant, arrived: Option<Instant>| {
+            let arrived = match (arrived, held) {
+                (Some(a), Some((h, _))) => Some(a.min(h)),
+                (a, h) => a.or(h.map(|(h, _)| h)),
+            };
+            urgent_at <= now && arrived.is_none_or(|a| urgent_at <= a)
+        };
         // (A hair below one is one: rounding in the refill must not make a caller wait a
         // microsecond at a time.)
         let bucket_wait = match self.limits.rate {
@@ -244,10 +258,14 @@ impl Gate {
             )),
             _ => None,
         };
-        // A turn held for a miss that was told to come back is not a renewal's.
+        // A turn kept for a miss that was told to come back is not a renewal's, unless the
+        // renewal was urgent before that miss came.
         let renewals_wait = match (bucket_wait, held, miss) {
             (Some(wait), _, _) => Some(now + wait),
-            (None, Some(h), None) => Some(h),
+            (None, Some((_, until)), None) => match renewal {
+                Some((urgent_at, _)) if urgent_first(urgent_at, None) => None,
+                _ => Some(until),
+            },
             (None, _, _) => None,
         };
         if let Some(ready) = renewals_wait {
@@ -270,7 +288,7 @@ impl Gate {
             return Poll::WaitUntil(ready.min(reserve_go));
         }
         let renewal_first = match (renewal, miss) {
-            (Some((urgent_at, _)), Some((arrived, _))) => held.is_none() && urgent_at <= now && urgent_at <= arrived,
+            (Some((urgent_at, _)), Some((arrived, _))) => urgent_first(urgent_at, Some(arrived)),
             (Some(_), None) => true,
             (None, _) => false,
         };
@@ -281,6 +299,11 @@ impl Gate {
             }
             (_, _, Some((_, t))) => {
                 self.misses.pop_front();
+                // One of the misses the turns were kept for (or another) has had its turn.
+                self.held_for_misses = self
+                    .held_for_misses
+                    .filter(|(_, until, n)| *until > now && *n > 1)
+                    .map(|(a, u, n)| (a, u, n - 1));
                 t
             }
             _ => return Poll::Idle,
@@ -312,16 +335,21 @@ impl Gate {
 
     /// Takes out a queued miss whose caller will not wait any longer, and says when to come back:
     /// when its turn would come, as far as the pause and the bucket tell (at least
-    /// [`MIN_RETRY`]). Until then and [`MISS_HOLD`] after, a turn is kept for misses, so the
-    /// caller that comes back as told is not overtaken by renewals queued meanwhile (on an agent
-    /// whose renewals use its whole `rate`, it would otherwise never find a turn free). `None`:
-    /// the ticket was not a queued miss.
+    /// [`MIN_RETRY`]). Until then and [`MISS_HOLD`] after, the miss keeps its place in line (a
+    /// turn is kept for it against renewals that became urgent after it came, or are not urgent),
+    /// so the caller that comes back as told is not overtaken by renewals queued meanwhile (on an
+    /// agent whose renewals use its whole `rate`, it would otherwise never find a turn free).
+    /// `None`: the ticket was not a queued miss.
     pub fn give_up(&mut self, ticket: u64, now: Instant) -> Option<Duration> {
         let ahead = self.misses_ahead(ticket)?;
+        let arrived = self.misses.get(ahead).map_or(now, |(a, _)| *a);
         self.cancel(ticket);
         let told = self.turn_in(now, ahead).max(MIN_RETRY);
-        let hold = now + told + MISS_HOLD;
-        self.held_for_misses = Some(self.held_for_misses.map_or(hold, |h| h.max(hold)));
+        let until = now + told + MISS_HOLD;
+        self.held_for_misses = Some(match self.held_for_misses.filter(|(_, u, _)| *u > now) {
+            Some((a, u, n)) => (a.min(arrived), u.max(until), n + 1),
+            None => (arrived, until, 1),
+        });
         Some(told)
     }
 
@@ -846,6 +874,34 @@ mod tests {
             Poll::Go(renewals[1]),
             "its caller did not come back"
         );
+    }
+
+    /// The caller that gave up keeps its place in line, not more: a renewal urgent since before
+    /// it came still goes first (renewals near their deadline are not starved by misses); one
+    /// that became urgent after it waits for it.
+    #[test]
+    fn a_miss_that_gave_up_keeps_its_place_behind_renewals_urgent_before_it_came() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut g = Gate::new(limits(Some(1), None));
+        let busy = g.enqueue(Want::Miss, t0);
+        assert_eq!(g.poll(t0), Poll::Go(busy));
+        let early = g.enqueue(renewal(t0, 100), t0); // urgent since t0 - 20 s
+        let miss = g.enqueue(Want::Miss, t0 + s(1));
+        let late = g.enqueue(renewal(t0, 125), t0 + s(1)); // urgent since t0 + 5 s
+        assert_eq!(g.give_up(miss, t0 + s(11)), Some(MIN_RETRY));
+        g.finished();
+        assert_eq!(g.poll(t0 + s(11)), Poll::Go(early), "urgent before the miss came");
+        g.finished();
+        assert_eq!(
+            g.poll(t0 + s(11)),
+            Poll::WaitUntil(t0 + s(14)),
+            "urgent only after the miss came: the turn is kept (1 s told + 2 s)"
+        );
+        let again = g.enqueue(Want::Miss, t0 + s(12));
+        assert_eq!(g.poll(t0 + s(12)), Poll::Go(again));
+        g.finished();
+        assert_eq!(g.poll(t0 + s(12)), Poll::Go(late));
     }
 
     /// Through `limited`, as the agent calls it: at one exchange per 100 s, the exchange after a
