@@ -18,16 +18,17 @@
 //! `outage` (the provider refuses every connection for 5 minutes, then recovers), `all`.
 //! `--per-second` prints each second's attempted, accepted and refused exchanges as CSV; `--phase even`
 //! starts node i's bucket i/nodes full (slots a coordinator would assign) instead of at random.
-//! `--spaced-renewals` is an experiment, not what the agent does: each node's renewals placed a
-//! turn of its `rate` apart inside their jitter bands (the warm start spaces them evenly).
+//! Each node places its renewals with the agent's own `cache::limits::Spacing` (a turn of its
+//! `rate` apart, on slots whose phase the node keeps); `--spacing off` places them at the random
+//! time of their jitter band only, as the agent did before (for comparison).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Duration;
 
-use cortexid::cache::limits::{Gate, Limits, Poll, Want};
+use cortexid::cache::limits::{Gate, Limits, Poll, Spacing, Want};
 use cortexid::cache::persist::resume_in;
-use cortexid::cache::{RefreshSettings, backoff, hand_out_floor, refresh_in, renewal_retry_in};
+use cortexid::cache::{RefreshSettings, backoff, hand_out_floor, renewal_retry_in};
 use cortexid::config::Rate;
 use tokio::time::Instant;
 
@@ -55,9 +56,9 @@ struct Opts {
     /// `--phase even`: node i's bucket starts i/nodes full (slots assigned by a coordinator)
     /// instead of at a random fill (what an agent alone can do).
     even_phase: bool,
-    /// `--spaced-renewals` (an experiment, not what the agent does): each node's renewals are
-    /// placed a turn apart inside their jitter bands, and the warm start spaces them evenly.
-    spaced: bool,
+    /// `--spacing off`: renewals at the random time of their jitter band only, as the agent placed
+    /// them before `Spacing` (for comparison; the agent always spaces them with a `rate`).
+    unspaced: bool,
     trace: bool,
 }
 
@@ -110,6 +111,8 @@ struct Key {
 
 struct Node {
     gate: Gate,
+    /// Where the agent places its renewals (`Cache`'s refresher, through its limiter).
+    spacing: Spacing,
     tickets: Vec<(u64, u32, Reason)>,
     wake: Option<u64>,
     keys: Vec<Key>,
@@ -153,7 +156,8 @@ impl Sim {
         let mut sim = Sim {
             o: o.clone(),
             settings,
-            base: Instant::now(),
+            // Far enough from the clock's start that a warm key's issue (before 0) is an Instant.
+            base: Instant::now() + 4 * o.lifetime,
             now: 0,
             seq: 0,
             heap: BinaryHeap::new(),
@@ -168,6 +172,7 @@ impl Sim {
         sim.nodes = (0..o.nodes)
             .map(|i| Node {
                 gate: sim.new_gate(i),
+                spacing: Spacing::new(sim.base, sim.rng.f64()),
                 tickets: Vec::new(),
                 wake: None,
                 keys: vec![Key::default(); o.keys],
@@ -227,23 +232,33 @@ impl Sim {
         &mut self.seconds[s]
     }
 
-    /// Keys warm as in a steady state: each key's next renewal uniform over one renewal period.
+    /// Keys warm as in a steady state: each node has been running for three renewal periods
+    /// before 0, its keys first issued at random times in the first of them, and every renewal
+    /// placed by the node's `Spacing` when it was renewed, as its refresher does (renewals before
+    /// 0 are taken to go at their planned time); each key's token and next renewal are those left
+    /// at 0.
     fn warm(&mut self) {
         let l = self.lifetime();
+        let turn = self.turn();
+        let period = (l as f64 * self.settings.refresh_at) as u64;
         for n in 0..self.nodes.len() {
-            for k in 0..self.o.keys {
-                let period = (l as f64 * self.settings.refresh_at) as u64;
-                let mut planned = self.rng.u64(0..period);
-                if self.o.spaced {
-                    // Each node's keys evenly spaced over the period, from a random phase per node.
-                    let phase = fastrand::Rng::with_seed(self.o.seed * 1_000_003 + n as u64).u64(0..period);
-                    let spaced = phase + k as u64 * period / self.o.keys as u64 + self.rng.u64(0..30 * US);
-                    planned = spaced % period;
+            // (micros before 0, key) of every issue still to place, latest first out of the heap.
+            let mut issues: BinaryHeap<(u64, usize)> = (0..self.o.keys)
+                .map(|k| (2 * period + self.rng.u64(0..period), k))
+                .collect();
+            while let Some((ago, k)) = issues.pop() {
+                let issued = self.base - Duration::from_micros(ago);
+                let unit = self.rng.f64() * 2.0 - 1.0;
+                let at = self.nodes[n]
+                    .spacing
+                    .place(issued, issued, self.o.lifetime, &self.settings, turn, unit);
+                if at < self.base {
+                    issues.push(((self.base - at).as_micros() as u64, k));
+                    continue;
                 }
-                let offset = refresh_in(self.o.lifetime, &self.settings, self.rng.f64() * 2.0 - 1.0).as_micros() as u64;
-                let issued = planned as i64 - offset as i64;
+                let planned = self.micros(at);
                 let key = &mut self.nodes[n].keys[k];
-                key.expires = Some((issued + l as i64).max(0) as u64);
+                key.expires = Some(l.saturating_sub(ago));
                 key.planned = Some(planned);
                 key.served_at = Some(0);
                 let epoch = key.epoch;
@@ -257,6 +272,11 @@ impl Sim {
                 );
             }
         }
+    }
+
+    /// One token of the node's `rate`: what the agent spaces renewals by.
+    fn turn(&self) -> Option<Duration> {
+        self.o.rate.filter(|_| !self.o.unspaced).map(|r| r.per / r.count.max(1))
     }
 
     fn run_until(&mut self, end: u64) {
@@ -466,33 +486,11 @@ impl Sim {
                 k.expires = Some(now + l);
                 k.failures = 0;
                 k.served_at.get_or_insert(now);
-                let mut next = now + refresh_in(self.o.lifetime, &self.settings, jitter).as_micros() as u64;
-                if self.o.spaced {
-                    // The renewal lands, inside its jitter band, a turn (one token of the rate)
-                    // away from the node's other planned renewals when the random draw does not.
-                    let others: Vec<u64> = n
-                        .keys
-                        .iter()
-                        .enumerate()
-                        .filter(|(j, _)| *j != key as usize)
-                        .filter_map(|(_, o)| o.planned)
-                        .collect();
-                    let turn = self
-                        .o
-                        .rate
-                        .map_or(0, |r| (r.per.as_secs_f64() / f64::from(r.count) * US as f64) as u64);
-                    let gap = |t: u64| others.iter().map(|o| o.abs_diff(t)).min().unwrap_or(u64::MAX);
-                    let free: Vec<u64> = (0..=32)
-                        .map(|c| {
-                            let unit = -1.0 + 2.0 * f64::from(c) / 32.0;
-                            now + refresh_in(self.o.lifetime, &self.settings, unit).as_micros() as u64
-                        })
-                        .filter(|t| gap(*t) >= turn)
-                        .collect();
-                    if gap(next) < turn && !free.is_empty() {
-                        next = free[(jitter.abs() * free.len() as f64) as usize % free.len()];
-                    }
-                }
+                let turn = self.o.rate.filter(|_| !self.o.unspaced).map(|r| r.per / r.count.max(1));
+                let at = n
+                    .spacing
+                    .place(at_now, at_now, self.o.lifetime, &self.settings, turn, jitter);
+                let next = at.saturating_duration_since(self.base).as_micros() as u64;
                 let k = &mut n.keys[key as usize];
                 k.planned = Some(next);
                 later.push((next, Ev::Renew { node, key, epoch }));
@@ -540,8 +538,10 @@ impl Sim {
         let floor = self.floor();
         for n in 0..self.nodes.len() {
             let gate = self.new_gate(n);
+            let spacing = Spacing::new(self.at(self.now), self.rng.f64());
             let node = &mut self.nodes[n];
             node.gate = gate;
+            node.spacing = spacing;
             node.tickets.clear();
             node.wake = None;
             for k in 0..self.o.keys {
@@ -851,7 +851,7 @@ fn main() {
         per_second: false,
         trace: false,
         even_phase: false,
-        spaced: false,
+        unspaced: false,
     };
     let mut scenarios = vec!["steady", "cold", "restart", "outage"];
     let mut rate_arg: Option<String> = None;
@@ -884,6 +884,16 @@ fn main() {
                     }
                 }
             }
+            "--spacing" => {
+                o.unspaced = match value.as_str() {
+                    "on" => false,
+                    "off" => true,
+                    other => {
+                        eprintln!("--spacing: on or off, not {other:?}");
+                        std::process::exit(2)
+                    }
+                }
+            }
             "--scenario" => {
                 scenarios = match value.as_str() {
                     "all" => vec!["steady", "cold", "restart", "outage"],
@@ -901,11 +911,6 @@ fn main() {
             }
             "--trace" => {
                 o.trace = true;
-                i += 1;
-                continue;
-            }
-            "--spaced-renewals" => {
-                o.spaced = true;
                 i += 1;
                 continue;
             }

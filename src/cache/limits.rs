@@ -19,16 +19,14 @@
 //! would otherwise find every turn taken by a renewal that was queued all along, and never be
 //! served.
 //!
-//! An urgent renewal that finds the bucket empty may draw on a small *reserve* instead ([`URGENT_RESERVE`] tokens, refilling at
-//! [`RESERVE_REFILL`] of the `rate`): the time between a renewal and its deadline is what keeps
-//! tokens served through a provider outage, and a renewal that waits for its agent's bucket
-//! spends it (after an outage, a key of an agent with a backlog would otherwise be lost to the
-//! agent's own limiter). Only such renewals use it, and only outside a `Retry-After` pause, so
-//! over any span T an agent has the provider process at most
-//! `rate × T × (1 + RESERVE_REFILL) + 1 + URGENT_RESERVE` exchanges. An exchange that got no
-//! answer (the provider unreachable) or was refused with `Retry-After` gives a token back to
-//! the reserve: it used none of the provider's capacity, and a renewal must still be able to try
-//! once the provider is back.
+//! An urgent renewal that finds the bucket empty may draw on a small *reserve* instead ([`URGENT_RESERVE`] tokens,
+//! refilling at [`RESERVE_REFILL`] of the `rate`): the time between a renewal and its deadline is what keeps tokens
+//! served through a provider outage, and a renewal that waits for its agent's bucket spends it (after an outage, a
+//! key of an agent with a backlog would otherwise be lost to the agent's own limiter). Only such renewals use it, and
+//! only outside a `Retry-After` pause, so over any span T an agent has the provider process at most
+//! `rate × T × (1 + RESERVE_REFILL) + 1 + URGENT_RESERVE` exchanges. An exchange that got no answer (the provider
+//! unreachable) or was refused with `Retry-After` gives a token back to the reserve: it used none of the provider's
+//! capacity, and a renewal must still be able to try once the provider is back.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -37,8 +35,12 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::Spec;
+pub use super::schedule::Spacing;
+use super::schedule::{RefreshSettings, jitter_unit, refresh_in};
 use crate::config::Rate;
 use crate::error::ProviderError;
+use crate::token::IssuedToken;
 
 /// A renewal is urgent this long before its deadline (or a tenth of the lifetime, if shorter).
 pub const URGENT_WINDOW: Duration = Duration::from_secs(120);
@@ -418,6 +420,7 @@ struct Inner {
     waiting: HashMap<u64, oneshot::Sender<()>>,
     /// The time a timer task will pump the gate at, if one is armed.
     timer: Option<Instant>,
+    spacing: Spacing,
 }
 
 /// A [`Gate`] for async callers: [`Limiter::acquire`] waits for a turn.
@@ -436,6 +439,7 @@ impl Limiter {
                 gate: Gate::new(limits).with_fill(fastrand::f64()),
                 waiting: HashMap::new(),
                 timer: None,
+                spacing: Spacing::new(Instant::now(), fastrand::f64()),
             }),
             miss_wait: RwLock::new(miss_wait),
         })
@@ -640,6 +644,16 @@ impl Limiters {
             .unwrap_or_else(|p| p.into_inner())
             .get(provider)
             .cloned()
+    }
+
+    /// When to renew `t`, a token of `spec`'s provider ([`Spacing::place`]: a turn of its `rate` apart).
+    pub(crate) fn renewal_at(&self, spec: &Spec, t: &IssuedToken, s: &RefreshSettings) -> Instant {
+        let Some(l) = self.get(&spec.identity.provider) else {
+            return t.issued_at + refresh_in(t.lifetime, s, jitter_unit());
+        };
+        let Inner { gate, spacing, .. } = &mut *l.lock();
+        let turn = gate.limits().rate.map(|r| r.per / r.count.max(1));
+        spacing.place(Instant::now(), t.issued_at, t.lifetime, s, turn, jitter_unit())
     }
 
     /// Every provider's limiter, by name.
@@ -996,5 +1010,58 @@ mod tests {
             assert!(pair[1] - pair[0] >= Duration::from_millis(999), "{at:?}");
         }
         assert_eq!((l.view().sent, l.view().queued), (3, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_providers_rate_spaces_the_renewals_of_its_keys_and_no_rate_does_not() {
+        use crate::config::{Grant, IdentitySettings, SubjectSource};
+        use crate::token::Secret;
+        let spec = |provider: &str| Spec {
+            identity: Arc::new(IdentitySettings {
+                name: "payments".into(),
+                provider: provider.into(),
+                grant: Grant::ClientCredentials,
+                subject: SubjectSource::Client,
+                subject_token_type: String::new(),
+                trusted_issuers: vec![],
+                actor_token_file: None,
+                actor_token_type: String::new(),
+                actor_identity: None,
+                requested_token_type: String::new(),
+                audiences: vec!["aud".into()],
+                scopes: vec![],
+            }),
+            audience: "aud".into(),
+            scopes: Default::default(),
+            subject: super::super::Credential::None,
+            actor: super::super::Credential::None,
+        };
+        let limiters = Limiters::default();
+        let (spaced, free) = (limits(None, Some((1, 100))), limits(Some(4), None));
+        limiters.configure(
+            &[("corp".into(), spaced), ("open".into(), free)],
+            Duration::from_secs(10),
+        );
+        let settings = super::super::schedule::tests::settings();
+        let hour = Duration::from_secs(3600);
+        // Four tokens of each provider issued at once; renewals due 2,700 - 3,060 s later.
+        let token = || IssuedToken::new(Secret::new("t".into()), "at".into(), String::new(), hour, None);
+        let mut at: Vec<Duration> = (0..4)
+            .map(|_| {
+                let t = token();
+                limiters.renewal_at(&spec("corp"), &t, &settings) - t.issued_at
+            })
+            .collect();
+        at.sort();
+        assert!(at.windows(2).all(|w| w[1] - w[0] >= Duration::from_secs(100)), "{at:?}");
+        assert!(at.iter().all(|a| (2700..=3060).contains(&a.as_secs())), "{at:?}");
+        // Without a rate (or without a limiter) each renewal is at the random time of its band.
+        for provider in ["open", "unconfigured"] {
+            for _ in 0..4 {
+                let t = token();
+                let due = limiters.renewal_at(&spec(provider), &t, &settings) - t.issued_at;
+                assert!((2700..=3060).contains(&due.as_secs()), "{due:?}");
+            }
+        }
     }
 }
