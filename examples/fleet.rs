@@ -16,15 +16,19 @@
 //! Scenarios: `steady` (warm caches, an hour), `cold` (every node starts with an empty cache at
 //! once), `restart` (every node restarts at once after 30 s down, with `persist_tokens`),
 //! `outage` (the provider refuses every connection for 5 minutes, then recovers), `all`.
-//! `--per-second` prints each second's attempted, accepted and refused exchanges as CSV.
+//! `--per-second` prints each second's attempted, accepted and refused exchanges as CSV; `--phase even`
+//! starts node i's bucket i/nodes full (slots a coordinator would assign) instead of at random.
+//! Each node places its renewals with the agent's own `cache::limits::Spacing` (a turn of its
+//! `rate` apart, on slots whose phase the node keeps); `--spacing off` places them at the random
+//! time of their jitter band only, as the agent did before (for comparison).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Duration;
 
-use cortexid::cache::limits::{Gate, Limits, Poll, Want};
+use cortexid::cache::limits::{Gate, Limits, Poll, Spacing, Want};
 use cortexid::cache::persist::resume_in;
-use cortexid::cache::{RefreshSettings, backoff, hand_out_floor, refresh_in, renewal_retry_in};
+use cortexid::cache::{RefreshSettings, backoff, hand_out_floor, renewal_retry_in};
 use cortexid::config::Rate;
 use tokio::time::Instant;
 
@@ -49,6 +53,12 @@ struct Opts {
     retry_after: u64,
     seed: u64,
     per_second: bool,
+    /// `--phase even`: node i's bucket starts i/nodes full (slots assigned by a coordinator)
+    /// instead of at a random fill (what an agent alone can do).
+    even_phase: bool,
+    /// `--spacing off`: renewals at the random time of their jitter band only, as the agent placed
+    /// them before `Spacing` (for comparison; the agent always spaces them with a `rate`).
+    unspaced: bool,
     trace: bool,
 }
 
@@ -93,12 +103,16 @@ struct Key {
     busy: bool,
     served_at: Option<u64>,
     lapsed: bool,
+    /// Since when the key's workload has found no token (its first lapse), until it is served.
+    lapsed_since: Option<u64>,
     /// With `--trace`: what happened to this key (printed for the keys that lapsed).
     log: Vec<String>,
 }
 
 struct Node {
     gate: Gate,
+    /// Where the agent places its renewals (`Cache`'s refresher, through its limiter).
+    spacing: Spacing,
     tickets: Vec<(u64, u32, Reason)>,
     wake: Option<u64>,
     keys: Vec<Key>,
@@ -127,6 +141,8 @@ struct Sim {
     /// Keys that had a token and whose workload then asked while the agent held none it may
     /// hand out (each key counted once).
     lapsed: u64,
+    /// How long each lapsed key went without a token, once it was served again.
+    without_token: Vec<u64>,
 }
 
 impl Sim {
@@ -140,7 +156,8 @@ impl Sim {
         let mut sim = Sim {
             o: o.clone(),
             settings,
-            base: Instant::now(),
+            // Far enough from the clock's start that a warm key's issue (before 0) is an Instant.
+            base: Instant::now() + 4 * o.lifetime,
             now: 0,
             seq: 0,
             heap: BinaryHeap::new(),
@@ -150,10 +167,12 @@ impl Sim {
             window: (0, 0),
             down: None,
             lapsed: 0,
+            without_token: Vec::new(),
         };
         sim.nodes = (0..o.nodes)
-            .map(|_| Node {
-                gate: sim.new_gate(),
+            .map(|i| Node {
+                gate: sim.new_gate(i),
+                spacing: Spacing::new(sim.base, sim.rng.f64()),
                 tickets: Vec::new(),
                 wake: None,
                 keys: vec![Key::default(); o.keys],
@@ -162,12 +181,16 @@ impl Sim {
         sim
     }
 
-    fn new_gate(&mut self) -> Gate {
+    fn new_gate(&mut self, node: usize) -> Gate {
+        let fill = match self.o.even_phase {
+            true => node as f64 / self.o.nodes as f64,
+            false => self.rng.f64(),
+        };
         Gate::new(Limits {
             max_concurrent: Some(self.o.max_concurrent),
             rate: self.o.rate,
         })
-        .with_fill(self.rng.f64())
+        .with_fill(fill)
     }
 
     fn at(&self, t: u64) -> Instant {
@@ -209,17 +232,33 @@ impl Sim {
         &mut self.seconds[s]
     }
 
-    /// Keys warm as in a steady state: each key's next renewal uniform over one renewal period.
+    /// Keys warm as in a steady state: each node has been running for three renewal periods
+    /// before 0, its keys first issued at random times in the first of them, and every renewal
+    /// placed by the node's `Spacing` when it was renewed, as its refresher does (renewals before
+    /// 0 are taken to go at their planned time); each key's token and next renewal are those left
+    /// at 0.
     fn warm(&mut self) {
         let l = self.lifetime();
+        let turn = self.turn();
+        let period = (l as f64 * self.settings.refresh_at) as u64;
         for n in 0..self.nodes.len() {
-            for k in 0..self.o.keys {
-                let period = (l as f64 * self.settings.refresh_at) as u64;
-                let planned = self.rng.u64(0..period);
-                let offset = refresh_in(self.o.lifetime, &self.settings, self.rng.f64() * 2.0 - 1.0).as_micros() as u64;
-                let issued = planned as i64 - offset as i64;
+            // (micros before 0, key) of every issue still to place, latest first out of the heap.
+            let mut issues: BinaryHeap<(u64, usize)> = (0..self.o.keys)
+                .map(|k| (2 * period + self.rng.u64(0..period), k))
+                .collect();
+            while let Some((ago, k)) = issues.pop() {
+                let issued = self.base - Duration::from_micros(ago);
+                let unit = self.rng.f64() * 2.0 - 1.0;
+                let at = self.nodes[n]
+                    .spacing
+                    .place(issued, issued, self.o.lifetime, &self.settings, turn, unit);
+                if at < self.base {
+                    issues.push(((self.base - at).as_micros() as u64, k));
+                    continue;
+                }
+                let planned = self.micros(at);
                 let key = &mut self.nodes[n].keys[k];
-                key.expires = Some((issued + l as i64).max(0) as u64);
+                key.expires = Some(l.saturating_sub(ago));
                 key.planned = Some(planned);
                 key.served_at = Some(0);
                 let epoch = key.epoch;
@@ -233,6 +272,11 @@ impl Sim {
                 );
             }
         }
+    }
+
+    /// One token of the node's `rate`: what the agent spaces renewals by.
+    fn turn(&self) -> Option<Duration> {
+        self.o.rate.filter(|_| !self.o.unspaced).map(|r| r.per / r.count.max(1))
     }
 
     fn run_until(&mut self, end: u64) {
@@ -257,6 +301,7 @@ impl Sim {
                 let usable = k.expires.is_some_and(|e| e > self.now + floor);
                 if !usable && k.served_at.is_some() && !k.lapsed {
                     k.lapsed = true;
+                    k.lapsed_since = Some(self.now);
                     self.lapsed += 1;
                     let expires = k.expires;
                     let busy = k.busy;
@@ -305,13 +350,11 @@ impl Sim {
             Ev::GiveUp { node, ticket } => {
                 let now = self.at(self.now);
                 let n = &mut self.nodes[node as usize];
-                let ahead = n.gate.misses_ahead(ticket).unwrap_or(0);
-                if n.gate.cancel(ticket) {
+                if let Some(told) = n.gate.give_up(ticket, now) {
                     let Some(i) = n.tickets.iter().position(|t| t.0 == ticket) else {
                         return;
                     };
                     let (_, key, _) = n.tickets.swap_remove(i);
-                    let told = n.gate.turn_in(now, ahead).max(Duration::from_secs(1));
                     let k = &mut n.keys[key as usize];
                     k.busy = false;
                     let wait = told.as_micros() as u64 + self.rng.u64(0..US);
@@ -436,12 +479,19 @@ impl Sim {
         k.epoch += 1;
         let epoch = k.epoch;
         let mut later = Vec::new();
+        let mut regained = None;
         match outcome {
             Outcome::Accepted => {
+                regained = k.lapsed_since.take().map(|since| now - since);
                 k.expires = Some(now + l);
                 k.failures = 0;
                 k.served_at.get_or_insert(now);
-                let next = now + refresh_in(self.o.lifetime, &self.settings, jitter).as_micros() as u64;
+                let turn = self.o.rate.filter(|_| !self.o.unspaced).map(|r| r.per / r.count.max(1));
+                let at = n
+                    .spacing
+                    .place(at_now, at_now, self.o.lifetime, &self.settings, turn, jitter);
+                let next = at.saturating_duration_since(self.base).as_micros() as u64;
+                let k = &mut n.keys[key as usize];
                 k.planned = Some(next);
                 later.push((next, Ev::Renew { node, key, epoch }));
             }
@@ -476,6 +526,7 @@ impl Sim {
         for (t, ev) in later {
             self.push(t, ev);
         }
+        self.without_token.extend(regained);
         self.pump(node);
     }
 
@@ -486,9 +537,11 @@ impl Sim {
         self.now += DOWNTIME;
         let floor = self.floor();
         for n in 0..self.nodes.len() {
-            let gate = self.new_gate();
+            let gate = self.new_gate(n);
+            let spacing = Spacing::new(self.at(self.now), self.rng.f64());
             let node = &mut self.nodes[n];
             node.gate = gate;
+            node.spacing = spacing;
             node.tickets.clear();
             node.wake = None;
             for k in 0..self.o.keys {
@@ -683,6 +736,8 @@ fn scenario(name: &str, o: &Opts) -> (Sim, Report) {
             sim.down = Some((WARM_UP, WARM_UP + OUTAGE));
             sim.run_until(WARM_UP);
             sim.lapsed = 0;
+            sim.without_token.clear();
+            let queued_before: usize = sim.nodes.iter().map(|n| n.gate.queued()).sum();
             sim.run_until(WARM_UP + OUTAGE);
             // The keys the outage left failing or expired: served once each was renewed since.
             let floor = sim.floor();
@@ -693,21 +748,77 @@ fn scenario(name: &str, o: &Opts) -> (Sim, Report) {
                     key.failures > 0 || key.expires.is_none_or(|e| e <= sim.now + floor)
                 })
                 .collect();
+            // Wider: every key whose renewal was due and not done at the recovery (failing, or
+            // queued on its node), and when the last of them was renewed.
+            let due: Vec<(usize, usize)> = (0..o.nodes)
+                .flat_map(|n| (0..o.keys).map(move |k| (n, k)))
+                .filter(|&(n, k)| {
+                    let key = &sim.nodes[n].keys[k];
+                    key.busy || key.failures > 0 || key.expires.is_none_or(|e| e <= sim.now + floor)
+                })
+                .collect();
+            let mut due_done = 0;
             let from = sim.now;
             let mut served_in = None;
             let mut t = from;
+            let mut done_at: Vec<Option<u64>> = vec![None; backlog.len()];
+            let waiting: usize = (0..o.nodes).map(|n| sim.nodes[n].gate.queued()).sum();
             while t < from + hour {
                 t += US;
                 sim.run_until(t);
-                if served_in.is_none()
-                    && backlog.iter().all(|&(n, k)| {
-                        let key = &sim.nodes[n].keys[k];
-                        key.failures == 0 && key.expires.is_some_and(|e| e > from + sim.lifetime())
-                    })
-                {
+                for (i, &(n, k)) in backlog.iter().enumerate() {
+                    let key = &sim.nodes[n].keys[k];
+                    if done_at[i].is_none()
+                        && key.failures == 0
+                        && key.expires.is_some_and(|e| e > from + sim.lifetime())
+                    {
+                        done_at[i] = Some((t - from) / US);
+                    }
+                }
+                let renewed = |&(n, k): &(usize, usize)| {
+                    let key = &sim.nodes[n].keys[k];
+                    key.failures == 0 && key.expires.is_some_and(|e| e > from + sim.lifetime())
+                };
+                if due_done == 0 && due.iter().all(renewed) {
+                    due_done = (t - from) / US;
+                }
+                if served_in.is_none() && done_at.iter().all(Option::is_some) {
                     served_in = Some((t - from) as f64 / US as f64);
                 }
             }
+            let mut without = sim.without_token.clone();
+            let still = sim
+                .nodes
+                .iter()
+                .flat_map(|n| n.keys.iter())
+                .filter_map(|k| k.lapsed_since);
+            without.extend(still.map(|since| sim.now - since));
+            let mut d: Vec<u64> = done_at.iter().map(|x| x.unwrap_or(u64::MAX)).collect();
+            d.sort();
+            let q = |f: f64| d[((d.len() as f64 * f) as usize).min(d.len() - 1)];
+            if o.trace {
+                let mut idx: Vec<usize> = (0..backlog.len()).collect();
+                idx.sort_by_key(|&i| Reverse(done_at[i].unwrap_or(u64::MAX)));
+                for &i in idx.iter().take(3) {
+                    let (n, k) = backlog[i];
+                    eprintln!("slow backlog key node {n} key {k} done {:?}:", done_at[i]);
+                    for line in &sim.nodes[n].keys[k].log {
+                        eprintln!("  {line}");
+                    }
+                }
+            }
+            eprintln!(
+                "outage: {} keys failing at the recovery, served by 50 % {} s, 90 % {} s, 99 % {} s, all {} s after it; renewals queued on the nodes: {queued_before} when the outage began, {waiting} at the recovery; every key due at the recovery ({}) renewed {} s after it; the keys that lapsed went without a token {} s in all, {} s at most",
+                d.len(),
+                q(0.5),
+                q(0.9),
+                q(0.99),
+                q(1.0),
+                due.len(),
+                due_done,
+                without.iter().sum::<u64>() / US,
+                without.iter().max().unwrap_or(&0) / US
+            );
             let backlog = backlog.len();
             let r = Report {
                 name: "5 min outage",
@@ -739,6 +850,8 @@ fn main() {
         seed: 1,
         per_second: false,
         trace: false,
+        even_phase: false,
+        unspaced: false,
     };
     let mut scenarios = vec!["steady", "cold", "restart", "outage"];
     let mut rate_arg: Option<String> = None;
@@ -761,6 +874,26 @@ fn main() {
             "--retry-after" => o.retry_after = num(&value),
             "--seed" => o.seed = num(&value),
             "--rate" => rate_arg = Some(value),
+            "--phase" => {
+                o.even_phase = match value.as_str() {
+                    "random" => false,
+                    "even" => true,
+                    other => {
+                        eprintln!("--phase: random or even, not {other:?}");
+                        std::process::exit(2)
+                    }
+                }
+            }
+            "--spacing" => {
+                o.unspaced = match value.as_str() {
+                    "on" => false,
+                    "off" => true,
+                    other => {
+                        eprintln!("--spacing: on or off, not {other:?}");
+                        std::process::exit(2)
+                    }
+                }
+            }
             "--scenario" => {
                 scenarios = match value.as_str() {
                     "all" => vec!["steady", "cold", "restart", "outage"],

@@ -12,17 +12,21 @@
 //! of its token's lifetime for short tokens) before its deadline (the moment its token falls
 //! below the hand-out floor), and from then on it competes with misses as if it had arrived at
 //! that moment, first come first served. Renewals that are not urgent go earliest deadline first.
+//! A miss that gave up waiting ([`Gate::give_up`]) is told when its turn would come, and keeps
+//! its place in line until then ([`MISS_HOLD`] after): the turn goes to its caller when it comes
+//! back, not to a renewal queued meanwhile (a renewal urgent since before the miss came still
+//! goes first). On an agent whose renewals use its whole `rate`, a caller coming back as told
+//! would otherwise find every turn taken by a renewal that was queued all along, and never be
+//! served.
 //!
-//! An urgent renewal that finds the bucket empty may draw on a small *reserve* instead ([`URGENT_RESERVE`] tokens, refilling at
-//! [`RESERVE_REFILL`] of the `rate`): the time between a renewal and its deadline is what keeps
-//! tokens served through a provider outage, and a renewal that waits for its agent's bucket
-//! spends it (after an outage, a key of an agent with a backlog would otherwise be lost to the
-//! agent's own limiter). Only such renewals use it, and only outside a `Retry-After` pause, so
-//! over any span T an agent has the provider process at most
-//! `rate × T × (1 + RESERVE_REFILL) + 1 + URGENT_RESERVE` exchanges. An exchange that got no
-//! answer (the provider unreachable) or was refused with `Retry-After` gives a token back to
-//! the reserve: it used none of the provider's capacity, and a renewal must still be able to try
-//! once the provider is back.
+//! An urgent renewal that finds the bucket empty may draw on a small *reserve* instead ([`URGENT_RESERVE`] tokens,
+//! refilling at [`RESERVE_REFILL`] of the `rate`): the time between a renewal and its deadline is what keeps tokens
+//! served through a provider outage, and a renewal that waits for its agent's bucket spends it (after an outage, a
+//! key of an agent with a backlog would otherwise be lost to the agent's own limiter). Only such renewals use it, and
+//! only outside a `Retry-After` pause, so over any span T an agent has the provider process at most
+//! `rate × T × (1 + RESERVE_REFILL) + 1 + URGENT_RESERVE` exchanges. An exchange that got no answer (the provider
+//! unreachable) or was refused with `Retry-After` gives a token back to the reserve: it used none of the provider's
+//! capacity, and a renewal must still be able to try once the provider is back.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -31,8 +35,12 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::Spec;
+pub use super::schedule::Spacing;
+use super::schedule::{RefreshSettings, jitter_unit, refresh_in};
 use crate::config::Rate;
 use crate::error::ProviderError;
+use crate::token::IssuedToken;
 
 /// A renewal is urgent this long before its deadline (or a tenth of the lifetime, if shorter).
 pub const URGENT_WINDOW: Duration = Duration::from_secs(120);
@@ -52,6 +60,12 @@ pub const URGENT_RESERVE: f64 = 2.0;
 /// The reserve refills at this fraction of the `rate`: an agent whose renewals are all urgent sends
 /// at most 1.5 × its `rate` over time.
 pub const RESERVE_REFILL: f64 = 0.5;
+/// A miss that gave up waiting is told when its turn would have come ([`Gate::give_up`]); it
+/// keeps its place in line until then and this long after, so its caller, coming back as told,
+/// finds its turn and not a renewal that was queued all along.
+pub const MISS_HOLD: Duration = Duration::from_secs(2);
+/// The shortest `Retry-After` told to a miss that gave up.
+pub const MIN_RETRY: Duration = Duration::from_secs(1);
 
 /// The limits of one provider (`[[provider]] max_concurrent` and `rate`); none means unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -103,6 +117,9 @@ pub struct Gate {
     reserve: f64,
     refilled: Option<Instant>,
     paused_until: Option<Instant>,
+    /// Turns kept for misses that gave up (see [`MISS_HOLD`]): when the earliest of them
+    /// arrived (renewals urgent since before that still go first), until when, and for how many.
+    held_for_misses: Option<(Instant, Instant, u32)>,
     next_ticket: u64,
     /// Misses, in arrival order: (arrived, ticket).
     misses: VecDeque<(Instant, u64)>,
@@ -123,6 +140,7 @@ impl Gate {
             reserve: URGENT_RESERVE,
             refilled: None,
             paused_until: None,
+            held_for_misses: None,
             next_ticket: 0,
             misses: VecDeque::new(),
             renewals: BTreeMap::new(),
@@ -221,17 +239,45 @@ impl Gate {
         }
         self.refill(now);
         let renewal = self.renewals.keys().next().copied();
+        let miss = self.misses.front().copied();
+        let held = self
+            .held_for_misses
+            .filter(|(_, until, _)| *until > now)
+            .map(|(arrived, until, _)| (arrived, until));
+        // A miss that gave up keeps its place in line (when it first arrived) while it is away.
+        let urgent_first = |urgent_at: Instant, arrived: Option<Instant>| {
+            let arrived = match (arrived, held) {
+                (Some(a), Some((h, _))) => Some(a.min(h)),
+                (a, h) => a.or(h.map(|(h, _)| h)),
+            };
+            urgent_at <= now && arrived.is_none_or(|a| urgent_at <= a)
+        };
         // (A hair below one is one: rounding in the refill must not make a caller wait a
         // microsecond at a time.)
-        if let Some(rate) = self.limits.rate
-            && self.tokens < 1.0 - 1e-9
-        {
-            let per_token = self.per_token(rate);
-            let wait = Duration::from_secs_f64(((1.0 - self.tokens) * per_token).max(1e-6));
+        let bucket_wait = match self.limits.rate {
+            Some(rate) if self.tokens < 1.0 - 1e-9 => Some(Duration::from_secs_f64(
+                ((1.0 - self.tokens) * self.per_token(rate)).max(1e-6),
+            )),
+            _ => None,
+        };
+        // A turn kept for a miss that was told to come back is not a renewal's, unless the
+        // renewal was urgent before that miss came.
+        let renewals_wait = match (bucket_wait, held, miss) {
+            (Some(wait), _, _) => Some(now + wait),
+            (None, Some((_, until)), None) => match renewal {
+                Some((urgent_at, _)) if urgent_first(urgent_at, None) => None,
+                _ => Some(until),
+            },
+            (None, _, _) => None,
+        };
+        if let Some(ready) = renewals_wait {
             let Some(key @ (urgent_at, ticket)) = renewal else {
-                return Poll::WaitUntil(now + wait);
+                return Poll::WaitUntil(ready);
             };
             // The earliest renewal may draw on the reserve once it is urgent, or wait for it.
+            let Some(rate) = self.limits.rate else {
+                return Poll::WaitUntil(ready);
+            };
             if urgent_at <= now && self.reserve >= 1.0 - 1e-9 {
                 self.renewals.remove(&key);
                 self.reserve -= 1.0;
@@ -239,13 +285,12 @@ impl Gate {
                 self.sent += 1;
                 return Poll::Go(ticket);
             }
-            let reserve_wait = ((1.0 - self.reserve) * per_token / RESERVE_REFILL).max(1e-6);
+            let reserve_wait = ((1.0 - self.reserve) * self.per_token(rate) / RESERVE_REFILL).max(1e-6);
             let reserve_go = urgent_at.max(now + Duration::from_secs_f64(reserve_wait));
-            return Poll::WaitUntil((now + wait).min(reserve_go));
+            return Poll::WaitUntil(ready.min(reserve_go));
         }
-        let miss = self.misses.front().copied();
         let renewal_first = match (renewal, miss) {
-            (Some((urgent_at, _)), Some((arrived, _))) => urgent_at <= now && urgent_at <= arrived,
+            (Some((urgent_at, _)), Some((arrived, _))) => urgent_first(urgent_at, Some(arrived)),
             (Some(_), None) => true,
             (None, _) => false,
         };
@@ -256,6 +301,11 @@ impl Gate {
             }
             (_, _, Some((_, t))) => {
                 self.misses.pop_front();
+                // One of the misses the turns were kept for (or another) has had its turn.
+                self.held_for_misses = self
+                    .held_for_misses
+                    .filter(|(_, until, n)| *until > now && *n > 1)
+                    .map(|(a, u, n)| (a, u, n - 1));
                 t
             }
             _ => return Poll::Idle,
@@ -283,6 +333,26 @@ impl Gate {
         let per_token = self.per_token(rate);
         let needed = (ahead as f64 + 1.0 - self.tokens).max(0.0);
         paused.max(Duration::from_secs_f64(needed * per_token))
+    }
+
+    /// Takes out a queued miss whose caller will not wait any longer, and says when to come back:
+    /// when its turn would come, as far as the pause and the bucket tell (at least
+    /// [`MIN_RETRY`]). Until then and [`MISS_HOLD`] after, the miss keeps its place in line (a
+    /// turn is kept for it against renewals that became urgent after it came, or are not urgent),
+    /// so the caller that comes back as told is not overtaken by renewals queued meanwhile (on an
+    /// agent whose renewals use its whole `rate`, it would otherwise never find a turn free).
+    /// `None`: the ticket was not a queued miss.
+    pub fn give_up(&mut self, ticket: u64, now: Instant) -> Option<Duration> {
+        let ahead = self.misses_ahead(ticket)?;
+        let arrived = self.misses.get(ahead).map_or(now, |(a, _)| *a);
+        self.cancel(ticket);
+        let told = self.turn_in(now, ahead).max(MIN_RETRY);
+        let until = now + told + MISS_HOLD;
+        self.held_for_misses = Some(match self.held_for_misses.filter(|(_, u, _)| *u > now) {
+            Some((a, u, n)) => (a.min(arrived), u.max(until), n + 1),
+            None => (arrived, until, 1),
+        });
+        Some(told)
     }
 
     /// Undoes a [`Poll::Go`] whose caller had gone: it sent nothing.
@@ -350,6 +420,7 @@ struct Inner {
     waiting: HashMap<u64, oneshot::Sender<()>>,
     /// The time a timer task will pump the gate at, if one is armed.
     timer: Option<Instant>,
+    spacing: Spacing,
 }
 
 /// A [`Gate`] for async callers: [`Limiter::acquire`] waits for a turn.
@@ -368,6 +439,7 @@ impl Limiter {
                 gate: Gate::new(limits).with_fill(fastrand::f64()),
                 waiting: HashMap::new(),
                 timer: None,
+                spacing: Spacing::new(Instant::now(), fastrand::f64()),
             }),
             miss_wait: RwLock::new(miss_wait),
         })
@@ -447,11 +519,9 @@ impl Limiter {
             if give_up.is_some_and(|g| Instant::now() >= g) {
                 let mut inner = self.lock();
                 if inner.waiting.remove(&ticket).is_some() {
-                    let ahead = inner.gate.misses_ahead(ticket).unwrap_or(0);
-                    inner.gate.cancel(ticket);
                     queued.ticket = None;
                     let now = Instant::now();
-                    let retry = inner.gate.turn_in(now, ahead).max(Duration::from_secs(1));
+                    let retry = inner.gate.give_up(ticket, now).unwrap_or(MIN_RETRY);
                     let paused = inner.gate.paused_until(now).is_some();
                     let mut e = ProviderError::unreachable(format!(
                         "provider {:?} is {}; this request waited {}s for a turn",
@@ -574,6 +644,16 @@ impl Limiters {
             .unwrap_or_else(|p| p.into_inner())
             .get(provider)
             .cloned()
+    }
+
+    /// When to renew `t`, a token of `spec`'s provider ([`Spacing::place`]: a turn of its `rate` apart).
+    pub(crate) fn renewal_at(&self, spec: &Spec, t: &IssuedToken, s: &RefreshSettings) -> Instant {
+        let Some(l) = self.get(&spec.identity.provider) else {
+            return t.issued_at + refresh_in(t.lifetime, s, jitter_unit());
+        };
+        let Inner { gate, spacing, .. } = &mut *l.lock();
+        let turn = gate.limits().rate.map(|r| r.per / r.count.max(1));
+        spacing.place(Instant::now(), t.issued_at, t.lifetime, s, turn, jitter_unit())
     }
 
     /// Every provider's limiter, by name.
@@ -777,6 +857,67 @@ mod tests {
         assert_eq!(g.poll(until), Poll::Go(again));
     }
 
+    /// One exchange per 100 s, and renewals queued all along: a miss that gave up is told when
+    /// the next turn comes, and that turn is kept for it (2 s after), so its caller, coming back
+    /// as told, is served instead of finding the turn taken by a renewal again.
+    #[test]
+    fn a_miss_that_gave_up_finds_its_turn_kept_when_it_comes_back_as_told() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut g = Gate::new(limits(None, Some((1, 100)))).with_fill(0.0);
+        let renewals: Vec<u64> = (0..2).map(|i| g.enqueue(renewal(t0, 600 + i), t0)).collect();
+        let miss = g.enqueue(Want::Miss, t0);
+        assert_eq!(g.poll(t0), Poll::WaitUntil(t0 + s(100)));
+        // The caller waited 10 s (upstream_timeout) and goes away, told to come back in 90 s.
+        assert_eq!(g.give_up(miss, t0 + s(10)), Some(s(90)));
+        assert_eq!(g.queued(), 2, "the miss left the queue");
+        assert_eq!(
+            g.poll(t0 + s(100)),
+            Poll::WaitUntil(t0 + s(102)),
+            "the turn is kept for the caller that was told to come back"
+        );
+        let again = g.enqueue(Want::Miss, t0 + s(101));
+        assert_eq!(g.poll(t0 + s(101)), Poll::Go(again));
+        // A turn kept for no one is given to the renewals once the hold ends.
+        assert_eq!(g.give_up(renewals[0], t0 + s(101)), None, "not a miss");
+        assert_eq!(g.poll(t0 + s(201)), Poll::Go(renewals[0]));
+        let late = g.enqueue(Want::Miss, t0 + s(202));
+        assert_eq!(g.give_up(late, t0 + s(210)), Some(s(91)));
+        assert_eq!(
+            g.poll(t0 + s(303)),
+            Poll::Go(renewals[1]),
+            "its caller did not come back"
+        );
+    }
+
+    /// The caller that gave up keeps its place in line, not more: a renewal urgent since before
+    /// it came still goes first (renewals near their deadline are not starved by misses); one
+    /// that became urgent after it waits for it.
+    #[test]
+    fn a_miss_that_gave_up_keeps_its_place_behind_renewals_urgent_before_it_came() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut g = Gate::new(limits(Some(1), None));
+        let busy = g.enqueue(Want::Miss, t0);
+        assert_eq!(g.poll(t0), Poll::Go(busy));
+        let early = g.enqueue(renewal(t0, 100), t0); // urgent since t0 - 20 s
+        let miss = g.enqueue(Want::Miss, t0 + s(1));
+        let late = g.enqueue(renewal(t0, 125), t0 + s(1)); // urgent since t0 + 5 s
+        assert_eq!(g.give_up(miss, t0 + s(11)), Some(MIN_RETRY));
+        g.finished();
+        assert_eq!(g.poll(t0 + s(11)), Poll::Go(early), "urgent before the miss came");
+        g.finished();
+        assert_eq!(
+            g.poll(t0 + s(11)),
+            Poll::WaitUntil(t0 + s(14)),
+            "urgent only after the miss came: the turn is kept (1 s told + 2 s)"
+        );
+        let again = g.enqueue(Want::Miss, t0 + s(12));
+        assert_eq!(g.poll(t0 + s(12)), Poll::Go(again));
+        g.finished();
+        assert_eq!(g.poll(t0 + s(12)), Poll::Go(late));
+    }
+
     /// Through `limited`, as the agent calls it: at one exchange per 100 s, the exchange after a
     /// 429 with `Retry-After: 5` goes 5 to 31 s later (the pause, its jitter and a quarter of a
     /// refill at most), not a refill later.
@@ -823,6 +964,33 @@ mod tests {
         assert_eq!((l.view().in_flight, l.view().sent), (0, 2));
     }
 
+    /// As the agent waits: a caller that gave up behind a renewal, told `Retry-After`, is served
+    /// when it comes back as told, before the renewal queued all along.
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_that_comes_back_as_told_goes_before_the_renewal_queued_all_along() {
+        let l = Limiter::new("corp", limits(None, Some((1, 100))), Duration::from_secs(10));
+        l.lock().gate = Gate::new(limits(None, Some((1, 100)))).with_fill(0.0);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let renewing = {
+            let (l, order) = (l.clone(), order.clone());
+            tokio::spawn(async move {
+                let _p = l.acquire(renewal(Instant::now(), 3600)).await.unwrap();
+                order.lock().unwrap().push("renewal");
+            })
+        };
+        tokio::task::yield_now().await;
+        let told = l.acquire(Want::Miss).await.err().unwrap().retry_after.unwrap();
+        assert_eq!(told, Duration::from_secs(90), "the next token, 100 s after the start");
+        tokio::time::sleep(told + Duration::from_millis(500)).await;
+        let served = l.acquire(Want::Miss).await;
+        let message = served.as_ref().err().map(|e| e.message.clone());
+        assert!(served.is_ok(), "the caller that came back was not served: {message:?}");
+        order.lock().unwrap().push("miss");
+        drop(served);
+        renewing.await.unwrap();
+        assert_eq!(*order.lock().unwrap(), ["miss", "renewal"]);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_queue_behind_the_bucket_is_let_through_one_turn_at_a_time() {
         let l = Limiter::new("corp", limits(None, Some((1, 1))), Duration::from_secs(60));
@@ -842,5 +1010,58 @@ mod tests {
             assert!(pair[1] - pair[0] >= Duration::from_millis(999), "{at:?}");
         }
         assert_eq!((l.view().sent, l.view().queued), (3, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_providers_rate_spaces_the_renewals_of_its_keys_and_no_rate_does_not() {
+        use crate::config::{Grant, IdentitySettings, SubjectSource};
+        use crate::token::Secret;
+        let spec = |provider: &str| Spec {
+            identity: Arc::new(IdentitySettings {
+                name: "payments".into(),
+                provider: provider.into(),
+                grant: Grant::ClientCredentials,
+                subject: SubjectSource::Client,
+                subject_token_type: String::new(),
+                trusted_issuers: vec![],
+                actor_token_file: None,
+                actor_token_type: String::new(),
+                actor_identity: None,
+                requested_token_type: String::new(),
+                audiences: vec!["aud".into()],
+                scopes: vec![],
+            }),
+            audience: "aud".into(),
+            scopes: Default::default(),
+            subject: super::super::Credential::None,
+            actor: super::super::Credential::None,
+        };
+        let limiters = Limiters::default();
+        let (spaced, free) = (limits(None, Some((1, 100))), limits(Some(4), None));
+        limiters.configure(
+            &[("corp".into(), spaced), ("open".into(), free)],
+            Duration::from_secs(10),
+        );
+        let settings = super::super::schedule::tests::settings();
+        let hour = Duration::from_secs(3600);
+        // Four tokens of each provider issued at once; renewals due 2,700 - 3,060 s later.
+        let token = || IssuedToken::new(Secret::new("t".into()), "at".into(), String::new(), hour, None);
+        let mut at: Vec<Duration> = (0..4)
+            .map(|_| {
+                let t = token();
+                limiters.renewal_at(&spec("corp"), &t, &settings) - t.issued_at
+            })
+            .collect();
+        at.sort();
+        assert!(at.windows(2).all(|w| w[1] - w[0] >= Duration::from_secs(100)), "{at:?}");
+        assert!(at.iter().all(|a| (2700..=3060).contains(&a.as_secs())), "{at:?}");
+        // Without a rate (or without a limiter) each renewal is at the random time of its band.
+        for provider in ["open", "unconfigured"] {
+            for _ in 0..4 {
+                let t = token();
+                let due = limiters.renewal_at(&spec(provider), &t, &settings) - t.issued_at;
+                assert!((2700..=3060).contains(&due.as_secs()), "{due:?}");
+            }
+        }
     }
 }

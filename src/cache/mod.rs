@@ -597,7 +597,7 @@ async fn refresher(cache: Arc<Cache>, entry: Arc<Entry>) {
             };
             let now = Instant::now();
             let wake = if st.failures == 0 {
-                t.issued_at + refresh_in(t.lifetime, &settings, jitter_unit())
+                cache.limiters.renewal_at(&entry.spec, &t, &settings)
             } else {
                 let retry_after = st.last_error.as_deref().and_then(|(_, e)| e.retry_after);
                 let floor = hand_out_floor(t.lifetime, settings.min_remaining, Duration::ZERO);

@@ -2,7 +2,10 @@
 //! it is renewed (at `refresh_at` of its lifetime, ± jitter, before the hand-out floor), and how
 //! long a failed renewal waits (exponential backoff with full jitter, at least `Retry-After`).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::config::AgentSettings;
 
@@ -68,8 +71,108 @@ pub fn renewal_retry_in(backoff: Duration, until_deadline: Duration) -> Duration
     backoff.min((until_deadline / 2).max(LAST_CHANCE))
 }
 
+/// Where an agent places the renewals of one provider's keys, with a `rate` (one turn = one
+/// token of it): on slots a turn apart, at most one renewal per slot, so the agent's renewals do
+/// not queue behind one another for its bucket (queued renewals are what an outage takes a
+/// renewal's margin from). The slots' phase is drawn once per agent and provider and kept for as
+/// long as the agent runs, through outages and recoveries, so a fleet whose agents all renewed at
+/// once after a recovery goes back to independent phases at the next renewals instead of staying
+/// in step.
+#[derive(Debug, Clone)]
+pub struct Spacing {
+    /// The slots are at `origin + (k + phase) × turn`.
+    origin: Instant,
+    phase: f64,
+    /// Renewals placed and not yet due, by time (how many at that instant).
+    planned: BTreeMap<Instant, u32>,
+}
+
+impl Spacing {
+    /// No renewal placed yet; `phase` in 0..1 (at random: each agent its own).
+    pub fn new(origin: Instant, phase: f64) -> Spacing {
+        Spacing {
+            origin,
+            phase: phase.clamp(0.0, 1.0),
+            planned: BTreeMap::new(),
+        }
+    }
+
+    /// Renewals placed and not yet due at `now`.
+    pub fn planned(&mut self, now: Instant) -> usize {
+        self.planned = self.planned.split_off(&now);
+        self.planned.values().map(|n| *n as usize).sum()
+    }
+
+    /// When to renew a token of `lifetime` issued at `issued_at` (`unit` in -1..=1 as for
+    /// [`refresh_in`]), and notes it: without a `turn`, [`refresh_in`]'s time. With one, the free
+    /// slot (one no other planned renewal is within half a turn of) nearest to that time inside
+    /// the jitter band and not before `now`; when the band has none, the first free slot after
+    /// it, at most [`LATER`] band widths on; when there is none either (or the band holds no
+    /// slot: tokens whose band is narrower than a turn), the random time itself.
+    pub fn place(
+        &mut self,
+        now: Instant,
+        issued_at: Instant,
+        lifetime: Duration,
+        s: &RefreshSettings,
+        turn: Option<Duration>,
+        unit: f64,
+    ) -> Instant {
+        let wanted = issued_at + refresh_in(lifetime, s, unit);
+        let Some(turn) = turn.filter(|t| !t.is_zero()).map(|t| t.as_secs_f64()) else {
+            return wanted;
+        };
+        self.planned(now);
+        let at = |t: Instant| {
+            let secs = t.saturating_duration_since(self.origin).as_secs_f64()
+                - self.origin.saturating_duration_since(t).as_secs_f64();
+            secs / turn - self.phase
+        };
+        let slot = |k: f64| {
+            let secs = (k + self.phase) * turn;
+            match secs >= 0.0 {
+                true => self.origin + Duration::from_secs_f64(secs),
+                false => self
+                    .origin
+                    .checked_sub(Duration::from_secs_f64(-secs))
+                    .unwrap_or(self.origin),
+            }
+        };
+        let lo = at((issued_at + refresh_in(lifetime, s, -1.0)).max(now)).ceil();
+        let hi = at(issued_at + refresh_in(lifetime, s, 1.0)).floor();
+        let half = Duration::from_secs_f64(turn / 2.0);
+        let free = |k: f64| {
+            let t = slot(k);
+            let from = t.checked_sub(half).unwrap_or(t);
+            self.planned.range(from..t + half).next().is_none()
+        };
+        let near = at(wanted).round().clamp(lo, hi.max(lo));
+        let chosen = (0..=(hi - lo).max(0.0) as u32)
+            .flat_map(|d| [near + f64::from(d), near - f64::from(d)])
+            .find(|k| (lo..=hi).contains(k) && free(*k))
+            .or_else(|| {
+                // Every slot of the band is taken: the first free one after it (a renewal queued
+                // behind another would take the next slot's turn, and so on), `LATER` bands on
+                // at most and never past `lifetime − floor − margin`.
+                let (early, late) = (refresh_in(lifetime, s, -1.0), refresh_in(lifetime, s, 1.0));
+                let latest = refresh_in(lifetime, &RefreshSettings { refresh_at: 1.0, ..*s }, 0.0);
+                let last = at(issued_at + (late + (late - early).mul_f64(LATER)).min(latest)).floor();
+                (1..=(last - hi).max(0.0) as u32)
+                    .map(|d| hi + f64::from(d))
+                    .find(|k| free(*k))
+            })
+            .map_or(wanted, slot);
+        *self.planned.entry(chosen).or_default() += 1;
+        chosen
+    }
+}
+
+/// How far after its jitter band a renewal may be placed, in band widths, when every slot of the
+/// band is taken ([`Spacing::place`]).
+pub const LATER: f64 = 1.0;
+
 /// A uniform draw in -1..1: where in the jitter band a renewal lands.
-pub(super) fn jitter_unit() -> f64 {
+pub(crate) fn jitter_unit() -> f64 {
     fastrand::f64() * 2.0 - 1.0
 }
 
@@ -85,6 +188,59 @@ pub(super) mod tests {
             min_remaining: Duration::from_secs(30),
             idle_expiry: Duration::from_secs(1800),
         }
+    }
+
+    /// Places a renewal of a 1-hour token issued at `issued` (renewal band 2,700 - 3,060 s).
+    fn place(sp: &mut Spacing, issued: Instant, turn: Option<u64>, unit: f64) -> Instant {
+        let hour = Duration::from_secs(3600);
+        sp.place(issued, issued, hour, &settings(), turn.map(Duration::from_secs), unit)
+    }
+
+    #[test]
+    fn an_agents_renewals_are_placed_a_turn_apart_inside_their_band() {
+        let t0 = Instant::now();
+        let mut sp = Spacing::new(t0, 0.5);
+        // Five tokens issued together, all drawn at the middle of the band: with a turn of 100 s
+        // the band (360 s) holds four slots, each taken once, the fifth renewal the slot after it.
+        let mut at: Vec<Duration> = (0..5).map(|_| place(&mut sp, t0, Some(100), 0.0) - t0).collect();
+        at.sort();
+        for w in at.windows(2) {
+            assert!(w[1] - w[0] >= Duration::from_secs(100), "{at:?}");
+        }
+        assert!(at[..4].iter().all(|a| (2700..=3060).contains(&a.as_secs())), "{at:?}");
+        assert!(
+            (3060..=3420).contains(&at[4].as_secs()),
+            "one band after it at most: {at:?}"
+        );
+        assert_eq!(sp.planned(t0), 5);
+        // Renewals past are forgotten.
+        assert_eq!(sp.planned(t0 + Duration::from_secs(3000)), 2);
+    }
+
+    #[test]
+    fn the_slots_keep_their_phase_whenever_the_token_was_issued() {
+        let t0 = Instant::now();
+        let mut sp = Spacing::new(t0, 0.25);
+        let a = place(&mut sp, t0, Some(100), 0.3);
+        let b = place(&mut sp, t0 + Duration::from_millis(1_234_567), Some(100), -0.6);
+        let apart = (b - a).as_millis() % 100_000;
+        assert!(apart <= 1 || apart >= 99_999, "{:?} apart", b - a);
+        assert_eq!(
+            (a - t0).as_millis() % 100_000,
+            25_000,
+            "the agent's phase: a quarter turn"
+        );
+    }
+
+    #[test]
+    fn without_a_rate_a_renewal_is_the_random_time_of_its_band() {
+        let t0 = Instant::now();
+        let mut sp = Spacing::new(t0, 0.5);
+        let hour = Duration::from_secs(3600);
+        for unit in [-1.0, 0.0, 0.0, 0.7] {
+            assert_eq!(place(&mut sp, t0, None, unit), t0 + refresh_in(hour, &settings(), unit));
+        }
+        assert_eq!(sp.planned(t0), 0);
     }
 
     #[test]
