@@ -100,7 +100,7 @@ impl Agent {
             return None;
         }
         let line = crate::output::audit::with_time(SystemTime::now(), &again.tail);
-        let written = self.shared.audit().commit_line("token.issued", &line).await;
+        let written = self.shared.audit().write_line("token.issued", &line);
         Some(match audit_refusal(&state, written, &again.token) {
             Some(e) => Err(e),
             None => Ok(granted.clone()),

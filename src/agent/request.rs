@@ -367,10 +367,10 @@ impl Agent {
             }),
             session: session.as_ref().map(|s| s.audit_ref()),
         };
-        // The line is rendered now; the answer waits until its batch is written.
+        // The line is rendered and written now; the answer waits until it is written.
         let line = crate::output::audit::render("token.issued", &event);
         let written = match line {
-            Ok(line) => self.shared.audit().commit_line("token.issued", &line).await,
+            Ok(line) => self.shared.audit().write_line("token.issued", &line),
             Err(e) => Err(e),
         };
         if let Some(e) = super::again::audit_refusal(state, written, &token) {
