@@ -22,6 +22,7 @@ use crate::cache::Held;
 use crate::caller::Caller;
 use crate::config::Rate;
 use crate::error::ApiError;
+use crate::policy::ratelimit::Bucket;
 use crate::secrets::SecretFile;
 use crate::token::IssuedToken;
 
@@ -34,7 +35,8 @@ pub(crate) struct Again {
     pub(super) token: Arc<IssuedToken>,
     /// The subject credential file and the fingerprint of what it held.
     pub(super) subject: Option<(SecretFile, String)>,
-    pub(super) rate: Option<(String, Rate)>,
+    /// The role's rate and the caller's bucket in it (held, so it is not looked up again).
+    pub(super) rate: Option<(Arc<Bucket>, Rate)>,
     pub(super) min_valid: Duration,
     /// The `token.issued` line after its time, with `"source":"cache"`.
     pub(super) tail: Vec<u8>,
@@ -91,10 +93,9 @@ impl Agent {
                 return None;
             }
         }
-        if let Some((role, rate)) = &again.rate {
-            let process = caller.pid.map_or(-i64::from(caller.uid), i64::from);
+        if let Some((bucket, rate)) = &again.rate {
             // Over the rate: the full path refuses it and audits the refusal.
-            self.limiter.check(role, process, *rate).ok()?;
+            self.limiter.take(bucket, *rate).ok()?;
         }
         if !self.cache.again(&again.held, &again.token, again.min_valid) {
             return None;

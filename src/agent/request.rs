@@ -391,7 +391,10 @@ impl Agent {
                 held,
                 token: token.clone(),
                 subject,
-                rate: grant.role.rate.map(|r| (role.to_string(), r)),
+                rate: grant.role.rate.map(|r| {
+                    let process = caller.pid.map_or(-i64::from(caller.uid), i64::from);
+                    (self.limiter.bucket(role, process), r)
+                }),
                 min_valid,
                 tail,
             })
