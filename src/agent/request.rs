@@ -369,8 +369,9 @@ impl Agent {
         };
         // The line is rendered and written now; the answer waits until it is written.
         let line = crate::output::audit::render("token.issued", &event);
+        let audit = self.shared.audit();
         let written = match line {
-            Ok(line) => self.shared.audit().write_line("token.issued", &line),
+            Ok(line) => audit.write_line("token.issued", &line),
             Err(e) => Err(e),
         };
         if let Some(e) = super::again::audit_refusal(state, written, &token) {
@@ -387,7 +388,9 @@ impl Agent {
             )
             .ok()?;
             Some(super::again::Again {
-                state: Arc::downgrade(state),
+                generation: state.generation,
+                logins: !state.config.logins.is_empty(),
+                audit,
                 held,
                 token: token.clone(),
                 subject,
