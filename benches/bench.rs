@@ -20,7 +20,9 @@
 //! keep-alive rows of the throughput table (with their targets); `BENCH_ONLY=memory` only the
 //! memory rows, on an agent that has served nothing else; `BENCH_ONLY=memory-after` the memory
 //! rows after a short pass of every throughput point and the cold burst (as `BENCH_QUICK=1` plus
-//! the cold burst: the "after every row" figure, cheaply); `BENCH_QUICK=1` measures the
+//! the cold burst: the "after every row" figure, cheaply); `BENCH_AGENT=/path/to/cortexid`
+//! measures that binary (with its `cortexid-agent` beside it) instead of the one just built, so
+//! two builds can be run A B A B without rebuilding; `BENCH_QUICK=1` measures the
 //! throughput table (1 s per point), the `cortexid token` timing and memory only, for a quick
 //! before/after while working. `BENCH_HOLD=SECS` pauses that long, printing the agent's pid,
 //! before the first fill and after the last memory row (to look at the agent with `gdb`,
@@ -283,9 +285,16 @@ fn probe(socket: &Path, path: &str) -> Option<u16> {
 }
 
 /// Starts `cortexid agent` and returns once its socket exists, without connecting to it.
+/// The `cortexid` binary measured: `BENCH_AGENT` when set (a `cortexid` with its
+/// `cortexid-agent` beside it, e.g. a copy of an earlier build, to compare two builds on the same
+/// machine without rebuilding the bench), else the one cargo built with the bench.
+fn cortexid_exe() -> PathBuf {
+    std::env::var_os("BENCH_AGENT").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_cortexid")), PathBuf::from)
+}
+
 fn spawn_agent_unprobed(config: &Path, socket: &Path, stderr: Stdio) -> Proc {
     use std::os::unix::fs::FileTypeExt;
-    let child = Command::new(env!("CARGO_BIN_EXE_cortexid"))
+    let child = Command::new(cortexid_exe())
         .args(["agent", "--config"])
         .arg(config)
         .stdout(Stdio::null())
@@ -941,7 +950,7 @@ async fn run() {
             let mut tok = Vec::new();
             let mut tru = Vec::new();
             for i in 0..101 {
-                let (d, out) = run(Command::new(env!("CARGO_BIN_EXE_cortexid"))
+                let (d, out) = run(Command::new(cortexid_exe())
                     .arg("token")
                     .arg("--socket")
                     .arg(&socket)
@@ -1179,7 +1188,7 @@ async fn run() {
             let mut rss = 0;
             for _ in 0..20 {
                 let t = Instant::now();
-                let child = Command::new(env!("CARGO_BIN_EXE_cortexid"))
+                let child = Command::new(cortexid_exe())
                     .args(["agent", "--config"])
                     .arg(&c)
                     .stdout(Stdio::null())

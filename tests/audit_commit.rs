@@ -1,5 +1,5 @@
 //! One audit line per token, whatever the load: `token.issued` lines of concurrent requests are
-//! written together (group commit), and a token whose line was not written is never handed out.
+//! each written whole, and a token whose line was not written is never handed out.
 
 mod common;
 

@@ -15,13 +15,15 @@
 //! does not hold sends the request down the full path ([`Agent::token`]), which remembers its
 //! grant afresh.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::cache::Held;
 use crate::caller::Caller;
 use crate::config::Rate;
 use crate::error::ApiError;
+use crate::output::audit::Audit;
+use crate::policy::ratelimit::Bucket;
 use crate::secrets::SecretFile;
 use crate::token::IssuedToken;
 
@@ -29,12 +31,18 @@ use super::{Agent, Granted, State};
 
 /// What a grant needs to be handed out again (see the module's text).
 pub(crate) struct Again {
-    pub(super) state: Weak<State>,
+    /// The generation of the configuration it was decided under ([`State::generation`]).
+    pub(super) generation: u64,
+    /// Whether that configuration has `[[login]]`s (then a caller's session may change its role).
+    pub(super) logins: bool,
+    /// The audit log of that configuration.
+    pub(super) audit: Arc<Audit>,
     pub(super) held: Held,
     pub(super) token: Arc<IssuedToken>,
     /// The subject credential file and the fingerprint of what it held.
     pub(super) subject: Option<(SecretFile, String)>,
-    pub(super) rate: Option<(String, Rate)>,
+    /// The role's rate and the caller's bucket in it (held, so it is not looked up again).
+    pub(super) rate: Option<(Arc<Bucket>, Rate)>,
     pub(super) min_valid: Duration,
     /// The `token.issued` line after its time, with `"source":"cache"`.
     pub(super) tail: Vec<u8>,
@@ -78,11 +86,12 @@ impl Agent {
     ) -> Option<Result<Arc<Granted>, ApiError>> {
         let granted = memo.get(query)?;
         let again = granted.again.as_ref()?;
-        let state = self.state();
-        if !std::ptr::eq(Arc::as_ptr(&state), again.state.as_ptr()) {
+        // Read-only shared state only: a reload bumps the generation (no lock, no reference
+        // count taken here).
+        if self.shared.generation() != again.generation {
             return None;
         }
-        if !state.config.logins.is_empty() && !self.people.claims_of(caller.uid).is_empty() {
+        if again.logins && !self.people.claims_of(caller.uid).is_empty() {
             return None;
         }
         if let Some((file, fingerprint)) = &again.subject {
@@ -91,17 +100,16 @@ impl Agent {
                 return None;
             }
         }
-        if let Some((role, rate)) = &again.rate {
-            let process = caller.pid.map_or(-i64::from(caller.uid), i64::from);
+        if let Some((bucket, rate)) = &again.rate {
             // Over the rate: the full path refuses it and audits the refusal.
-            self.limiter.check(role, process, *rate).ok()?;
+            self.limiter.take(bucket, *rate).ok()?;
         }
         if !self.cache.again(&again.held, &again.token, again.min_valid) {
             return None;
         }
         let line = crate::output::audit::with_time(SystemTime::now(), &again.tail);
-        let written = self.shared.audit().commit_line("token.issued", &line).await;
-        Some(match audit_refusal(&state, written, &again.token) {
+        let written = again.audit.write_line("token.issued", &line);
+        Some(match audit_refusal(&self.state(), written, &again.token) {
             Some(e) => Err(e),
             None => Ok(granted.clone()),
         })

@@ -13,6 +13,7 @@ mod sinks;
 mod status;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio_util::sync::CancellationToken;
@@ -33,11 +34,17 @@ pub use request::TokenAsk;
 pub struct State {
     pub config: Arc<Config>,
     pub providers: Providers,
+    /// Which configuration this is: every applied reload makes a new one (see
+    /// [`Shared::generation`]).
+    pub(crate) generation: u64,
 }
 
 /// What the agent shares with its cache's exchanger.
 struct Shared {
     state: RwLock<Arc<State>>,
+    /// The generation of the newest configuration, moved on at the start of every reload that
+    /// applies: a grant remembered under an older one is decided again (`again.rs`).
+    generation: AtomicU64,
     audit: RwLock<Arc<Audit>>,
     metrics: crate::output::metrics::Metrics,
     /// People's sessions (set once, right after the agent is made).
@@ -47,6 +54,9 @@ struct Shared {
 impl Shared {
     fn state(&self) -> Arc<State> {
         self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
     fn audit(&self) -> Arc<Audit> {
         self.audit.read().unwrap_or_else(|p| p.into_inner()).clone()
@@ -91,7 +101,9 @@ impl Agent {
             state: RwLock::new(Arc::new(State {
                 config: Arc::new(config),
                 providers,
+                generation: 0,
             })),
+            generation: AtomicU64::new(0),
             audit: RwLock::new(audit),
             people: Default::default(),
         });
@@ -222,6 +234,9 @@ impl Agent {
     pub(crate) fn apply(&self, config: Config) -> Result<(), ProviderSetupError> {
         let old = self.state();
         let providers = exchanger::providers_for(&config, Some(&old.providers))?;
+        // Before anything changes: from here on no grant of an older configuration is handed
+        // out again.
+        let generation = self.shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let config = Arc::new(config);
         if old.config.agent.state_dir != config.agent.state_dir
             || old.config.agent.state_key_file != config.agent.state_key_file
@@ -262,7 +277,11 @@ impl Agent {
             *self.shared.audit.write().unwrap_or_else(|p| p.into_inner()) =
                 Arc::new(Audit::open(&config.agent.audit_log));
         }
-        *self.shared.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(State { config, providers });
+        *self.shared.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(State {
+            config,
+            providers,
+            generation,
+        });
         Ok(())
     }
 

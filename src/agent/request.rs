@@ -367,10 +367,11 @@ impl Agent {
             }),
             session: session.as_ref().map(|s| s.audit_ref()),
         };
-        // The line is rendered now; the answer waits until its batch is written.
+        // The line is rendered and written now; the answer waits until it is written.
         let line = crate::output::audit::render("token.issued", &event);
+        let audit = self.shared.audit();
         let written = match line {
-            Ok(line) => self.shared.audit().commit_line("token.issued", &line).await,
+            Ok(line) => audit.write_line("token.issued", &line),
             Err(e) => Err(e),
         };
         if let Some(e) = super::again::audit_refusal(state, written, &token) {
@@ -387,11 +388,16 @@ impl Agent {
             )
             .ok()?;
             Some(super::again::Again {
-                state: Arc::downgrade(state),
+                generation: state.generation,
+                logins: !state.config.logins.is_empty(),
+                audit,
                 held,
                 token: token.clone(),
                 subject,
-                rate: grant.role.rate.map(|r| (role.to_string(), r)),
+                rate: grant.role.rate.map(|r| {
+                    let process = caller.pid.map_or(-i64::from(caller.uid), i64::from);
+                    (self.limiter.bucket(role, process), r)
+                }),
                 min_valid,
                 tail,
             })

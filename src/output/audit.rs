@@ -1,33 +1,26 @@
 //! Audit events (`docs/audit.md`): one JSON object per line, to a file, the journal, or stderr.
 //!
 //! Writing is complete before a token is handed out: with `audit_failure = "closed"` a
-//! `token.issued` event that cannot be written means no token. `token.issued` lines of requests
-//! answered at the same moment share one write ([`Audit::commit_line`], `group_commit.rs`);
-//! other events are written one by one. Events never hold a token or secret; tokens are named by
-//! `jti` and fingerprint.
+//! `token.issued` event that cannot be written means no token. Each event is written by itself,
+//! by one `write(2)` of its whole line and without a lock around it (a file: `append.rs`), so no
+//! answer waits for another request's write. Events never hold a token or secret; tokens are
+//! named by `jti` and fingerprint.
 
-use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use crate::config::AuditTarget;
 
-use super::group_commit::GroupCommit;
+use super::append::AppendFile;
 
-/// How often a file sink checks whether log rotation moved its file away.
-const ROTATION_CHECK: Duration = Duration::from_secs(1);
 const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 
+/// Where events go. None of them is behind a lock of the agent's: the file and the journal
+/// socket take concurrent writes whole; stderr is locked by the standard library (its lines
+/// must not interleave with the log's).
 enum Writer {
-    File {
-        path: PathBuf,
-        file: Option<File>,
-        ino: Option<(u64, u64)>,
-        checked: Instant,
-    },
+    File(AppendFile),
     Stderr,
     Journal(Option<UnixDatagram>),
 }
@@ -47,7 +40,7 @@ pub(crate) fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
 
 /// The audit log.
 pub struct Audit {
-    writer: GroupCommit<Writer>,
+    writer: Writer,
     target: AuditTarget,
 }
 
@@ -57,38 +50,23 @@ impl std::fmt::Debug for Audit {
     }
 }
 
-/// Opens the audit file: never through a link, only a file the agent owns (`crate::files`).
-fn open_append(path: &Path) -> std::io::Result<(File, (u64, u64))> {
-    let file = crate::files::open_append_owned(path)?;
-    let m = file.metadata()?;
-    Ok((file, (m.dev(), m.ino())))
-}
-
 impl Audit {
     /// Opens the target. A file that cannot be opened now is retried at every event (and on
     /// SIGHUP), so a fixed path starts working without a restart.
     pub fn open(target: &AuditTarget) -> Audit {
         let writer = match target {
             AuditTarget::File(path) => {
-                let (file, ino) = match open_append(path) {
-                    Ok((f, i)) => (Some(f), Some(i)),
-                    Err(e) => {
-                        tracing::error!(path = %path.display(), error = %e, "cannot open the audit log");
-                        (None, None)
-                    }
-                };
-                Writer::File {
-                    path: path.clone(),
-                    file,
-                    ino,
-                    checked: Instant::now(),
+                let (file, error) = AppendFile::open(path);
+                if let Some(e) = error {
+                    tracing::error!(path = %path.display(), error = %e, "cannot open the audit log");
                 }
+                Writer::File(file)
             }
             AuditTarget::Stderr => Writer::Stderr,
             AuditTarget::Journal => Writer::Journal(UnixDatagram::unbound().ok()),
         };
         Audit {
-            writer: GroupCommit::new(writer),
+            writer,
             target: target.clone(),
         }
     }
@@ -99,28 +77,10 @@ impl Audit {
 
     /// Reopens a file target (SIGHUP, log rotation).
     pub(crate) fn reopen(&self) -> std::io::Result<()> {
-        let mut w = self.writer.target();
-        if let Writer::File {
-            path,
-            file,
-            ino,
-            checked,
-        } = &mut *w
-        {
-            *checked = Instant::now();
-            match open_append(path) {
-                Ok((f, i)) => {
-                    *file = Some(f);
-                    *ino = Some(i);
-                }
-                Err(e) => {
-                    *file = None;
-                    *ino = None;
-                    return Err(e);
-                }
-            }
+        match &self.writer {
+            Writer::File(file) => file.reopen(),
+            Writer::Stderr | Writer::Journal(_) => Ok(()),
         }
-        Ok(())
     }
 
     /// Writes one event: `{"ts":..., "event": name, ...fields}`. Returns an error if the event
@@ -133,17 +93,33 @@ impl Audit {
     /// struct on the hot path, so no intermediate map is built).
     pub(crate) fn write_event<T: serde::Serialize + ?Sized>(&self, event: &str, fields: &T) -> std::io::Result<()> {
         let line = render(event, fields)?;
-        write_lines(&mut self.writer.target(), event, &line)
+        self.write_line(event, &line)
     }
 
-    /// Writes one line [`render`]ed for `event` in a batch with the lines other requests commit
-    /// at the same moment; returns once the batch was written, or with the error that every line
-    /// of the batch shares. The journal takes one datagram per event, so its lines go one by one.
-    pub(crate) async fn commit_line(&self, event: &str, line: &[u8]) -> std::io::Result<()> {
-        if matches!(self.target, AuditTarget::Journal) {
-            return write_lines(&mut self.writer.target(), event, line);
+    /// Writes one line [`render`]ed for `event`, whole; an error if it was not written whole.
+    pub(crate) fn write_line(&self, event: &str, line: &[u8]) -> std::io::Result<()> {
+        match &self.writer {
+            Writer::File(file) => file.write(line),
+            Writer::Stderr => {
+                let mut err = std::io::stderr().lock();
+                err.write_all(line)?;
+                err.flush()
+            }
+            Writer::Journal(sock) => {
+                let sock = sock
+                    .as_ref()
+                    .ok_or_else(|| std::io::Error::other("no journal socket"))?;
+                let message = line.strip_suffix(b"\n").unwrap_or(line);
+                let mut datagram = Vec::with_capacity(message.len() + 96);
+                datagram.extend_from_slice(b"SYSLOG_IDENTIFIER=cortexid-audit\nCORTEXID_EVENT=");
+                datagram.extend_from_slice(event.as_bytes());
+                datagram.extend_from_slice(b"\nPRIORITY=6\nMESSAGE\n");
+                datagram.extend_from_slice(&(message.len() as u64).to_le_bytes());
+                datagram.extend_from_slice(message);
+                datagram.push(b'\n');
+                sock.send_to(&datagram, JOURNAL_SOCKET).map(|_| ())
+            }
         }
-        self.writer.commit(line, |w, lines| write_lines(w, event, lines)).await
     }
 }
 
@@ -182,55 +158,12 @@ pub(crate) fn with_time(at: SystemTime, tail: &[u8]) -> Vec<u8> {
     line
 }
 
-/// Writes complete lines (one or more, each ending in a newline) to the target; `event` names
-/// them for the journal, which only ever gets one line at a time.
-fn write_lines(w: &mut Writer, event: &str, lines: &[u8]) -> std::io::Result<()> {
-    match w {
-        Writer::Stderr => {
-            let mut err = std::io::stderr().lock();
-            err.write_all(lines)?;
-            err.flush()
-        }
-        Writer::Journal(sock) => {
-            let sock = sock
-                .as_ref()
-                .ok_or_else(|| std::io::Error::other("no journal socket"))?;
-            let message = lines.strip_suffix(b"\n").unwrap_or(lines);
-            let mut datagram = Vec::with_capacity(message.len() + 96);
-            datagram.extend_from_slice(b"SYSLOG_IDENTIFIER=cortexid-audit\nCORTEXID_EVENT=");
-            datagram.extend_from_slice(event.as_bytes());
-            datagram.extend_from_slice(b"\nPRIORITY=6\nMESSAGE\n");
-            datagram.extend_from_slice(&(message.len() as u64).to_le_bytes());
-            datagram.extend_from_slice(message);
-            datagram.push(b'\n');
-            sock.send_to(&datagram, JOURNAL_SOCKET).map(|_| ())
-        }
-        Writer::File {
-            path,
-            file,
-            ino,
-            checked,
-        } => {
-            // Log rotation: the file we hold was moved away or deleted; follow the path.
-            if file.is_none() || checked.elapsed() >= ROTATION_CHECK {
-                *checked = Instant::now();
-                let current = std::fs::metadata(&*path).ok().map(|m| (m.dev(), m.ino()));
-                if file.is_none() || current != *ino {
-                    let (f, i) = open_append(path)?;
-                    *file = Some(f);
-                    *ino = Some(i);
-                }
-            }
-            let f = file
-                .as_mut()
-                .ok_or_else(|| std::io::Error::other("audit log not open"))?;
-            f.write_all(lines)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::super::append::ROTATION_CHECK;
     use super::*;
 
     #[test]

@@ -1,9 +1,9 @@
 //! What the agent writes for others to read: the audit log ([`audit`]; repeated denials
-//! collapsed by [`denials`]; `token.issued` lines written in batches by `group_commit`), token files
-//! ([`sink`]) and Prometheus metrics ([`metrics`]).
+//! collapsed by [`denials`]; the file written without a lock by `append`), token files ([`sink`])
+//! and Prometheus metrics ([`metrics`]).
 
+mod append;
 pub mod audit;
 pub mod denials;
-mod group_commit;
 pub mod metrics;
 pub mod sink;
