@@ -66,6 +66,8 @@ pub const RESERVE_REFILL: f64 = 0.5;
 pub const MISS_HOLD: Duration = Duration::from_secs(2);
 /// The shortest `Retry-After` told to a miss that gave up.
 pub const MIN_RETRY: Duration = Duration::from_secs(1);
+/// At most this many turns are kept for misses at once (the oldest goes first).
+const MAX_HOLDS: usize = 256;
 
 /// The limits of one provider (`[[provider]] max_concurrent` and `rate`); none means unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -117,9 +119,9 @@ pub struct Gate {
     reserve: f64,
     refilled: Option<Instant>,
     paused_until: Option<Instant>,
-    /// Turns kept for misses that gave up (see [`MISS_HOLD`]): when the earliest of them
-    /// arrived (renewals urgent since before that still go first), until when, and for how many.
-    held_for_misses: Option<(Instant, Instant, u32)>,
+    /// Turns kept for misses that gave up (see [`MISS_HOLD`]), each ending on its own: when the
+    /// miss arrived (renewals urgent since before that still go first) and until when.
+    held_for_misses: VecDeque<(Instant, Instant)>,
     next_ticket: u64,
     /// Misses, in arrival order: (arrived, ticket).
     misses: VecDeque<(Instant, u64)>,
@@ -140,7 +142,7 @@ impl Gate {
             reserve: URGENT_RESERVE,
             refilled: None,
             paused_until: None,
-            held_for_misses: None,
+            held_for_misses: VecDeque::new(),
             next_ticket: 0,
             misses: VecDeque::new(),
             renewals: BTreeMap::new(),
@@ -240,10 +242,8 @@ impl Gate {
         self.refill(now);
         let renewal = self.renewals.keys().next().copied();
         let miss = self.misses.front().copied();
-        let held = self
-            .held_for_misses
-            .filter(|(_, until, _)| *until > now)
-            .map(|(arrived, until, _)| (arrived, until));
+        self.held_for_misses.retain(|(_, until)| *until > now);
+        let held = (self.held_for_misses.iter().map(|h| h.0).min()).zip(self.held_for_misses.iter().map(|h| h.1).min());
         // A miss that gave up keeps its place in line (when it first arrived) while it is away.
         let urgent_first = |urgent_at: Instant, arrived: Option<Instant>| {
             let arrived = match (arrived, held) {
@@ -302,10 +302,7 @@ impl Gate {
             (_, _, Some((_, t))) => {
                 self.misses.pop_front();
                 // One of the misses the turns were kept for (or another) has had its turn.
-                self.held_for_misses = self
-                    .held_for_misses
-                    .filter(|(_, until, n)| *until > now && *n > 1)
-                    .map(|(a, u, n)| (a, u, n - 1));
+                self.held_for_misses.pop_front();
                 t
             }
             _ => return Poll::Idle,
@@ -348,10 +345,11 @@ impl Gate {
         self.cancel(ticket);
         let told = self.turn_in(now, ahead).max(MIN_RETRY);
         let until = now + told + MISS_HOLD;
-        self.held_for_misses = Some(match self.held_for_misses.filter(|(_, u, _)| *u > now) {
-            Some((a, u, n)) => (a.min(arrived), u.max(until), n + 1),
-            None => (arrived, until, 1),
-        });
+        self.held_for_misses.retain(|(_, u)| *u > now);
+        if self.held_for_misses.len() >= MAX_HOLDS {
+            self.held_for_misses.pop_front();
+        }
+        self.held_for_misses.push_back((arrived, until));
         Some(told)
     }
 
@@ -916,6 +914,29 @@ mod tests {
         assert_eq!(g.poll(t0 + s(12)), Poll::Go(again));
         g.finished();
         assert_eq!(g.poll(t0 + s(12)), Poll::Go(late));
+    }
+
+    /// Each kept turn ends on its own: a miss that gives up while another's turn is still kept
+    /// does not stretch the first one's place in line (else renewals urgent after the first miss
+    /// would wait behind misses for as long as misses kept giving up).
+    #[test]
+    fn each_kept_turn_ends_on_its_own() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut g = Gate::new(limits(Some(1), None));
+        let busy = g.enqueue(Want::Miss, t0);
+        assert_eq!(g.poll(t0), Poll::Go(busy));
+        let first = g.enqueue(Want::Miss, t0 + s(1));
+        let late = g.enqueue(renewal(t0, 125), t0 + s(1)); // urgent since t0 + 5 s
+        assert_eq!(g.give_up(first, t0 + s(11)), Some(MIN_RETRY)); // kept until t0 + 14 s
+        let second = g.enqueue(Want::Miss, t0 + s(12));
+        assert!(g.give_up(second, t0 + s(13)).is_some()); // kept until t0 + 16 s at least
+        g.finished();
+        assert_eq!(
+            g.poll(t0 + s(15)),
+            Poll::Go(late),
+            "urgent before the second miss came, and the first one's turn is over"
+        );
     }
 
     /// Through `limited`, as the agent calls it: at one exchange per 100 s, the exchange after a
