@@ -146,6 +146,10 @@ impl Spacing {
             let from = t.checked_sub(half).unwrap_or(t);
             self.planned.range(from..t + half).next().is_none()
         };
+        if at(issued_at + refresh_in(lifetime, s, -1.0)).ceil() > hi {
+            // The band holds no slot (a band narrower than a turn): the random time, not noted.
+            return wanted;
+        }
         let near = at(wanted).round().clamp(lo, hi.max(lo));
         let chosen = (0..=(hi - lo).max(0.0) as u32)
             .flat_map(|d| [near + f64::from(d), near - f64::from(d)])
@@ -215,6 +219,17 @@ pub(super) mod tests {
         assert_eq!(sp.planned(t0), 5);
         // Renewals past are forgotten.
         assert_eq!(sp.planned(t0 + Duration::from_secs(3000)), 2);
+    }
+
+    #[test]
+    fn a_band_narrower_than_a_turn_keeps_its_random_time() {
+        let t0 = Instant::now();
+        let mut sp = Spacing::new(t0, 0.5);
+        // Slots at 500 s + k × 1000 s: none inside the band (2700..3060 s).
+        for _ in 0..2 {
+            assert_eq!(place(&mut sp, t0, Some(1000), 0.0) - t0, Duration::from_secs(2880));
+        }
+        assert_eq!(sp.planned(t0), 0, "not noted: it takes no slot");
     }
 
     #[test]
