@@ -5,7 +5,10 @@
 //! write, so concurrent writers' lines never interleave and no writer waits for another in user
 //! space (a writer preempted in the middle of its line holds up no one else's). A write that
 //! returns fewer bytes than the line (the disk filled up) is an error like any other: the line
-//! is not retried, so its `token.issued` token is not handed out with `audit_failure = "closed"`.
+//! is not retried, so its `token.issued` token is not handed out with `audit_failure = "closed"`;
+//! the next write starts with a newline, so the fragment stays a line of its own and the next
+//! line is whole (a reader skips the fragment as unparsable). This holds for local file systems;
+//! over NFS or FUSE, appends of concurrent writers are not guaranteed to be whole.
 //!
 //! Log rotation is followed as before: about once per [`ROTATION_CHECK`] one writer (whichever
 //! is first past the time) compares the path's inode with the open file's and reopens the path if
@@ -16,7 +19,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -41,6 +44,9 @@ pub(super) struct AppendFile {
     /// When the next rotation check is due, in nanoseconds since `epoch`.
     next_check: AtomicU64,
     epoch: Instant,
+    /// A write ended part-way through its line (the disk filled up): the next write starts with
+    /// a newline, so the line it carries is not glued to the fragment.
+    torn: AtomicBool,
 }
 
 /// Opens the audit file: never through a link, only a file the agent owns (`crate::files`).
@@ -67,6 +73,7 @@ impl AppendFile {
             reopening: Mutex::new(()),
             next_check: AtomicU64::new(nanos(ROTATION_CHECK)),
             epoch,
+            torn: AtomicBool::new(false),
         };
         (file, error)
     }
@@ -93,10 +100,20 @@ impl AppendFile {
             opened = Some(self.follow()?);
         }
         let opened = opened.ok_or_else(|| std::io::Error::other("audit log not open"))?;
+        let mended;
+        let lines = if self.torn.load(Ordering::Relaxed) && self.torn.swap(false, Ordering::Relaxed) {
+            mended = [b"\n", lines].concat();
+            &mended[..]
+        } else {
+            lines
+        };
         loop {
             match (&opened.file).write(lines) {
                 Ok(n) if n == lines.len() => return Ok(()),
                 Ok(n) => {
+                    if n > 0 {
+                        self.torn.store(true, Ordering::Relaxed);
+                    }
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::WriteZero,
                         format!("only {n} of the {} bytes of an audit line were written", lines.len()),
@@ -193,6 +210,28 @@ mod tests {
             seen[t] += 1;
         }
         assert_eq!(seen, [LINES; THREADS], "every line of every thread, once");
+    }
+
+    /// After a write that ended part-way through its line, the next line starts on a line of
+    /// its own, and the one after that is written as it is.
+    #[test]
+    fn the_line_after_a_torn_one_starts_on_a_line_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (file, _) = AppendFile::open(&path);
+        file.write(b"{\"whole\":1}\n").unwrap();
+        // What a short write leaves behind (the disk filled up part-way through the line).
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"to")
+            .unwrap();
+        file.torn.store(true, Ordering::Relaxed);
+        file.write(b"{\"next\":2}\n").unwrap();
+        file.write(b"{\"then\":3}\n").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"whole\":1}\n{\"to\n{\"next\":2}\n{\"then\":3}\n");
     }
 
     /// A path that cannot be opened fails each write and is tried again at the next one.
