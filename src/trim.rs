@@ -92,9 +92,19 @@ pub fn anonymous_bytes() -> Option<u64> {
 pub fn heap_in_use() -> Option<u64> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
+        // Looked up when first needed, not linked: `mallinfo2` is glibc 2.33's, and an agent
+        // built against a newer glibc still starts on an older one (then without this thread).
+        type MallInfo2 = unsafe extern "C" fn() -> libc::mallinfo2;
+        static MALLINFO2: std::sync::OnceLock<Option<MallInfo2>> = std::sync::OnceLock::new();
+        let mallinfo2 = (*MALLINFO2.get_or_init(|| {
+            // SAFETY: a NUL-terminated name looked up in the objects already loaded.
+            let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"mallinfo2".as_ptr()) };
+            // SAFETY: glibc's `mallinfo2` has this signature (malloc.h).
+            (!p.is_null()).then(|| unsafe { std::mem::transmute::<*mut libc::c_void, MallInfo2>(p) })
+        }))?;
         // SAFETY: mallinfo2 takes no argument and returns a plain struct; it only takes the
         // arenas' own locks.
-        let info = unsafe { libc::mallinfo2() };
+        let info = unsafe { mallinfo2() };
         Some((info.uordblks as u64).saturating_add(info.hblkhd as u64))
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
