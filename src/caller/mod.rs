@@ -118,8 +118,11 @@ impl Caller {
             Some(exe) => s.push_str(&format!(", exe {exe}")),
             None => s.push_str(", exe unknown"),
         }
-        if let Namespace::Other { .. } = self.namespaces.mount {
-            s.push_str(" (a path in the caller's own mount namespace)");
+        match self.namespaces.mount {
+            Namespace::Other { .. } => s.push_str(" (a path in the caller's own mount namespace)"),
+            // No role looks at the executable: its name is as the caller's mount namespace has it.
+            Namespace::NotRead if self.exe.is_some() => s.push_str(" (mount namespace not read)"),
+            _ => {}
         }
         if let Some(why) = &self.unreadable {
             s.push_str(&format!(" (process attributes unreadable: {why})"));
@@ -473,6 +476,9 @@ mod tests {
         let some = read(Needs { namespaces: false });
         assert_eq!(some.namespaces, Namespaces::NOT_READ);
         assert_eq!(some.unreadable, None);
+        // A refusal does not present the executable's name as checked.
+        assert!(some.describe().contains("(mount namespace not read)"));
+        assert!(!all.describe().contains("mount namespace"));
         assert_eq!(
             (&some.exe, &some.executable, &some.unit),
             (&all.exe, &all.executable, &all.unit)
