@@ -96,16 +96,18 @@ impl Agent {
         }
         if let Some((file, fingerprint)) = &again.subject {
             let now = self.creds.read(file).ok()?;
-            if now.fingerprint() != *fingerprint {
+            if now.fingerprint_str() != fingerprint {
                 return None;
             }
+        }
+        // The cache first: a token renewed meanwhile goes the full path, which takes the rate's
+        // turn itself (taken here too, it would be taken twice for one request).
+        if !self.cache.again(&again.held, &again.token, again.min_valid) {
+            return None;
         }
         if let Some((bucket, rate)) = &again.rate {
             // Over the rate: the full path refuses it and audits the refusal.
             self.limiter.take(bucket, *rate).ok()?;
-        }
-        if !self.cache.again(&again.held, &again.token, again.min_valid) {
-            return None;
         }
         let line = crate::output::audit::with_time(SystemTime::now(), &again.tail);
         let written = again.audit.write_line("token.issued", &line);
