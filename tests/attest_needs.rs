@@ -29,16 +29,6 @@ fn python3() -> PathBuf {
     std::fs::canonicalize(path).unwrap()
 }
 
-/// Whether an unprivileged uid may make a user namespace here.
-fn unprivileged_userns() -> bool {
-    std::process::Command::new("unshare")
-        .args(["-Ur", "true"])
-        .uid(ATTACKER)
-        .gid(ATTACKER)
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Asks for a token on one connection (`argv[2]`), waits for a line on stdin, asks again on the
 /// same connection (`argv[3]`), then on a new one (`argv[4]`); prints "status description" for
 /// each answer. Three different asks: identical denials of one uid would share one audit line.
@@ -100,7 +90,7 @@ fn reasons(h: &Harness, answer: &str) -> String {
 #[tokio::test]
 async fn a_connection_from_before_the_first_role_on_the_executable_is_refused_by_it_until_it_connects_again() {
     let mut places = vec![false];
-    if unprivileged_userns() {
+    if unprivileged_userns(ATTACKER) {
         places.push(true);
     } else if std::env::var_os("CI").is_some_and(|v| v == "true") {
         panic!("unprivileged user namespaces (`unshare -Ur` as uid {ATTACKER}) are needed under CI=true");

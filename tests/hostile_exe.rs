@@ -33,17 +33,6 @@ enum Place {
     OwnUser,
 }
 
-/// Whether an unprivileged uid may make a user namespace here (`kernel.unprivileged_userns_clone`,
-/// `user.max_user_namespaces`, an AppArmor restriction can all forbid it).
-fn unprivileged_userns() -> bool {
-    std::process::Command::new("unshare")
-        .args(["-Ur", "true"])
-        .uid(ATTACKER)
-        .gid(ATTACKER)
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Runs `<run> token ARGS` as `uid` in `place`, after bind-mounting `bind.0` over `bind.1` there.
 async fn token_in(
     place: Place,
@@ -134,7 +123,7 @@ async fn harness(roles: Vec<Role>) -> Harness {
 /// namespaces. (Another mount namespace alone is matched by file: see `policy/executable.rs`.)
 fn elsewhere() -> Vec<(Place, &'static str)> {
     let mut places = Vec::new();
-    if unprivileged_userns() {
+    if unprivileged_userns(ATTACKER) {
         places.push((Place::OwnUserAndMount, "another user namespace"));
         places.push((Place::OwnUser, "another user namespace"));
     } else if std::env::var_os("CI").is_some_and(|v| v == "true") {
@@ -149,7 +138,7 @@ fn elsewhere() -> Vec<(Place, &'static str)> {
 
 #[tokio::test]
 async fn a_program_bind_mounted_over_the_allowed_path_in_a_namespace_of_its_own_is_refused() {
-    let place = if unprivileged_userns() {
+    let place = if unprivileged_userns(ATTACKER) {
         Place::OwnUserAndMount
     } else {
         eprintln!(

@@ -1035,28 +1035,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_providers_rate_spaces_the_renewals_of_its_keys_and_no_rate_does_not() {
-        use crate::config::{Grant, IdentitySettings, SubjectSource};
         use crate::token::Secret;
-        let spec = |provider: &str| Spec {
-            identity: Arc::new(IdentitySettings {
-                name: "payments".into(),
-                provider: provider.into(),
-                grant: Grant::ClientCredentials,
-                subject: SubjectSource::Client,
-                subject_token_type: String::new(),
-                trusted_issuers: vec![],
-                actor_token_file: None,
-                actor_token_type: String::new(),
-                actor_identity: None,
-                requested_token_type: String::new(),
-                audiences: vec!["aud".into()],
-                scopes: vec![],
-            }),
-            audience: "aud".into(),
-            scopes: Default::default(),
-            subject: super::super::Credential::None,
-            actor: super::super::Credential::None,
-        };
+        let spec = super::super::tests::spec_at;
         let limiters = Limiters::default();
         let (spaced, free) = (limits(None, Some((1, 100))), limits(Some(4), None));
         limiters.configure(

@@ -689,10 +689,15 @@ mod tests {
     }
 
     fn spec() -> Spec {
+        spec_at("corp")
+    }
+
+    /// A client-credentials key of identity `payments` at `provider` (also the limiter's tests').
+    pub(super) fn spec_at(provider: &str) -> Spec {
         Spec {
             identity: Arc::new(IdentitySettings {
                 name: "payments".into(),
-                provider: "corp".into(),
+                provider: provider.into(),
                 grant: Grant::ClientCredentials,
                 subject: SubjectSource::Client,
                 subject_token_type: String::new(),

@@ -212,6 +212,18 @@ impl Harness {
     }
 }
 
+/// Whether `uid` may make a user namespace here (`kernel.unprivileged_userns_clone`,
+/// `user.max_user_namespaces`, an AppArmor restriction can all forbid it).
+pub fn unprivileged_userns(uid: u32) -> bool {
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new("unshare")
+        .args(["-Ur", "true"])
+        .uid(uid)
+        .gid(uid)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Starts `python3 -c script args…` as `uid` (and as group `uid`), stdin and stdout piped, stderr
 /// shown, killed when dropped: the attacker of the hostile tests.
 pub fn attacker<I, S>(uid: u32, script: &str, args: I) -> tokio::process::Child
