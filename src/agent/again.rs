@@ -27,16 +27,18 @@ use crate::policy::ratelimit::Bucket;
 use crate::secrets::SecretFile;
 use crate::token::IssuedToken;
 
-use super::{Agent, Granted, State};
+use super::{Agent, Granted};
 
 /// What a grant needs to be handed out again (see the module's text).
 pub(crate) struct Again {
-    /// The generation of the configuration it was decided under ([`State::generation`]).
+    /// The generation of the configuration it was decided under ([`super::State::generation`]).
     pub(super) generation: u64,
     /// Whether that configuration has `[[login]]`s (then a caller's session may change its role).
     pub(super) logins: bool,
-    /// The audit log of that configuration.
+    /// The audit log of that configuration, and what its `audit_failure` says of a line that
+    /// cannot be written.
     pub(super) audit: Arc<Audit>,
+    pub(super) audit_failure: crate::config::AuditFailure,
     pub(super) held: Held,
     pub(super) token: Arc<IssuedToken>,
     /// The subject credential file and the fingerprint of what it held.
@@ -111,7 +113,7 @@ impl Agent {
         }
         let line = crate::output::audit::with_time(SystemTime::now(), &again.tail);
         let written = again.audit.write_line("token.issued", &line);
-        Some(match audit_refusal(&self.state(), written, &again.token) {
+        Some(match audit_refusal(again.audit_failure, written, &again.token) {
             Some(e) => Err(e),
             None => Ok(granted.clone()),
         })
@@ -120,10 +122,14 @@ impl Agent {
 
 /// What a token whose `token.issued` line could not be written becomes: a refusal with
 /// `audit_failure = "closed"`, nothing with `"open"` (the failure is logged either way).
-pub(super) fn audit_refusal(state: &State, written: std::io::Result<()>, token: &IssuedToken) -> Option<ApiError> {
+pub(super) fn audit_refusal(
+    audit_failure: crate::config::AuditFailure,
+    written: std::io::Result<()>,
+    token: &IssuedToken,
+) -> Option<ApiError> {
     let e = written.err()?;
     tracing::error!(error = %e, fingerprint = %token.fingerprint, "cannot write the token.issued audit event");
-    (state.config.agent.audit_failure == crate::config::AuditFailure::Closed).then(|| {
+    (audit_failure == crate::config::AuditFailure::Closed).then(|| {
         ApiError::new(
             crate::error::ErrorKind::AuditUnavailable,
             format!(

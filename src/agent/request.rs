@@ -374,7 +374,7 @@ impl Agent {
             Ok(line) => audit.write_line("token.issued", &line),
             Err(e) => Err(e),
         };
-        if let Some(e) = super::again::audit_refusal(state, written, &token) {
+        if let Some(e) = super::again::audit_refusal(state.config.agent.audit_failure, written, &token) {
             return Err(e);
         }
         // The line of the same grant again: from the cache, only its time to fill in.
@@ -391,6 +391,7 @@ impl Agent {
                 generation: state.generation,
                 logins: !state.config.logins.is_empty(),
                 audit,
+                audit_failure: state.config.agent.audit_failure,
                 held,
                 token: token.clone(),
                 subject,
