@@ -37,6 +37,9 @@ pub struct State {
     /// Which configuration this is: every applied reload makes a new one (see
     /// [`Shared::generation`]).
     pub(crate) generation: u64,
+    /// What the roles of this configuration need read of a caller (worked out once, not at
+    /// every connection).
+    pub(crate) needs: crate::caller::Needs,
 }
 
 /// What the agent shares with its cache's exchanger.
@@ -99,6 +102,7 @@ impl Agent {
         let shared = Arc::new(Shared {
             metrics: Default::default(),
             state: RwLock::new(Arc::new(State {
+                needs: crate::caller::Needs::of(&config.roles),
                 config: Arc::new(config),
                 providers,
                 generation: 0,
@@ -278,6 +282,7 @@ impl Agent {
                 Arc::new(Audit::open(&config.agent.audit_log));
         }
         *self.shared.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(State {
+            needs: crate::caller::Needs::of(&config.roles),
             config,
             providers,
             generation,

@@ -62,13 +62,13 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>, cancel: Cancellati
         };
         let agent = agent.clone();
         let watcher = graceful.watcher();
-        let stop = cancel.child_token();
+        let stop = cancel.clone();
         // Attested in the connection's own task, not here: the `/proc` reads of one caller do
         // not hold up the next accept, and the runtime's workers attest connections side by side.
         tokio::spawn(async move {
             let _guard = guard;
             // What the roles use, as the configuration is at this connection (a reload changes it).
-            let needs = caller::Needs::of(&agent.config().roles);
+            let needs = agent.state().needs;
             let attested = Arc::new(caller::attest_peer(&stream, &cred, accepted_ticks, needs));
             super::conn::serve(stream, agent, attested, watcher, stop).await;
         });
