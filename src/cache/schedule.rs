@@ -99,8 +99,18 @@ impl Spacing {
 
     /// Renewals placed and not yet due at `now`.
     pub fn planned(&mut self, now: Instant) -> usize {
-        self.planned = self.planned.split_off(&now);
+        self.forget_before(now);
         self.planned.values().map(|n| *n as usize).sum()
+    }
+
+    /// Forgets the renewals due before `now`.
+    fn forget_before(&mut self, now: Instant) {
+        while let Some(first) = self.planned.first_entry() {
+            if *first.key() >= now {
+                break;
+            }
+            first.remove();
+        }
     }
 
     /// When to renew a token of `lifetime` issued at `issued_at` (`unit` in -1..=1 as for
@@ -122,7 +132,8 @@ impl Spacing {
         let Some(turn) = turn.filter(|t| !t.is_zero()).map(|t| t.as_secs_f64()) else {
             return wanted;
         };
-        self.planned(now);
+        self.forget_before(now);
+        let (early, late) = (refresh_in(lifetime, s, -1.0), refresh_in(lifetime, s, 1.0));
         let at = |t: Instant| {
             let secs = t.saturating_duration_since(self.origin).as_secs_f64()
                 - self.origin.saturating_duration_since(t).as_secs_f64();
@@ -138,15 +149,15 @@ impl Spacing {
                     .unwrap_or(self.origin),
             }
         };
-        let lo = at((issued_at + refresh_in(lifetime, s, -1.0)).max(now)).ceil();
-        let hi = at(issued_at + refresh_in(lifetime, s, 1.0)).floor();
+        let lo = at((issued_at + early).max(now)).ceil();
+        let hi = at(issued_at + late).floor();
         let half = Duration::from_secs_f64(turn / 2.0);
         let free = |k: f64| {
             let t = slot(k);
             let from = t.checked_sub(half).unwrap_or(t);
             self.planned.range(from..t + half).next().is_none()
         };
-        if at(issued_at + refresh_in(lifetime, s, -1.0)).ceil() > hi {
+        if at(issued_at + early).ceil() > hi {
             // The band holds no slot (a band narrower than a turn): the random time, not noted.
             return wanted;
         }
@@ -158,7 +169,6 @@ impl Spacing {
                 // Every slot of the band is taken: the first free one after it (a renewal queued
                 // behind another would take the next slot's turn, and so on), `LATER` bands on
                 // at most and never past `lifetime − floor − margin`.
-                let (early, late) = (refresh_in(lifetime, s, -1.0), refresh_in(lifetime, s, 1.0));
                 let latest = refresh_in(lifetime, &RefreshSettings { refresh_at: 1.0, ..*s }, 0.0);
                 let last = at(issued_at + (late + (late - early).mul_f64(LATER)).min(latest)).floor();
                 (1..=(last - hi).max(0.0) as u32)
