@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 /// Upper bounds of the exchange latency histogram, in seconds.
@@ -35,11 +35,9 @@ impl Histogram {
 /// Counters kept by the server and the exchanger (the sinks keep their own, read at render time).
 #[derive(Default)]
 pub struct Metrics {
-    /// Token requests answered with a token: every answer counts one, so it is an atomic, not a
-    /// lock both runtime workers take per request. Shown as `endpoint="token",outcome="ok"`.
-    tokens_ok: AtomicU64,
-    /// Every other endpoint and outcome.
-    requests: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Requests by endpoint and outcome: each count an atomic, so counting one takes the map
+    /// only for reading (no worker waits on another per request); written to add a new pair.
+    requests: RwLock<BTreeMap<(&'static str, &'static str), AtomicU64>>,
     exchanges: Mutex<BTreeMap<(String, &'static str), u64>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
 }
@@ -80,12 +78,13 @@ pub(crate) struct LimitGauges {
 
 impl Metrics {
     pub fn request(&self, endpoint: &'static str, outcome: &'static str) {
-        if (endpoint, outcome) == ("token", "ok") {
-            self.tokens_ok.fetch_add(1, Ordering::Relaxed);
+        let key = (endpoint, outcome);
+        if let Some(n) = self.requests.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            n.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let mut m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        *m.entry((endpoint, outcome)).or_default() += 1;
+        let mut m = self.requests.write().unwrap_or_else(|p| p.into_inner());
+        m.entry(key).or_default().fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn exchange(&self, provider: &str, ok: bool, took: Duration) {
@@ -117,12 +116,8 @@ impl Metrics {
             "# HELP cortexid_requests_total Socket API requests by endpoint and outcome."
         )?;
         writeln!(out, "# TYPE cortexid_requests_total counter")?;
-        let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let tokens_ok = self.tokens_ok.load(Ordering::Relaxed);
-        if tokens_ok > 0 {
-            requests.insert(("token", "ok"), tokens_ok);
-        }
-        for ((endpoint, outcome), n) in &requests {
+        for ((endpoint, outcome), n) in self.requests.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            let n = n.load(Ordering::Relaxed);
             writeln!(
                 out,
                 "cortexid_requests_total{{endpoint=\"{endpoint}\",outcome=\"{outcome}\"}} {n}"
