@@ -124,12 +124,7 @@ def ask(request):
     s = socket.socket(socket.AF_UNIX)
     s.connect(sys.argv[1])
     s.sendall(request)
-    answer = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        answer += chunk
+    answer = read_all(s)
     s.close()
     return answer
 "#;

@@ -38,12 +38,7 @@ import socket, sys
 s = socket.socket(socket.AF_UNIX)
 s.connect(sys.argv[1])
 s.sendall(bytes.fromhex(sys.argv[2]))
-data = b""
-while True:
-    b = s.recv(65536)
-    if not b:
-        break
-    data += b
+data = read_all(s)
 for part in data.split(b"HTTP/1.")[1:]:
     print(part[2:5].decode(), flush=True)
 "#;
@@ -191,14 +186,7 @@ print("ready", flush=True)
 c, _ = l.accept()
 _, fds, _, _ = socket.recv_fds(c, 16, 1)
 s = socket.socket(fileno=fds[0])
-s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % sys.argv[2]).encode())
-data = b""
-while True:
-    b = s.recv(65536)
-    if not b:
-        break
-    data += b
-print(data.split(b"\r\n", 1)[0].decode(), flush=True)
+print(status_line(s, sys.argv[2]).decode(), flush=True)
 c.close()
 "#;
 
@@ -246,14 +234,7 @@ def run():
     s.connect(sys.argv[1])
     connected.set()
     time.sleep(0.5)
-    s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % sys.argv[2]).encode())
-    data = b""
-    while True:
-        b = s.recv(65536)
-        if not b:
-            break
-        data += b
-    os.write(1, data.split(b"\r\n", 1)[0] + b"\n")
+    os.write(1, status_line(s, sys.argv[2]) + b"\n")
     os._exit(0)
 connected = threading.Event()
 threading.Thread(target=run).start()
@@ -435,14 +416,7 @@ def run():
     s = socket.socket(socket.AF_UNIX)
     s.connect(sys.argv[1])
     connected.set()
-    s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % sys.argv[2]).encode())
-    data = b""
-    while True:
-        b = s.recv(65536)
-        if not b:
-            break
-        data += b
-    os.write(1, data.split(b"\r\n", 1)[0] + b"\n")
+    os.write(1, status_line(s, sys.argv[2]) + b"\n")
     os._exit(0)
 connected = threading.Event()
 threading.Thread(target=run).start()

@@ -25,14 +25,7 @@ s = socket.socket(socket.AF_UNIX)
 s.connect(sys.argv[1])
 if os.fork() == 0:
     sys.stdin.readline()
-    s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % sys.argv[2]).encode())
-    data = b""
-    while True:
-        b = s.recv(65536)
-        if not b:
-            break
-        data += b
-    print(data.split(b"\r\n", 1)[0].decode(), flush=True)
+    print(status_line(s, sys.argv[2]).decode(), flush=True)
     os._exit(0)
 print(os.getpid(), flush=True)
 "#;

@@ -224,8 +224,25 @@ pub fn unprivileged_userns(uid: u32) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// What every attacker script may call ([`attacker`] puts it first): `read_all(s)` reads a
+/// socket until the agent closes it; `status_line(s, target)` sends `GET target` with
+/// `Connection: close` and returns the status line of the answer.
+pub const PY_WIRE: &str = r#"
+import os, socket, sys
+def read_all(s):
+    data = b""
+    while True:
+        b = s.recv(65536)
+        if not b:
+            return data
+        data += b
+def status_line(s, target):
+    s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % target).encode())
+    return read_all(s).split(b"\r\n", 1)[0]
+"#;
+
 /// Starts `python3 -c script args…` as `uid` (and as group `uid`), stdin and stdout piped, stderr
-/// shown, killed when dropped: the attacker of the hostile tests.
+/// shown, killed when dropped: the attacker of the hostile tests ([`PY_WIRE`] defined for it).
 pub fn attacker<I, S>(uid: u32, script: &str, args: I) -> tokio::process::Child
 where
     I: IntoIterator<Item = S>,
@@ -234,7 +251,7 @@ where
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new("python3");
     cmd.arg("-c")
-        .arg(script)
+        .arg(format!("{PY_WIRE}{script}"))
         .args(args)
         .uid(uid)
         .gid(uid)
