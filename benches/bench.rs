@@ -14,10 +14,15 @@
 //! - nginx, when an `nginx` binary is on `PATH`, is a second baseline (`bench/nginx.rs`): the
 //!   same body from the same kind of socket, 2 worker processes, no access log.
 //!
+//! - The floor of a new connection (`bench/floor.rs`), measured after the throughput table: a
+//!   server of blocking threads that does nothing but answer, and the same server making the
+//!   system calls of cortexid's attestation first, each timed alone too (`--attest-cost`).
+//!
 //! Settings (environment): `BENCH_SECS` seconds measured per throughput point and round (default
 //! 2, after 0.5 s of warm-up); `BENCH_ROUNDS` rounds, servers alternating, pooled (default 2); `BENCH_ECONOMY_LIFETIMES` (default 10); `BENCH_KEEP=1` keeps the work dir;
 //! `BENCH_ONLY=rss-idle` measures only the idle RSS and stops; `BENCH_ONLY=keep-alive` only the
-//! keep-alive rows of the throughput table (with their targets); `BENCH_ONLY=memory` only the
+//! keep-alive rows of the throughput table (with their targets); `BENCH_ONLY=new-connection` only
+//! the new-connection rows and the floor below them; `BENCH_ONLY=memory` only the
 //! memory rows, on an agent that has served nothing else; `BENCH_ONLY=memory-after` the memory
 //! rows after a short pass of every throughput point and the cold burst (as `BENCH_QUICK=1` plus
 //! the cold burst: the "after every row" figure, cheaply); `BENCH_AGENT=/path/to/cortexid`
@@ -46,6 +51,8 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::{UnixListener, UnixStream};
 
+#[path = "bench/floor.rs"]
+mod floor;
 #[path = "bench/nginx.rs"]
 mod nginx;
 
@@ -327,6 +334,102 @@ fn spawn_agent(config: &Path, socket: &Path, stderr: Stdio) -> Proc {
     let p = spawn_agent_unprobed(config, socket, stderr);
     wait_ready(&p);
     p
+}
+
+/// [`floor`]'s server on `socket`: 2 blocking threads that hand each connection to a runtime
+/// after its first answer, attesting each caller first when `attest`.
+fn spawn_floor(socket: &Path, body_len: usize, attest: bool) -> Proc {
+    let _ = std::fs::remove_file(socket);
+    let child = Command::new(std::env::current_exe().expect("current exe"))
+        .arg("--floor-server")
+        .arg(socket)
+        .arg(body_len.to_string())
+        .arg("2")
+        .arg(if attest { "attest,handoff" } else { "handoff" })
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn the floor server");
+    let p = Proc {
+        child,
+        socket: socket.to_path_buf(),
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    while probe(socket, "/").is_none() {
+        assert!(Instant::now() < until, "the floor server did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    p
+}
+
+/// The new-connection rows again, against [`floor`]'s servers: how close to nginx a server comes
+/// that does nothing but answer, and one that also makes the attestation's system calls.
+#[allow(clippy::too_many_arguments)]
+async fn new_connection_floor(
+    agent: &Proc,
+    hot: &str,
+    nginx: Option<&Proc>,
+    dir: &Path,
+    body_len: usize,
+    rounds: u64,
+    warm: Duration,
+    secs: Duration,
+    table: &mut String,
+) {
+    println!("\n## New connections: the floor (attestation's system calls alone: `--attest-cost`)");
+    for (what, ns) in floor::attest_cost(100_000) {
+        println!("  {what}: {:.2} µs", ns / 1000.0);
+        let _ = writeln!(table, "| {what} | {:.2} µs |", ns / 1000.0);
+    }
+    let _ = writeln!(table);
+    let bare = spawn_floor(&dir.join("floor.sock"), body_len, false);
+    let attesting = spawn_floor(&dir.join("floor-attest.sock"), body_len, true);
+    let _ = writeln!(
+        table,
+        "| new connection per request | req/s: nginx / floor / floor + attestation / cortexid | vs nginx: floor / floor + attestation / cortexid | p50: nginx / floor / floor + attestation / cortexid | server CPU per request: nginx / floor / floor + attestation / cortexid |"
+    );
+    let _ = writeln!(table, "| --- | --- | --- | --- | --- |");
+    for conns in [1usize, 16] {
+        let mut runs: [Vec<Load>; 4] = Default::default();
+        for _ in 0..rounds {
+            if let Some(n) = nginx {
+                runs[0].push(load(n, "/", conns, Mode::NewConnection, warm, secs).await);
+            }
+            runs[1].push(load(&bare, "/", conns, Mode::NewConnection, warm, secs).await);
+            runs[2].push(load(&attesting, "/", conns, Mode::NewConnection, warm, secs).await);
+            runs[3].push(load(agent, hot, conns, Mode::NewConnection, warm, secs).await);
+        }
+        let [n, f, fa, c] = runs.map(|r| (!r.is_empty()).then(|| pool(r)));
+        let all = [&n, &f, &fa, &c];
+        let col = |g: &dyn Fn(&Load) -> String| {
+            all.iter()
+                .map(|l| l.as_ref().map_or_else(|| "—".to_string(), g))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        let ratio = |l: &Load| {
+            n.as_ref()
+                .map_or_else(|| "—".to_string(), |n| format!("{:.2}", l.rps / n.rps))
+        };
+        let ratios = [&f, &fa, &c]
+            .iter()
+            .map(|l| l.as_ref().map_or_else(|| "—".to_string(), ratio))
+            .collect::<Vec<_>>()
+            .join(" / ");
+        let row = format!(
+            "| {} | {} | {ratios} | {} | {} µs |",
+            if conns == 1 {
+                "1 at a time".to_string()
+            } else {
+                format!("{conns} concurrent")
+            },
+            col(&|l| format!("{:.0}", l.rps)),
+            col(&|l| us(l.p50)),
+            col(&|l| format!("{:.1}", l.server_cpu_us)),
+        );
+        println!("  {row}");
+        let _ = writeln!(table, "{row}");
+    }
 }
 
 fn spawn_baseline(socket: &Path, body_len: usize) -> Proc {
@@ -657,6 +760,20 @@ fn main() {
         baseline_server(socket, len);
         return;
     }
+    if args.get(1).map(String::as_str) == Some("--attest-cost") {
+        for (what, ns) in floor::attest_cost(200_000) {
+            println!("{what}: {:.2} µs", ns / 1000.0);
+        }
+        return;
+    }
+    if args.get(1).map(String::as_str) == Some("--floor-server") {
+        let socket = args.get(2).expect("socket");
+        let len = args.get(3).and_then(|l| l.parse().ok()).expect("body length");
+        let threads = args.get(4).and_then(|l| l.parse().ok()).expect("threads");
+        let how = args.get(5).map_or("", String::as_str);
+        floor::serve(socket, len, threads, how.contains("attest"), how.contains("handoff"));
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -681,7 +798,11 @@ fn main() {
             &server,
             &path,
             conns,
-            Mode::KeepAlive,
+            if args.get(6).map(String::as_str) == Some("new") {
+                Mode::NewConnection
+            } else {
+                Mode::KeepAlive
+            },
             Duration::from_millis(200),
             secs,
         ));
@@ -805,8 +926,9 @@ async fn run() {
     let dash = || "—".to_string();
     let keep_alive_only = std::env::var("BENCH_ONLY").as_deref() == Ok("keep-alive");
     let memory_only = std::env::var("BENCH_ONLY").as_deref() == Ok("memory");
+    let new_only = std::env::var("BENCH_ONLY").as_deref() == Ok("new-connection");
     for (name, conns, mode) in points {
-        if (keep_alive_only && mode == Mode::NewConnection) || memory_only {
+        if (keep_alive_only && mode == Mode::NewConnection) || memory_only || (new_only && mode == Mode::KeepAlive) {
             continue;
         }
         // A B C, A B C, …: each server measured in every round, the rounds pooled, so a burst of
@@ -896,6 +1018,29 @@ async fn run() {
             ),
             _ => {}
         }
+    }
+    // The floor of a new connection, with and without the attestation's system calls.
+    if !keep_alive_only && !memory_only && !quick {
+        let _ = writeln!(table);
+        new_connection_floor(
+            &agent,
+            &hot,
+            nginx.as_ref(),
+            root.path(),
+            body_len,
+            rounds,
+            warm,
+            secs,
+            &mut table,
+        )
+        .await;
+    }
+    if new_only {
+        print!("\n{table}\n");
+        for [a, b, c, d] in &v.rows {
+            println!("| {a} | {b} | {c} | {d} |");
+        }
+        return;
     }
     // Audit target: the same 16-connection point against agents whose audit log is elsewhere.
     for (label, d, c) in [
