@@ -292,6 +292,131 @@ async fn a_role_by_unit_admits_callers_running_in_that_unit_only() {
     }
 }
 
+/// A cgroup tree laid out as a user's own systemd lays out its units
+/// (`…/user-UID.slice/user@UID.service/app.slice/NAME`), under a slice made for this test in the
+/// v2 hierarchy; removed, leaf first, when dropped.
+struct UserManagerUnit {
+    top: PathBuf,
+    leaf: PathBuf,
+}
+
+impl UserManagerUnit {
+    fn create(uid: u32, name: &str) -> Result<UserManagerUnit, String> {
+        let root = cgroup2_root().ok_or("no cgroup2 hierarchy is mounted")?;
+        let top = root.join(format!("cortexid-test-{}.slice", std::process::id()));
+        let leaf = top.join(format!("user-{uid}.slice/user@{uid}.service/app.slice/{name}"));
+        std::fs::create_dir_all(&leaf).map_err(|e| format!("cannot create the cgroup {}: {e}", leaf.display()))?;
+        Ok(UserManagerUnit { top, leaf })
+    }
+}
+
+impl Drop for UserManagerUnit {
+    fn drop(&mut self) {
+        let mut dirs: Vec<&Path> = self.leaf.ancestors().take_while(|d| d.starts_with(&self.top)).collect();
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for dir in dirs {
+            // Removable once its processes are gone, which takes a moment after they are reaped.
+            for _ in 0..100 {
+                if std::fs::remove_dir(dir).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// A user's own systemd (`user@UID.service`, its subtree delegated to that user) makes units
+/// under whatever name the user asks for: `systemd-run --user --unit=deploy-agent.service`. The
+/// attacker, uid 4242, runs `cortexid token` in such a user unit named like the deploy bot's
+/// system service (moved there by root here, as its systemd would move it): it is refused the
+/// bot's role, and the audit line names its system unit `user@4242.service` and its user unit.
+/// A role for that user's own user unit (`user_units` with `uids`) admits it.
+#[tokio::test]
+async fn a_user_unit_named_like_a_system_service_does_not_pass_for_it() {
+    const ATTACKER: u32 = 4242;
+    let unit = match UserManagerUnit::create(ATTACKER, "deploy-agent.service") {
+        Ok(u) => u,
+        Err(why) => {
+            skip_or_fail(
+                "caller::a_user_unit_named_like_a_system_service_does_not_pass_for_it",
+                &why,
+            );
+            return;
+        }
+    };
+    let h = Harness::new(
+        Duration::from_secs(300),
+        Setup {
+            role_uids: vec![NOBODY],
+            roles: vec![
+                Role::new("deploy-bot", &["payments"]).units(&["deploy-agent.service"]),
+                Role::new("own-sync", &["batch"])
+                    .uids(&[ATTACKER])
+                    .user_units(&["deploy-agent.service"]),
+            ],
+            ..Setup::default()
+        },
+    )
+    .await;
+    // Joins the cgroup as root, then becomes the attacker (no groups) and runs `cortexid token`.
+    let ask = |args: [&str; 4]| {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg("echo $$ > \"$0\" && exec setpriv --reuid=\"$1\" --regid=\"$1\" --clear-groups \"$2\" token \"$3\" \"$4\" \"$5\" \"$6\"")
+            .arg(unit.leaf.join("cgroup.procs"))
+            .arg(ATTACKER.to_string())
+            .arg(env!("CARGO_BIN_EXE_cortexid"))
+            .args(args)
+            .env("CORTEXID_SOCKET", &h.socket);
+        async move {
+            let out = cmd
+                .output()
+                .await
+                .expect("sh and setpriv (util-linux) run the attacker");
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let (code, _, err) = ask(["--identity", "payments", "--audience", PAYMENTS]).await;
+    assert_eq!(
+        code, 1,
+        "uid {ATTACKER} in its own user unit deploy-agent.service got the bot's token: {err}"
+    );
+    assert!(
+        err.contains("unit user@4242.service (user unit deploy-agent.service)"),
+        "{err}"
+    );
+    assert!(
+        reasons(&h, &err).contains(&format!(
+            "role \"deploy-bot\" needs unit in [\"deploy-agent.service\"], caller runs in user@{ATTACKER}.service"
+        )),
+        "{err}"
+    );
+    let denied = h
+        .audit_lines()
+        .into_iter()
+        .find(|l| l["event"] == "token.denied")
+        .unwrap();
+    assert_eq!(denied["caller"]["uid"], ATTACKER);
+    assert_eq!(denied["caller"]["unit"], format!("user@{ATTACKER}.service"));
+    assert_eq!(denied["caller"]["user_unit"], "deploy-agent.service");
+
+    let (code, out, err) = ask(["--identity", "batch", "--audience", LEDGER]).await;
+    assert_eq!(code, 0, "its own user unit, by uid: {err}");
+    assert_eq!(claims(out.trim())["aud"], LEDGER);
+    let issued = h
+        .audit_lines()
+        .into_iter()
+        .find(|l| l["event"] == "token.issued")
+        .unwrap();
+    assert_eq!(issued["role"], "own-sync");
+    assert_eq!(issued["caller"]["user_unit"], "deploy-agent.service");
+}
+
 struct Presented {
     h: Harness,
     k8s: DevIdp,

@@ -52,7 +52,12 @@ pub struct Caller {
     /// What the caller's mount namespace calls its executable: for audit lines and messages,
     /// never to authorize.
     pub exe: Option<ExeName>,
+    /// The caller's system unit ([`Units::system`]): `user@UID.service` for a process of a
+    /// user's own systemd.
     pub unit: Option<String>,
+    /// The unit inside a user's own systemd ([`Units::user`]), named by that user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_unit: Option<String>,
     /// The Kubernetes pod the caller runs in, from its cgroup and the kubelet; none for a process
     /// in no pod.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -79,6 +84,7 @@ impl Caller {
             groups: Vec::new(),
             exe: None,
             unit: None,
+            user_unit: None,
             pod: None,
             executable: None,
             namespaces: Namespaces::UNKNOWN,
@@ -111,6 +117,9 @@ impl Caller {
             s.push_str(&format!(", pid {pid}"));
         }
         s.push_str(&format!(", unit {}", self.unit.as_deref().unwrap_or("unknown")));
+        if let Some(unit) = &self.user_unit {
+            s.push_str(&format!(" (user unit {unit})"));
+        }
         if let Some(pod) = &self.pod {
             s.push_str(&format!(", {}", pod.describe()));
         }
@@ -209,7 +218,8 @@ fn attest_at(
             caller.exe = p.exe;
             caller.executable = p.executable;
             caller.namespaces = p.namespaces;
-            caller.unit = p.unit;
+            caller.unit = p.units.system;
+            caller.user_unit = p.units.user;
             caller.pod = p.pod.map(|r| Pod {
                 uid: r.uid,
                 container_id: r.container_id,
@@ -226,7 +236,7 @@ struct ProcessFacts {
     exe: Option<ExeName>,
     executable: Option<Executable>,
     namespaces: Namespaces,
-    unit: Option<String>,
+    units: Units,
     pod: Option<PodRef>,
 }
 
@@ -311,7 +321,7 @@ fn read_dir(dir: BorrowedFd<'_>, groups: Vec<u32>, needs: Needs) -> ProcessFacts
         exe,
         executable,
         namespaces,
-        unit: cgroup.as_deref().and_then(unit_from_cgroup),
+        units: cgroup.as_deref().map(units_from_cgroup).unwrap_or_default(),
         pod: cgroup.as_deref().and_then(pod_from_cgroup),
     }
 }
@@ -380,12 +390,41 @@ fn parse_status(status: &str) -> (Option<u32>, Vec<u32>) {
 
 const UNIT_SUFFIXES: &[&str] = &[".service", ".scope", ".socket", ".mount", ".swap", ".timer", ".slice"];
 
-/// The systemd unit that owns a process, from `/proc/<pid>/cgroup` on the unified hierarchy:
-/// the innermost path component that names a unit other than a slice, e.g.
-/// `0::/system.slice/payments.service` → `payments.service`,
-/// `0::/user.slice/user-1000.slice/user@1000.service/app.slice/app-x.scope` → `app-x.scope`,
-/// `0::/system.slice/runner.service/payload` (a delegated subtree) → `runner.service`.
-pub(crate) fn unit_from_cgroup(contents: &str) -> Option<String> {
+/// The systemd units that own a process, from `/proc/<pid>/cgroup` on the unified hierarchy
+/// (else systemd's named hierarchy): its system unit and, for a process of a user's own systemd
+/// (`user@UID.service`), the unit inside it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Units {
+    /// The outermost path component that names a unit other than a slice, as `sd_pid_get_unit`
+    /// tells it: `/system.slice/payments.service` → `payments.service`;
+    /// `/system.slice/runner.service/payload.service` (a delegated subtree, where the service's
+    /// user names cgroups as it likes) → `runner.service`;
+    /// `/user.slice/user-1000.slice/user@1000.service/app.slice/x.service` → `user@1000.service`.
+    /// Only root makes system units, so no unprivileged caller can choose this name.
+    pub system: Option<String>,
+    /// Below `user@UID.service`: the outermost unit there (`x.service` above), as
+    /// `sd_pid_get_user_unit` tells it. That user's systemd makes it, under any name the user
+    /// asks for (`systemd-run --user --unit=payments.service`).
+    pub user: Option<String>,
+}
+
+/// Whether `component` names a unit (not a slice).
+fn is_unit(component: &str) -> bool {
+    UNIT_SUFFIXES
+        .iter()
+        .any(|s| component.ends_with(s) && component.len() > s.len())
+        && !component.ends_with(".slice")
+}
+
+/// `user@<uid>.service`: a user's own systemd, whose subtree is delegated to that user.
+fn is_user_manager(unit: &str) -> bool {
+    unit.strip_prefix("user@")
+        .and_then(|rest| rest.strip_suffix(".service"))
+        .is_some_and(|uid| !uid.is_empty() && uid.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// [`Units`] from the contents of a `/proc/<pid>/cgroup` file.
+pub(crate) fn units_from_cgroup(contents: &str) -> Units {
     let path = contents
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
@@ -394,50 +433,89 @@ pub(crate) fn unit_from_cgroup(contents: &str) -> Option<String> {
             contents
                 .lines()
                 .find_map(|l| l.split_once(":name=systemd:").map(|(_, p)| p))
-        })?;
-    path.split('/')
-        .rev()
-        .find(|c| UNIT_SUFFIXES.iter().any(|s| c.ends_with(s) && c.len() > s.len()) && !c.ends_with(".slice"))
-        .map(str::to_string)
+        });
+    let mut units = path.into_iter().flat_map(|p| p.split('/')).filter(|c| is_unit(c));
+    let system = units.next().map(str::to_string);
+    let user = match &system {
+        Some(manager) if is_user_manager(manager) => units.next().map(str::to_string),
+        _ => None,
+    };
+    Units { system, user }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// "system unit / user unit" of a cgroup file, "-" for none.
+    fn units(contents: &str) -> String {
+        let u = units_from_cgroup(contents);
+        format!(
+            "{} / {}",
+            u.system.as_deref().unwrap_or("-"),
+            u.user.as_deref().unwrap_or("-")
+        )
+    }
+
     #[test]
-    fn units_come_from_system_services_user_services_and_scopes() {
+    fn the_unit_is_the_system_unit_and_a_user_s_own_units_are_user_units() {
+        assert_eq!(units("0::/system.slice/payments.service\n"), "payments.service / -");
         assert_eq!(
-            unit_from_cgroup("0::/system.slice/payments.service\n").as_deref(),
-            Some("payments.service")
+            units("0::/user.slice/user-1000.slice/user@1000.service/app.slice/app-gnome-x.scope\n"),
+            "user@1000.service / app-gnome-x.scope"
         );
         assert_eq!(
-            unit_from_cgroup("0::/user.slice/user-1000.slice/user@1000.service/app.slice/app-gnome-x.scope\n")
-                .as_deref(),
-            Some("app-gnome-x.scope")
+            units("0::/user.slice/user-1000.slice/user@1000.service/app.slice/sync.service\n"),
+            "user@1000.service / sync.service"
         );
         assert_eq!(
-            unit_from_cgroup("0::/user.slice/user-1000.slice/user@1000.service/app.slice/sync.service\n").as_deref(),
-            Some("sync.service")
+            units("0::/user.slice/user-1000.slice/user@1000.service/init.scope\n"),
+            "user@1000.service / init.scope"
+        );
+        // The user's systemd itself, in no unit of its own yet.
+        assert_eq!(
+            units("0::/user.slice/user-1000.slice/user@1000.service\n"),
+            "user@1000.service / -"
         );
         assert_eq!(
-            unit_from_cgroup("0::/user.slice/user-1000.slice/session-3.scope\n").as_deref(),
-            Some("session-3.scope")
+            units("0::/user.slice/user-1000.slice/session-3.scope\n"),
+            "session-3.scope / -"
         );
+        assert_eq!(units("0::/system.slice/runner.service/payload\n"), "runner.service / -");
+        assert_eq!(units("0::/\n"), "- / -");
+        assert_eq!(units("0::/init.scope\n"), "init.scope / -");
         assert_eq!(
-            unit_from_cgroup("0::/system.slice/runner.service/payload\n").as_deref(),
-            Some("runner.service")
-        );
-        assert_eq!(unit_from_cgroup("0::/\n"), None);
-        assert_eq!(unit_from_cgroup("0::/init.scope\n").as_deref(), Some("init.scope"));
-        assert_eq!(
-            unit_from_cgroup("12:pids:/system.slice/x.service\n1:name=systemd:/system.slice/cron.service\n0::/\n"),
-            None,
+            units("12:pids:/system.slice/x.service\n1:name=systemd:/system.slice/cron.service\n0::/\n"),
+            "- / -",
             "the unified line wins when present"
         );
         assert_eq!(
-            unit_from_cgroup("12:pids:/system.slice/x.service\n1:name=systemd:/system.slice/cron.service\n").as_deref(),
-            Some("cron.service")
+            units("12:pids:/system.slice/x.service\n1:name=systemd:/system.slice/cron.service\n"),
+            "cron.service / -"
+        );
+    }
+
+    /// What a caller names itself is never its system unit: a cgroup made inside a delegated
+    /// subtree (a service's, or a user's own systemd's) under the name of another unit.
+    #[test]
+    fn a_unit_named_inside_a_delegated_subtree_is_not_the_system_unit() {
+        assert_eq!(
+            units("0::/system.slice/runner.service/payments.service\n"),
+            "runner.service / -"
+        );
+        assert_eq!(
+            units("0::/user.slice/user-4242.slice/user@4242.service/app.slice/payments.service\n"),
+            "user@4242.service / payments.service"
+        );
+        // A user's systemd is `user@` and digits; a name like it inside a delegated subtree is
+        // still below the real system unit.
+        assert_eq!(
+            units("0::/system.slice/runner.service/user@0.service/app.slice/payments.service\n"),
+            "runner.service / -"
+        );
+        assert_eq!(
+            units("0::/user.slice/user@x.service/payments.service\n"),
+            "user@x.service / -"
         );
     }
 
@@ -451,6 +529,7 @@ mod tests {
             uids: Some([uid].into()),
             gids: None,
             units: None,
+            user_units: None,
             executables,
             executables_any_namespace: false,
             executable_sha256,
@@ -522,7 +601,7 @@ mod tests {
         assert_eq!(caller.namespaces.mount, Namespace::Agent);
         assert_eq!(caller.namespaces.user, Namespace::Agent);
         let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-        assert_eq!(caller.unit, unit_from_cgroup(&cgroup));
+        assert_eq!(caller.unit, units_from_cgroup(&cgroup).system);
         let mut groups: Vec<u32> = nix::unistd::getgroups().unwrap().iter().map(|g| g.as_raw()).collect();
         let mut seen = caller.groups.clone();
         groups.sort_unstable();

@@ -349,8 +349,12 @@ pub struct Role {
     /// The caller is in one of these groups, primary or supplementary (`gids` and the gids of
     /// `groups`, together).
     pub gids: Option<BTreeSet<u32>>,
-    /// The caller runs in one of these systemd units.
+    /// The caller's system unit is one of these (for a process of a user's own systemd, that is
+    /// `user@UID.service`).
     pub units: Option<Vec<String>>,
+    /// The caller runs in one of these units of its user's own systemd (`systemctl --user`);
+    /// only with `uids`, as a user names its own units.
+    pub user_units: Option<Vec<String>>,
     /// The caller runs one of the files at these paths (absolute): its executable is the file
     /// (device and inode) a path leads to in the agent's mount namespace when the caller is
     /// matched, whatever the caller's own namespace calls its executable.

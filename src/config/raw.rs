@@ -124,6 +124,7 @@ pub(super) struct RawRole {
     pub(super) groups: Option<Vec<String>>,
     pub(super) gids: Option<Vec<u32>>,
     pub(super) units: Option<Vec<String>>,
+    pub(super) user_units: Option<Vec<String>>,
     pub(super) executables: Option<Vec<String>>,
     #[serde(default)]
     pub(super) executables_any_namespace: bool,

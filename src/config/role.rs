@@ -106,6 +106,7 @@ impl Validator<'_> {
                 r.groups.as_ref().map(Vec::len),
                 r.gids.as_ref().map(Vec::len),
                 r.units.as_ref().map(Vec::len),
+                r.user_units.as_ref().map(Vec::len),
                 r.executables.as_ref().map(Vec::len),
                 r.executable_sha256.as_ref().map(Vec::len),
                 r.claims.as_ref().map(BTreeMap::len),
@@ -120,7 +121,7 @@ impl Validator<'_> {
             if conditions.iter().all(|c| c.is_none()) && r.login.is_none() {
                 self.problem(
                     &at("role", i, "name"),
-                    "a role must say who it is for (users, uids, groups, gids, units, executables, executable_sha256, claims, pod conditions or login); a role for everyone is never the default".into(),
+                    "a role must say who it is for (users, uids, groups, gids, units, user_units, executables, executable_sha256, claims, pod conditions or login); a role for everyone is never the default".into(),
                 );
             }
             for (field, n) in [
@@ -129,6 +130,7 @@ impl Validator<'_> {
                 "groups",
                 "gids",
                 "units",
+                "user_units",
                 "executables",
                 "executable_sha256",
                 "claims",
@@ -146,6 +148,12 @@ impl Validator<'_> {
                         "an empty list matches nobody; remove the key or name who it is for".into(),
                     );
                 }
+            }
+            if r.user_units.is_some() && r.users.is_none() && r.uids.is_none() {
+                self.problem(
+                    &at("role", i, "user_units"),
+                    "a user's own systemd names its units as that user asks (systemd-run --user --unit=NAME), so any user can run in a user unit of any name; add users or uids to say whose user units".into(),
+                );
             }
             let pod = self.pod_conditions(r, i, kubernetes);
             if r.identities.is_empty() {
@@ -221,6 +229,7 @@ impl Validator<'_> {
                 uids,
                 gids,
                 units: r.units.clone(),
+                user_units: r.user_units.clone(),
                 executables,
                 executables_any_namespace: r.executables_any_namespace,
                 executable_sha256,
@@ -283,6 +292,27 @@ mod tests {
         let all = err.to_string();
         assert!(all.contains("must say who it is for"), "{all}");
         assert!(all.contains("payments.admin"), "{all}");
+    }
+
+    /// Any user names its own user units, so `user_units` says nothing without whose they are.
+    #[test]
+    fn user_units_need_users_or_uids() {
+        let dir = tempfile::tempdir().unwrap();
+        let alone = good(dir.path()).replace(
+            "users = [\"payments\"]\nuids = [0]\n",
+            "user_units = [\"sync.service\"]\n",
+        );
+        let err = parse(&alone, Path::new("t.toml"), &TestContext { creds: None }).unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        assert_eq!(err.problems[0].key, "role[0].user_units");
+        assert!(err.problems[0].message.contains("add users or uids"), "{err}");
+        let with_uid = good(dir.path()).replace("uids = [0]\n", "uids = [0]\nuser_units = [\"sync.service\"]\n");
+        let cfg = parse(&with_uid, Path::new("t.toml"), &TestContext { creds: None }).unwrap();
+        assert_eq!(
+            cfg.roles[0].user_units.as_deref(),
+            Some(&["sync.service".to_string()][..])
+        );
+        assert_eq!(cfg.roles[0].units, None);
     }
 
     #[test]

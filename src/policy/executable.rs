@@ -98,6 +98,7 @@ mod tests {
             uids: None,
             gids: None,
             units: None,
+            user_units: None,
             executables: Some(exes.iter().map(|p| p.to_path_buf()).collect()),
             executables_any_namespace: false,
             executable_sha256: None,

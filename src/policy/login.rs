@@ -114,6 +114,7 @@ mod tests {
             uids: None,
             gids: None,
             units: None,
+            user_units: None,
             executables: None,
             executables_any_namespace: false,
             executable_sha256: None,

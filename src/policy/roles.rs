@@ -104,6 +104,25 @@ fn mismatch_with(role: &Role, caller: &Caller, claims: Claims<'_>, sessions: &Se
             }
         }
     }
+    if let Some(units) = &role.user_units {
+        match &caller.user_unit {
+            Some(unit) if units.iter().any(|u| u == unit) => {}
+            Some(unit) => {
+                return Some(format!(
+                    "role {:?} needs user unit in {:?}, caller runs in user unit {unit}",
+                    role.name, units
+                ));
+            }
+            None => {
+                return Some(format!(
+                    "role {:?} needs user unit in {:?}, caller runs in no user's systemd (unit {})",
+                    role.name,
+                    units,
+                    caller.unit.as_deref().unwrap_or("unknown")
+                ));
+            }
+        }
+    }
     if let Some(exes) = &role.executables
         && let Some(why) = executables_mismatch(role, exes, caller)
     {
@@ -486,6 +505,7 @@ mod tests {
             uids: Some(uids.iter().copied().collect()),
             gids: None,
             units: None,
+            user_units: None,
             executables: None,
             executables_any_namespace: false,
             executable_sha256: None,
