@@ -141,28 +141,28 @@ impl Caller {
 }
 
 /// Which facts about a caller are read beyond those every caller gets (uid, gid, pid, user name,
-/// groups, executable, unit and pod, which roles and the `token.issued` line use).
+/// groups, executable name, unit and pod, which roles and the `token.issued` line use).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Needs {
-    /// The caller's mount and user namespaces ([`Namespaces`]): only a role with a condition on
-    /// the executable uses them (the user namespace decides whether `executables` may match; the
-    /// mount namespace tells, in the reasons of a refusal, that the executable's name is the
-    /// caller's own). Two `readlink`s of `/proc/<pid>/ns/*` per connection otherwise spent for
-    /// nothing. Not read, they are [`Namespace::NotRead`], which no role accepts: a connection
-    /// attested before a reload that adds the first such role is refused by it and says to
-    /// connect again.
-    pub namespaces: bool,
+    /// The file the caller runs ([`Executable`]: `/proc/<pid>/exe` followed, a `stat` through
+    /// the caller's mount namespace) and its mount and user namespaces ([`Namespaces`]): only a
+    /// role with a condition on the executable uses them. A `stat` and two `readlink`s of
+    /// `/proc/<pid>/ns/*` per connection otherwise spent for nothing. Not read, the executable is
+    /// `None` and the namespaces are [`Namespace::NotRead`], which no such role accepts: a
+    /// connection attested before a reload that adds the first such role is refused by it and
+    /// told to connect again.
+    pub executable: bool,
 }
 
 impl Needs {
     /// Everything (what the tests attest with).
     #[cfg(test)]
-    pub(crate) const ALL: Needs = Needs { namespaces: true };
+    pub(crate) const ALL: Needs = Needs { executable: true };
 
     /// What the roles of a configuration use.
     pub(crate) fn of(roles: &[std::sync::Arc<crate::config::Role>]) -> Needs {
         Needs {
-            namespaces: roles
+            executable: roles
                 .iter()
                 .any(|r| r.executables.is_some() || r.executable_sha256.is_some()),
         }
@@ -293,7 +293,7 @@ fn read_process(
         Mode::empty(),
     )
     .map_err(|_| ProcessError::ExitedWhileRead(pid))?;
-    let facts = read_dir(open.as_fd(), groups, needs);
+    let facts = read_dir(open.as_fd(), "", groups, needs);
     let after = start_ticks(&dir).ok_or(ProcessError::ExitedWhileRead(pid))?;
     if after != before {
         return Err(ProcessError::ReusedWhileRead(pid));
@@ -301,21 +301,25 @@ fn read_process(
     Ok(facts)
 }
 
-/// What the `/proc/<pid>` directory `dir` says: executable, namespaces (if `needs` them), cgroup.
-fn read_dir(dir: BorrowedFd<'_>, groups: Vec<u32>, needs: Needs) -> ProcessFacts {
-    let exe = readlinkat(dir, "exe")
+/// What the `/proc/<pid>` directory says: executable name, the file it is and namespaces (if
+/// `needs` them), cgroup. Each name is `prefix` and the file's name, relative to `dir`: a
+/// directory opened by the caller (`prefix` empty), or `/proc/<pid>/` itself (`dir` is then
+/// [`nix::fcntl::AT_FDCWD`], unused with an absolute path).
+fn read_dir(dir: BorrowedFd<'_>, prefix: &str, groups: Vec<u32>, needs: Needs) -> ProcessFacts {
+    let at = |name: &str| format!("{prefix}{name}");
+    let exe = readlinkat(dir, at("exe").as_str())
         .ok()
         .map(|p| ExeName::new(strip_deleted(PathBuf::from(p))));
-    // Followed, the link reaches the file itself, whatever the caller's namespace calls it.
-    let executable = fstatat(dir, "exe", AtFlags::empty())
-        .ok()
-        .map(|st| Executable::of_stat(&st));
-    let namespaces = if needs.namespaces {
-        Namespaces::read_at(dir)
+    let (executable, namespaces) = if needs.executable {
+        // Followed, the link reaches the file itself, whatever the caller's namespace calls it.
+        let executable = fstatat(dir, at("exe").as_str(), AtFlags::empty())
+            .ok()
+            .map(|st| Executable::of_stat(&st));
+        (executable, Namespaces::read_at(dir, prefix))
     } else {
-        Namespaces::NOT_READ
+        (None, Namespaces::NOT_READ)
     };
-    let cgroup = read_to_string(dir, "cgroup");
+    let cgroup = read_to_string(dir, at("cgroup").as_str());
     ProcessFacts {
         groups,
         exe,
@@ -545,23 +549,22 @@ mod tests {
         let by_uid = std::sync::Arc::new(role(None, None));
         let by_path = std::sync::Arc::new(role(Some(vec![PathBuf::from("/bin/true")]), None));
         let by_digest = std::sync::Arc::new(role(None, Some(vec![[0; 32]])));
-        assert_eq!(Needs::of(std::slice::from_ref(&by_uid)), Needs { namespaces: false });
+        assert_eq!(Needs::of(std::slice::from_ref(&by_uid)), Needs { executable: false });
         assert_eq!(Needs::of(&[by_uid.clone(), by_path]), Needs::ALL);
         assert_eq!(Needs::of(&[by_digest, by_uid]), Needs::ALL);
 
         let read = |needs| attest_at(Path::new("/proc"), None, uid, gid, Some(me), boot_ticks_now(), needs);
         let all = read(Needs::ALL);
         assert_eq!(all.namespaces.user, Namespace::Agent);
-        let some = read(Needs { namespaces: false });
+        let some = read(Needs { executable: false });
         assert_eq!(some.namespaces, Namespaces::NOT_READ);
+        assert_eq!(some.executable, None);
+        assert!(all.executable.is_some());
         assert_eq!(some.unreadable, None);
         // A refusal does not present the executable's name as checked.
         assert!(some.describe().contains("(mount namespace not read)"));
         assert!(!all.describe().contains("mount namespace"));
-        assert_eq!(
-            (&some.exe, &some.executable, &some.unit),
-            (&all.exe, &all.executable, &all.unit)
-        );
+        assert_eq!((&some.exe, &some.unit), (&all.exe, &all.unit));
         assert!(
             Namespace::NotRead
                 .describe("user", "user")

@@ -60,13 +60,14 @@ impl Namespaces {
         Namespaces::from_stat(|name| FileId::at(&dir.join("ns").join(name)).ok())
     }
 
-    /// The same, through an open `/proc/<pid>` directory, by reading the links instead of
+    /// The same, through an open `/proc/<pid>` directory (`prefix` empty) or by path (`dir` unused,
+    /// `prefix` `/proc/<pid>/`), by reading the links instead of
     /// following them: `mnt:[4026531841]` names the namespace's inode in `nsfs`, and a `stat`
     /// would have to make a dentry for it first. Inode numbers are unique among the namespaces
     /// that exist, and the agent's exist while it runs, so the same number is the same namespace.
-    pub(crate) fn read_at(dir: BorrowedFd<'_>) -> Namespaces {
+    pub(crate) fn read_at(dir: BorrowedFd<'_>, prefix: &str) -> Namespaces {
         Namespaces::from_stat(|name| {
-            let link = readlinkat(dir, format!("ns/{name}").as_str()).ok()?;
+            let link = readlinkat(dir, format!("{prefix}ns/{name}").as_str()).ok()?;
             let ino = link
                 .to_str()?
                 .strip_prefix(name)?
@@ -148,10 +149,15 @@ mod tests {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
             let dir = std::fs::File::open(&path).unwrap();
-            assert_eq!(Namespaces::read_at(dir.as_fd()), Namespaces::read(&path));
+            assert_eq!(Namespaces::read_at(dir.as_fd(), ""), Namespaces::read(&path));
+            let by_path = format!("{}/", path.display());
+            assert_eq!(
+                Namespaces::read_at(nix::fcntl::AT_FDCWD, &by_path),
+                Namespaces::read(&path)
+            );
         }
         let dir = std::fs::File::open(Path::new("/proc").join(child.id().to_string())).unwrap();
-        let theirs = Namespaces::read_at(dir.as_fd());
+        let theirs = Namespaces::read_at(dir.as_fd(), "");
         let _ = child.kill();
         let _ = child.wait();
         assert!(matches!(theirs.mount, Namespace::Other { .. }), "{theirs:?}");

@@ -8,29 +8,26 @@
 //!   that connected, whatever happened since;
 //! - the process keeps its pid number for as long as it exists, until it has exited *and* been
 //!   reaped (a zombie still holds it); only then can the number go to another process, and a
-//!   process that is gone never comes back;
-//! - an open `/proc/<pid>` directory stays bound to the process it was opened for: reads through
-//!   it (`openat`, `readlinkat`, `fstatat`) read that process or fail, even once the number has
-//!   been given to another.
+//!   process that is gone never comes back.
 //!
-//! So the directory is opened by number first and `PIDFD_GET_INFO` then confirms that the peer
-//! still exists: it existed when the directory was opened, so the number was still its own and
-//! the directory is its. Everything is read through that directory, and a second
-//! `PIDFD_GET_INFO` at the end confirms the peer lived through the reads (a process that exits
-//! meanwhile loses its executable and namespaces; such a half-read is not trusted). This replaces
-//! the fallback's start-time checks (`/proc/<pid>/stat` read twice, and `status` for the real uid
-//! and groups), which the kernel computes at some cost and which can only show that the process
-//! at the pid started before the accept, not that it is the one that connected.
+//! So `/proc/<pid>/exe`, `cgroup` (and `ns/*`) are read by number, and `PIDFD_GET_INFO` then
+//! confirms that the peer still exists: it existed during every read before, so the number was
+//! its own throughout and each read was of the peer (a process that exits meanwhile loses its
+//! executable and namespaces; such a half-read is not trusted). One check after the reads, no
+//! directory opened first: each read looks `/proc/<pid>` up again, which costs less than opening
+//! and closing it and a second check. This replaces the fallback's start-time checks
+//! (`/proc/<pid>/stat` read twice, and `status` for the real uid and groups), which the kernel
+//! computes at some cost and which can only show that the process at the pid started before the
+//! accept, not that it is the one that connected.
 //!
 //! Where the kernel lacks any of these, [`read_process`] says so and the caller is read the older
 //! way (`super::read_process`).
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
 use nix::libc;
-use nix::sys::stat::Mode;
 
 use super::{Needs, ProcessError, ProcessFacts, read_dir};
 
@@ -162,6 +159,12 @@ fn groups_into(socket: BorrowedFd<'_>, groups: &mut [u32]) -> Result<usize, (Err
     }
 }
 
+/// Whether this kernel has `PIDFD_GET_INFO`: not known yet, yes, no.
+static GET_INFO: AtomicU8 = AtomicU8::new(UNKNOWN);
+const UNKNOWN: u8 = 0;
+const YES: u8 = 1;
+const NO: u8 = 2;
+
 /// Reads the process on the other end of `socket` (peer pid `pid`, uid `uid`) through its
 /// pidfd; `None` if the kernel cannot (no `SO_PEERPIDFD`, `SO_PEERGROUPS` or `PIDFD_GET_INFO`),
 /// for the caller to read it the older way.
@@ -177,37 +180,29 @@ pub(super) fn read_process(
         Err(_) => return None,
     };
     let groups = peer_groups(socket).ok()?;
-    // "/proc/<pid>" formatted on the stack: a pid has at most 10 digits.
+    if GET_INFO.load(Ordering::Relaxed) == UNKNOWN {
+        let has = !matches!(now(pidfd.as_fd()), Err(e) if e != Errno::ESRCH);
+        GET_INFO.store(if has { YES } else { NO }, Ordering::Relaxed);
+    }
+    if GET_INFO.load(Ordering::Relaxed) == NO {
+        return None;
+    }
+    // "/proc/<pid>/" formatted on the stack: a pid has at most 10 digits.
     let mut path = [0u8; 24];
     let unused = {
         use std::io::Write;
         let mut at = &mut path[..];
-        let _ = write!(at, "/proc/{pid}");
+        let _ = write!(at, "/proc/{pid}/");
         at.len()
     };
-    let len = path.len() - unused;
-    let dir = match nix::fcntl::open(
-        path.get(..len)?,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    ) {
-        Ok(dir) => dir,
-        Err(_) => return Some(Err(ProcessError::Gone(pid))),
-    };
-    // The peer still exists after the directory was opened: the directory is the peer's.
+    let prefix = std::str::from_utf8(path.get(..path.len() - unused)?).ok()?;
+    let facts = read_dir(nix::fcntl::AT_FDCWD, prefix, groups, needs);
+    // The peer still exists after the reads: they were of the peer.
     match now(pidfd.as_fd()) {
-        Ok(n) if n.pid != pid as u32 => return Some(Err(ProcessError::NotThePeer(pid))),
-        Ok(n) if n.ruid != uid => return Some(Err(ProcessError::OtherUser(pid))),
-        Ok(_) => {}
-        Err(Errno::ESRCH) => return Some(Err(ProcessError::Gone(pid))),
-        Err(_) => return None,
-    }
-    let facts = read_dir(dir.as_fd(), groups, needs);
-    // And it lived through the reads.
-    match now(pidfd.as_fd()) {
+        Ok(n) if n.pid != pid as u32 => Some(Err(ProcessError::NotThePeer(pid))),
         Ok(n) if n.ruid != uid => Some(Err(ProcessError::OtherUser(pid))),
         Ok(_) => Some(Ok(facts)),
-        Err(_) => Some(Err(ProcessError::ExitedWhileRead(pid))),
+        Err(_) => Some(Err(ProcessError::Gone(pid))),
     }
 }
 

@@ -21,6 +21,9 @@ use crate::config::Role;
 /// Why the caller does not satisfy `executables` (the role's `exes`), or `None` when it does.
 pub(super) fn executables_mismatch(role: &Role, exes: &[PathBuf], caller: &Caller) -> Option<String> {
     let needs = format!("role {:?} needs executable in {:?}", role.name, exes);
+    if let Some(why) = not_read(caller) {
+        return Some(format!("{needs}, and {why}"));
+    }
     let Some(executable) = &caller.executable else {
         return Some(format!("{needs}, and the caller's executable could not be read"));
     };
@@ -65,9 +68,27 @@ pub(super) fn executables_mismatch(role: &Role, exes: &[PathBuf], caller: &Calle
     ))
 }
 
+/// Why a connection's executable was not read, if it was not: it was attested while no role had
+/// a condition on the executable (`caller::Needs`), before a reload that added one.
+fn not_read(caller: &Caller) -> Option<String> {
+    (caller.namespaces.user == Namespace::NotRead).then(|| {
+        format!(
+            "the caller's executable and {}",
+            Namespace::NotRead.describe("user", "user")
+        )
+    })
+}
+
 /// Why the caller's executable has none of the role's `digests`, or `None` when it has one.
 pub(super) fn sha256_mismatch(role: &Role, digests: &[Sha256], caller: &Caller) -> Option<String> {
     let wanted = || digests.iter().map(hex).collect::<Vec<_>>().join(", ");
+    if let Some(why) = not_read(caller) {
+        return Some(format!(
+            "role {:?} needs an executable with SHA-256 in [{}], and {why}",
+            role.name,
+            wanted()
+        ));
+    }
     match caller.executable_sha256() {
         Ok(digest) if digests.contains(&digest) => None,
         Ok(digest) => Some(format!(
@@ -133,6 +154,30 @@ mod tests {
         std::fs::write(&p, content).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         p
+    }
+
+    /// A connection attested while no role looked at the executable (`caller::Needs`) is told to
+    /// connect again by both kinds of executable condition, even with `executables_any_namespace`.
+    #[test]
+    fn an_executable_not_read_for_the_connection_says_connect_again() {
+        let mut caller = Caller::from_ids(1001, 1001, Some(4242));
+        caller.namespaces = Namespaces::NOT_READ;
+        let mut by_path = role(&[Path::new("/bin/sh")]);
+        by_path.executables_any_namespace = true;
+        let mut by_digest = role(&[]);
+        by_digest.executables = None;
+        by_digest.executable_sha256 = Some(vec![[0; 32]]);
+        for why in [
+            check(&by_path, &caller),
+            sha256_mismatch(&by_digest, &[[0; 32]], &caller),
+        ] {
+            let why = why.unwrap();
+            assert!(
+                why.contains("the caller's executable and a user namespace not read for this connection")
+                    && why.ends_with("connect again)"),
+                "{why}"
+            );
+        }
     }
 
     #[test]
