@@ -2,9 +2,10 @@
 //! Blocking threads, each in `accept(2)` on the one socket (the kernel wakes one of them per
 //! connection), reading a request head, writing a fixed answer of the token answer's size and
 //! waiting for the caller to close: no runtime, no parser, no policy, no audit. With `attest`,
-//! each connection first makes the system calls cortexid's attestation makes (`SO_PEERCRED`,
-//! `SO_PEERPIDFD`, `SO_PEERGROUPS`, opening `/proc/<pid>`, `PIDFD_GET_INFO` before and after,
-//! following `exe` twice, reading `cgroup`, and closing what it opened), and nothing more.
+//! each connection first makes the system calls cortexid's attestation makes when no role looks
+//! at the executable (`SO_PEERCRED`, `SO_PEERPIDFD`, `SO_PEERGROUPS`, reading the `exe` link and
+//! the `cgroup` file of `/proc/<pid>`, `PIDFD_GET_INFO` after them, and closing what it opened),
+//! and nothing more.
 //!
 //! So the pair tells how close to nginx a new connection can come with cortexid's attestation
 //! and without it, whatever the server is built on.
@@ -141,8 +142,8 @@ fn serve_one(mut stream: UnixStream, answer: &[u8]) {
     }
 }
 
-/// The system calls of cortexid's attestation of a peer (`caller::pidfd::read_process` and
-/// `caller::read_dir` with no namespaces), their results dropped.
+/// The system calls of cortexid's attestation of a peer when no role has a condition on the
+/// executable (`caller::pidfd::read_process` and `caller::read_dir`), their results dropped.
 #[allow(unsafe_code)]
 fn attest_peer(stream: &impl AsRawFd) {
     let fd = stream.as_raw_fd();
@@ -176,23 +177,19 @@ fn attest_peer(stream: &impl AsRawFd) {
             groups.as_mut_ptr().cast(),
             &mut len,
         );
-        let path = format!("/proc/{}\0", cred.pid);
-        let dir = libc::open(path.as_ptr().cast(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC);
+        let exe = format!("/proc/{}/exe\0", cred.pid);
+        let mut link = [0u8; 4096];
+        libc::readlink(exe.as_ptr().cast(), link.as_mut_ptr().cast(), link.len());
+        let cgroup = format!("/proc/{}/cgroup\0", cred.pid);
+        let cg = libc::open(cgroup.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
+        let mut text = [0u8; 4096];
+        while libc::read(cg, text.as_mut_ptr().cast(), text.len()) > 0 {}
+        libc::close(cg);
         let mut info = PidfdInfo {
             mask: 3,
             ..PidfdInfo::default()
         };
         libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_INFO, &mut info as *mut PidfdInfo);
-        let mut link = [0u8; 4096];
-        libc::readlinkat(dir, c"exe".as_ptr(), link.as_mut_ptr().cast(), link.len());
-        let mut st: libc::stat = std::mem::zeroed();
-        libc::fstatat(dir, c"exe".as_ptr(), &mut st, 0);
-        let cg = libc::openat(dir, c"cgroup".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-        let mut text = [0u8; 4096];
-        while libc::read(cg, text.as_mut_ptr().cast(), text.len()) > 0 {}
-        libc::close(cg);
-        libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_INFO, &mut info as *mut PidfdInfo);
-        libc::close(dir);
     }
 }
 
@@ -208,6 +205,8 @@ pub fn attest_cost(n: usize) -> Vec<(&'static str, f64)> {
     let fd = server.as_raw_fd();
     let pid = std::process::id();
     let proc_path = format!("/proc/{pid}\0");
+    let exe_path = format!("/proc/{pid}/exe\0");
+    let cgroup_path = format!("/proc/{pid}/cgroup\0");
     let time = |f: &mut dyn FnMut()| {
         let t = std::time::Instant::now();
         for _ in 0..n {
@@ -276,7 +275,30 @@ pub fn attest_cost(n: usize) -> Vec<(&'static str, f64)> {
                 }),
             ),
             (
-                "open /proc/<pid> (O_PATH) + close",
+                "readlink /proc/<pid>/exe",
+                time(&mut || {
+                    let mut link = [0u8; 4096];
+                    libc::readlink(exe_path.as_ptr().cast(), link.as_mut_ptr().cast(), link.len());
+                }),
+            ),
+            (
+                "open /proc/<pid>/cgroup + read to end + close",
+                time(&mut || {
+                    let cg = libc::open(cgroup_path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
+                    let mut text = [0u8; 4096];
+                    while libc::read(cg, text.as_mut_ptr().cast(), text.len()) > 0 {}
+                    libc::close(cg);
+                }),
+            ),
+            (
+                "fstatat exe (only while a role has a condition on the executable)",
+                time(&mut || {
+                    let mut st: libc::stat = std::mem::zeroed();
+                    libc::fstatat(pdir, c"exe".as_ptr(), &mut st, 0);
+                }),
+            ),
+            (
+                "(the earlier way: open /proc/<pid> (O_PATH) + close)",
                 time(&mut || {
                     let d = libc::open(
                         proc_path.as_ptr().cast(),
@@ -296,21 +318,14 @@ pub fn attest_cost(n: usize) -> Vec<(&'static str, f64)> {
                 }),
             ),
             (
-                "readlinkat exe",
+                "(the earlier way: readlinkat exe through it)",
                 time(&mut || {
                     let mut link = [0u8; 4096];
                     libc::readlinkat(pdir, c"exe".as_ptr(), link.as_mut_ptr().cast(), link.len());
                 }),
             ),
             (
-                "fstatat exe",
-                time(&mut || {
-                    let mut st: libc::stat = std::mem::zeroed();
-                    libc::fstatat(pdir, c"exe".as_ptr(), &mut st, 0);
-                }),
-            ),
-            (
-                "openat cgroup + read to end + close",
+                "(the earlier way: openat cgroup through it + read to end + close)",
                 time(&mut || {
                     let cg = libc::openat(pdir, c"cgroup".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
                     let mut text = [0u8; 4096];
