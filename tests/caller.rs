@@ -292,25 +292,45 @@ async fn a_role_by_unit_admits_callers_running_in_that_unit_only() {
     }
 }
 
-/// A cgroup tree laid out as a user's own systemd lays out its units
-/// (`…/user-UID.slice/user@UID.service/app.slice/NAME`), under a slice made for this test in the
-/// v2 hierarchy; removed, leaf first, when dropped.
-struct UserManagerUnit {
+/// A cgroup tree made for a test in the v2 hierarchy, `relative` to its root (its first
+/// component names the test's own top cgroup); removed, leaf first, when dropped.
+struct TestCgroup {
     top: PathBuf,
     leaf: PathBuf,
 }
 
-impl UserManagerUnit {
-    fn create(uid: u32, name: &str) -> Result<UserManagerUnit, String> {
+impl TestCgroup {
+    fn create(relative: &str) -> Result<TestCgroup, String> {
         let root = cgroup2_root().ok_or("no cgroup2 hierarchy is mounted")?;
-        let top = root.join(format!("cortexid-test-{}.slice", std::process::id()));
-        let leaf = top.join(format!("user-{uid}.slice/user@{uid}.service/app.slice/{name}"));
+        let leaf = root.join(relative);
+        let top = root.join(relative.split('/').next().unwrap_or(relative));
         std::fs::create_dir_all(&leaf).map_err(|e| format!("cannot create the cgroup {}: {e}", leaf.display()))?;
-        Ok(UserManagerUnit { top, leaf })
+        Ok(TestCgroup { top, leaf })
+    }
+
+    /// Runs `cortexid token ARGS` in this cgroup as `uid` (no groups): joined as root, as the
+    /// user's systemd or a container runtime would put it there; (exit code, stdout, stderr).
+    async fn token_as(&self, uid: u32, socket: &Path, args: [&str; 4]) -> (i32, String, String) {
+        let out = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg("echo $$ > \"$0\" && exec setpriv --reuid=\"$1\" --regid=\"$1\" --clear-groups \"$2\" token \"$3\" \"$4\" \"$5\" \"$6\"")
+            .arg(self.leaf.join("cgroup.procs"))
+            .arg(uid.to_string())
+            .arg(env!("CARGO_BIN_EXE_cortexid"))
+            .args(args)
+            .env("CORTEXID_SOCKET", socket)
+            .output()
+            .await
+            .expect("sh and setpriv (util-linux) run the attacker");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 }
 
-impl Drop for UserManagerUnit {
+impl Drop for TestCgroup {
     fn drop(&mut self) {
         let mut dirs: Vec<&Path> = self.leaf.ancestors().take_while(|d| d.starts_with(&self.top)).collect();
         dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
@@ -335,7 +355,11 @@ impl Drop for UserManagerUnit {
 #[tokio::test]
 async fn a_user_unit_named_like_a_system_service_does_not_pass_for_it() {
     const ATTACKER: u32 = 4242;
-    let unit = match UserManagerUnit::create(ATTACKER, "deploy-agent.service") {
+    let layout = format!(
+        "cortexid-test-{}.slice/user-{ATTACKER}.slice/user@{ATTACKER}.service/app.slice/deploy-agent.service",
+        std::process::id()
+    );
+    let unit = match TestCgroup::create(&layout) {
         Ok(u) => u,
         Err(why) => {
             skip_or_fail(
@@ -359,28 +383,7 @@ async fn a_user_unit_named_like_a_system_service_does_not_pass_for_it() {
         },
     )
     .await;
-    // Joins the cgroup as root, then becomes the attacker (no groups) and runs `cortexid token`.
-    let ask = |args: [&str; 4]| {
-        let mut cmd = tokio::process::Command::new("sh");
-        cmd.arg("-c")
-            .arg("echo $$ > \"$0\" && exec setpriv --reuid=\"$1\" --regid=\"$1\" --clear-groups \"$2\" token \"$3\" \"$4\" \"$5\" \"$6\"")
-            .arg(unit.leaf.join("cgroup.procs"))
-            .arg(ATTACKER.to_string())
-            .arg(env!("CARGO_BIN_EXE_cortexid"))
-            .args(args)
-            .env("CORTEXID_SOCKET", &h.socket);
-        async move {
-            let out = cmd
-                .output()
-                .await
-                .expect("sh and setpriv (util-linux) run the attacker");
-            (
-                out.status.code().unwrap_or(-1),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            )
-        }
-    };
+    let ask = |args| unit.token_as(ATTACKER, &h.socket, args);
     let (code, _, err) = ask(["--identity", "payments", "--audience", PAYMENTS]).await;
     assert_eq!(
         code, 1,
@@ -415,6 +418,52 @@ async fn a_user_unit_named_like_a_system_service_does_not_pass_for_it() {
         .unwrap();
     assert_eq!(issued["role"], "own-sync");
     assert_eq!(issued["caller"]["user_unit"], "deploy-agent.service");
+}
+
+/// A cgroup outside systemd's slices is handed to whoever runs in it (an LXD container's
+/// `lxc.payload.NAME`, a cgroupfs runtime's `docker/ID`): the attacker, uid 4244, makes a
+/// `payments.service` inside the one it was given and runs `cortexid token` there. It is in no
+/// unit, as systemd itself reads it, and gets no role by unit.
+#[tokio::test]
+async fn a_unit_name_made_inside_a_container_s_cgroup_does_not_pass_for_that_unit() {
+    const ATTACKER: u32 = 4244;
+    let layout = format!("cortexid-test-{}.payload/payments.service", std::process::id());
+    let cgroup = match TestCgroup::create(&layout) {
+        Ok(c) => c,
+        Err(why) => {
+            skip_or_fail(
+                "caller::a_unit_name_made_inside_a_container_s_cgroup_does_not_pass_for_that_unit",
+                &why,
+            );
+            return;
+        }
+    };
+    let h = Harness::new(
+        Duration::from_secs(300),
+        Setup {
+            role_uids: vec![NOBODY],
+            roles: vec![Role::new("payments-unit", &["payments"]).units(&["payments.service"])],
+            ..Setup::default()
+        },
+    )
+    .await;
+    let (code, _, err) = cgroup
+        .token_as(ATTACKER, &h.socket, ["--identity", "payments", "--audience", PAYMENTS])
+        .await;
+    assert_eq!(code, 1, "uid {ATTACKER} passed for payments.service: {err}");
+    assert!(
+        reasons(&h, &err).contains(
+            r#"role "payments-unit" needs unit in ["payments.service"], and the caller runs in no systemd unit"#
+        ),
+        "{err}"
+    );
+    let denied = h
+        .audit_lines()
+        .into_iter()
+        .find(|l| l["event"] == "token.denied")
+        .unwrap();
+    assert_eq!(denied["caller"]["uid"], ATTACKER);
+    assert_eq!(denied["caller"]["unit"], serde_json::Value::Null);
 }
 
 struct Presented {

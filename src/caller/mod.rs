@@ -395,20 +395,23 @@ fn parse_status(status: &str) -> (Option<u32>, Vec<u32>) {
 const UNIT_SUFFIXES: &[&str] = &[".service", ".scope", ".socket", ".mount", ".swap", ".timer", ".slice"];
 
 /// The systemd units that own a process, from `/proc/<pid>/cgroup` on the unified hierarchy
-/// (else systemd's named hierarchy): its system unit and, for a process of a user's own systemd
-/// (`user@UID.service`), the unit inside it.
+/// (else systemd's named hierarchy), by systemd's own rule (`cg_path_get_unit`,
+/// `cg_path_get_user_unit`): past the leading slices, the next path component is the unit, or
+/// there is none.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Units {
-    /// The outermost path component that names a unit other than a slice, as `sd_pid_get_unit`
-    /// tells it: `/system.slice/payments.service` → `payments.service`;
-    /// `/system.slice/runner.service/payload.service` (a delegated subtree, where the service's
-    /// user names cgroups as it likes) → `runner.service`;
+    /// The system unit, as `sd_pid_get_unit` tells it: `/system.slice/payments.service` →
+    /// `payments.service`; `/system.slice/runner.service/payments.service` (a delegated subtree,
+    /// where the service's user names cgroups as it likes) → `runner.service`;
     /// `/user.slice/user-1000.slice/user@1000.service/app.slice/x.service` → `user@1000.service`.
-    /// Only root makes system units, so no unprivileged caller can choose this name.
+    /// A cgroup outside systemd's slices (`/lxc.payload.c1/…`, `/docker/<id>/…`,
+    /// `/kubepods/burstable/…` of the cgroupfs driver), whose subtree may belong to a container
+    /// or a user, is in no unit, whatever names are below it. Only root makes system units and
+    /// slices, so no unprivileged caller can choose this name.
     pub system: Option<String>,
-    /// Below `user@UID.service`: the outermost unit there (`x.service` above), as
-    /// `sd_pid_get_user_unit` tells it. That user's systemd makes it, under any name the user
-    /// asks for (`systemd-run --user --unit=payments.service`).
+    /// Below `user@UID.service`, by the same rule: `x.service` above, as `sd_pid_get_user_unit`
+    /// tells it. That user's systemd makes it, under any name the user asks for
+    /// (`systemd-run --user --unit=payments.service`).
     pub user: Option<String>,
 }
 
@@ -417,7 +420,11 @@ fn is_unit(component: &str) -> bool {
     UNIT_SUFFIXES
         .iter()
         .any(|s| component.ends_with(s) && component.len() > s.len())
-        && !component.ends_with(".slice")
+        && !is_slice(component)
+}
+
+fn is_slice(component: &str) -> bool {
+    component.ends_with(".slice") && component.len() > ".slice".len()
 }
 
 /// `user@<uid>.service`: a user's own systemd, whose subtree is delegated to that user.
@@ -425,6 +432,13 @@ fn is_user_manager(unit: &str) -> bool {
     unit.strip_prefix("user@")
         .and_then(|rest| rest.strip_suffix(".service"))
         .is_some_and(|uid| !uid.is_empty() && uid.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The unit the next components of a path name: past any slices, the first other component if
+/// it is a unit, else none.
+fn unit_past_slices<'a>(parts: &mut impl Iterator<Item = &'a str>) -> Option<String> {
+    let first = parts.find(|c| !is_slice(c))?;
+    is_unit(first).then(|| first.to_string())
 }
 
 /// [`Units`] from the contents of a `/proc/<pid>/cgroup` file.
@@ -438,10 +452,15 @@ pub(crate) fn units_from_cgroup(contents: &str) -> Units {
                 .lines()
                 .find_map(|l| l.split_once(":name=systemd:").map(|(_, p)| p))
         });
-    let mut units = path.into_iter().flat_map(|p| p.split('/')).filter(|c| is_unit(c));
-    let system = units.next().map(str::to_string);
+    // An agent in a cgroup namespace of its own sees other cgroups from its root:
+    // `/../../system.slice/x.service`. The climb is the kernel's; no cgroup is named "..".
+    let mut parts = path
+        .into_iter()
+        .flat_map(|p| p.split('/'))
+        .filter(|c| !c.is_empty() && *c != "..");
+    let system = unit_past_slices(&mut parts);
     let user = match &system {
-        Some(manager) if is_user_manager(manager) => units.next().map(str::to_string),
+        Some(manager) if is_user_manager(manager) => unit_past_slices(&mut parts),
         _ => None,
     };
     Units { system, user }
@@ -520,6 +539,42 @@ mod tests {
         assert_eq!(
             units("0::/user.slice/user@x.service/payments.service\n"),
             "user@x.service / -"
+        );
+    }
+
+    /// A cgroup outside systemd's slices belongs to whoever it was handed to (a container's
+    /// root, a user): nothing below it is a unit, as systemd itself reads it.
+    #[test]
+    fn a_cgroup_outside_systemd_s_slices_is_in_no_unit_whatever_is_below_it() {
+        for path in [
+            "/lxc.payload.c1/payments.service",
+            "/lxc.payload.c1/system.slice/payments.service",
+            "/docker/4f2a9c/payments.service",
+            "/kubepods/burstable/pod0b7d2c8e-1111-2222-3333-444455556666/4f2a9c/payments.service",
+            "/payload/user@1000.service/payments.service",
+        ] {
+            assert_eq!(units(&format!("0::{path}\n")), "- / -", "{path}");
+        }
+        // A container with its own systemd is the host's unit for it, not its own units.
+        assert_eq!(
+            units("0::/machine.slice/machine-c1.scope/payload/system.slice/payments.service\n"),
+            "machine-c1.scope / -"
+        );
+        assert_eq!(
+            units(
+                "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0b7d.slice/cri-containerd-4f2a.scope\n"
+            ),
+            "cri-containerd-4f2a.scope / -"
+        );
+        // Seen from the agent's own cgroup namespace.
+        assert_eq!(
+            units("0::/../../system.slice/payments.service\n"),
+            "payments.service / -"
+        );
+        assert_eq!(
+            units("0::/user.slice/user-1000.slice/user@1000.service/app.slice/payload/x.service\n"),
+            "user@1000.service / -",
+            "a user unit is the first below the user's systemd, or none"
         );
     }
 

@@ -96,9 +96,15 @@ fn mismatch_with(role: &Role, caller: &Caller, claims: Claims<'_>, sessions: &Se
                     role.name, units
                 ));
             }
-            None => {
+            None if caller.unreadable.is_some() => {
                 return Some(format!(
                     "role {:?} needs unit in {:?}, and the caller's unit could not be read",
+                    role.name, units
+                ));
+            }
+            None => {
+                return Some(format!(
+                    "role {:?} needs unit in {:?}, and the caller runs in no systemd unit",
                     role.name, units
                 ));
             }
