@@ -499,3 +499,84 @@ async fn a_users_own_cgroup_named_like_a_pod_is_no_pod() {
     h.stop().await;
     drop(cgroups);
 }
+
+/// A process in a pod the kubelet does not list connects and exits at once; its child asks for
+/// a token on the inherited connection. The agent is held stopped until the process that
+/// connected is gone, so it cannot read its cgroup: such a caller may have been in any pod and
+/// matches no role, not even the one for its uid on the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_gone_before_its_cgroup_is_read_is_not_taken_for_a_host_process() {
+    let _serial = SERIAL.lock().await;
+    let cgroups = match Cgroups::new() {
+        Ok(c) => c,
+        Err(why) => {
+            return skip_or_fail(
+                "a_caller_gone_before_its_cgroup_is_read_is_not_taken_for_a_host_process",
+                &why,
+            );
+        }
+    };
+    let id_c = container('c');
+    let procs_c = cgroups.make(&format!("kubepods/besteffort/pod{UID_C}/{id_c}"));
+    let kubelet = KubeletStandIn::start().await;
+    let mut h = harness(&kubelet).await;
+    h.config
+        .roles
+        .push(Role::new("node-user", &["payments"]).uids(&[POD_UID]));
+    h.write_config();
+    h.stop().await;
+    let agent = AgentProcess::spawn(&h.config_path, &h.socket, h.dir.path().join("agent.log"), &[]).await;
+    let args = ["--audience", PAYMENTS];
+    // Read while it lives, the caller is in a pod the kubelet does not list: refused.
+    let (code, _, err) = token_in(&procs_c, &h.socket, &args).await;
+    assert_eq!(code, 1, "{err}");
+
+    agent.signal(nix::sys::signal::Signal::SIGSTOP);
+    let script = "parent = os.getpid()\n\
+                  s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n\
+                  if os.fork():\n    os._exit(0)\n\
+                  while os.getppid() == parent:\n    pass\n\
+                  print(status_line(s, sys.argv[2]).decode(), flush=True)\n";
+    let procs = procs_c.try_clone().unwrap();
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg("-c")
+        .arg(format!("{PY_WIRE}{script}"))
+        .arg(&h.socket)
+        .arg(token_path("payments", PAYMENTS, ""))
+        .stdout(std::process::Stdio::piped());
+    // SAFETY: as in token_in.
+    unsafe {
+        cmd.pre_exec(move || {
+            use nix::unistd::{Gid, Uid, setgid, setgroups, setuid};
+            (&procs).write_all(b"0")?;
+            setgroups(&[])?;
+            setgid(Gid::from_raw(POD_UID))?;
+            setuid(Uid::from_raw(POD_UID))?;
+            Ok(())
+        });
+    }
+    let mut connector = tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 plays the caller");
+    // Reaped: its pid and /proc directory are gone before the agent runs again.
+    connector.wait().await.unwrap();
+    agent.signal(nix::sys::signal::Signal::SIGCONT);
+    let mut out = String::new();
+    connector.stdout.take().unwrap().read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+    let denied = h
+        .audit_lines()
+        .into_iter()
+        .rfind(|l| l["event"] == "token.denied")
+        .expect("a token.denied line");
+    assert_eq!(denied["caller"]["uid"], POD_UID, "{denied}");
+    let why = denied["error_description"].as_str().unwrap_or_default();
+    assert!(
+        why.contains(r#"role "node-user" does not match: the caller's cgroup could not be read"#)
+            && why.contains("may run in a pod the kubelet does not list"),
+        "{why}"
+    );
+    drop(agent);
+    drop(cgroups);
+}

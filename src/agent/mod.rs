@@ -202,7 +202,17 @@ impl Agent {
     /// is configured; otherwise the caller as attested.
     pub async fn with_pod(&self, caller: &Arc<crate::caller::Caller>) -> Arc<crate::caller::Caller> {
         let kubelet = self.kubelet.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let (Some(pod), Some(kubelet)) = (&caller.pod, kubelet) else {
+        let Some(kubelet) = kubelet else {
+            return caller.clone();
+        };
+        let Some(pod) = &caller.pod else {
+            // A process that exited before its cgroup was read may have been in any pod: it
+            // must not pass for a host process (the roles of host users).
+            if caller.unreadable.is_some() {
+                let mut unknown = (**caller).clone();
+                unknown.pod_unknown = true;
+                return Arc::new(unknown);
+            }
             return caller.clone();
         };
         let mut resolved = (**caller).clone();

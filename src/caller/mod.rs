@@ -71,6 +71,11 @@ pub struct Caller {
     /// Why `/proc` attributes are missing, when they are.
     #[serde(skip)]
     pub unreadable: Option<String>,
+    /// The agent looks callers' pods up (`[kubernetes]`) and could not read this caller's
+    /// cgroup (`unreadable`): it may run in a pod the agent cannot see, so it matches no role
+    /// (set by `Agent::with_pod`).
+    #[serde(skip)]
+    pub pod_unknown: bool,
 }
 
 impl Caller {
@@ -89,6 +94,7 @@ impl Caller {
             executable: None,
             namespaces: Namespaces::UNKNOWN,
             unreadable: None,
+            pod_unknown: false,
         }
     }
 

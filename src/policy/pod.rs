@@ -3,7 +3,8 @@
 //!
 //! A caller in a pod the kubelet does not know matches no role at all, whatever its conditions:
 //! its uid or executable inside an unknown pod say nothing reliable about who it is, and it is
-//! never guessed. A caller in no pod (a host process) matches roles without pod conditions as
+//! never guessed. Nor does a caller whose cgroup could not be read (it exited first), which may
+//! have been in such a pod. A caller in no pod (a host process) matches roles without pod conditions as
 //! before.
 
 use crate::caller::{Caller, PodFacts, PodSeen};
@@ -12,6 +13,13 @@ use crate::config::{PodConditions, Role};
 /// Why `role` does not match the caller's pod, or `None` when it does (or has no pod conditions
 /// and the caller's pod, if any, is known).
 pub(super) fn pod_mismatch(role: &Role, caller: &Caller) -> Option<String> {
+    if caller.pod_unknown {
+        return Some(format!(
+            "role {:?} does not match: the caller's cgroup could not be read ({}), so it may run in a pod the kubelet does not list; such a caller matches no role",
+            role.name,
+            caller.unreadable.as_deref().unwrap_or("unknown why")
+        ));
+    }
     if let Some(pod) = &caller.pod
         && let PodSeen::Unknown(why) = &pod.seen
     {
