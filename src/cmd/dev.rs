@@ -23,14 +23,18 @@ pub struct DevSetup {
     pub audit_log: PathBuf,
 }
 
-fn random_hex(n: usize) -> String {
-    (0..n).map(|_| format!("{:x}", fastrand::u8(0..16))).collect()
+/// `2 * bytes` hexadecimal digits from the system's cryptographic generator: the client secret
+/// and the directory name must not be guessable from each other (`fastrand`'s stream is).
+fn random_hex(bytes: usize) -> Result<String, FixtureError> {
+    let mut buf = vec![0u8; bytes];
+    aws_lc_rs::rand::fill(&mut buf).map_err(|_| FixtureError::Random)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Starts the development provider and writes credentials and a config for it into `dir`.
 /// `uids` are the users the generated role lets request every identity.
 pub async fn setup(dir: &Path, uids: &[u32]) -> Result<DevSetup, FixtureError> {
-    let client = DevClient::new(DEV_CLIENT_ID, DevClientAuth::SecretBasic(random_hex(40)))
+    let client = DevClient::new(DEV_CLIENT_ID, DevClientAuth::SecretBasic(random_hex(20)?))
         .with_audiences(&[PAYMENTS_AUDIENCE, LEDGER_AUDIENCE, BATCH_AUDIENCE])
         .with_scopes(&["payments.read", "payments.write", "batch.run"]);
     let fx = Fixture::start(dir, Duration::from_secs(300), client).await?;
@@ -106,7 +110,16 @@ pub async fn run(dir: Option<PathBuf>, uids: Vec<u32>, notifier: crate::run::sys
         eprintln!("cortexid dev: {e}");
         return 1;
     }
-    let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("cortexid-dev-{}", random_hex(8))));
+    let dir = match dir {
+        Some(dir) => dir,
+        None => match random_hex(4) {
+            Ok(name) => std::env::temp_dir().join(format!("cortexid-dev-{name}")),
+            Err(e) => {
+                eprintln!("cortexid dev: {e}");
+                return 1;
+            }
+        },
+    };
     let setup = match setup(&dir, &uids).await {
         Ok(s) => s,
         Err(e) => {
@@ -185,4 +198,18 @@ Ctrl-C stops both."#,
     running.shutdown().await;
     setup.idp.shutdown().await;
     0
+}
+
+#[cfg(test)]
+mod tests {
+    /// The secret and the directory name come from the cryptographic generator: full length,
+    /// hexadecimal, and never the same twice.
+    #[test]
+    fn random_names_and_secrets_are_hex_of_the_length_asked_and_differ() {
+        let a = super::random_hex(20).unwrap();
+        let b = super::random_hex(20).unwrap();
+        assert_eq!(a.len(), 40);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
+        assert_ne!(a, b);
+    }
 }
