@@ -13,14 +13,14 @@ use std::path::{Path, PathBuf};
 pub enum UnsafePath {
     /// The directory can be written by users other than root and the agent.
     #[error(
-        "the directory {} can be written by {who} (mode {mode:04o}), who could replace the file with a link to another; use a directory only root or the agent can write (e.g. /var/log/cortexid, systemd LogsDirectory=), or run: chmod go-w {}",
+        "the directory {} can be written by {who} (mode {mode:04o}), who could replace what is in it with a link or a file of its own; use a directory only root or the agent can write (such as systemd's LogsDirectory=, StateDirectory=, RuntimeDirectory=), or run: chmod go-w {}",
         dir.display(),
         dir.display()
     )]
     WritableByOthers { dir: PathBuf, who: &'static str, mode: u32 },
     /// The directory belongs to another user.
     #[error(
-        "the directory {} belongs to uid {owner}, not to root or the agent (uid {agent}); that user could replace the file with a link to another",
+        "the directory {} belongs to uid {owner}, not to root or the agent (uid {agent}); that user could replace what is in it with a link or a file of its own",
         dir.display()
     )]
     ForeignDirectory { dir: PathBuf, owner: u32, agent: u32 },
@@ -58,9 +58,11 @@ fn euid() -> u32 {
 }
 
 /// Checks that only root and the agent can add, remove or rename entries in `dir`: it belongs
-/// to one of them and is not writable by group or other. A directory that does not exist yet
-/// passes (nothing can be planted in it either).
+/// to one of them and is not writable by group or other; and that no one else can swap `dir`
+/// itself ([`check_ancestors`]). A directory that does not exist yet passes (nothing can be
+/// planted in it either; its nearest existing ancestor is checked).
 pub(crate) fn check_private_dir(dir: &Path) -> Result<(), UnsafePath> {
+    check_ancestors(dir)?;
     let meta = match std::fs::metadata(dir) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -90,6 +92,62 @@ pub(crate) fn check_private_dir(dir: &Path) -> Result<(), UnsafePath> {
         who,
         mode,
     })
+}
+
+/// Checks the directories above `path`, as written and as its links resolve, up to `/`: each
+/// belongs to root or the agent, and "other" may not write it unless it has the sticky bit (as
+/// `/tmp`: others may add entries there, but not rename or remove those of root or the agent).
+/// A user who owns, or may write, a directory on the way could otherwise swap what lies below it
+/// for a link to a file of its choosing: an audit log or secret of its own, or another of root's.
+/// Group write is the group's owner's choice (`/var/log` is `root:syslog 0775` on Ubuntu) and is
+/// left alone. Directories that do not exist yet are skipped.
+pub(crate) fn check_ancestors(path: &Path) -> Result<(), UnsafePath> {
+    let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    // Where the links lead: those of `path` itself too, when it exists.
+    let resolved = path
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .or_else(|| parent.canonicalize().ok());
+    for start in std::iter::once(parent).chain(resolved.as_deref()) {
+        for dir in start.ancestors().filter(|d| !d.as_os_str().is_empty()) {
+            check_ancestor(dir)?;
+        }
+    }
+    Ok(())
+}
+
+/// One directory on the way to a file: see [`check_ancestors`].
+fn check_ancestor(dir: &Path) -> Result<(), UnsafePath> {
+    let meta = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => {
+            return Err(UnsafePath::Io {
+                path: dir.to_path_buf(),
+                error,
+            });
+        }
+    };
+    let agent = euid();
+    if meta.uid() != 0 && meta.uid() != agent {
+        return Err(UnsafePath::ForeignDirectory {
+            dir: dir.to_path_buf(),
+            owner: meta.uid(),
+            agent,
+        });
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+        return Err(UnsafePath::WritableByOthers {
+            dir: dir.to_path_buf(),
+            who: "every user",
+            mode,
+        });
+    }
+    Ok(())
 }
 
 /// Opens `path` for appending (created 0640 if missing) without following a link, and only if it
@@ -141,6 +199,35 @@ pub(crate) fn open_append_owned(path: &Path) -> Result<File, UnsafePath> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// Every directory above a path counts: one another user owns (where it could swap the
+    /// directory below for a link), or that every user may write without the sticky bit. `/tmp`'s
+    /// kind (root's, sticky) and a group-writable one of root's pass.
+    #[test]
+    fn a_directory_above_that_another_user_controls_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let theirs = dir.path().join("theirs");
+        let below = theirs.join("logs");
+        std::fs::create_dir_all(&below).unwrap();
+        check_private_dir(&below).unwrap();
+        nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(4643)), None).unwrap();
+        let e = check_private_dir(&below).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("the directory {} belongs to uid 4643", theirs.display())),
+            "{e}"
+        );
+        // Reached through a link in a directory of root's: where it leads is checked too.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&below, &link).unwrap();
+        let e = check_ancestors(&link.join("audit.jsonl")).unwrap_err().to_string();
+        assert!(e.contains("belongs to uid 4643"), "{e}");
+
+        nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(0)), None).unwrap();
+        for (mode, ok) in [(0o777, false), (0o1777, true), (0o775, true)] {
+            std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(check_private_dir(&below).is_ok(), ok, "{mode:o}");
+        }
+    }
 
     #[test]
     fn directories_others_can_write_are_refused_with_the_fix() {

@@ -8,7 +8,7 @@
 //! [`CREDENTIAL_RECHECK`].
 
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -47,6 +47,14 @@ pub enum SecretFileError {
     /// The content is empty or only whitespace.
     #[error("{path} is empty")]
     Empty { path: PathBuf },
+    /// A directory on the way to the file can be changed by another user, who could put a link
+    /// to any file of root's there.
+    #[error("secret file {path}: {error}")]
+    UnsafeDirectory {
+        path: PathBuf,
+        #[source]
+        error: crate::files::UnsafePath,
+    },
 }
 
 /// A secret that lives in a file and is re-read on every use, so rotating it needs no restart.
@@ -64,10 +72,16 @@ impl std::fmt::Debug for SecretFile {
 impl SecretFile {
     /// Reads the secret, refusing a file that "other" can read. Surrounding whitespace is trimmed.
     pub fn read(&self) -> Result<Zeroizing<String>, SecretFileError> {
-        check_secret_permissions(&self.path)?;
+        use std::io::Read;
+        // The checks are of the file opened, and the content is read from it: no other file can
+        // be swapped in between.
+        let mut file = open_secret(&self.path)?;
         let path = || self.path.clone();
-        let raw = std::fs::read(&self.path).map_err(|error| SecretFileError::Unreadable { path: path(), error })?;
-        let raw = Zeroizing::new(raw);
+        // Sized to the file up front: a growing buffer would leave copies of the secret behind.
+        let len = file.metadata().map_or(0, |m| m.len() as usize);
+        let mut raw = Zeroizing::new(Vec::with_capacity(len + 1));
+        file.read_to_end(&mut raw)
+            .map_err(|error| SecretFileError::Unreadable { path: path(), error })?;
         let text = std::str::from_utf8(&raw).map_err(|_| SecretFileError::NotUtf8 { path: path() })?;
         let trimmed = text.trim();
         if trimmed.is_empty() {
@@ -102,15 +116,35 @@ pub(crate) struct FileStamp {
     ctime_ns: i128,
 }
 
-/// Refuses a secret file that is missing, not a regular file, readable by "other", or owned by
-/// a user other than root and the agent.
+/// Refuses a secret file that is missing, not a regular file, readable by "other", owned by a
+/// user other than root and the agent, or under a directory another user could change
+/// ([`crate::files::check_ancestors`]).
 pub(crate) fn check_secret_permissions(path: &Path) -> Result<(), SecretFileError> {
-    let meta = std::fs::metadata(path).map_err(|error| match error.kind() {
-        std::io::ErrorKind::NotFound => SecretFileError::NotFound { path: path.into() },
-        _ => SecretFileError::Inaccessible {
-            path: path.into(),
-            error,
-        },
+    open_secret(path).map(drop)
+}
+
+/// Opens a secret file, checked as [`check_secret_permissions`] says: the checks are of the file
+/// opened (`fstat`), which links may lead to (a Kubernetes secret volume's `..data` links, owned by
+/// root) only through directories root or the agent alone controls.
+fn open_secret(path: &Path) -> Result<std::fs::File, SecretFileError> {
+    crate::files::check_ancestors(path).map_err(|error| SecretFileError::UnsafeDirectory {
+        path: path.into(),
+        error,
+    })?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_CLOEXEC | nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|error| match error.kind() {
+            std::io::ErrorKind::NotFound => SecretFileError::NotFound { path: path.into() },
+            _ => SecretFileError::Inaccessible {
+                path: path.into(),
+                error,
+            },
+        })?;
+    let meta = file.metadata().map_err(|error| SecretFileError::Inaccessible {
+        path: path.into(),
+        error,
     })?;
     if !meta.is_file() {
         return Err(SecretFileError::NotRegular { path: path.into() });
@@ -131,7 +165,7 @@ pub(crate) fn check_secret_permissions(path: &Path) -> Result<(), SecretFileErro
             agent,
         });
     }
-    Ok(())
+    Ok(file)
 }
 
 /// How long the request path trusts what it last saw of a credential file before it looks
@@ -201,6 +235,69 @@ mod tests {
         std::fs::write(&path, content).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
         SecretFile { path }
+    }
+
+    /// The attack (as root, the agent): uid 4644 owns a directory the configuration names a
+    /// secret in. Its own file there is refused (it belongs to 4644); a link it plants to a
+    /// secret of root's that it cannot read is refused too, and so is a link in root's directory
+    /// that leads through 4644's. A Kubernetes-style layout (root's links to root's files)
+    /// passes.
+    #[test]
+    fn a_secret_under_a_directory_another_user_controls_is_refused_even_through_a_link() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let root_secret = file(dir.path(), "root-secret", b"root's credential", 0o600);
+        let user = dir.path().join("u4644");
+        std::fs::create_dir(&user).unwrap();
+        nix::unistd::chown(&user, Some(nix::unistd::Uid::from_raw(4644)), None).unwrap();
+
+        let planted = SecretFile {
+            path: user.join("sa.jwt"),
+        };
+        symlink(&root_secret.path, &planted.path).unwrap();
+        let err = planted.read().unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "secret file {}: the directory {} belongs to uid 4644",
+                planted.path.display(),
+                user.display()
+            )),
+            "{err}"
+        );
+        assert!(check_secret_permissions(&planted.path).is_err());
+
+        let owned_by_root_in_theirs = file(&user, "real", b"swappable", 0o600);
+        let through = SecretFile {
+            path: dir.path().join("through"),
+        };
+        symlink(&owned_by_root_in_theirs.path, &through.path).unwrap();
+        let err = through.read().unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("the directory {} belongs to uid 4644", user.display())),
+            "{err}"
+        );
+
+        // A secret volume: root's links to root's files, in root's directories.
+        let volume = dir.path().join("volume");
+        let data = volume.join("..2026_11_30");
+        std::fs::create_dir_all(&data).unwrap();
+        file(&data, "token", b"a projected token\n", 0o600);
+        symlink("..2026_11_30", volume.join("..data")).unwrap();
+        symlink("..data/token", volume.join("token")).unwrap();
+        let token = SecretFile {
+            path: volume.join("token"),
+        };
+        assert_eq!(token.read().unwrap().as_str(), "a projected token");
+    }
+
+    /// A FIFO planted where a secret should be is refused at once, not waited on.
+    #[test]
+    fn a_fifo_is_not_a_secret_and_is_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let err = SecretFile { path: fifo }.read().unwrap_err();
+        assert!(matches!(err, SecretFileError::NotRegular { .. }), "{err}");
     }
 
     #[test]

@@ -17,6 +17,13 @@ impl Validator<'_> {
             Some(s) => self.absolute(&key(&["agent", "socket"]), s),
             None => PathBuf::from(DEFAULT_SOCKET),
         };
+        // Another user who can write the socket's directory could put a socket of its own in
+        // the agent's place and take the requests (and credentials) sent to it.
+        if let Some(dir) = socket.parent().filter(|_| socket.is_absolute())
+            && let Err(e) = crate::files::check_private_dir(dir)
+        {
+            self.problem(&key(&["agent", "socket"]), e.to_string());
+        }
         let socket_mode = self.mode(&key(&["agent", "socket_mode"]), a.socket_mode.as_deref(), 0o666);
         let socket_group = a
             .socket_group
@@ -189,6 +196,28 @@ mod tests {
 
     use crate::config::test_support::{TestContext, good, problems};
     use crate::config::{AuditFailure, LogFormat, parse};
+
+    /// A socket where another user could put its own in the agent's place is refused.
+    #[test]
+    fn a_socket_in_a_directory_another_user_controls_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let text = good(dir.path()).replace(
+            &format!("socket = \"{}/agent.sock\"", dir.path().display()),
+            &format!("socket = \"{}/agent.sock\"", shared.display()),
+        );
+        let all = problems(&text).join("\n");
+        assert!(
+            all.contains(&format!(
+                "agent.socket: the directory {} can be written by every user",
+                shared.display()
+            )),
+            "{all}"
+        );
+    }
 
     #[test]
     fn operators_are_users_and_groups_that_exist_and_default_to_root() {

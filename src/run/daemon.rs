@@ -45,6 +45,10 @@ pub(crate) fn bind_socket(config: &Config) -> Result<UnixListener, StartError> {
             source,
         })?;
     }
+    crate::files::check_private_dir(dir).map_err(|source| StartError::UnsafeSocketDir {
+        path: path.clone(),
+        source,
+    })?;
     if std::fs::symlink_metadata(path).is_ok() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(StartError::SocketInUse { path: path.clone() });

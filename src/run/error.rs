@@ -19,6 +19,14 @@ pub enum StartError {
     /// The socket's directory does not exist and could not be created.
     #[error("cannot create {}: {source}", dir.display())]
     SocketDir { dir: PathBuf, source: std::io::Error },
+    /// Another user could replace the socket: its directory, or one above it, is not root's or
+    /// the agent's alone.
+    #[error("the socket {}: {source}", path.display())]
+    UnsafeSocketDir {
+        path: PathBuf,
+        #[source]
+        source: crate::files::UnsafePath,
+    },
     /// Another process already answers on the socket path.
     #[error("another agent is already serving {}; stop it or choose another agent.socket", path.display())]
     SocketInUse { path: PathBuf },
