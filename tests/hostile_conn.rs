@@ -550,3 +550,58 @@ async fn nothing_pipelined_after_connection_close_is_answered() {
     }
     assert_eq!(issued_for(&h, "payments"), 2);
 }
+
+/// Opens argv[2] TCP connections to 127.0.0.1:argv[1], sends half a request head on each and
+/// reads nothing; prints how many the agent closed at once (end of file or a reset within
+/// 0.5 s), then
+/// holds the rest until stdin closes.
+const METRICS_FLOOD: &str = r#"
+import select, socket, sys
+conns = []
+for _ in range(int(sys.argv[2])):
+    c = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+    c.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+    conns.append(c)
+def gone(c):
+    try:
+        return c.recv(1) == b""
+    except ConnectionResetError:
+        return True
+ready, _, _ = select.select(conns, [], [], 0.5)
+closed = sum(1 for c in ready if gone(c))
+print(closed, flush=True)
+sys.stdin.read()
+"#;
+
+/// The metrics listener is open to every local user: uid 4343 opens 200 connections to it and
+/// never finishes a request. The agent keeps at most 16 (closing the others at once), so its
+/// file descriptors stay its own, and the socket goes on serving tokens.
+#[tokio::test]
+async fn a_flood_of_metrics_connections_takes_at_most_sixteen_descriptors() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut h = Harness::new(Duration::from_secs(300), harness_setup(&[0], vec![])).await;
+    h.stop().await;
+    h.config.agent.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    h.write_config();
+    h.start().await;
+    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let before = fds();
+    let mut flood = attacker(ATTACKER, METRICS_FLOOD, [port.to_string(), "200".to_string()]);
+    let mut lines = tokio::io::BufReader::new(flood.stdout.take().unwrap()).lines();
+    let closed: usize = lines.next_line().await.unwrap().unwrap().parse().unwrap();
+    // 16 connections, the attacker's pipes and process handle, and a connection or two being
+    // closed as it is counted: far from the 200 it would be without the cap.
+    let held = fds().saturating_sub(before);
+    assert!(
+        held < 32,
+        "the agent holds {held} descriptors for 200 metrics connections"
+    );
+    assert!(closed >= 184, "only {closed} of 200 were closed at once");
+    let (status, body) = h.get(&token_path("payments", PAYMENTS, "")).await;
+    assert_eq!(status, 200, "{body}");
+    drop(flood);
+}

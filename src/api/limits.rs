@@ -96,7 +96,11 @@ impl ConnLimits {
     /// The default limits, lowered so that the connections fit in the file descriptor limit
     /// (with room left for the provider connections, the audit log and the sinks).
     pub(crate) fn for_this_process() -> Arc<ConnLimits> {
-        let total = open_files_limit().map_or(MAX_CONNECTIONS, |n| n.saturating_sub(64).clamp(16, MAX_CONNECTIONS));
+        // 64 for the rest, and the metrics listener's own.
+        let reserved = 64 + super::server::METRICS_CONNECTIONS + 1;
+        let total = open_files_limit().map_or(MAX_CONNECTIONS, |n| {
+            n.saturating_sub(reserved).clamp(16, MAX_CONNECTIONS)
+        });
         ConnLimits::new(
             MAX_CONNECTIONS_PER_PROCESS.min(total / 4),
             MAX_CONNECTIONS_PER_UID.min(total / 2),

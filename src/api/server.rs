@@ -80,8 +80,19 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>, cancel: Cancellati
     }
 }
 
-/// Serves `GET /metrics` on a TCP listener (`metrics_listen`) until `cancel` fires.
+/// Connections the metrics listener serves at once; one more is accepted and closed at once.
+/// Anyone on the host (or the network it listens on) may connect, and a scraper needs one.
+pub(crate) const METRICS_CONNECTIONS: usize = 16;
+
+/// How long one metrics connection may last, whatever its client does (reads nothing, sends
+/// slowly): one request, then it is closed.
+pub(crate) const METRICS_CONNECTION_TIME: Duration = Duration::from_secs(10);
+
+/// Serves `GET /metrics` on a TCP listener (`metrics_listen`) until `cancel` fires: one request
+/// per connection, at most [`METRICS_CONNECTIONS`] at once, each closed after
+/// [`METRICS_CONNECTION_TIME`], so no client can hold the agent's file descriptors.
 pub(crate) async fn serve_metrics(listener: tokio::net::TcpListener, agent: Arc<Agent>, cancel: CancellationToken) {
+    let places = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
@@ -93,6 +104,11 @@ pub(crate) async fn serve_metrics(listener: tokio::net::TcpListener, agent: Arc<
                 }
             },
             _ = cancel.cancelled() => return,
+        };
+        let Ok(place) = places.clone().try_acquire_owned() else {
+            tracing::debug!("{METRICS_CONNECTIONS} metrics connections are open; closing another");
+            drop(stream);
+            continue;
         };
         let agent = agent.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -115,9 +131,11 @@ pub(crate) async fn serve_metrics(listener: tokio::net::TcpListener, agent: Arc<
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
+            .keep_alive(false)
             .serve_connection(TokioIo::new(stream), service);
         tokio::spawn(async move {
-            let _ = conn.await;
+            let _place = place;
+            let _ = tokio::time::timeout(METRICS_CONNECTION_TIME, conn).await;
         });
     }
 }
