@@ -605,3 +605,63 @@ async fn a_flood_of_metrics_connections_takes_at_most_sixteen_descriptors() {
     assert_eq!(status, 200, "{body}");
     drop(flood);
 }
+
+/// Sends argv[2] then argv[4] times argv[3] (hex) on a connection to argv[1] from a thread
+/// without reading, waits argv[5] seconds, then reads until the connection ends or stays silent
+/// for 3 s; prints "closed N" or "open N", N the answers that came.
+const STALLS: &str = r#"
+import socket, sys, threading, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+n = int(sys.argv[4])
+burst = bytes.fromhex(sys.argv[2]) + bytes.fromhex(sys.argv[3]) * n
+def send():
+    try:
+        s.sendall(burst)
+    except OSError:
+        pass
+threading.Thread(target=send, daemon=True).start()
+time.sleep(float(sys.argv[5]))
+s.settimeout(3)
+data = b""
+state = "open"
+try:
+    while True:
+        b = s.recv(1 << 16)
+        if not b:
+            state = "closed"
+            break
+        data += b
+except socket.timeout:
+    pass
+except ConnectionResetError:
+    state = "closed"
+print(state, data.count(b"HTTP/1.1 "), flush=True)
+"#;
+
+/// A caller pipelines thousands of requests and takes none of the answers: once its socket is
+/// full, the agent waits 10 s for it, then closes the connection (its place is not held for
+/// ever), on the loop's path and on hyper's alike.
+#[tokio::test]
+async fn a_caller_that_takes_no_answer_for_ten_seconds_is_closed_on_both_paths() {
+    const N: usize = 4000;
+    let h = Harness::new(Duration::from_secs(300), harness_setup(&[ATTACKER], vec![])).await;
+    open_dir(h.dir.path());
+    let ok = token_path("payments", PAYMENTS, "");
+    let each = hex(format!("GET {ok} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+    let hyper_first = hex(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n");
+    let socket = h.socket.to_str().unwrap();
+    let (mut runs, mut attackers) = (Vec::new(), Vec::new());
+    for first in [each.clone(), hyper_first] {
+        let mut a = attacker(ATTACKER, STALLS, [socket, &first, &each, &N.to_string(), "12"]);
+        runs.push(tokio::io::BufReader::new(a.stdout.take().unwrap()).lines());
+        attackers.push(a);
+    }
+    for (path, mut lines) in ["the loop", "hyper"].into_iter().zip(runs) {
+        let said = lines.next_line().await.unwrap().unwrap();
+        let (state, answers) = said.split_once(' ').unwrap();
+        let answers: usize = answers.parse().unwrap();
+        assert_eq!(state, "closed", "{path}: {said}");
+        assert!(answers < N, "{path}: {said}");
+    }
+}

@@ -33,6 +33,10 @@ use super::responses::{AnswerCache, Body, error_answer, token_answer};
 use super::routes::{MAX_HEADERS, handle, token_get};
 use super::server::HEADER_READ_TIMEOUT;
 
+/// A caller must take an answer within this time once the socket is full, or the connection is
+/// closed: one that reads nothing would otherwise hold its place (and the caps') for ever.
+pub(super) const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Bytes of answers to pipelined requests the loop holds before it writes them and waits.
 const MAX_PENDING_ANSWERS: usize = 64 * 1024;
 
@@ -163,7 +167,7 @@ pub(super) async fn serve(
             }
         }
         if !out.is_empty() {
-            if stream.write_all(&out).await.is_err() {
+            if !write_answers(&mut stream, &out).await {
                 return;
             }
             out.clear();
@@ -184,6 +188,7 @@ pub(super) async fn serve(
                 prefix: buf,
                 at: 0,
                 stream,
+                stalled: None,
             };
             let due = head_since + HEADER_READ_TIMEOUT;
             return with_hyper(io, agent, attested, seen, watcher, due).await;
@@ -265,11 +270,55 @@ async fn with_hyper(
     }
 }
 
-/// A stream whose first bytes were already read: they are read again first.
+/// Writes `out` whole, or says the connection is to be closed: the caller did not take it within
+/// [`WRITE_TIMEOUT`] of the socket filling up (or the write failed). The usual case, a socket with
+/// room, takes one `write(2)` and no timer.
+async fn write_answers(stream: &mut UnixStream, out: &[u8]) -> bool {
+    let rest = match stream.try_write(out) {
+        Ok(n) if n == out.len() => return true,
+        Ok(n) => out.get(n..).unwrap_or_default(),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => out,
+        Err(_) => return false,
+    };
+    match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(rest)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            tracing::debug!("the caller took no answer within {WRITE_TIMEOUT:?}; closing the connection");
+            false
+        }
+    }
+}
+
+/// A stream whose first bytes were already read: they are read again first. A write that
+/// cannot go on for [`WRITE_TIMEOUT`] fails (hyper then closes the connection).
 struct Prefixed {
     prefix: Vec<u8>,
     at: usize,
     stream: UnixStream,
+    /// Since when a write has been waiting for room, as a timer; none while writes go through.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Prefixed {
+    /// What a write (or flush) that returned `poll` means, with the stall timer: pending until
+    /// [`WRITE_TIMEOUT`] has passed since the first pending one, then an error.
+    fn deadline<T>(&mut self, cx: &mut Context<'_>, poll: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_TIMEOUT)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the caller took no answer in time",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 impl AsyncRead for Prefixed {
@@ -289,7 +338,9 @@ impl AsyncRead for Prefixed {
 
 impl AsyncWrite for Prefixed {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.deadline(cx, poll)
     }
 
     fn poll_write_vectored(
@@ -297,7 +348,9 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.deadline(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -305,7 +358,9 @@ impl AsyncWrite for Prefixed {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.stream).poll_flush(cx);
+        this.deadline(cx, poll)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
