@@ -1343,3 +1343,34 @@ async fn device_codes_known<'a>(h: &Harness, words: &[&'a str]) -> Vec<&'a str> 
     }
     known
 }
+
+/// Starts argv[2] device sign-ins on the socket argv[1] at once, each on its own connection
+/// from its own thread, and prints the status codes, sorted.
+const SIGN_IN_BURST: &str = r#"
+import threading
+codes = []
+def one():
+    status, _ = call(sys.argv[1], "POST", "/v1/login", {"flow": "device"})
+    codes.append(status)
+threads = [threading.Thread(target=one) for _ in range(int(sys.argv[2]))]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(" ".join(str(c) for c in sorted(codes)), flush=True)
+"#;
+
+/// Mallory starts 12 device sign-ins at once while the provider takes 300 ms to answer each:
+/// the cap of 4 per uid holds (the place is taken before the provider is asked), and the
+/// provider is asked 4 times, not 12.
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_ins_started_side_by_side_are_held_to_four_per_uid() {
+    let h = people().await;
+    h.idp.set_device_authorization_delay(Duration::from_millis(300));
+    let asked = h.idp.people_counters().device_authorizations;
+    let mut burst = python_as(MALLORY_UID, SIGN_IN_BURST, &[h.socket.to_str().unwrap(), "12"]);
+    let mut lines = BufReader::new(burst.stdout.take().unwrap()).lines();
+    let codes = lines.next_line().await.unwrap().unwrap();
+    assert_eq!(codes, "200 200 200 200 429 429 429 429 429 429 429 429");
+    assert_eq!(h.idp.people_counters().device_authorizations - asked, 4);
+}

@@ -100,6 +100,9 @@ pub(super) struct PeopleState {
     /// `interval` is then 1).
     pub device_interval: Duration,
     pub offered_groups: Vec<String>,
+    /// How long the device authorization endpoint waits before it answers (tests: a slow
+    /// provider).
+    pub device_authorization_delay: Duration,
 }
 
 impl Default for PeopleState {
@@ -112,6 +115,7 @@ impl Default for PeopleState {
             refresh: HashMap::new(),
             grants: HashMap::new(),
             device_interval: Duration::from_secs(5),
+            device_authorization_delay: Duration::ZERO,
             offered_groups: OFFERED_GROUPS.iter().map(|g| g.to_string()).collect(),
         }
     }
@@ -482,6 +486,12 @@ impl DevIdp {
     /// adds this much again to the code's interval.
     pub fn set_device_interval(&self, interval: Duration) {
         lock(&self.shared.people).device_interval = interval;
+    }
+
+    /// Makes the device authorization endpoint answer only after `delay`, as a provider far away
+    /// does.
+    pub fn set_device_authorization_delay(&self, delay: Duration) {
+        lock(&self.shared.people).device_authorization_delay = delay;
     }
 
     /// The groups the sign-in page offers as checkboxes.

@@ -118,6 +118,10 @@ pub(super) async fn handle(shared: &Shared, req: Request<Incoming>) -> Resp {
     }
     if path == "/device_authorization" {
         bump(&shared.people_counters.device_authorizations);
+        let delay = lock(&shared.people).device_authorization_delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
     }
     if path == "/revoke" {
         bump(&shared.people_counters.revocations);

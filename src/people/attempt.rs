@@ -133,6 +133,26 @@ impl Attempt {
     }
 }
 
+/// The place of a sign-in being started ([`People::reserve`]): a placeholder under its id,
+/// removed when this is dropped unless the sign-in was registered there meanwhile.
+struct Reserved<'a> {
+    people: &'a People,
+    id: String,
+    placeholder: Arc<Attempt>,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        let mut attempts = self.people.attempts();
+        if attempts
+            .get(&self.id)
+            .is_some_and(|a| Arc::ptr_eq(a, &self.placeholder))
+        {
+            attempts.remove(&self.id);
+        }
+    }
+}
+
 /// A random value for `state`, `nonce` and sign-in ids: 256 bits from the system's generator.
 fn unguessable() -> Result<String, ApiError> {
     crate::upstream::random_urlsafe(32).map_err(|e| e.to_api())
@@ -223,8 +243,10 @@ impl People {
             )));
         }
         self.sweep_attempts();
-        self.make_room(caller.uid)?;
         let id = unguessable()?;
+        // The place is taken now, before the provider is asked (which takes a while): sign-ins
+        // started side by side cannot all pass the check before any is counted.
+        let _place = self.reserve(caller, &id, &name, flow)?;
         let started = match flow {
             LoginFlow::Browser => {
                 let port = ask.redirect_port.ok_or_else(|| {
@@ -540,8 +562,31 @@ impl People {
     /// Makes room in the table for one more sign-in of `uid`: a uid keeps at most [`PER_UID`]
     /// sign-ins, pending or finished, and the host [`IN_ALL`]; finished ones (the oldest first)
     /// make way for new ones, so only sign-ins in progress can fill either limit.
-    fn make_room(&self, uid: u32) -> Result<(), ApiError> {
+    /// Makes room for a sign-in of `caller` and holds its place under `id` until the sign-in is
+    /// registered there (or the returned guard is dropped, when it failed).
+    fn reserve<'a>(
+        &'a self,
+        caller: &Caller,
+        id: &str,
+        login: &str,
+        flow: LoginFlow,
+    ) -> Result<Reserved<'a>, ApiError> {
         let mut attempts = self.attempts();
+        Self::make_room(&mut attempts, caller.uid)?;
+        let flow = match flow {
+            LoginFlow::Browser => "browser",
+            _ => "device",
+        };
+        let placeholder = Arc::new(Self::new_attempt(caller, id.to_string(), login, flow, BROWSER_WINDOW));
+        attempts.insert(id.to_string(), placeholder.clone());
+        Ok(Reserved {
+            people: self,
+            id: id.to_string(),
+            placeholder,
+        })
+    }
+
+    fn make_room(attempts: &mut std::collections::HashMap<String, Arc<Attempt>>, uid: u32) -> Result<(), ApiError> {
         let finished_at = |a: &Attempt| *a.finished_at.lock().unwrap_or_else(|p| p.into_inner());
         let evict_oldest_finished = |attempts: &mut std::collections::HashMap<String, Arc<Attempt>>,
                                      only_uid: Option<u32>| {
@@ -553,7 +598,7 @@ impl People {
             oldest.is_some_and(|(_, id)| attempts.remove(&id).is_some())
         };
         while attempts.values().filter(|a| a.uid == uid).count() >= PER_UID {
-            if !evict_oldest_finished(&mut attempts, Some(uid)) {
+            if !evict_oldest_finished(attempts, Some(uid)) {
                 return Err(ApiError::new(
                     ErrorKind::SlowDown,
                     format!(
@@ -565,7 +610,7 @@ impl People {
             }
         }
         while attempts.len() >= IN_ALL {
-            if !evict_oldest_finished(&mut attempts, None) {
+            if !evict_oldest_finished(attempts, None) {
                 return Err(ApiError::new(
                     ErrorKind::SlowDown,
                     format!(
