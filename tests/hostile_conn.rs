@@ -665,3 +665,35 @@ async fn a_caller_that_takes_no_answer_for_ten_seconds_is_closed_on_both_paths()
         assert!(answers < N, "{path}: {said}");
     }
 }
+
+/// POSTs each JSON body argv[2:] to /v1/token on the socket argv[1]; prints "status error" per
+/// answer, one line each.
+const POST_TOKEN: &str = r#"
+import json
+for body in sys.argv[2:]:
+    s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+    s.sendall(("POST /v1/token HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)).encode())
+    head, _, rest = read_all(s).partition(b"\r\n\r\n")
+    print(head.split(b" ")[1].decode(), json.loads(rest)["error"], flush=True)
+"#;
+
+/// A caller no role admits cannot tell which identities exist by presenting a credential for
+/// them: one that exists (and uses its own credential) and one that does not get the same
+/// refusal.
+#[tokio::test]
+async fn a_presented_credential_does_not_tell_a_stranger_which_identities_exist() {
+    let h = Harness::new(Duration::from_secs(300), harness_setup(&[HOLDER], vec![])).await;
+    open_dir(h.dir.path());
+    let body =
+        |identity: &str| format!(r#"{{"identity":"{identity}","audience":"{PAYMENTS}","subject_token":"x.y.z"}}"#);
+    let mut probe = attacker(
+        ATTACKER,
+        POST_TOKEN,
+        [h.socket.to_str().unwrap(), &body("payments"), &body("no-such-identity")],
+    );
+    let mut lines = tokio::io::BufReader::new(probe.stdout.take().unwrap()).lines();
+    let existing = lines.next_line().await.unwrap().unwrap();
+    let missing = lines.next_line().await.unwrap().unwrap();
+    assert_eq!(existing, "403 access_denied");
+    assert_eq!(missing, existing);
+}

@@ -94,9 +94,12 @@ impl Agent {
 
     /// The identity a presented credential is for: the one named, or the only one that takes
     /// caller-presented credentials.
+    /// Only identities a role could let the caller use are named to it, or told apart from
+    /// ones that do not exist.
     fn presented_identity(
         &self,
         config: &Config,
+        caller: &Caller,
         named: Option<&str>,
     ) -> Result<Arc<crate::config::IdentitySettings>, ApiError> {
         let candidates: Vec<&Arc<crate::config::IdentitySettings>> = match named {
@@ -104,11 +107,16 @@ impl Agent {
             None => config
                 .identities
                 .iter()
-                .filter(|i| i.subject == SubjectSource::Caller)
+                .filter(|i| i.subject == SubjectSource::Caller && policy::could_admit(config, caller, &i.name))
                 .collect(),
         };
         match candidates.as_slice() {
             [one] if one.subject == SubjectSource::Caller => Ok((*one).clone()),
+            [one] if !policy::could_admit(config, caller, &one.name) => Err(ApiError::access_denied(format!(
+                "no role could let the caller ({}) use identity {:?}, whatever credential it presents",
+                caller.describe(),
+                one.name
+            ))),
             [one] => Err(ApiError::invalid_request(format!(
                 "identity {:?} uses its own subject credential; do not send subject_token",
                 one.name
@@ -120,9 +128,10 @@ impl Agent {
                     named.unwrap_or_default()
                 ),
             )),
-            [] => Err(ApiError::invalid_request(
-                "no identity on this agent takes a caller-presented subject_token",
-            )),
+            [] => Err(ApiError::access_denied(format!(
+                "no identity that a role could let the caller ({}) use takes a caller-presented subject_token",
+                caller.describe()
+            ))),
             many => Err(ApiError::invalid_request(format!(
                 "several identities take a presented credential; say which with identity (one of: {})",
                 many.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
@@ -189,7 +198,7 @@ impl Agent {
         let mut claims = None;
         if let Some(subject) = &ask.subject_token {
             let identity = self
-                .presented_identity(config, ask.identity.as_deref())
+                .presented_identity(config, caller, ask.identity.as_deref())
                 .inspect_err(|e| denied(e, None))?;
             // What can be decided without the credential is decided first: a caller no role
             // could admit costs no signature check and no JWKS request.
