@@ -1374,3 +1374,34 @@ async fn sign_ins_started_side_by_side_are_held_to_four_per_uid() {
     assert_eq!(codes, "200 200 200 200 429 429 429 429 429 429 429 429");
     assert_eq!(h.idp.people_counters().device_authorizations - asked, 4);
 }
+
+/// What a web page in the person's own browser can do (its requests come from the person's
+/// uid): send the loopback an error redirect without the sign-in's state.
+const FORGED_ERROR: &str = r#"
+status, page = get_loopback(int(sys.argv[1]), "/callback?error=access_denied&error_description=forged")
+print(status, flush=True)
+"#;
+
+/// An error redirect must carry the sign-in's state as a code must: one without it, even from
+/// the person's own uid, is refused with 400 and the sign-in goes on to complete.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_error_redirect_without_the_sign_ins_state_does_not_end_it() {
+    let h = people().await;
+    let (alice, _lines, url) = browser_login(ALICE_UID, &h.socket).await;
+    let port = redirect_port(&url);
+    let mut page = python_as(ALICE_UID, FORGED_ERROR, &[&port.to_string()]);
+    let mut said = BufReader::new(page.stdout.take().unwrap()).lines();
+    assert_eq!(said.next_line().await.unwrap().as_deref(), Some("400"));
+    let back = h.idp.approve_authorization(url.trim(), PERSON, &["payments"]).unwrap();
+    let _ = reqwest::get(&back).await;
+    let done = tokio::time::timeout(Duration::from_secs(60), alice.wait_with_output())
+        .await
+        .expect("the CLI must finish once the browser is back")
+        .unwrap();
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert!(
+        done.status.success(),
+        "a forged error redirect ended the sign-in: {err}"
+    );
+    assert_eq!(alice_subs(&h).await, vec![SUB.to_string()]);
+}

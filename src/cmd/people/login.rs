@@ -132,7 +132,7 @@ async fn browser_flow(
     })?;
     let (code, state) = match redirect {
         Redirect::Code { code, state } => (code, state),
-        Redirect::Error(e) => {
+        Redirect::Error { error: e, .. } => {
             let _ = answer_page(
                 &mut stream,
                 200,

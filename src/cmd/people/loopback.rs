@@ -15,8 +15,19 @@ use super::escape;
 pub(super) enum Redirect {
     /// The provider's code and the state it returned.
     Code { code: String, state: String },
-    /// The provider sent an error instead (for example `access_denied`).
-    Error(String),
+    /// The provider sent an error instead (for example `access_denied`), and the state it
+    /// returned with it (RFC 6749 section 4.1.2.1 says it must).
+    Error { error: String, state: Option<String> },
+}
+
+impl Redirect {
+    /// The state the redirect carries, if any.
+    fn state(&self) -> Option<&str> {
+        match self {
+            Redirect::Code { state, .. } => Some(state),
+            Redirect::Error { state, .. } => state.as_deref(),
+        }
+    }
 }
 
 /// The loopback listener failed.
@@ -102,8 +113,15 @@ async fn serve(
     let target = tokio::time::timeout(Duration::from_secs(10), read_target(&mut stream))
         .await
         .ok()??;
-    match parse_redirect(&target) {
-        Some(Redirect::Code { state: got, .. }) if state.as_deref().is_some_and(|want| !same(want, &got)) => {
+    // An error must carry this sign-in's state as a code must: any page in the person's browser
+    // can send one to 127.0.0.1, and would otherwise end the sign-in.
+    let redirect = parse_redirect(&target);
+    let foreign = match (&redirect, state.as_deref()) {
+        (Some(r), Some(want)) => !r.state().is_some_and(|got| same(want, got)),
+        _ => false,
+    };
+    match redirect {
+        Some(_) if foreign => {
             eprintln!("cortexid: a redirect with another sign-in's state came to the listener; refused, still waiting");
             let _ = answer(
                 &mut stream,
@@ -180,10 +198,13 @@ pub(super) fn parse_redirect(target: &str) -> Option<Redirect> {
         }
     }
     match (code, state, error) {
-        (_, _, Some(e)) => Some(Redirect::Error(match description {
-            Some(d) => format!("{e}: {d}"),
-            None => e,
-        })),
+        (_, state, Some(e)) => Some(Redirect::Error {
+            error: match description {
+                Some(d) => format!("{e}: {d}"),
+                None => e,
+            },
+            state,
+        }),
         (Some(code), Some(state), None) => Some(Redirect::Code { code, state }),
         _ => None,
     }
@@ -221,8 +242,10 @@ mod tests {
             Some(Redirect::Code { code, state }) => assert_eq!((code.as_str(), state.as_str()), ("c1", "s1")),
             other => panic!("{other:?}"),
         }
-        match parse_redirect("/callback?error=access_denied&error_description=no") {
-            Some(Redirect::Error(e)) => assert_eq!(e, "access_denied: no"),
+        match parse_redirect("/callback?error=access_denied&error_description=no&state=s1") {
+            Some(Redirect::Error { error, state }) => {
+                assert_eq!((error.as_str(), state.as_deref()), ("access_denied: no", Some("s1")))
+            }
             other => panic!("{other:?}"),
         }
         assert!(parse_redirect("/favicon.ico").is_none());
