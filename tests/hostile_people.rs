@@ -311,6 +311,10 @@ async fn another_uid_learns_nothing_of_a_persons_session_from_health_metrics_ide
                 "{path} tells uid {MALLORY_UID} {private:?}: {text}"
             );
         }
+        if path == "/v1/health" {
+            // When others' exchanges happen (the provider limiter's counts) is not hers either.
+            assert!(!text.contains("\"limits\"") && !text.contains("in_flight"), "{text}");
+        }
     }
     // The audit file names people (sub, email) and their sign-ins: not for every user.
     let mut p = python_as(

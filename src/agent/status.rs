@@ -12,7 +12,7 @@ impl Agent {
     }
 
     /// `/v1/health`: status, providers, cache. With `details` (operators) also the providers'
-    /// last errors, the cache keys and the sinks; others see the status and counts only, since
+    /// last errors and limiters, the cache keys and the sinks; others see the status and counts only, since
     /// those details come from other callers' requests.
     pub fn health(&self, details: bool) -> (u16, serde_json::Value) {
         let state = self.state();
@@ -22,10 +22,11 @@ impl Agent {
             let h = p.health();
             unreachable |= h.reachable == Some(false);
             let mut view = serde_json::json!({"reachable": h.reachable.unwrap_or(false)});
-            if let Some(l) = self.cache.limiters.get(name) {
-                view["limits"] = serde_json::to_value(l.view()).unwrap_or_default();
-            }
             if details {
+                // The limiter's counts move with other callers' requests: when they ask.
+                if let Some(l) = self.cache.limiters.get(name) {
+                    view["limits"] = serde_json::to_value(l.view()).unwrap_or_default();
+                }
                 view["last_error"] = h.last_error.into();
             }
             providers.insert(name.clone(), view);
