@@ -261,6 +261,53 @@ async fn cortexid_dev_runs_a_provider_and_an_agent_and_its_printed_commands_work
         .output()
         .unwrap();
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+
+    // Edited and reloaded with SIGHUP (as the printout says): the role no longer names this uid.
+    assert!(text.contains(&format!("kill -HUP {}", child.id().unwrap())), "{text}");
+    let me = nix::unistd::getuid().as_raw();
+    let written = std::fs::read_to_string(&config).unwrap();
+    assert!(written.contains(&format!("uids = [{me}]")), "{written}");
+    std::fs::write(&config, written.replace(&format!("uids = [{me}]"), "uids = [64999]")).unwrap();
+    let hup = || {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap()
+    };
+    hup();
+    let refused = || async {
+        for _ in 0..100 {
+            let out = tokio::process::Command::new(args[0])
+                .args(&args[1..])
+                .output()
+                .await
+                .unwrap();
+            if !out.status.success() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    };
+    assert!(refused().await, "the reloaded role still admits uid {me}");
+    // A broken edit is not taken: the process goes on with the last good configuration.
+    std::fs::write(&config, "this is not toml [").unwrap();
+    hup();
+    let out = tokio::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("access_denied"),
+        "the agent answers as before the bad edit: {err}"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "cortexid dev ended on a bad reload"
+    );
     child.kill().await.unwrap();
 }
 

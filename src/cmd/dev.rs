@@ -142,6 +142,16 @@ pub async fn run(dir: Option<PathBuf>, uids: Vec<u32>, notifier: crate::run::sys
             return 1;
         }
     };
+    // Before the pid is printed: a SIGHUP sent at once must reload, not end the process.
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("cortexid dev: cannot install signal handlers");
+        return 1;
+    };
     // The commands to copy name `cortexid`, installed next to `cortexid-agent` (which runs this).
     let exe = std::env::current_exe()
         .map(|p| match p.with_file_name("cortexid") {
@@ -179,21 +189,27 @@ See what you may ask for, and how the agent is doing:
   {exe} identities --socket {sock}
   {exe} status --socket {sock}
 
+Edit the config and reload it with: kill -HUP {pid}
 Ctrl-C stops both."#,
+        pid = std::process::id(),
         issuer = setup.idp.issuer(),
         dir = setup.dir.display(),
         config = setup.config_path.display(),
         audit = setup.audit_log.display(),
         aud = PAYMENTS_AUDIENCE,
     );
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        eprintln!("cortexid dev: cannot install signal handlers");
-        return 1;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    // As the agent: SIGHUP reads the (edited) configuration again; a bad one leaves the running
+    // one in place, and says why.
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                if let Err(e) = running.reload(&setup.config_path) {
+                    eprintln!("cortexid dev: the configuration was not reloaded, the previous one still runs:\n{e}");
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
     }
     running.shutdown().await;
     setup.idp.shutdown().await;
