@@ -63,35 +63,7 @@ fn euid() -> u32 {
 /// planted in it either; its nearest existing ancestor is checked).
 pub(crate) fn check_private_dir(dir: &Path) -> Result<(), UnsafePath> {
     check_ancestors(dir)?;
-    let meta = match std::fs::metadata(dir) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(error) => {
-            return Err(UnsafePath::Io {
-                path: dir.to_path_buf(),
-                error,
-            });
-        }
-    };
-    let agent = euid();
-    if meta.uid() != 0 && meta.uid() != agent {
-        return Err(UnsafePath::ForeignDirectory {
-            dir: dir.to_path_buf(),
-            owner: meta.uid(),
-            agent,
-        });
-    }
-    let mode = meta.mode() & 0o7777;
-    let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
-        (_, true) => "every user",
-        (true, false) => "its group",
-        (false, false) => return Ok(()),
-    };
-    Err(UnsafePath::WritableByOthers {
-        dir: dir.to_path_buf(),
-        who,
-        mode,
-    })
+    check_dir(dir, Holds::TheFile)
 }
 
 /// Checks the directories above `path`, as written and as its links resolve, up to `/`: each
@@ -113,14 +85,23 @@ pub(crate) fn check_ancestors(path: &Path) -> Result<(), UnsafePath> {
         .or_else(|| parent.canonicalize().ok());
     for start in std::iter::once(parent).chain(resolved.as_deref()) {
         for dir in start.ancestors().filter(|d| !d.as_os_str().is_empty()) {
-            check_ancestor(dir)?;
+            check_dir(dir, Holds::Below)?;
         }
     }
     Ok(())
 }
 
-/// One directory on the way to a file: see [`check_ancestors`].
-fn check_ancestor(dir: &Path) -> Result<(), UnsafePath> {
+/// Which directory on the way to a file is checked: the one that holds it, which no one but root
+/// and the agent may write, or one above, which "other" may write only with the sticky bit.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Holds {
+    TheFile,
+    Below,
+}
+
+/// One directory on the way to a file: it belongs to root or the agent, and is written by no one
+/// else as `holds` says. One that does not exist passes.
+fn check_dir(dir: &Path, holds: Holds) -> Result<(), UnsafePath> {
     let meta = match std::fs::metadata(dir) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -140,14 +121,18 @@ fn check_ancestor(dir: &Path) -> Result<(), UnsafePath> {
         });
     }
     let mode = meta.mode() & 0o7777;
-    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
-        return Err(UnsafePath::WritableByOthers {
-            dir: dir.to_path_buf(),
-            who: "every user",
-            mode,
-        });
-    }
-    Ok(())
+    let (group, other, sticky) = (mode & 0o020 != 0, mode & 0o002 != 0, mode & 0o1000 != 0);
+    let who = match holds {
+        Holds::TheFile if other => "every user",
+        Holds::TheFile if group => "its group",
+        Holds::Below if other && !sticky => "every user",
+        _ => return Ok(()),
+    };
+    Err(UnsafePath::WritableByOthers {
+        dir: dir.to_path_buf(),
+        who,
+        mode,
+    })
 }
 
 /// Opens `path` for appending (created 0640 if missing) without following a link, and only if it
