@@ -372,16 +372,25 @@ async fn a_forged_redirect_from_another_uid_does_not_spoil_a_browser_sign_in() {
             "no answer"
         }
     });
+    let err = signed_in(&h, alice).await;
+    assert!(
+        err.is_none(),
+        "a forged redirect from uid {MALLORY_UID} ended Alice's sign-in (her browser's return: {page:?}): {err:?}"
+    );
+}
+
+/// Waits for Alice's `cortexid login` to end: `None` when it succeeded and she holds the
+/// session, else what it printed.
+async fn signed_in(h: &Harness, alice: tokio::process::Child) -> Option<String> {
     let done = tokio::time::timeout(Duration::from_secs(60), alice.wait_with_output())
         .await
         .expect("the CLI must finish once the browser is back")
         .unwrap();
-    let err = String::from_utf8_lossy(&done.stderr);
-    assert!(
-        done.status.success(),
-        "a forged redirect from uid {MALLORY_UID} ended Alice's sign-in (her browser's return: {page:?}): {err}"
-    );
-    assert_eq!(alice_subs(&h).await, vec![SUB.to_string()]);
+    if !done.status.success() {
+        return Some(String::from_utf8_lossy(&done.stderr).into_owned());
+    }
+    assert_eq!(alice_subs(h).await, vec![SUB.to_string()]);
+    None
 }
 
 /// As another uid: finds the browser process whose command line holds an authorization URL
@@ -1398,14 +1407,6 @@ async fn an_error_redirect_without_the_sign_ins_state_does_not_end_it() {
     assert_eq!(said.next_line().await.unwrap().as_deref(), Some("400"));
     let back = h.idp.approve_authorization(url.trim(), PERSON, &["payments"]).unwrap();
     let _ = reqwest::get(&back).await;
-    let done = tokio::time::timeout(Duration::from_secs(60), alice.wait_with_output())
-        .await
-        .expect("the CLI must finish once the browser is back")
-        .unwrap();
-    let err = String::from_utf8_lossy(&done.stderr);
-    assert!(
-        done.status.success(),
-        "a forged error redirect ended the sign-in: {err}"
-    );
-    assert_eq!(alice_subs(&h).await, vec![SUB.to_string()]);
+    let err = signed_in(&h, alice).await;
+    assert!(err.is_none(), "a forged error redirect ended the sign-in: {err:?}");
 }

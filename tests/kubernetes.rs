@@ -244,24 +244,29 @@ async fn harness(kubelet: &KubeletStandIn) -> Harness {
     h
 }
 
-/// Runs `cortexid token` as [`POD_UID`] in the cgroup whose `cgroup.procs` is `procs`: the child
-/// moves itself there (writing "0") before it drops root and execs.
-async fn token_in(procs: &std::fs::File, socket: &Path, args: &[&str]) -> (i32, String, String) {
+/// Makes `cmd`'s child move itself into the cgroup whose `cgroup.procs` is `procs` (writing "0"),
+/// then drop root for `uid` (no supplementary groups), before it execs.
+fn join_as(cmd: &mut std::process::Command, procs: &std::fs::File, uid: u32) {
     use nix::unistd::{Gid, Uid, setgid, setgroups, setuid};
     let procs = procs.try_clone().unwrap();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cortexid"));
-    cmd.arg("token").args(args).env("CORTEXID_SOCKET", socket);
     // SAFETY: between fork and exec only system calls are made (a write(2) of a constant and the
     // credential changes; nothing allocates).
     unsafe {
         cmd.pre_exec(move || {
             (&procs).write_all(b"0")?;
             setgroups(&[])?;
-            setgid(Gid::from_raw(POD_UID))?;
-            setuid(Uid::from_raw(POD_UID))?;
+            setgid(Gid::from_raw(uid))?;
+            setuid(Uid::from_raw(uid))?;
             Ok(())
         });
     }
+}
+
+/// Runs `cortexid token` as [`POD_UID`] in the cgroup whose `cgroup.procs` is `procs`.
+async fn token_in(procs: &std::fs::File, socket: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cortexid"));
+    cmd.arg("token").args(args).env("CORTEXID_SOCKET", socket);
+    join_as(&mut cmd, procs, POD_UID);
     let out = tokio::process::Command::from(cmd).output().await.unwrap();
     (
         out.status.code().unwrap_or(-1),
@@ -465,17 +470,7 @@ async fn a_users_own_cgroup_named_like_a_pod_is_no_pod() {
     .arg("token")
     .args(args)
     .env("CORTEXID_SOCKET", &h.socket);
-    // SAFETY: as in token_in.
-    unsafe {
-        cmd.pre_exec(move || {
-            use nix::unistd::{Gid, Uid, setgid, setgroups, setuid};
-            (&procs).write_all(b"0")?;
-            setgroups(&[])?;
-            setgid(Gid::from_raw(ATTACKER))?;
-            setuid(Uid::from_raw(ATTACKER))?;
-            Ok(())
-        });
-    }
+    join_as(&mut cmd, &procs, ATTACKER);
     let out = tokio::process::Command::from(cmd).output().await.unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(forged.exists(), "the attacker made the cgroup: {err}");
@@ -537,24 +532,13 @@ async fn a_caller_gone_before_its_cgroup_is_read_is_not_taken_for_a_host_process
                   if os.fork():\n    os._exit(0)\n\
                   while os.getppid() == parent:\n    pass\n\
                   print(status_line(s, sys.argv[2]).decode(), flush=True)\n";
-    let procs = procs_c.try_clone().unwrap();
     let mut cmd = std::process::Command::new("python3");
     cmd.arg("-c")
         .arg(format!("{PY_WIRE}{script}"))
         .arg(&h.socket)
         .arg(token_path("payments", PAYMENTS, ""))
         .stdout(std::process::Stdio::piped());
-    // SAFETY: as in token_in.
-    unsafe {
-        cmd.pre_exec(move || {
-            use nix::unistd::{Gid, Uid, setgid, setgroups, setuid};
-            (&procs).write_all(b"0")?;
-            setgroups(&[])?;
-            setgid(Gid::from_raw(POD_UID))?;
-            setuid(Uid::from_raw(POD_UID))?;
-            Ok(())
-        });
-    }
+    join_as(&mut cmd, &procs_c, POD_UID);
     let mut connector = tokio::process::Command::from(cmd)
         .kill_on_drop(true)
         .spawn()
