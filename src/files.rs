@@ -24,6 +24,13 @@ pub enum UnsafePath {
         dir.display()
     )]
     ForeignDirectory { dir: PathBuf, owner: u32, agent: u32 },
+    /// A link on the way belongs to another user (who may have planted it in a sticky
+    /// directory such as /tmp).
+    #[error(
+        "{} is a symbolic link of uid {owner}, not of root or the agent (uid {agent}); that user chose where it leads",
+        path.display()
+    )]
+    ForeignLink { path: PathBuf, owner: u32, agent: u32 },
     /// The file is a symbolic link (refused rather than followed).
     #[error("{} is a symbolic link; the agent does not write through links", path.display())]
     Link { path: PathBuf },
@@ -66,27 +73,82 @@ pub(crate) fn check_private_dir(dir: &Path) -> Result<(), UnsafePath> {
     check_dir(dir, Holds::TheFile)
 }
 
-/// Checks the directories above `path`, as written and as its links resolve, up to `/`: each
+/// Checks every directory the kernel passes through to reach `path`, resolving it one component
+/// at a time as `open(2)` would (into where each link leads, and back out through `..`): each
 /// belongs to root or the agent, and "other" may not write it unless it has the sticky bit (as
-/// `/tmp`: others may add entries there, but not rename or remove those of root or the agent).
-/// A user who owns, or may write, a directory on the way could otherwise swap what lies below it
-/// for a link to a file of its choosing: an audit log or secret of its own, or another of root's.
-/// Group write is the group's owner's choice (`/var/log` is `root:syslog 0775` on Ubuntu) and is
-/// left alone. Directories that do not exist yet are skipped.
+/// `/tmp`: others may add entries there, but not rename or remove those of root or the agent);
+/// and every link followed belongs to root or the agent (another user may plant one in a sticky
+/// directory). A user who owns, or may write, a directory on the way, even one a link merely
+/// passes through, could otherwise swap what lies below it for a link to a file of its choosing:
+/// an audit log or secret of its own, or another of root's. Group write is the group's owner's
+/// choice (`/var/log` is `root:syslog 0775` on Ubuntu) and is left alone. Resolution stops,
+/// passing, at the first name that does not exist yet, and at the file `path` names (a link
+/// there is followed).
 pub(crate) fn check_ancestors(path: &Path) -> Result<(), UnsafePath> {
-    let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) else {
-        return Ok(());
+    use std::collections::VecDeque;
+    use std::path::Component;
+    let io = |error: std::io::Error| UnsafePath::Io {
+        path: path.to_path_buf(),
+        error,
     };
-    // Where the links lead: those of `path` itself too, when it exists.
-    let resolved = path
-        .canonicalize()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .or_else(|| parent.canonicalize().ok());
-    for start in std::iter::once(parent).chain(resolved.as_deref()) {
-        for dir in start.ancestors().filter(|d| !d.as_os_str().is_empty()) {
-            check_dir(dir, Holds::Below)?;
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().map_err(io)?.join(path)
+    };
+    let parts = |p: &Path| -> VecDeque<std::ffi::OsString> {
+        p.components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n.to_os_string()),
+                Component::ParentDir => Some("..".into()),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut pending = parts(&absolute);
+    let mut here = PathBuf::from("/");
+    check_dir(&here, Holds::Below)?;
+    let mut links = 0;
+    while let Some(part) = pending.pop_front() {
+        if part == ".." {
+            // Back to a directory already checked on the way down.
+            here.pop();
+            continue;
         }
+        let next = here.join(&part);
+        let meta = match std::fs::symlink_metadata(&next) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(e)),
+        };
+        if meta.file_type().is_symlink() {
+            let agent = euid();
+            if meta.uid() != 0 && meta.uid() != agent {
+                return Err(UnsafePath::ForeignLink {
+                    path: next,
+                    owner: meta.uid(),
+                    agent,
+                });
+            }
+            links += 1;
+            if links > 40 {
+                return Err(io(std::io::Error::from_raw_os_error(nix::libc::ELOOP)));
+            }
+            let target = std::fs::read_link(&next).map_err(io)?;
+            if target.is_absolute() {
+                here = PathBuf::from("/");
+            }
+            let mut resolved = parts(&target);
+            resolved.extend(pending);
+            pending = resolved;
+            continue;
+        }
+        if !meta.is_dir() {
+            // The file itself (or a name open(2) would refuse as a directory).
+            return Ok(());
+        }
+        check_dir(&next, Holds::Below)?;
+        here = next;
     }
     Ok(())
 }
@@ -212,6 +274,47 @@ mod tests {
             std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(mode)).unwrap();
             assert_eq!(check_private_dir(&below).is_ok(), ok, "{mode:o}");
         }
+    }
+
+    /// A link of root's leading to a link in another user's directory, which leads back to a
+    /// directory of root's: the path as written and where it ends are root's, but the user can
+    /// swap its link at will. Refused, as is a link another user planted in a sticky directory.
+    #[test]
+    fn a_directory_a_link_only_passes_through_counts_and_so_does_a_planted_link() {
+        use std::os::unix::fs::{lchown, symlink};
+        let dir = tempfile::tempdir().unwrap();
+        let chain = dir.path();
+        let (root, user, logs) = (chain.join("root"), chain.join("u4701"), chain.join("logs"));
+        for d in [&root, &user, &logs] {
+            std::fs::create_dir(d).unwrap();
+        }
+        nix::unistd::chown(&user, Some(nix::unistd::Uid::from_raw(4701)), None).unwrap();
+        symlink(user.join("hop"), root.join("audit")).unwrap();
+        symlink(&logs, user.join("hop")).unwrap();
+        lchown(user.join("hop"), Some(4701), Some(4701)).unwrap();
+        let e = check_private_dir(&root.join("audit")).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("the directory {} belongs to uid 4701", user.display())),
+            "{e}"
+        );
+        let e = check_ancestors(&root.join("audit").join("audit.jsonl"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("belongs to uid 4701"), "{e}");
+        // Root's own links, relative and absolute, through root's directories: fine.
+        symlink("../logs", root.join("mine")).unwrap();
+        check_private_dir(&root.join("mine")).unwrap();
+        check_ancestors(&root.join("mine").join("audit.jsonl")).unwrap();
+
+        let shared = chain.join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        symlink(&logs, shared.join("planted")).unwrap();
+        lchown(shared.join("planted"), Some(4702), Some(4702)).unwrap();
+        let e = check_ancestors(&shared.join("planted").join("secret"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is a symbolic link of uid 4702"), "{e}");
     }
 
     #[test]
