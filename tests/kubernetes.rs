@@ -564,3 +564,51 @@ async fn a_caller_gone_before_its_cgroup_is_read_is_not_taken_for_a_host_process
     drop(agent);
     drop(cgroups);
 }
+
+/// Waits until the main thread has exited (the process's leader a zombie), then connects from
+/// the thread left and prints the status line of its token request (argv[2]) to argv[1].
+const AFTER_THE_MAIN_THREAD: &str = r#"
+import ctypes, threading, time
+leader = os.getpid()
+def run():
+    while open("/proc/%d/stat" % leader).read().rsplit(") ", 1)[1][0] != "Z":
+        time.sleep(0.01)
+    s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+    os.write(1, status_line(s, sys.argv[2]) + b"\n")
+    os._exit(0)
+threading.Thread(target=run).start()
+ctypes.CDLL(None).syscall(60, 0)
+"#;
+
+/// A process whose main thread has exited connects from another thread: `/proc/<pid>` is the
+/// dead main thread's and shows no executable and, on cgroup v1, `/` for every cgroup, so a
+/// process in a pod would read as one of the node. Such a caller is unreadable, and with pods
+/// looked up it matches no role, not even its uid's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_whose_main_thread_has_exited_is_not_taken_for_a_host_process() {
+    let _serial = SERIAL.lock().await;
+    let kubelet = KubeletStandIn::start().await;
+    let mut h = harness(&kubelet).await;
+    h.config
+        .roles
+        .push(Role::new("node-user", &["payments"]).uids(&[POD_UID]));
+    h.write_config();
+    h.stop().await;
+    h.start().await;
+    let mut caller = attacker(
+        POD_UID,
+        AFTER_THE_MAIN_THREAD,
+        [h.socket.to_str().unwrap(), &token_path("payments", PAYMENTS, "")],
+    );
+    let mut out = String::new();
+    caller.stdout.take().unwrap().read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+    let denied = h
+        .audit_lines()
+        .into_iter()
+        .rfind(|l| l["event"] == "token.denied")
+        .expect("a token.denied line");
+    let why = denied["error_description"].as_str().unwrap_or_default();
+    assert!(why.contains("main thread has exited"), "{why}");
+    assert!(why.contains(r#"role "node-user" does not match"#), "{why}");
+}

@@ -2,14 +2,15 @@
 //! what `/proc/<pid>` says about that process (executable, namespaces, systemd unit, pod).
 //!
 //! `SO_PEERCRED` is a snapshot taken at `connect()`, and a PID can be reused. Where the kernel
-//! has pidfds for socket peers (Linux 6.13 and later), the process is read through its pidfd and
-//! an open `/proc/<pid>` directory whose owner the pidfd confirms (`pidfd.rs` states why that is
-//! the peer), and the supplementary groups are the kernel's snapshot at `connect()`
+//! has pidfds for socket peers (Linux 6.13 and later), `/proc/<pid>` is read by path and the
+//! peer's pidfd then shows it still exists, so the pid was its throughout (`pidfd.rs` states
+//! why), and the supplementary groups are the kernel's snapshot at `connect()`
 //! (`SO_PEERGROUPS`), like the uid. Elsewhere what `/proc/<pid>` says is trusted only if the
 //! process there started no later than the moment the connection was accepted and still has the
 //! same start time after everything was read, and the groups are those it has then. Either way,
-//! when the process cannot be confirmed, those attributes are left unknown, and only roles that
-//! do not need them can match.
+//! when the process cannot be confirmed, or its main thread has exited (then `/proc/<pid>` shows
+//! neither its executable nor its cgroups), those attributes are left unknown, and only roles
+//! that do not need them can match; with pods looked up, none does.
 //!
 //! The executable is recorded twice: as the file the kernel runs ([`Executable`], a `stat` of
 //! `/proc/<pid>/exe` followed to the file), which roles match, and as the path the caller's own
@@ -218,6 +219,10 @@ fn attest_at(
     let read = socket
         .and_then(|socket| pidfd::read_process(socket, pid, uid, needs))
         .unwrap_or_else(|| read_process(proc_root, pid, uid, accepted_ticks, needs));
+    let read = read.and_then(|p| match p.main_thread_exited {
+        true => Err(ProcessError::MainThreadExited(pid)),
+        false => Ok(p),
+    });
     match read {
         Ok(p) => {
             caller.groups = p.groups;
@@ -238,6 +243,8 @@ fn attest_at(
 }
 
 struct ProcessFacts {
+    /// `exe` was not there: see [`ProcessError::MainThreadExited`].
+    main_thread_exited: bool,
     groups: Vec<u32>,
     exe: Option<ExeName>,
     executable: Option<Executable>,
@@ -270,6 +277,10 @@ enum ProcessError {
     /// The peer's pidfd names another pid than its credentials.
     #[error("the process that connected is not pid {0}")]
     NotThePeer(i32),
+    /// The process's main thread has exited while others run on: `/proc/<pid>` is the main
+    /// thread's, and shows neither its executable nor its cgroups (`/` on every v1 line).
+    #[error("process {0}'s main thread has exited; its other threads are not read")]
+    MainThreadExited(i32),
 }
 
 fn read_process(
@@ -313,9 +324,12 @@ fn read_process(
 /// [`nix::fcntl::AT_FDCWD`], unused with an absolute path).
 fn read_dir(dir: BorrowedFd<'_>, prefix: &str, groups: Vec<u32>, needs: Needs) -> ProcessFacts {
     let at = |name: &str| format!("{prefix}{name}");
-    let exe = readlinkat(dir, at("exe").as_str())
-        .ok()
-        .map(|p| ExeName::new(strip_deleted(PathBuf::from(p))));
+    let link = readlinkat(dir, at("exe").as_str());
+    // No `exe` for a process that exists: its main thread is gone (a zombie leading live
+    // threads), and what `/proc/<pid>` shows of it is not the process's (EACCES, without
+    // CAP_SYS_PTRACE for another user's process, is another matter: the rest still reads).
+    let main_thread_exited = link == Err(nix::errno::Errno::ENOENT);
+    let exe = link.ok().map(|p| ExeName::new(strip_deleted(PathBuf::from(p))));
     let (executable, namespaces) = if needs.executable {
         // Followed, the link reaches the file itself, whatever the caller's namespace calls it.
         let executable = fstatat(dir, at("exe").as_str(), AtFlags::empty())
@@ -327,6 +341,7 @@ fn read_dir(dir: BorrowedFd<'_>, prefix: &str, groups: Vec<u32>, needs: Needs) -
     };
     let cgroup = read_to_string(dir, at("cgroup").as_str());
     ProcessFacts {
+        main_thread_exited,
         groups,
         exe,
         executable,
