@@ -24,6 +24,10 @@ pub(crate) const MAX_CONNECTIONS_PER_UID: usize = 512;
 /// Connections the agent holds open at once (lowered to fit `RLIMIT_NOFILE`).
 pub(crate) const MAX_CONNECTIONS: usize = 2048;
 
+/// Descriptors the connections leave to the rest: 64 (provider connections, the audit log,
+/// sinks, the state dir), and the metrics listener's own.
+const RESERVED_DESCRIPTORS: usize = 64 + super::server::METRICS_CONNECTIONS + 1;
+
 /// Open connections by process and by uid, and in all; each admitted connection holds a
 /// [`ConnGuard`] that gives its place back when the connection ends.
 #[derive(Debug)]
@@ -96,8 +100,7 @@ impl ConnLimits {
     /// The default limits, lowered so that the connections fit in the file descriptor limit
     /// (with room left for the provider connections, the audit log and the sinks).
     pub(crate) fn for_this_process() -> Arc<ConnLimits> {
-        // 64 for the rest, and the metrics listener's own.
-        let reserved = 64 + super::server::METRICS_CONNECTIONS + 1;
+        let reserved = RESERVED_DESCRIPTORS;
         let total = open_files_limit().map_or(MAX_CONNECTIONS, |n| {
             n.saturating_sub(reserved).clamp(16, MAX_CONNECTIONS)
         });
@@ -108,8 +111,15 @@ impl ConnLimits {
         )
     }
 
-    /// Takes a place for a connection from `uid`/`pid`, or says why there is none.
-    pub(crate) fn admit(self: &Arc<Self>, uid: u32, pid: Option<i32>) -> Result<ConnGuard, Refusal> {
+    /// Places only operators may take: the agent stays reachable to them (`cortexid status`,
+    /// a reload's health check) when callers who keep their connections busy hold the rest.
+    fn operators_only(&self) -> usize {
+        (self.total / 64).clamp(1, 16).min(self.total.saturating_sub(1))
+    }
+
+    /// Takes a place for a connection from `uid`/`pid` (an `operator` may take the last few),
+    /// or says why there is none.
+    pub(crate) fn admit(self: &Arc<Self>, uid: u32, pid: Option<i32>, operator: bool) -> Result<ConnGuard, Refusal> {
         let pid = pid.unwrap_or(0);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let by_pid = open.by_pid.get(&pid).copied().unwrap_or(0);
@@ -137,24 +147,25 @@ impl ConnLimits {
                 ),
             );
         }
-        let reserve_from = self.total - self.total / 4;
-        let light = (self.total / 32).max(4);
-        if open.total >= reserve_from && by_uid >= light && open.total < self.total {
+        let total = match operator {
+            true => self.total,
+            false => self.total - self.operators_only(),
+        };
+        let reserve_from = total - total / 4;
+        let light = (total / 32).max(4);
+        if open.total >= reserve_from && by_uid >= light && open.total < total {
             return refusal(
                 ErrorKind::SlowDown,
                 format!(
                     "uid {uid} already holds {by_uid} connections, and the agent keeps its last {} places for callers that hold fewer than {light}; close idle ones or reuse them",
-                    self.total - reserve_from
+                    total - reserve_from
                 ),
             );
         }
-        if open.total >= self.total {
+        if open.total >= total {
             return refusal(
                 ErrorKind::SlowDown,
-                format!(
-                    "the agent is serving its maximum of {} connections; retry shortly",
-                    self.total
-                ),
+                format!("the agent is serving its maximum of {total} connections; retry shortly"),
             );
         }
         open.total += 1;
@@ -212,14 +223,15 @@ mod tests {
 
     #[test]
     fn a_few_uids_cannot_take_the_last_places_from_a_light_caller() {
-        // 64 in all: the last 16 are kept for uids holding fewer than 4.
-        let limits = ConnLimits::new(64, 64, 64);
+        // 65 in all, 1 for operators: of the 64 others, the last 16 are kept for uids holding
+        // fewer than 4.
+        let limits = ConnLimits::new(65, 65, 65);
         let mut held = Vec::new();
         let mut pid = 1000;
         for uid in [5001, 5002] {
             loop {
                 pid += 1;
-                match limits.admit(uid, Some(pid)) {
+                match limits.admit(uid, Some(pid), false) {
                     Ok(g) => held.push(g),
                     Err(r) => {
                         assert!(
@@ -237,7 +249,9 @@ mod tests {
             48 + 4,
             "a heavy uid stops at three quarters; the next one gets the light share (4) and no more"
         );
-        let light: Vec<_> = (0..3).map(|n| limits.admit(6000, Some(9000 + n)).unwrap()).collect();
+        let light: Vec<_> = (0..3)
+            .map(|n| limits.admit(6000, Some(9000 + n), false).unwrap())
+            .collect();
         assert_eq!(light.len(), 3, "a uid holding few still gets in");
         drop(held);
         drop(light);
@@ -246,25 +260,30 @@ mod tests {
 
     #[test]
     fn connection_caps_are_per_process_then_per_uid_then_global() {
-        let limits = ConnLimits::new(2, 3, 4);
-        let a1 = limits.admit(1000, Some(10)).unwrap();
-        let _a2 = limits.admit(1000, Some(10)).unwrap();
-        let e = limits.admit(1000, Some(10)).unwrap_err().error;
+        // 5 in all, the last for operators.
+        let limits = ConnLimits::new(2, 3, 5);
+        let a1 = limits.admit(1000, Some(10), false).unwrap();
+        let _a2 = limits.admit(1000, Some(10), false).unwrap();
+        let e = limits.admit(1000, Some(10), false).unwrap_err().error;
         assert_eq!((e.status(), e.code()), (429, "slow_down"));
         assert!(e.description.contains("process 10"), "{}", e.description);
         // Another process of the same uid still gets in, up to the uid's cap.
-        let _b1 = limits.admit(1000, Some(11)).unwrap();
-        let e = limits.admit(1000, Some(12)).unwrap_err().error;
+        let _b1 = limits.admit(1000, Some(11), false).unwrap();
+        let e = limits.admit(1000, Some(12), false).unwrap_err().error;
         assert!(e.description.contains("uid 1000"), "{}", e.description);
         // Another uid gets the last place; then the agent is full.
-        let _c1 = limits.admit(2000, Some(20)).unwrap();
-        let e = limits.admit(3000, Some(30)).unwrap_err().error;
+        let _c1 = limits.admit(2000, Some(20), false).unwrap();
+        let e = limits.admit(3000, Some(30), false).unwrap_err().error;
         assert!(e.description.contains("maximum of 4"), "{}", e.description);
         assert_eq!(e.retry_after, Some(1));
+        // An operator still gets in, to the last place.
+        let root = limits.admit(0, Some(1), true).unwrap();
+        assert!(limits.admit(0, Some(2), true).is_err());
+        drop(root);
         // A closed connection gives its place back.
         drop(a1);
         assert_eq!(limits.open(), 3);
-        assert!(limits.admit(3000, Some(30)).is_ok());
+        assert!(limits.admit(3000, Some(30), false).is_ok());
     }
 
     #[test]
@@ -276,8 +295,8 @@ mod tests {
         assert!(l.total < n, "{} connections would not fit in {n} descriptors", l.total);
         assert_eq!(
             l.total,
-            n.saturating_sub(64).clamp(16, MAX_CONNECTIONS),
-            "in all: the limit less 64"
+            n.saturating_sub(RESERVED_DESCRIPTORS).clamp(16, MAX_CONNECTIONS),
+            "in all: the limit less what the rest needs"
         );
     }
 }

@@ -46,7 +46,16 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>, cancel: Cancellati
         };
         let accepted_ticks = caller::boot_ticks_now();
         let admitted = match stream.peer_cred() {
-            Ok(cred) => limits.admit(cred.uid(), cred.pid()).map(|guard| (cred, guard)),
+            Ok(cred) => {
+                // By uid or primary group: the supplementary groups are read later.
+                let operator = {
+                    let ops = &agent.state().config.agent.operators;
+                    ops.uids.contains(&cred.uid()) || ops.gids.contains(&cred.gid())
+                };
+                limits
+                    .admit(cred.uid(), cred.pid(), operator)
+                    .map(|guard| (cred, guard))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "no peer credentials; closing the connection");
                 continue;
@@ -83,6 +92,10 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>, cancel: Cancellati
 /// Connections the metrics listener serves at once; one more is accepted and closed at once.
 /// Anyone on the host (or the network it listens on) may connect, and a scraper needs one.
 pub(crate) const METRICS_CONNECTIONS: usize = 16;
+
+/// A metrics client must send its request within this time (a scraper sends it at once), so
+/// idle connections cannot keep the places from it for long.
+pub(crate) const METRICS_HEAD_TIME: Duration = Duration::from_secs(2);
 
 /// How long one metrics connection may last, whatever its client does (reads nothing, sends
 /// slowly): one request, then it is closed.
@@ -130,7 +143,7 @@ pub(crate) async fn serve_metrics(listener: tokio::net::TcpListener, agent: Arc<
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(METRICS_HEAD_TIME)
             .keep_alive(false)
             .serve_connection(TokioIo::new(stream), service);
         tokio::spawn(async move {
