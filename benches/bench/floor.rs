@@ -142,59 +142,88 @@ fn serve_one(mut stream: UnixStream, answer: &[u8]) {
     }
 }
 
-/// The system calls of cortexid's attestation of a peer when no role has a condition on the
-/// executable (`caller::pidfd::read_process` and `caller::read_dir`), their results dropped.
+/// One `getsockopt(SOL_SOCKET, opt)` of `fd` into `out`.
 #[allow(unsafe_code)]
-fn attest_peer(stream: &impl AsRawFd) {
-    let fd = stream.as_raw_fd();
-    // SAFETY (all below): each buffer outlives its call and is at least as long as told.
+fn sockopt<T>(fd: libc::c_int, opt: libc::c_int, out: &mut T) {
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: `out` is `len` bytes and outlives the call.
+    unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, opt, (out as *mut T).cast(), &mut len) };
+}
+
+/// The peer's pid (`SO_PEERCRED`).
+fn peer_pid(fd: libc::c_int) -> i32 {
+    // SAFETY: a ucred is plain integers; all zeros is a valid value.
+    #[allow(unsafe_code)]
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    sockopt(fd, libc::SO_PEERCRED, &mut cred);
+    cred.pid
+}
+
+/// The peer's pidfd (`SO_PEERPIDFD`).
+#[allow(unsafe_code)]
+fn peer_pidfd(fd: libc::c_int) -> OwnedFd {
+    let mut pidfd: libc::c_int = -1;
+    sockopt(fd, SO_PEERPIDFD, &mut pidfd);
+    // SAFETY: the kernel installed a new descriptor for this process, ours to close.
+    unsafe { OwnedFd::from_raw_fd(pidfd) }
+}
+
+/// The peer's groups (`SO_PEERGROUPS`), dropped.
+fn peer_groups(fd: libc::c_int) {
+    let mut groups = [0u32; 32];
+    sockopt(fd, SO_PEERGROUPS, &mut groups);
+}
+
+/// `readlinkat(dir, path)`, the link dropped (`dir` unused for an absolute `path`).
+#[allow(unsafe_code)]
+fn read_link(dir: libc::c_int, path: &std::ffi::CStr) {
+    let mut link = [0u8; 4096];
+    // SAFETY: `link` is as long as told and outlives the call.
+    unsafe { libc::readlinkat(dir, path.as_ptr(), link.as_mut_ptr().cast(), link.len()) };
+}
+
+/// Opens `path` (relative to `dir`, unless absolute), reads it to the end and closes it.
+#[allow(unsafe_code)]
+fn read_whole(dir: libc::c_int, path: &std::ffi::CStr) {
+    let mut text = [0u8; 4096];
+    // SAFETY: `text` is as long as told and outlives the reads; the descriptor is closed here.
     unsafe {
-        let mut cred: libc::ucred = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        );
-        let mut pidfd: libc::c_int = -1;
-        let mut len = 4;
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            SO_PEERPIDFD,
-            (&mut pidfd as *mut libc::c_int).cast(),
-            &mut len,
-        );
-        let pidfd = OwnedFd::from_raw_fd(pidfd);
-        let mut groups = [0u32; 32];
-        let mut len = 128;
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            SO_PEERGROUPS,
-            groups.as_mut_ptr().cast(),
-            &mut len,
-        );
-        let exe = format!("/proc/{}/exe\0", cred.pid);
-        let mut link = [0u8; 4096];
-        libc::readlink(exe.as_ptr().cast(), link.as_mut_ptr().cast(), link.len());
-        let cgroup = format!("/proc/{}/cgroup\0", cred.pid);
-        let cg = libc::open(cgroup.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
-        let mut text = [0u8; 4096];
-        while libc::read(cg, text.as_mut_ptr().cast(), text.len()) > 0 {}
-        libc::close(cg);
-        let mut info = PidfdInfo {
-            mask: 3,
-            ..PidfdInfo::default()
-        };
-        libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_INFO, &mut info as *mut PidfdInfo);
+        let f = libc::openat(dir, path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        while libc::read(f, text.as_mut_ptr().cast(), text.len()) > 0 {}
+        libc::close(f);
     }
 }
 
+/// `PIDFD_GET_INFO` of `pidfd`, dropped.
+#[allow(unsafe_code)]
+fn pidfd_info(pidfd: libc::c_int) {
+    let mut info = PidfdInfo {
+        mask: 3,
+        ..PidfdInfo::default()
+    };
+    // SAFETY: the kernel writes at most `info`'s size into it.
+    unsafe { libc::ioctl(pidfd, PIDFD_GET_INFO, &mut info as *mut PidfdInfo) };
+}
+
+/// `/proc/<pid>/<name>` as a C string.
+fn proc_path(pid: impl std::fmt::Display, name: &str) -> std::ffi::CString {
+    std::ffi::CString::new(format!("/proc/{pid}/{name}")).unwrap_or_default()
+}
+
+/// The system calls of cortexid's attestation of a peer when no role has a condition on the
+/// executable (`caller::pidfd::read_process` and `caller::read_dir`), their results dropped.
+fn attest_peer(stream: &impl AsRawFd) {
+    let fd = stream.as_raw_fd();
+    let pid = peer_pid(fd);
+    let pidfd = peer_pidfd(fd);
+    peer_groups(fd);
+    read_link(libc::AT_FDCWD, &proc_path(pid, "exe"));
+    read_whole(libc::AT_FDCWD, &proc_path(pid, "cgroup"));
+    pidfd_info(pidfd.as_raw_fd());
+}
+
 /// What each system call of the attestation costs, one after another on one connection from this
-/// process (`--attest-cost`): nanoseconds per call, the median of `rounds` runs of `n` calls.
+/// process (`--attest-cost`): nanoseconds per call, over `n` calls each.
 #[allow(unsafe_code)]
 pub fn attest_cost(n: usize) -> Vec<(&'static str, f64)> {
     let dir = tempfile::tempdir().expect("tmpdir");
@@ -204,9 +233,8 @@ pub fn attest_cost(n: usize) -> Vec<(&'static str, f64)> {
     let (server, _) = listener.accept().expect("accept");
     let fd = server.as_raw_fd();
     let pid = std::process::id();
-    let proc_path = format!("/proc/{pid}\0");
-    let exe_path = format!("/proc/{pid}/exe\0");
-    let cgroup_path = format!("/proc/{pid}/cgroup\0");
+    let (exe, cgroup) = (proc_path(pid, "exe"), proc_path(pid, "cgroup"));
+    let proc_dir = std::ffi::CString::new(format!("/proc/{pid}")).unwrap_or_default();
     let time = |f: &mut dyn FnMut()| {
         let t = std::time::Instant::now();
         for _ in 0..n {
@@ -214,132 +242,59 @@ pub fn attest_cost(n: usize) -> Vec<(&'static str, f64)> {
         }
         t.elapsed().as_nanos() as f64 / n as f64
     };
-    // SAFETY (all below): each buffer outlives its call and is at least as long as told; every
-    // descriptor opened is closed in the same closure.
-    unsafe {
-        let pdir = libc::open(
-            proc_path.as_ptr().cast(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        );
-        let mut pidfd: libc::c_int = -1;
-        let mut len = 4;
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            SO_PEERPIDFD,
-            (&mut pidfd as *mut libc::c_int).cast(),
-            &mut len,
-        );
-        let rows: Vec<(&'static str, f64)> = vec![
-            (
-                "getsockopt(SO_PEERCRED)",
-                time(&mut || {
-                    let mut cred: libc::ucred = std::mem::zeroed();
-                    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-                    libc::getsockopt(
-                        fd,
-                        libc::SOL_SOCKET,
-                        libc::SO_PEERCRED,
-                        (&mut cred as *mut libc::ucred).cast(),
-                        &mut len,
-                    );
-                }),
-            ),
-            (
-                "getsockopt(SO_PEERPIDFD) + close",
-                time(&mut || {
-                    let mut p: libc::c_int = -1;
-                    let mut len = 4;
-                    libc::getsockopt(
-                        fd,
-                        libc::SOL_SOCKET,
-                        SO_PEERPIDFD,
-                        (&mut p as *mut libc::c_int).cast(),
-                        &mut len,
-                    );
-                    libc::close(p);
-                }),
-            ),
-            (
-                "getsockopt(SO_PEERGROUPS)",
-                time(&mut || {
-                    let mut groups = [0u32; 32];
-                    let mut len = 128;
-                    libc::getsockopt(
-                        fd,
-                        libc::SOL_SOCKET,
-                        SO_PEERGROUPS,
-                        groups.as_mut_ptr().cast(),
-                        &mut len,
-                    );
-                }),
-            ),
-            (
-                "readlink /proc/<pid>/exe",
-                time(&mut || {
-                    let mut link = [0u8; 4096];
-                    libc::readlink(exe_path.as_ptr().cast(), link.as_mut_ptr().cast(), link.len());
-                }),
-            ),
-            (
-                "open /proc/<pid>/cgroup + read to end + close",
-                time(&mut || {
-                    let cg = libc::open(cgroup_path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
-                    let mut text = [0u8; 4096];
-                    while libc::read(cg, text.as_mut_ptr().cast(), text.len()) > 0 {}
-                    libc::close(cg);
-                }),
-            ),
-            (
-                "fstatat exe (only while a role has a condition on the executable)",
-                time(&mut || {
-                    let mut st: libc::stat = std::mem::zeroed();
-                    libc::fstatat(pdir, c"exe".as_ptr(), &mut st, 0);
-                }),
-            ),
-            (
-                "(the earlier way: open /proc/<pid> (O_PATH) + close)",
-                time(&mut || {
-                    let d = libc::open(
-                        proc_path.as_ptr().cast(),
-                        libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-                    );
-                    libc::close(d);
-                }),
-            ),
-            (
-                "ioctl(PIDFD_GET_INFO)",
-                time(&mut || {
-                    let mut info = PidfdInfo {
-                        mask: 3,
-                        ..PidfdInfo::default()
-                    };
-                    libc::ioctl(pidfd, PIDFD_GET_INFO, &mut info as *mut PidfdInfo);
-                }),
-            ),
-            (
-                "(the earlier way: readlinkat exe through it)",
-                time(&mut || {
-                    let mut link = [0u8; 4096];
-                    libc::readlinkat(pdir, c"exe".as_ptr(), link.as_mut_ptr().cast(), link.len());
-                }),
-            ),
-            (
-                "(the earlier way: openat cgroup through it + read to end + close)",
-                time(&mut || {
-                    let cg = libc::openat(pdir, c"cgroup".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-                    let mut text = [0u8; 4096];
-                    while libc::read(cg, text.as_mut_ptr().cast(), text.len()) > 0 {}
-                    libc::close(cg);
-                }),
-            ),
-            (
-                "the whole attestation (attest_peer)",
-                time(&mut || attest_peer(&server)),
-            ),
-        ];
-        libc::close(pidfd);
-        libc::close(pdir);
-        rows
-    }
+    let pidfd = peer_pidfd(fd);
+    // SAFETY: opened here, closed at the end.
+    let pdir = unsafe { libc::open(proc_dir.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    let rows = vec![
+        (
+            "getsockopt(SO_PEERCRED)",
+            time(&mut || {
+                let _ = peer_pid(fd);
+            }),
+        ),
+        ("getsockopt(SO_PEERPIDFD) + close", time(&mut || drop(peer_pidfd(fd)))),
+        ("getsockopt(SO_PEERGROUPS)", time(&mut || peer_groups(fd))),
+        (
+            "readlink /proc/<pid>/exe",
+            time(&mut || read_link(libc::AT_FDCWD, &exe)),
+        ),
+        (
+            "open /proc/<pid>/cgroup + read to end + close",
+            time(&mut || read_whole(libc::AT_FDCWD, &cgroup)),
+        ),
+        (
+            "fstatat exe (only while a role has a condition on the executable)",
+            // SAFETY: `st` outlives the call.
+            time(&mut || unsafe {
+                let mut st: libc::stat = std::mem::zeroed();
+                libc::fstatat(pdir, c"exe".as_ptr(), &mut st, 0);
+            }),
+        ),
+        (
+            "(the earlier way: open /proc/<pid> (O_PATH) + close)",
+            // SAFETY: the descriptor is closed at once.
+            time(&mut || unsafe {
+                libc::close(libc::open(
+                    proc_dir.as_ptr(),
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                ));
+            }),
+        ),
+        ("ioctl(PIDFD_GET_INFO)", time(&mut || pidfd_info(pidfd.as_raw_fd()))),
+        (
+            "(the earlier way: readlinkat exe through it)",
+            time(&mut || read_link(pdir, c"exe")),
+        ),
+        (
+            "(the earlier way: openat cgroup through it + read to end + close)",
+            time(&mut || read_whole(pdir, c"cgroup")),
+        ),
+        (
+            "the whole attestation (attest_peer)",
+            time(&mut || attest_peer(&server)),
+        ),
+    ];
+    // SAFETY: opened above, not used after.
+    unsafe { libc::close(pdir) };
+    rows
 }
