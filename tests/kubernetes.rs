@@ -495,6 +495,33 @@ async fn a_users_own_cgroup_named_like_a_pod_is_no_pod() {
     drop(cgroups);
 }
 
+/// [`harness`] with a role `node-user` for [`POD_UID`] on the node (by uid alone), stopped (the
+/// caller starts the agent it needs).
+async fn with_node_user(kubelet: &KubeletStandIn) -> Harness {
+    let mut h = harness(kubelet).await;
+    h.config
+        .roles
+        .push(Role::new("node-user", &["payments"]).uids(&[POD_UID]));
+    h.write_config();
+    h.stop().await;
+    h
+}
+
+/// What `caller` printed must be a 403, whose `token.denied` line (for [`POD_UID`]) gives the
+/// reasons returned.
+async fn refused(h: &Harness, caller: &mut tokio::process::Child) -> String {
+    let mut out = String::new();
+    caller.stdout.take().unwrap().read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+    let denied = h
+        .audit_lines()
+        .into_iter()
+        .rfind(|l| l["event"] == "token.denied")
+        .expect("a token.denied line");
+    assert_eq!(denied["caller"]["uid"], POD_UID, "{denied}");
+    denied["error_description"].as_str().unwrap_or_default().to_string()
+}
+
 /// A process in a pod the kubelet does not list connects and exits at once; its child asks for
 /// a token on the inherited connection. The agent is held stopped until the process that
 /// connected is gone, so it cannot read its cgroup: such a caller may have been in any pod and
@@ -514,12 +541,7 @@ async fn a_caller_gone_before_its_cgroup_is_read_is_not_taken_for_a_host_process
     let id_c = container('c');
     let procs_c = cgroups.make(&format!("kubepods/besteffort/pod{UID_C}/{id_c}"));
     let kubelet = KubeletStandIn::start().await;
-    let mut h = harness(&kubelet).await;
-    h.config
-        .roles
-        .push(Role::new("node-user", &["payments"]).uids(&[POD_UID]));
-    h.write_config();
-    h.stop().await;
+    let h = with_node_user(&kubelet).await;
     let agent = AgentProcess::spawn(&h.config_path, &h.socket, h.dir.path().join("agent.log"), &[]).await;
     let args = ["--audience", PAYMENTS];
     // Read while it lives, the caller is in a pod the kubelet does not list: refused.
@@ -546,16 +568,7 @@ async fn a_caller_gone_before_its_cgroup_is_read_is_not_taken_for_a_host_process
     // Reaped: its pid and /proc directory are gone before the agent runs again.
     connector.wait().await.unwrap();
     agent.signal(nix::sys::signal::Signal::SIGCONT);
-    let mut out = String::new();
-    connector.stdout.take().unwrap().read_to_string(&mut out).await.unwrap();
-    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
-    let denied = h
-        .audit_lines()
-        .into_iter()
-        .rfind(|l| l["event"] == "token.denied")
-        .expect("a token.denied line");
-    assert_eq!(denied["caller"]["uid"], POD_UID, "{denied}");
-    let why = denied["error_description"].as_str().unwrap_or_default();
+    let why = refused(&h, &mut connector).await;
     assert!(
         why.contains(r#"role "node-user" does not match: the caller's cgroup could not be read"#)
             && why.contains("may run in a pod the kubelet does not list"),
@@ -588,27 +601,14 @@ ctypes.CDLL(None).syscall(60, 0)
 async fn a_caller_whose_main_thread_has_exited_is_not_taken_for_a_host_process() {
     let _serial = SERIAL.lock().await;
     let kubelet = KubeletStandIn::start().await;
-    let mut h = harness(&kubelet).await;
-    h.config
-        .roles
-        .push(Role::new("node-user", &["payments"]).uids(&[POD_UID]));
-    h.write_config();
-    h.stop().await;
+    let mut h = with_node_user(&kubelet).await;
     h.start().await;
     let mut caller = attacker(
         POD_UID,
         AFTER_THE_MAIN_THREAD,
         [h.socket.to_str().unwrap(), &token_path("payments", PAYMENTS, "")],
     );
-    let mut out = String::new();
-    caller.stdout.take().unwrap().read_to_string(&mut out).await.unwrap();
-    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
-    let denied = h
-        .audit_lines()
-        .into_iter()
-        .rfind(|l| l["event"] == "token.denied")
-        .expect("a token.denied line");
-    let why = denied["error_description"].as_str().unwrap_or_default();
+    let why = refused(&h, &mut caller).await;
     assert!(why.contains("main thread has exited"), "{why}");
     assert!(why.contains(r#"role "node-user" does not match"#), "{why}");
 }
