@@ -22,13 +22,14 @@ async fn first_line(child: &mut tokio::process::Child) -> String {
     lines.next_line().await.unwrap().unwrap_or_default()
 }
 
-/// The agent's total connection cap in this process, as docs/api.md defines it: the open-file
-/// limit less 64, between 16 and 2,048.
+/// The places for callers that are not operators in this process, as docs/api.md defines them:
+/// the open-file limit less 81, between 16 and 2,048, less a 64th (1 to 16) kept for operators.
 fn total_connection_cap() -> usize {
     let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
     let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
     let soft: usize = line.split_whitespace().nth(3).unwrap().parse().unwrap_or(2048);
-    soft.saturating_sub(64).clamp(16, 2048)
+    let total = soft.saturating_sub(81).clamp(16, 2048);
+    total - (total / 64).clamp(1, 16)
 }
 
 /// Opens up to N connections, each with a request head that promises a body it never sends,
