@@ -198,17 +198,24 @@ fn check_dir(dir: &Path, holds: Holds) -> Result<(), UnsafePath> {
 }
 
 /// Opens `path` for appending (created 0640 if missing) without following a link, and only if it
-/// is a regular file with one name that the agent owns.
+/// is a regular file with one name that the agent owns, in a directory only root and the agent
+/// control ([`check_private_dir`], checked at each open).
 pub(crate) fn open_append_owned(path: &Path) -> Result<File, UnsafePath> {
     let io = |error: std::io::Error| UnsafePath::Io {
         path: path.to_path_buf(),
         error,
     };
+    // Checked again at every open (a rotation, a reload, a file that was missing): the
+    // directory may have been made or changed since the configuration was loaded.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        check_private_dir(dir)?;
+    }
+    // O_NONBLOCK: a FIFO planted at the path is refused below, not waited on for a reader.
     let file = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o640)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC | nix::libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| {
             if e.raw_os_error() == Some(nix::libc::ELOOP) {
@@ -315,6 +322,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("is a symbolic link of uid 4702"), "{e}");
+    }
+
+    /// The audit log's directory is checked at each open, not only at load: one another user
+    /// made later (in /tmp) is refused, and a FIFO planted at the path is refused at once rather
+    /// than waited on for a reader (which would hang every request).
+    #[test]
+    fn each_open_checks_the_directory_and_a_fifo_is_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let theirs = dir.path().join("made-later");
+        std::fs::create_dir(&theirs).unwrap();
+        nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(4901)), None).unwrap();
+        let e = open_append_owned(&theirs.join("audit.jsonl")).unwrap_err();
+        assert!(matches!(e, UnsafePath::ForeignDirectory { owner: 4901, .. }), "{e}");
+        assert!(!theirs.join("audit.jsonl").exists(), "nothing created there");
+
+        let fifo = dir.path().join("audit.jsonl");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(open_append_owned(&fifo).map(drop)));
+        let opened = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("opening a FIFO with no reader must not wait for one");
+        let e = opened.unwrap_err();
+        assert!(matches!(e, UnsafePath::NotRegular { .. } | UnsafePath::Io { .. }), "{e}");
     }
 
     #[test]

@@ -76,10 +76,22 @@ impl Validator<'_> {
             Some("stderr") => AuditTarget::Stderr,
             Some(p) => {
                 let path = self.absolute(&key(&["agent", "audit_log"]), p);
-                if let Some(dir) = path.parent().filter(|_| path.is_absolute())
-                    && let Err(e) = crate::files::check_private_dir(dir)
-                {
-                    self.problem(&key(&["agent", "audit_log"]), e.to_string());
+                match path.parent().filter(|_| path.is_absolute()) {
+                    // One made later could be made by another user, in a directory every user
+                    // may write (/tmp): it must be there, and safe, now.
+                    Some(dir) if !dir.is_dir() => self.problem(
+                        &key(&["agent", "audit_log"]),
+                        format!(
+                            "the directory of {} does not exist; create it (systemd: LogsDirectory=cortexid makes /var/log/cortexid)",
+                            path.display()
+                        ),
+                    ),
+                    Some(dir) => {
+                        if let Err(e) = crate::files::check_private_dir(dir) {
+                            self.problem(&key(&["agent", "audit_log"]), e.to_string());
+                        }
+                    }
+                    None => {}
                 }
                 AuditTarget::File(path)
             }
@@ -196,6 +208,23 @@ mod tests {
 
     use crate::config::test_support::{TestContext, good, problems};
     use crate::config::{AuditFailure, LogFormat, parse};
+
+    /// An audit log in a directory that is not there yet is refused: another user could make it
+    /// first (in /tmp) and own what the agent writes into it.
+    #[test]
+    fn an_audit_log_in_a_missing_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("not-yet").join("audit.jsonl");
+        let text = good(dir.path()).replace(
+            "refresh_at = 0.8",
+            &format!("refresh_at = 0.8\naudit_log = \"{}\"", missing.display()),
+        );
+        let all = problems(&text).join("\n");
+        assert!(
+            all.contains("agent.audit_log: the directory of") && all.contains("does not exist; create it"),
+            "{all}"
+        );
+    }
 
     /// A socket where another user could put its own in the agent's place is refused.
     #[test]
