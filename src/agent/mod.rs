@@ -82,6 +82,9 @@ pub struct Agent {
     sinks: Arc<SinkBoard>,
     denials: crate::output::denials::Denials,
     ready: std::sync::atomic::AtomicBool,
+    /// Connections the socket's accept loop has taken: the watchdog's sign of life when the
+    /// socket's queue is too full for its own probe.
+    accepted: std::sync::atomic::AtomicU64,
     /// The node's kubelet, when `[kubernetes]` is configured: which pod a caller runs in.
     kubelet: RwLock<Option<Arc<crate::caller::Kubelet>>>,
     /// The encrypted store in `state_dir`, opened at start (a reload does not move it).
@@ -130,6 +133,7 @@ impl Agent {
             sinks: Default::default(),
             denials: Default::default(),
             ready: Default::default(),
+            accepted: Default::default(),
             kubelet,
             state_store,
         }))
@@ -218,6 +222,16 @@ impl Agent {
         let mut resolved = (**caller).clone();
         resolved.pod = Some(kubelet.resolve(pod).await);
         Arc::new(resolved)
+    }
+
+    /// Counts a connection the accept loop took.
+    pub(crate) fn note_accept(&self) {
+        self.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Connections the accept loop has taken so far.
+    pub(crate) fn accepted(&self) -> u64 {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Marks start-up as done (health leaves `starting`).

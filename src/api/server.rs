@@ -44,6 +44,7 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>, cancel: Cancellati
                 continue;
             }
         };
+        agent.note_accept();
         let accepted_ticks = caller::boot_ticks_now();
         let admitted = match stream.peer_cred() {
             Ok(cred) => {

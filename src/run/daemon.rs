@@ -179,10 +179,12 @@ pub(crate) async fn start_with(
     notifier.notify(&format!("READY=1\nSTATUS={status}"));
     tracing::info!(socket = %socket.display(), "{status}");
     if let Some(interval) = notifier.watchdog() {
+        let counted = agent.clone();
         tokio::spawn(crate::run::watchdog::run(
             notifier.clone(),
             socket.clone(),
             interval,
+            move || counted.accepted(),
             cancel.clone(),
         ));
     }

@@ -145,11 +145,28 @@ impl tower_service::Service<hyper::Uri> for TrustedConnector {
     fn call(&mut self, _: hyper::Uri) -> Self::Future {
         let path = self.path.clone();
         Box::pin(async move {
-            let stream = tokio::net::UnixStream::connect(&path).await?;
+            let stream = connect_patiently(&path).await?;
             let server = stream.peer_cred()?.uid();
             trust::check(server, &path).map_err(std::io::Error::other)?;
             Ok(TokioIo::new(stream))
         })
+    }
+}
+
+/// Connects to `path`, waiting (up to 10 s, in growing steps) while the socket's queue is full
+/// (`EAGAIN`: the agent is busy, or another user floods it with connections) instead of failing
+/// at once, as a blocking `connect(2)` would wait.
+async fn connect_patiently(path: &std::path::Path) -> std::io::Result<tokio::net::UnixStream> {
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut step = Duration::from_millis(2);
+    loop {
+        match tokio::net::UnixStream::connect(path).await {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && tokio::time::Instant::now() < until => {
+                tokio::time::sleep(step).await;
+                step = (step * 2).min(Duration::from_millis(100));
+            }
+            connected => return connected,
+        }
     }
 }
 
@@ -337,6 +354,50 @@ mod tests {
     use test_agent::{Answer, serve};
 
     use crate::oauth::TOKEN_TYPE_JWT;
+
+    /// The socket's queue is full (no one accepts; a flood would leave it so): the client waits
+    /// instead of failing with `EAGAIN`, and is answered once the agent accepts again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_is_waited_out_not_an_error() {
+        use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
+        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &UnixAddr::new(&path).unwrap()).unwrap();
+        listen(&fd, Backlog::new(0).unwrap()).unwrap();
+        let mut queued = Vec::new();
+        loop {
+            match tokio::net::UnixStream::connect(&path).await {
+                Ok(s) => queued.push(s),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let client = SocketClient::new(&path);
+        let asked = tokio::spawn(async move { client.get("/v1/health").await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!asked.is_finished(), "the client gave up on a full queue");
+        // The agent accepts again: the queued connections first (closed), then the client's.
+        let std_listener = std::os::unix::net::UnixListener::from(fd);
+        std_listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::UnixListener::from_std(std_listener).unwrap();
+        drop(queued);
+        let served = tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut head = [0u8; 1024];
+                if matches!(s.read(&mut head).await, Ok(n) if n > 0) {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+                        .await;
+                }
+            }
+        });
+        let answer = asked.await.unwrap().unwrap();
+        assert_eq!(answer.status, 200);
+        served.abort();
+    }
 
     /// Answers by path, like the agent would.
     fn route(seen: &test_agent::Seen) -> Answer {
