@@ -85,6 +85,17 @@ pub(crate) fn check_private_dir(dir: &Path) -> Result<(), UnsafePath> {
 /// passing, at the first name that does not exist yet, and at the file `path` names (a link
 /// there is followed).
 pub(crate) fn check_ancestors(path: &Path) -> Result<(), UnsafePath> {
+    walk(path, false)
+}
+
+/// [`check_ancestors`] for a file that must be there already (a secret): a name on the way that
+/// does not exist is an error (`NotFound`) rather than the end of the check, so no name is left
+/// for another user to make in a sticky directory between the check and the open.
+pub(crate) fn check_existing_path(path: &Path) -> Result<(), UnsafePath> {
+    walk(path, true)
+}
+
+fn walk(path: &Path, must_exist: bool) -> Result<(), UnsafePath> {
     use std::collections::VecDeque;
     use std::path::Component;
     let io = |error: std::io::Error| UnsafePath::Io {
@@ -118,7 +129,7 @@ pub(crate) fn check_ancestors(path: &Path) -> Result<(), UnsafePath> {
         let next = here.join(&part);
         let meta = match std::fs::symlink_metadata(&next) {
             Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => return Ok(()),
             Err(e) => return Err(io(e)),
         };
         if meta.file_type().is_symlink() {
@@ -345,7 +356,24 @@ mod tests {
             .recv_timeout(std::time::Duration::from_secs(10))
             .expect("opening a FIFO with no reader must not wait for one");
         let e = opened.unwrap_err();
-        assert!(matches!(e, UnsafePath::NotRegular { .. } | UnsafePath::Io { .. }), "{e}");
+        assert!(
+            matches!(e, UnsafePath::NotRegular { .. } | UnsafePath::Io { .. }),
+            "{e}"
+        );
+    }
+
+    /// A secret's path must be there whole when it is checked (no name left for another user
+    /// to make in a sticky directory before the open); a directory the agent makes later may not.
+    #[test]
+    fn a_missing_name_ends_the_check_only_where_it_may_be_made_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let later = dir.path().join("later").join("file");
+        check_ancestors(&later).unwrap();
+        let e = check_existing_path(&later).unwrap_err();
+        assert!(
+            matches!(&e, UnsafePath::Io { error, .. } if error.kind() == std::io::ErrorKind::NotFound),
+            "{e}"
+        );
     }
 
     #[test]

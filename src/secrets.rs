@@ -127,9 +127,14 @@ pub(crate) fn check_secret_permissions(path: &Path) -> Result<(), SecretFileErro
 /// opened (`fstat`), which links may lead to (a Kubernetes secret volume's `..data` links, owned by
 /// root) only through directories root or the agent alone controls.
 fn open_secret(path: &Path) -> Result<std::fs::File, SecretFileError> {
-    crate::files::check_ancestors(path).map_err(|error| SecretFileError::UnsafeDirectory {
-        path: path.into(),
-        error,
+    crate::files::check_existing_path(path).map_err(|error| match error {
+        crate::files::UnsafePath::Io { error, .. } if error.kind() == std::io::ErrorKind::NotFound => {
+            SecretFileError::NotFound { path: path.into() }
+        }
+        error => SecretFileError::UnsafeDirectory {
+            path: path.into(),
+            error,
+        },
     })?;
     let file = std::fs::OpenOptions::new()
         .read(true)
