@@ -86,8 +86,10 @@ async fn a_burst_of_concurrent_requests_writes_exactly_one_line_per_token() {
 async fn with_the_audit_log_unwritable_no_request_of_a_burst_gets_a_token() {
     let mut h = Harness::new(Duration::from_secs(300), Setup::default()).await;
     h.stop().await;
-    // A directory that does not exist: the log cannot be opened, now or at any write.
-    let audit = h.dir.path().join("missing").join("audit.jsonl");
+    // A directory where the file should be: the log cannot be opened, now or at any write
+    // (the agent runs as root here, so a file mode would not stop it).
+    let audit = h.dir.path().join("a-directory.jsonl");
+    std::fs::create_dir(&audit).unwrap();
     h.config.agent.audit_log = Some(AuditTarget::File(audit.clone()));
     h.write_config();
     h.start().await;
@@ -95,7 +97,7 @@ async fn with_the_audit_log_unwritable_no_request_of_a_burst_gets_a_token() {
     assert!(seen.other.is_empty(), "{:?}", seen.other);
     assert_eq!(seen.tokens, 0, "no token without its audit line");
     assert_eq!(seen.audit_unavailable, CONNECTIONS * 10);
-    assert!(!audit.exists());
+    assert!(audit.is_dir(), "nothing was written in its place");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
