@@ -716,8 +716,11 @@ async fn presented_jwts_with_alg_none_hmac_or_another_key_family_are_refused() {
 async fn an_unwritable_audit_log_stops_tokens_until_fixed_and_reloaded() {
     let mut h = Harness::new(Duration::from_secs(300), Setup::default()).await;
     h.stop().await;
-    let audit_dir = h.dir.path().join("audit");
-    h.config.agent.audit_log = Some(AuditTarget::File(audit_dir.join("audit.jsonl")));
+    // A directory where the log should be: it cannot be opened (the agent runs as root here,
+    // so a file mode would not stop it).
+    let audit = h.dir.path().join("audit-here.jsonl");
+    std::fs::create_dir(&audit).unwrap();
+    h.config.agent.audit_log = Some(AuditTarget::File(audit.clone()));
     h.write_config();
     let agent = AgentProcess::spawn(&h.config_path, &h.socket, h.dir.path().join("agent.log"), &[]).await;
     let (status, body) = h.get(&token_path("payments", PAYMENTS, "")).await;
@@ -725,7 +728,7 @@ async fn an_unwritable_audit_log_stops_tokens_until_fixed_and_reloaded() {
     assert_eq!(body["error"], "audit_unavailable");
     assert!(body.get("access_token").is_none());
 
-    std::fs::create_dir(&audit_dir).unwrap();
+    std::fs::remove_dir(&audit).unwrap();
     agent.signal(nix::sys::signal::Signal::SIGHUP);
     let mut status = 0;
     for _ in 0..100 {
@@ -736,7 +739,7 @@ async fn an_unwritable_audit_log_stops_tokens_until_fixed_and_reloaded() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(status, 200);
-    let audit = std::fs::read_to_string(audit_dir.join("audit.jsonl")).unwrap();
+    let audit = std::fs::read_to_string(&audit).unwrap();
     assert!(audit.contains("\"event\":\"token.issued\""));
     assert_eq!(agent.stop(), 0);
 }
