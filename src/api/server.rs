@@ -46,13 +46,12 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>, cancel: Cancellati
         };
         agent.note_accept();
         let accepted_ticks = caller::boot_ticks_now();
+        // The configuration as it is at this connection (a reload changes it), read once.
+        let state = agent.state();
         let admitted = match stream.peer_cred() {
             Ok(cred) => {
                 // By uid or primary group: the supplementary groups are read later.
-                let operator = {
-                    let ops = &agent.state().config.agent.operators;
-                    ops.uids.contains(&cred.uid()) || ops.gids.contains(&cred.gid())
-                };
+                let operator = state.config.agent.operators.include(cred.uid(), |g| g == cred.gid());
                 limits
                     .admit(cred.uid(), cred.pid(), operator)
                     .map(|guard| (cred, guard))
@@ -70,6 +69,9 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>, cancel: Cancellati
                 continue;
             }
         };
+        // What the roles use.
+        let needs = state.needs;
+        drop(state);
         let agent = agent.clone();
         let watcher = graceful.watcher();
         let stop = cancel.clone();
@@ -77,8 +79,6 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>, cancel: Cancellati
         // not hold up the next accept, and the runtime's workers attest connections side by side.
         tokio::spawn(async move {
             let _guard = guard;
-            // What the roles use, as the configuration is at this connection (a reload changes it).
-            let needs = agent.state().needs;
             let attested = Arc::new(caller::attest_peer(&stream, &cred, accepted_ticks, needs));
             super::conn::serve(stream, agent, attested, watcher, stop).await;
         });

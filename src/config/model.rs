@@ -99,6 +99,13 @@ pub struct Operators {
     pub gids: std::collections::BTreeSet<u32>,
 }
 
+impl Operators {
+    /// Whether a caller of `uid`, in the groups `in_group` says, is an operator.
+    pub fn include(&self, uid: u32, in_group: impl Fn(u32) -> bool) -> bool {
+        self.uids.contains(&uid) || self.gids.iter().any(|g| in_group(*g))
+    }
+}
+
 impl Default for Operators {
     fn default() -> Self {
         Operators {

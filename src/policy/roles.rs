@@ -304,8 +304,7 @@ pub(crate) fn could_admit(config: &Config, caller: &Caller, identity: &str) -> b
 
 /// Whether the caller is one of `[agent] operators`, who see the agent's details.
 pub(crate) fn is_operator(config: &Config, caller: &Caller) -> bool {
-    let ops = &config.agent.operators;
-    ops.uids.contains(&caller.uid) || ops.gids.iter().any(|g| caller.in_group(*g))
+    config.agent.operators.include(caller.uid, |g| caller.in_group(g))
 }
 
 /// Decides a token request for a caller with no sessions.
