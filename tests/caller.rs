@@ -308,6 +308,14 @@ impl TestCgroup {
         Ok(TestCgroup { top, leaf })
     }
 
+    /// [`TestCgroup::create`], or `None` once `test` is skipped (outside CI) or failed (under
+    /// `CI=true`) because the host cannot make it.
+    fn or_skip(relative: &str, test: &str) -> Option<TestCgroup> {
+        TestCgroup::create(relative)
+            .map_err(|why| skip_or_fail(test, &why))
+            .ok()
+    }
+
     /// Runs `cortexid token ARGS` in this cgroup as `uid` (no groups): joined as root, as the
     /// user's systemd or a container runtime would put it there; (exit code, stdout, stderr).
     async fn token_as(&self, uid: u32, socket: &Path, args: [&str; 4]) -> (i32, String, String) {
@@ -359,15 +367,11 @@ async fn a_user_unit_named_like_a_system_service_does_not_pass_for_it() {
         "cortexid-test-{}.slice/user-{ATTACKER}.slice/user@{ATTACKER}.service/app.slice/deploy-agent.service",
         std::process::id()
     );
-    let unit = match TestCgroup::create(&layout) {
-        Ok(u) => u,
-        Err(why) => {
-            skip_or_fail(
-                "caller::a_user_unit_named_like_a_system_service_does_not_pass_for_it",
-                &why,
-            );
-            return;
-        }
+    let Some(unit) = TestCgroup::or_skip(
+        &layout,
+        "caller::a_user_unit_named_like_a_system_service_does_not_pass_for_it",
+    ) else {
+        return;
     };
     let h = Harness::new(
         Duration::from_secs(300),
@@ -428,15 +432,11 @@ async fn a_user_unit_named_like_a_system_service_does_not_pass_for_it() {
 async fn a_unit_name_made_inside_a_container_s_cgroup_does_not_pass_for_that_unit() {
     const ATTACKER: u32 = 4244;
     let layout = format!("cortexid-test-{}.payload/payments.service", std::process::id());
-    let cgroup = match TestCgroup::create(&layout) {
-        Ok(c) => c,
-        Err(why) => {
-            skip_or_fail(
-                "caller::a_unit_name_made_inside_a_container_s_cgroup_does_not_pass_for_that_unit",
-                &why,
-            );
-            return;
-        }
+    let Some(cgroup) = TestCgroup::or_skip(
+        &layout,
+        "caller::a_unit_name_made_inside_a_container_s_cgroup_does_not_pass_for_that_unit",
+    ) else {
+        return;
     };
     let h = Harness::new(
         Duration::from_secs(300),
