@@ -72,22 +72,30 @@ impl std::fmt::Debug for SecretFile {
 impl SecretFile {
     /// Reads the secret, refusing a file that "other" can read. Surrounding whitespace is trimmed.
     pub fn read(&self) -> Result<Zeroizing<String>, SecretFileError> {
-        use std::io::Read;
-        // The checks are of the file opened, and the content is read from it: no other file can
-        // be swapped in between.
-        let mut file = open_secret(&self.path)?;
         let path = || self.path.clone();
-        // Sized to the file up front: a growing buffer would leave copies of the secret behind.
-        let len = file.metadata().map_or(0, |m| m.len() as usize);
-        let mut raw = Zeroizing::new(Vec::with_capacity(len + 1));
-        file.read_to_end(&mut raw)
-            .map_err(|error| SecretFileError::Unreadable { path: path(), error })?;
+        let raw = self.read_bytes()?;
         let text = std::str::from_utf8(&raw).map_err(|_| SecretFileError::NotUtf8 { path: path() })?;
         let trimmed = text.trim();
         if trimmed.is_empty() {
             return Err(SecretFileError::Empty { path: path() });
         }
         Ok(Zeroizing::new(trimmed.to_owned()))
+    }
+
+    /// The secret's bytes as they are, checked as [`check_secret_permissions`] says: the checks
+    /// are of the file opened, and the content is read from it, so no other file can be swapped
+    /// in between.
+    pub(crate) fn read_bytes(&self) -> Result<Zeroizing<Vec<u8>>, SecretFileError> {
+        use std::io::Read;
+        let (mut file, len) = open_secret(&self.path)?;
+        // Sized to the file up front: a growing buffer would leave copies of the secret behind.
+        let mut raw = Zeroizing::new(Vec::with_capacity(len as usize + 1));
+        file.read_to_end(&mut raw)
+            .map_err(|error| SecretFileError::Unreadable {
+                path: self.path.clone(),
+                error,
+            })?;
+        Ok(raw)
     }
 
     /// Cheap identity of the file's current content (device, inode, size, mtime, ctime): used to
@@ -125,8 +133,8 @@ pub(crate) fn check_secret_permissions(path: &Path) -> Result<(), SecretFileErro
 
 /// Opens a secret file, checked as [`check_secret_permissions`] says: the checks are of the file
 /// opened (`fstat`), which links may lead to (a Kubernetes secret volume's `..data` links, owned by
-/// root) only through directories root or the agent alone controls.
-fn open_secret(path: &Path) -> Result<std::fs::File, SecretFileError> {
+/// root) only through directories root or the agent alone controls. With the file's length.
+fn open_secret(path: &Path) -> Result<(std::fs::File, u64), SecretFileError> {
     crate::files::check_existing_path(path).map_err(|error| match error {
         crate::files::UnsafePath::Io { error, .. } if error.kind() == std::io::ErrorKind::NotFound => {
             SecretFileError::NotFound { path: path.into() }
@@ -170,7 +178,7 @@ fn open_secret(path: &Path) -> Result<std::fs::File, SecretFileError> {
             agent,
         });
     }
-    Ok(file)
+    Ok((file, meta.len()))
 }
 
 /// How long the request path trusts what it last saw of a credential file before it looks

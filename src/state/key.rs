@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
 use super::StateError;
-use crate::secrets::{SecretFile, check_secret_permissions};
+use crate::secrets::SecretFile;
 
 /// The length of an AES-256 key.
 pub(super) const KEY_LEN: usize = 32;
@@ -24,11 +24,7 @@ pub(super) const GENERATED_KEY: &str = "state.key";
 /// Reads the key from `file` (a secret file: refused when "other" can read it or another user
 /// owns it; links are followed, as for every secret file, since credential mounts use them).
 pub(super) fn from_secret_file(file: &SecretFile) -> Result<Zeroizing<[u8; KEY_LEN]>, StateError> {
-    check_secret_permissions(&file.path).map_err(StateError::KeyFile)?;
-    let raw = Zeroizing::new(std::fs::read(&file.path).map_err(|source| StateError::Io {
-        path: file.path.clone(),
-        source,
-    })?);
+    let raw = file.read_bytes().map_err(StateError::KeyFile)?;
     decode(&raw).ok_or_else(|| StateError::KeyFormat {
         path: file.path.clone(),
     })
