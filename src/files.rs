@@ -158,7 +158,7 @@ fn walk(path: &Path, must_exist: bool) -> Result<(), UnsafePath> {
             // The file itself (or a name open(2) would refuse as a directory).
             return Ok(());
         }
-        check_dir(&next, Holds::Below)?;
+        check_dir_meta(&next, &meta, Holds::Below)?;
         here = next;
     }
     Ok(())
@@ -175,16 +175,18 @@ enum Holds {
 /// One directory on the way to a file: it belongs to root or the agent, and is written by no one
 /// else as `holds` says. One that does not exist passes.
 fn check_dir(dir: &Path, holds: Holds) -> Result<(), UnsafePath> {
-    let meta = match std::fs::metadata(dir) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(error) => {
-            return Err(UnsafePath::Io {
-                path: dir.to_path_buf(),
-                error,
-            });
-        }
-    };
+    match std::fs::metadata(dir) {
+        Ok(meta) => check_dir_meta(dir, &meta, holds),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(UnsafePath::Io {
+            path: dir.to_path_buf(),
+            error,
+        }),
+    }
+}
+
+/// [`check_dir`] on what a `stat` of `dir` already gave.
+fn check_dir_meta(dir: &Path, meta: &std::fs::Metadata, holds: Holds) -> Result<(), UnsafePath> {
     let agent = euid();
     if meta.uid() != 0 && meta.uid() != agent {
         return Err(UnsafePath::ForeignDirectory {

@@ -324,7 +324,8 @@ fn read_process(
 /// [`nix::fcntl::AT_FDCWD`], unused with an absolute path).
 fn read_dir(dir: BorrowedFd<'_>, prefix: &str, groups: Vec<u32>, needs: Needs) -> ProcessFacts {
     let at = |name: &str| format!("{prefix}{name}");
-    let link = readlinkat(dir, at("exe").as_str());
+    let exe_at = at("exe");
+    let link = readlinkat(dir, exe_at.as_str());
     // No `exe` for a process that exists: its main thread is gone (a zombie leading live
     // threads), and what `/proc/<pid>` shows of it is not the process's (EACCES, without
     // CAP_SYS_PTRACE for another user's process, is another matter: the rest still reads).
@@ -332,7 +333,7 @@ fn read_dir(dir: BorrowedFd<'_>, prefix: &str, groups: Vec<u32>, needs: Needs) -
     let exe = link.ok().map(|p| ExeName::new(strip_deleted(PathBuf::from(p))));
     let (executable, namespaces) = if needs.executable {
         // Followed, the link reaches the file itself, whatever the caller's namespace calls it.
-        let executable = fstatat(dir, at("exe").as_str(), AtFlags::empty())
+        let executable = fstatat(dir, exe_at.as_str(), AtFlags::empty())
             .ok()
             .map(|st| Executable::of_stat(&st));
         (executable, Namespaces::read_at(dir, prefix))
@@ -413,7 +414,7 @@ fn parse_status(status: &str) -> (Option<u32>, Vec<u32>) {
     (uid, groups)
 }
 
-const UNIT_SUFFIXES: &[&str] = &[".service", ".scope", ".socket", ".mount", ".swap", ".timer", ".slice"];
+const UNIT_SUFFIXES: &[&str] = &[".service", ".scope", ".socket", ".mount", ".swap", ".timer"];
 
 /// The systemd units that own a process, from `/proc/<pid>/cgroup` on the unified hierarchy
 /// (else systemd's named hierarchy), by systemd's own rule (`cg_path_get_unit`,
@@ -441,7 +442,6 @@ fn is_unit(component: &str) -> bool {
     UNIT_SUFFIXES
         .iter()
         .any(|s| component.ends_with(s) && component.len() > s.len())
-        && !is_slice(component)
 }
 
 fn is_slice(component: &str) -> bool {

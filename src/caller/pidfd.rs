@@ -187,16 +187,8 @@ pub(super) fn read_process(
     if GET_INFO.load(Ordering::Relaxed) == NO {
         return None;
     }
-    // "/proc/<pid>/" formatted on the stack: a pid has at most 10 digits.
-    let mut path = [0u8; 24];
-    let unused = {
-        use std::io::Write;
-        let mut at = &mut path[..];
-        let _ = write!(at, "/proc/{pid}/");
-        at.len()
-    };
-    let prefix = std::str::from_utf8(path.get(..path.len() - unused)?).ok()?;
-    let facts = read_dir(nix::fcntl::AT_FDCWD, prefix, groups, needs);
+    let prefix = format!("/proc/{pid}/");
+    let facts = read_dir(nix::fcntl::AT_FDCWD, &prefix, groups, needs);
     // The peer still exists after the reads: they were of the peer.
     match now(pidfd.as_fd()) {
         Ok(n) if n.pid != pid as u32 => Some(Err(ProcessError::NotThePeer(pid))),
