@@ -76,23 +76,11 @@ impl Validator<'_> {
             Some("stderr") => AuditTarget::Stderr,
             Some(p) => {
                 let path = self.absolute(&key(&["agent", "audit_log"]), p);
-                match path.parent().filter(|_| path.is_absolute()) {
-                    // One made later could be made by another user, in a directory every user
-                    // may write (/tmp): it must be there, and safe, now.
-                    Some(dir) if !dir.is_dir() => self.problem(
-                        &key(&["agent", "audit_log"]),
-                        format!(
-                            "the directory of {} does not exist; create it (systemd: LogsDirectory=cortexid makes /var/log/cortexid)",
-                            path.display()
-                        ),
-                    ),
-                    Some(dir) => {
-                        if let Err(e) = crate::files::check_private_dir(dir) {
-                            self.problem(&key(&["agent", "audit_log"]), e.to_string());
-                        }
-                    }
-                    None => {}
-                }
+                self.private_parent(
+                    &key(&["agent", "audit_log"]),
+                    &path,
+                    "systemd: LogsDirectory=cortexid makes /var/log/cortexid",
+                );
                 AuditTarget::File(path)
             }
         };

@@ -63,20 +63,11 @@ impl Validator<'_> {
             }
             let path = self.absolute(&at("sink", i, "path"), &s.path);
             if path.is_absolute() {
-                match path.parent() {
-                    Some(dir) if dir.is_dir() => {
-                        if let Err(e) = crate::files::check_private_dir(dir) {
-                            self.problem(&at("sink", i, "path"), e.to_string());
-                        }
-                    }
-                    _ => self.problem(
-                        &at("sink", i, "path"),
-                        format!(
-                            "the directory of {} does not exist; create it (systemd: RuntimeDirectory= or tmpfiles.d)",
-                            path.display()
-                        ),
-                    ),
-                }
+                self.private_parent(
+                    &at("sink", i, "path"),
+                    &path,
+                    "systemd: RuntimeDirectory= or tmpfiles.d",
+                );
                 if !paths.insert(path.clone()) {
                     self.problem(&at("sink", i, "path"), "two sinks write the same file".into());
                 }

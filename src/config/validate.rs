@@ -30,6 +30,27 @@ pub(super) struct Validator<'a> {
 }
 
 impl Validator<'_> {
+    /// A file the agent writes at `path`: its directory must exist now (one made later could be
+    /// made by another user, in a directory every user may write) and only root and the agent
+    /// may change it ([`crate::files::check_private_dir`]); `create` says how to make it.
+    pub(super) fn private_parent(&mut self, at: &[Seg], path: &std::path::Path, create: &str) {
+        match path.parent().filter(|_| path.is_absolute()) {
+            Some(dir) if !dir.is_dir() => self.problem(
+                at,
+                format!(
+                    "the directory of {} does not exist; create it ({create})",
+                    path.display()
+                ),
+            ),
+            Some(dir) => {
+                if let Err(e) = crate::files::check_private_dir(dir) {
+                    self.problem(at, e.to_string());
+                }
+            }
+            None => {}
+        }
+    }
+
     /// Records a problem at the key `path`, on that key's line.
     pub(super) fn problem(&mut self, path: &[Seg], message: String) {
         let line = self.locator.line(path);
