@@ -111,12 +111,14 @@ impl Agent {
                 .collect(),
         };
         match candidates.as_slice() {
-            [one] if one.subject == SubjectSource::Caller => Ok((*one).clone()),
+            // Decided before the credential: a caller no role could admit costs no signature
+            // check and no JWKS request, and learns nothing of the identity.
             [one] if !policy::could_admit(config, caller, &one.name) => Err(ApiError::access_denied(format!(
                 "no role could let the caller ({}) use identity {:?}, whatever credential it presents",
                 caller.describe(),
                 one.name
             ))),
+            [one] if one.subject == SubjectSource::Caller => Ok((*one).clone()),
             [one] => Err(ApiError::invalid_request(format!(
                 "identity {:?} uses its own subject credential; do not send subject_token",
                 one.name
@@ -200,17 +202,6 @@ impl Agent {
             let identity = self
                 .presented_identity(config, caller, ask.identity.as_deref())
                 .inspect_err(|e| denied(e, None))?;
-            // What can be decided without the credential is decided first: a caller no role
-            // could admit costs no signature check and no JWKS request.
-            if !policy::could_admit(config, caller, &identity.name) {
-                let e = ApiError::access_denied(format!(
-                    "no role could let the caller ({}) use identity {:?}, whatever credential it presents",
-                    caller.describe(),
-                    identity.name
-                ));
-                denied(&e, None);
-                return Err(e);
-            }
             let verified = self
                 .presented
                 .verify(subject.token.expose(), &identity.trusted_issuers)
