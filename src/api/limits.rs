@@ -100,9 +100,8 @@ impl ConnLimits {
     /// The default limits, lowered so that the connections fit in the file descriptor limit
     /// (with room left for the provider connections, the audit log and the sinks).
     pub(crate) fn for_this_process() -> Arc<ConnLimits> {
-        let reserved = RESERVED_DESCRIPTORS;
         let total = open_files_limit().map_or(MAX_CONNECTIONS, |n| {
-            n.saturating_sub(reserved).clamp(16, MAX_CONNECTIONS)
+            n.saturating_sub(RESERVED_DESCRIPTORS).clamp(16, MAX_CONNECTIONS)
         });
         ConnLimits::new(
             MAX_CONNECTIONS_PER_PROCESS.min(total / 4),

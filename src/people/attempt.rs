@@ -559,9 +559,6 @@ impl People {
         attempt.finish(status);
     }
 
-    /// Makes room in the table for one more sign-in of `uid`: a uid keeps at most [`PER_UID`]
-    /// sign-ins, pending or finished, and the host [`IN_ALL`]; finished ones (the oldest first)
-    /// make way for new ones, so only sign-ins in progress can fill either limit.
     /// Makes room for a sign-in of `caller` and holds its place under `id` until the sign-in is
     /// registered there (or the returned guard is dropped, when it failed).
     fn reserve<'a>(
@@ -573,11 +570,13 @@ impl People {
     ) -> Result<Reserved<'a>, ApiError> {
         let mut attempts = self.attempts();
         Self::make_room(&mut attempts, caller.uid)?;
-        let flow = match flow {
-            LoginFlow::Browser => "browser",
-            _ => "device",
-        };
-        let placeholder = Arc::new(Self::new_attempt(caller, id.to_string(), login, flow, BROWSER_WINDOW));
+        let placeholder = Arc::new(Self::new_attempt(
+            caller,
+            id.to_string(),
+            login,
+            flow.as_str(),
+            BROWSER_WINDOW,
+        ));
         attempts.insert(id.to_string(), placeholder.clone());
         Ok(Reserved {
             people: self,
@@ -586,6 +585,9 @@ impl People {
         })
     }
 
+    /// Makes room in the table for one more sign-in of `uid`: a uid keeps at most [`PER_UID`]
+    /// sign-ins, pending or finished, and the host [`IN_ALL`]; finished ones (the oldest first)
+    /// make way for new ones, so only sign-ins in progress can fill either limit.
     fn make_room(attempts: &mut std::collections::HashMap<String, Arc<Attempt>>, uid: u32) -> Result<(), ApiError> {
         let finished_at = |a: &Attempt| *a.finished_at.lock().unwrap_or_else(|p| p.into_inner());
         let evict_oldest_finished = |attempts: &mut std::collections::HashMap<String, Arc<Attempt>>,
